@@ -1,0 +1,63 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# keel_load_test: loading and unloading keel.ko, and its refusal to load while KVM holds the
+# CPU's virtualization extension. TAP. Runs in the test VM as root with keel.ko loaded, and
+# leaves it loaded.
+n=0 failed=0
+ok() { n=$((n + 1)); echo "ok $n $1${2:+ # SKIP $2}"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n $1"; }
+check() {
+    name=$1; shift
+    "$@" >/tmp/check.out 2>&1; r=$?
+    if [ $r = 0 ]; then ok "$name"
+    elif [ $r = 4 ]; then ok "$name" "$(tail -n1 /tmp/check.out)"
+    else sed 's/^/# /' /tmp/check.out; not_ok "$name"; fi
+}
+ko=/lib/modules/keel.ko
+
+echo "TAP version 13"
+echo "1..3"
+
+loaded() { grep -q '^keel ' /proc/modules; }
+
+reload_cycles() {
+    for i in 1 2 3 4 5; do
+        rmmod keel || { echo "rmmod failed in cycle $i"; return 1; }
+        ! loaded && [ ! -e /dev/keel ] || { echo "keel still present after rmmod (cycle $i)"; return 1; }
+        insmod $ko || { echo "insmod failed in cycle $i"; return 1; }
+        [ -c /dev/keel ] || { echo "/dev/keel missing after insmod (cycle $i)"; return 1; }
+    done
+    keelctl info >/dev/null
+}
+check load.reload_cycles reload_cycles
+
+# KVM takes VMX/SVM when it loads; Keel must then refuse with EBUSY and say why.
+refused_while_kvm_loaded() {
+    if grep -qw vmx /proc/cpuinfo; then kvm=kvm_intel; else kvm=kvm_amd; fi
+    rmmod keel || return 1
+    if ! modprobe $kvm 2>/tmp/kvm.err; then
+        insmod $ko
+        echo "$kvm does not load on this CPU: $(cat /tmp/kvm.err)"
+        return 4
+    fi
+    dmesg -c >/dev/null
+    insmod $ko 2>/tmp/insmod.err; r=$?
+    msg=$(dmesg | grep 'keel:')
+    modprobe -r $kvm
+    insmod $ko || { echo "insmod after unloading $kvm failed"; return 1; }
+    [ $r != 0 ] || { echo "keel loaded while $kvm was loaded"; return 1; }
+    grep -q "Device or resource busy" /tmp/insmod.err || { echo "insmod's error is not EBUSY: $(cat /tmp/insmod.err)"; return 1; }
+    echo "$msg" | grep -q "already in use" || { echo "no clear log line; keel said: $msg"; return 1; }
+}
+check load.refused_while_kvm_loaded refused_while_kvm_loaded
+
+# The log line at load names the extension.
+load_log_line() {
+    dmesg -c >/dev/null
+    rmmod keel && insmod $ko || return 1
+    dmesg | grep -qE "keel: (VMX|SVM) usable" || { dmesg | grep keel; return 1; }
+}
+check load.logs_what_it_found load_log_line
+
+loaded || insmod $ko
+[ $failed = 0 ]

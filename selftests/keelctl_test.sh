@@ -1,0 +1,57 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# keelctl_test: the keelctl tool against the loaded module, in TAP. Runs in the test VM (busybox
+# sh) as root with keel.ko loaded; unloads and reloads the module once.
+n=0 failed=0
+ok() { n=$((n + 1)); echo "ok $n $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n $1"; }
+# check NAME FUNCTION: one test; what FUNCTION prints becomes TAP diagnostics ("# ...").
+check() {
+    name=$1; shift
+    if "$@" >/tmp/check.out 2>&1; then ok "$name"; else sed 's/^/# /' /tmp/check.out; not_ok "$name"; fi
+}
+ko=/lib/modules/keel.ko
+out=/tmp/keelctl.out err=/tmp/keelctl.err
+
+echo "TAP version 13"
+echo "1..7"
+
+expected_vendor() { if grep -qw vmx /proc/cpuinfo; then echo vmx; else echo svm; fi; }
+
+info_human() {
+    keelctl info >$out 2>$err || { cat $err; return 1; }
+    grep -q "^vendor" $out && grep -q "^online cpus *$(nproc)\$" $out || { cat $out; return 1; }
+}
+check keelctl.info_human info_human
+
+info_json() {
+    keelctl info --json >$out 2>$err || { cat $err; return 1; }
+    grep -q "\"vendor\": \"$(expected_vendor)\"" $out && grep -q "\"online_cpus\": $(nproc)," $out \
+        && grep -q '"abi_version": 1,' $out || { cat $out; return 1; }
+}
+check keelctl.info_json info_json
+
+help_text() { keelctl --help >$out 2>&1 && grep -q "info" $out && keelctl info --help >$out 2>&1 && grep -q -- "--json" $out; }
+check keelctl.help help_text
+
+bad_usage() { ! keelctl frobnicate >$out 2>&1 && grep -q "unrecognized subcommand" $out; }
+check keelctl.bad_usage_fails bad_usage
+
+non_root() {
+    ! su -s /bin/sh nobody -c "keelctl info" >$out 2>$err \
+        && grep -q "permission denied" $err && grep -q "root" $err || { cat $err; return 1; }
+}
+check keelctl.non_root_refused non_root
+
+not_loaded() {
+    rmmod keel || return 1
+    ! keelctl info >$out 2>$err; r=$?
+    insmod $ko || { echo "# reloading keel.ko failed"; return 1; }
+    [ $r = 0 ] && grep -q "not loaded" $err || { cat $err; return 1; }
+}
+check keelctl.module_not_loaded not_loaded
+
+other_device() { ! keelctl --device /dev/null info >$out 2>$err && grep -q "KEEL_GET_VERSION failed" $err || { cat $err; return 1; }; }
+check keelctl.wrong_device other_device
+
+[ $failed = 0 ]
