@@ -8,3 +8,4 @@
 
 pub mod caps;
 pub mod insn;
+pub mod logring;
