@@ -5,9 +5,8 @@
 //! record of a ring instead, and Dom0 drains the ring into the kernel log later. There is one
 //! ring per CPU: root mode on a CPU is the only writer of that CPU's ring (it runs with
 //! interrupts off and does not nest; an NMI handler in root mode must not log), and the Dom0
-//! drain is the only reader, so the ring is a
-//! single-producer, single-consumer queue and needs no lock. A full ring drops new records and
-//! counts them: the writer never waits for Dom0.
+//! drain is the only reader, so the ring is a single-producer, single-consumer queue and needs
+//! no lock. A full ring drops new records and counts them: the writer never waits for Dom0.
 
 use core::{
     cell::UnsafeCell,
