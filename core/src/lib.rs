@@ -7,5 +7,6 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod caps;
+pub mod exit;
 pub mod insn;
 pub mod logring;
