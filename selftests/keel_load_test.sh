@@ -3,20 +3,10 @@
 # keel_load_test: loading and unloading keel.ko, and its refusal to load while KVM holds the
 # CPU's virtualization extension. TAP. Runs in the test VM as root with keel.ko loaded, and
 # leaves it loaded.
-n=0 failed=0
-ok() { n=$((n + 1)); echo "ok $n $1${2:+ # SKIP $2}"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n $1"; }
-check() {
-    name=$1; shift
-    "$@" >/tmp/check.out 2>&1; r=$?
-    if [ $r = 0 ]; then ok "$name"
-    elif [ $r = 4 ]; then ok "$name" "$(tail -n1 /tmp/check.out)"
-    else sed 's/^/# /' /tmp/check.out; not_ok "$name"; fi
-}
+. "$(dirname "$0")/tap.sh"
 ko=/lib/modules/keel.ko
 
-echo "TAP version 13"
-echo "1..3"
+tap_plan 3
 
 loaded() { grep -q '^keel ' /proc/modules; }
 
@@ -60,4 +50,4 @@ load_log_line() {
 check load.logs_what_it_found load_log_line
 
 loaded || insmod $ko
-[ $failed = 0 ]
+tap_done

@@ -2,19 +2,11 @@
 # SPDX-License-Identifier: GPL-2.0
 # keelctl_test: the keelctl tool against the loaded module, in TAP. Runs in the test VM (busybox
 # sh) as root with keel.ko loaded; unloads and reloads the module once.
-n=0 failed=0
-ok() { n=$((n + 1)); echo "ok $n $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n $1"; }
-# check NAME FUNCTION: one test; what FUNCTION prints becomes TAP diagnostics ("# ...").
-check() {
-    name=$1; shift
-    if "$@" >/tmp/check.out 2>&1; then ok "$name"; else sed 's/^/# /' /tmp/check.out; not_ok "$name"; fi
-}
+. "$(dirname "$0")/tap.sh"
 ko=/lib/modules/keel.ko
 out=/tmp/keelctl.out err=/tmp/keelctl.err
 
-echo "TAP version 13"
-echo "1..7"
+tap_plan 7
 
 expected_vendor() { if grep -qw vmx /proc/cpuinfo; then echo vmx; else echo svm; fi; }
 
@@ -54,4 +46,4 @@ check keelctl.module_not_loaded not_loaded
 other_device() { ! keelctl --device /dev/null info >$out 2>$err && grep -q "KEEL_GET_VERSION failed" $err || { cat $err; return 1; }; }
 check keelctl.wrong_device other_device
 
-[ $failed = 0 ]
+tap_done
