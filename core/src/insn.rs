@@ -89,8 +89,14 @@ impl Insn {
 
     /// MOV to or from a control or debug register (0F 20..=0F 23).
     pub fn is_mov_cr_dr(&self) -> bool {
-        self.map == Map::Map0F && (0x20..=0x23).contains(&self.opcode)
+        is_mov_cr_dr(self.map, self.opcode)
     }
+}
+
+/// MOV CR/DR (0F 20..=0F 23) always names a register, whatever ModRM.mod says (SDM Vol. 2B,
+/// MOV—Move to/from Control Registers).
+fn is_mov_cr_dr(map: Map, opcode: u8) -> bool {
+    map == Map::Map0F && (0x20..=0x23).contains(&opcode)
 }
 
 /// The architectural maximum instruction length (SDM Vol. 2A, 2.3.11).
@@ -310,11 +316,8 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Result<Insn, DecodeError> {
     let modrm = if has_modrm { Some(c.next()?) } else { None };
 
     if let Some(m) = modrm {
-        let is_mov_cr_dr = map == Map::Map0F && (0x20..=0x23).contains(&opcode);
         let (md, rm) = (m >> 6, m & 7);
-        // MOV CR/DR always names a register, whatever mod says (SDM Vol. 2B, MOV—Move to/from
-        // Control Registers).
-        if md != 3 && !is_mov_cr_dr {
+        if md != 3 && !is_mov_cr_dr(map, opcode) {
             if address_size == 2 {
                 // 16-bit addressing (SDM Vol. 2A, Table 2-1).
                 let disp = match md {
