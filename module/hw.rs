@@ -6,43 +6,20 @@
 //! crate. Only MSRs that the architecture guarantees to exist, given CPUID and the other
 //! capability MSRs, are read.
 
-use core::arch::asm;
 use kernel::prelude::*;
 
 use crate::keel_core::caps::{self, msr, Caps, SvmLeaf, Unusable, Vendor, VmxMsrs};
+use crate::x86::{self, rdmsr, read_cr4};
 
 /// CPUID leaf `leaf`, subleaf 0: (eax, ebx, ecx, edx).
 fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
-    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
-    (r.eax, r.ebx, r.ecx, r.edx)
+    let [a, b, c, d] = x86::cpuid(leaf, 0);
+    (a, b, c, d)
 }
 
 /// The largest extended CPUID leaf.
 fn max_extended_leaf() -> u32 {
     cpuid(0x8000_0000).0
-}
-
-/// Reads MSR `index`.
-///
-/// # Safety
-///
-/// The MSR must exist on this CPU (architecturally guaranteed by a CPUID bit or another MSR the
-/// caller checked); reading a missing MSR raises #GP.
-unsafe fn rdmsr(index: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: The caller guarantees the MSR exists; RDMSR only writes EAX:EDX.
-    unsafe {
-        asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// The hardware CR4 of this CPU.
-fn read_cr4() -> u64 {
-    let cr4: u64;
-    // SAFETY: Reading CR4 at CPL0 has no side effects; module code always runs at CPL0.
-    unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) };
-    cr4
 }
 
 /// Reads the VMX capability MSRs (SDM Vol. 3D, Appendix A). The caller checked CPUID.1:ECX.VMX.

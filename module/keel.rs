@@ -2,17 +2,23 @@
 //! Keel: a hypervisor loaded into a running Linux.
 //!
 //! Loading the module probes the CPU's virtualization extension (Intel VMX or AMD SVM), refuses
-//! to load when it is absent, disabled by the firmware or already in use, and registers
-//! `/dev/keel`, through which `keelctl` reads what the hardware offers.
+//! to load when it is absent, disabled by the firmware or already in use, slides the hypervisor
+//! beneath the running Linux on every CPU (which goes on as Dom0), and registers `/dev/keel`.
+//! Unloading hands every CPU back. `/sys/kernel/debug/keel/stats` has the per-CPU exit
+//! counters.
 
 use kernel::{
+    debugfs,
     miscdevice::{MiscDeviceOptions, MiscDeviceRegistration},
     prelude::*,
 };
 
 mod dev;
 mod hw;
+mod launch;
+mod root;
 mod uapi;
+mod x86;
 
 /// The hardware-independent core crate (`core/` in the repository), compiled into this crate:
 /// Kbuild builds one crate per module.
@@ -29,22 +35,49 @@ module! {
     authors: ["The Keel developers"],
     description: "Keel: a hypervisor loaded into a running Linux",
     license: "GPL",
+    params: {
+        fail_launch_cpu: i32 {
+            default: -1,
+            description: "Testing only: make the launch on this CPU fail, to exercise the rollback",
+        },
+    },
 }
 
-/// The loaded module: the capabilities probed at load and the `/dev/keel` registration.
+/// The contents of `stats` in debugfs: the exit counters of every launched CPU.
+struct Stats;
+
+impl core::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        launch::drain_all();
+        launch::write_stats(f)
+    }
+}
+
+/// The loaded module. Fields drop in order: `/dev/keel` goes first, then the debugfs files,
+/// and last the launch (every CPU is handed back).
 #[pin_data]
 pub struct Keel {
     caps: keel_core::caps::Caps,
     #[pin]
     misc: MiscDeviceRegistration<dev::KeelFile>,
+    #[pin]
+    stats: debugfs::File<Stats>,
+    debugfs_dir: debugfs::Dir,
+    launched: launch::Launched,
 }
 
 impl kernel::InPlaceModule for Keel {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         let caps = hw::probe();
+        let launched =
+            caps.and_then(|c| launch::Launched::new(c, module_parameters::fail_launch_cpu.value()));
+        let dir = debugfs::Dir::new(c"keel");
         try_pin_init!(Self {
             caps: caps?,
+            launched: launched?,
             misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"keel" }),
+            stats <- dir.read_only_file(c"stats", Stats),
+            debugfs_dir: dir,
         })
     }
 }

@@ -5,8 +5,15 @@
 //! compiles the same files into itself (Kbuild builds one crate per module), so every item here
 //! must build under the kernel's Rust lints as well as under cargo.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 pub mod caps;
+pub mod cpuid;
 pub mod exit;
+pub mod hypercall;
 pub mod insn;
 pub mod logring;
+pub mod paging;
+pub mod vmcb;
+pub mod vmcs;
+pub mod xcr;

@@ -1,0 +1,399 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Root mode: the code that runs beneath Dom0.
+//!
+//! Everything in this folder may run in VMX root mode or, on AMD, between #VMEXIT and VMRUN
+//! with the global interrupt flag clear. It can interrupt Linux anywhere, holding any lock, so
+//! it calls nothing in Linux: no printk, no allocation, no Linux locks, no sleeping. It works
+//! on the per-CPU [`CpuState`] the module allocated before the launch, logs into that CPU's
+//! lock-free ring (drained into the kernel log by Dom0), and counts exits per kind.
+//!
+//! The launch itself (filling the VMCS/VMCB from the running CPU's state) also lives here: it
+//! runs in Dom0 with interrupts off and calls nothing in Linux either.
+//!
+//! Common exit handling is here; the vendor files implement [`Dom0Exit`] over their VMCS or
+//! VMCB, so this file never names a VMCS field or a VMCB offset.
+
+pub(crate) mod svm;
+pub(crate) mod vmx;
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::keel_core::{
+    caps::Vendor,
+    cpuid::{self, Identity},
+    exit::{ExitKind, EXIT_KINDS},
+    hypercall::{self, Call},
+    logring::{Level, LogRing},
+    xcr,
+};
+use crate::x86;
+
+/// Bytes of each CPU's root-mode stack.
+pub(crate) const STACK_SIZE: usize = 16384;
+/// Records in each CPU's log ring.
+pub(crate) const LOG_RECORDS: usize = 32;
+
+/// Exception vectors Keel injects into Dom0.
+pub(crate) const UD: u8 = 6;
+/// General protection.
+pub(crate) const GP: u8 = 13;
+
+/// One 4 KiB page.
+#[repr(C, align(4096))]
+pub(crate) struct Page(pub(crate) [u8; 4096]);
+
+/// The guest's general-purpose registers while root mode runs, indexed by their encoding
+/// (0 = RAX, 1 = RCX, 2 = RDX, 3 = RBX, 4 = RSP (unused: RSP lives in the VMCS/VMCB),
+/// 5 = RBP, 6 = RSI, 7 = RDI, 8..15 = R8..R15).
+#[repr(C)]
+pub(crate) struct GuestRegs {
+    pub(crate) gpr: [u64; 16],
+}
+
+/// Register numbers.
+pub(crate) const RAX: usize = 0;
+/// RCX.
+pub(crate) const RCX: usize = 1;
+/// RDX.
+pub(crate) const RDX: usize = 2;
+/// RBX.
+pub(crate) const RBX: usize = 3;
+
+/// The frame at the top of each root-mode stack: where the exit trampolines save the guest's
+/// registers, and what they need to find without any other register.
+#[repr(C)]
+pub(crate) struct HostFrame {
+    /// The guest's registers, saved on exit and restored on entry.
+    pub(crate) regs: GuestRegs,
+    /// The CPU's state (which contains this frame).
+    pub(crate) state: *mut CpuState,
+    /// SVM: the physical address of the VMCB.
+    pub(crate) vmcb_pa: u64,
+    /// When leaving: Dom0's RSP, pointing at the RFLAGS and RIP to resume with.
+    pub(crate) leave_rsp: u64,
+    /// When leaving: Dom0's CR3.
+    pub(crate) leave_cr3: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<HostFrame>() % 16 == 0);
+
+/// Dom0's view of the state Keel owns on this CPU (SVM; VMX keeps its view in the VMCS).
+#[derive(Default)]
+pub(crate) struct Dom0View {
+    /// EFER.SVME as Dom0 last wrote it (hardware keeps it set).
+    pub(crate) efer_svme: bool,
+    /// VM_HSAVE_PA as Dom0 last wrote it (hardware points at Keel's area).
+    pub(crate) hsave_pa: u64,
+}
+
+/// What the rest of the module and root mode share about one CPU.
+pub(crate) struct CpuInfo {
+    /// Linux's CPU number.
+    pub(crate) cpu: u32,
+    /// The vendor.
+    pub(crate) vendor: Vendor,
+    /// What Keel's CPUID leaves report.
+    pub(crate) identity: Identity,
+    /// Linux's direct-map offset: root mode reads physical memory at this + address.
+    pub(crate) page_offset_base: u64,
+    /// SVM saves the next RIP (otherwise root mode decodes instruction lengths).
+    pub(crate) nrip_save: bool,
+    /// XCR0 bits the CPU supports.
+    pub(crate) xcr0_supported: u64,
+    /// The CPU runs beneath Keel.
+    pub(crate) launched: AtomicBool,
+    /// Exits per kind.
+    pub(crate) counters: [AtomicU64; EXIT_KINDS],
+    /// Root mode's log.
+    pub(crate) log: LogRing<LOG_RECORDS>,
+}
+
+impl CpuInfo {
+    /// Logs a record into this CPU's ring.
+    pub(crate) fn log(&self, level: Level, args: core::fmt::Arguments<'_>) {
+        self.log.write(level, args);
+    }
+}
+
+/// Everything one CPU needs beneath Dom0, in one physically contiguous allocation.
+#[repr(C, align(4096))]
+pub(crate) struct CpuState {
+    /// VMX: the VMXON region. SVM: the host-save area.
+    pub(crate) region: Page,
+    /// VMX: the VMCS. SVM: the VMCB.
+    pub(crate) control: Page,
+    /// VMX: the MSR bitmap (first page). SVM: the MSR permission map (both pages).
+    pub(crate) msr_map: [Page; 2],
+    /// The root-mode stack; it grows down from `frame`.
+    pub(crate) stack: [u8; STACK_SIZE],
+    /// The trampolines' frame, at the top of the stack.
+    pub(crate) frame: HostFrame,
+    /// Dom0's view of the state Keel owns.
+    pub(crate) view: Dom0View,
+    /// What the module and root mode share.
+    pub(crate) info: CpuInfo,
+}
+
+// SAFETY: The raw pointer in `frame` points at the `CpuState` that contains it; the state is
+// moved between threads only as a whole (in its box), and root mode and Dom0 share only the
+// atomics and the log ring of `info`, which are `Sync`.
+unsafe impl Send for CpuState {}
+
+/// Logs into a CPU's root-mode ring: `rlog!(info, Warn, "...", args)`.
+macro_rules! rlog {
+    ($info:expr, $level:ident, $($arg:tt)*) => {
+        $info.log($crate::keel_core::logring::Level::$level, format_args!($($arg)*))
+    };
+}
+pub(crate) use rlog;
+
+/// What to do after an exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitAction {
+    /// Re-enter Dom0.
+    Resume,
+    /// Hand the CPU back: Dom0 continues on bare metal.
+    Leave,
+}
+
+/// A vendor's view of Dom0 during an exit: what the common handlers need.
+pub(crate) trait Dom0Exit {
+    /// The CPU's shared state.
+    fn info(&self) -> &CpuInfo;
+    /// The guest's GPRs (RAX included).
+    fn regs(&mut self) -> &mut GuestRegs;
+    /// The guest's RIP.
+    fn rip(&self) -> u64;
+    /// The guest's CPL.
+    fn cpl(&self) -> u8;
+    /// The guest's CR4 as the guest sees it.
+    fn cr4(&self) -> u64;
+    /// Moves RIP past the instruction that exited. False if its length is unknown.
+    fn skip(&mut self) -> bool;
+    /// Injects a hardware exception at the next entry.
+    fn inject(&mut self, vector: u8, error_code: Option<u32>);
+    /// Reads an MSR the vendor intercepts; `None` makes it #GP.
+    fn rdmsr(&mut self, msr: u32) -> Option<u64>;
+    /// Writes an MSR the vendor intercepts; false makes it #GP.
+    fn wrmsr(&mut self, msr: u32, value: u64) -> bool;
+    /// A control-register access (VMX only). Returns false if it is not one Keel expects.
+    fn cr_access(&mut self) -> bool;
+    /// Prepares the hand-back of this CPU after a Leave hypercall.
+    fn prepare_leave(&mut self);
+    /// Logs the vendor's exit information and the guest's state.
+    fn dump(&mut self, why: &str);
+}
+
+/// Splits EDX:EAX.
+fn edx_eax(regs: &GuestRegs) -> u64 {
+    (regs.gpr[RDX] << 32) | (regs.gpr[RAX] & 0xffff_ffff)
+}
+
+/// Skips the instruction, or if its length is unknown logs it and raises #UD (the guest sees
+/// a fault rather than a silent loop).
+fn complete(v: &mut impl Dom0Exit) {
+    if !v.skip() {
+        v.dump("cannot find the length of the instruction");
+        v.inject(UD, None);
+    }
+}
+
+/// Handles one Dom0 exit of `kind` (`raw` is the vendor's code, for the log).
+pub(crate) fn handle(v: &mut impl Dom0Exit, kind: ExitKind, raw: u64) -> ExitAction {
+    v.info().counters[kind as usize].fetch_add(1, Ordering::Relaxed);
+    match kind {
+        ExitKind::Cpuid => {
+            let info = v.info();
+            let (vendor, id) = (info.vendor, info.identity);
+            let regs = v.regs();
+            let (leaf, sub) = (regs.gpr[RAX] as u32, regs.gpr[RCX] as u32);
+            let r = cpuid::dom0(vendor, id, leaf, || x86::cpuid(leaf, sub));
+            regs.gpr[RAX] = r[0].into();
+            regs.gpr[RBX] = r[1].into();
+            regs.gpr[RCX] = r[2].into();
+            regs.gpr[RDX] = r[3].into();
+            complete(v);
+        }
+        ExitKind::Xsetbv => {
+            let index = v.regs().gpr[RCX] as u32;
+            let value = edx_eax(v.regs());
+            if v.cr4() & x86::CR4_OSXSAVE == 0 {
+                v.inject(UD, None);
+            } else if v.cpl() != 0 || !xcr::xsetbv_valid(index, value, v.info().xcr0_supported) {
+                v.inject(GP, Some(0));
+            } else {
+                // SAFETY: CR4.OSXSAVE is set (the guest's and the host's are the same bit:
+                // Keel never changes it) and `xsetbv_valid` accepted the value.
+                unsafe { x86::xsetbv(index, value) };
+                complete(v);
+            }
+        }
+        ExitKind::Invd => {
+            x86::wbinvd();
+            complete(v);
+        }
+        ExitKind::Rdmsr => {
+            let msr = v.regs().gpr[RCX] as u32;
+            match v.rdmsr(msr) {
+                Some(value) => {
+                    let regs = v.regs();
+                    regs.gpr[RAX] = value & 0xffff_ffff;
+                    regs.gpr[RDX] = value >> 32;
+                    complete(v);
+                }
+                None => v.inject(GP, Some(0)),
+            }
+        }
+        ExitKind::Wrmsr => {
+            let msr = v.regs().gpr[RCX] as u32;
+            let value = edx_eax(v.regs());
+            if v.wrmsr(msr, value) {
+                complete(v);
+            } else {
+                v.inject(GP, Some(0));
+            }
+        }
+        ExitKind::Hypercall => return hypercall(v),
+        ExitKind::VirtInsn => v.inject(UD, None),
+        ExitKind::CrAccess => {
+            if !v.cr_access() {
+                v.dump("unexpected control-register access");
+                v.inject(GP, Some(0));
+            }
+        }
+        _ => {
+            let info = v.info();
+            rlog!(
+                info,
+                Err,
+                "CPU {}: unexpected Dom0 exit {} ({:#x})",
+                info.cpu,
+                kind.name(),
+                raw
+            );
+            v.dump("unexpected exit");
+            v.inject(UD, None);
+        }
+    }
+    ExitAction::Resume
+}
+
+/// A VMCALL/VMMCALL from Dom0: Keel's own calls from the module at CPL 0; #UD otherwise, as on
+/// a CPU without a hypervisor.
+fn hypercall(v: &mut impl Dom0Exit) -> ExitAction {
+    let rax = v.regs().gpr[RAX];
+    let call = match Call::decode(rax) {
+        Some(call) if v.cpl() == 0 => call,
+        _ => {
+            v.inject(UD, None);
+            return ExitAction::Resume;
+        }
+    };
+    let (result, action) = match call {
+        Some(Call::Ping) => (hypercall::PONG, ExitAction::Resume),
+        Some(Call::Leave) => (0, ExitAction::Leave),
+        None => (hypercall::ENOSYS, ExitAction::Resume),
+    };
+    v.regs().gpr[RAX] = result;
+    complete(v);
+    if action == ExitAction::Leave {
+        v.prepare_leave();
+    }
+    action
+}
+
+/// Logs the guest's registers (part of every dump).
+pub(crate) fn dump_regs(info: &CpuInfo, regs: &GuestRegs) {
+    let g = &regs.gpr;
+    rlog!(
+        info,
+        Err,
+        " rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x}",
+        g[0],
+        g[3],
+        g[1],
+        g[2]
+    );
+    rlog!(
+        info,
+        Err,
+        " rsi={:#x} rdi={:#x} rbp={:#x} r8={:#x}",
+        g[6],
+        g[7],
+        g[5],
+        g[8]
+    );
+    rlog!(
+        info,
+        Err,
+        " r9={:#x} r10={:#x} r11={:#x} r12={:#x}",
+        g[9],
+        g[10],
+        g[11],
+        g[12]
+    );
+    rlog!(
+        info,
+        Err,
+        " r13={:#x} r14={:#x} r15={:#x}",
+        g[13],
+        g[14],
+        g[15]
+    );
+}
+
+/// Parks this CPU for good after Dom0 became unrunnable on it (a triple fault or a failed
+/// entry): there is nothing to return to. NMIs stay blocked; the log says why.
+pub(crate) fn park() -> ! {
+    loop {
+        // SAFETY: HLT with interrupts disabled stops this CPU; nothing else is affected.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Prepares the jump back into Dom0 on bare metal: pushes RFLAGS and RIP on Dom0's stack for
+/// [`root_leave`]'s POPFQ/RET and records Dom0's RSP and CR3 in the frame.
+pub(crate) fn push_return(frame: &mut HostFrame, rsp: u64, rip: u64, rflags: u64, cr3: u64) {
+    let slot = (rsp - 16) as *mut u64;
+    // SAFETY: Only Dom0's kernel (CPL 0) makes the Leave call, from the module, on a kernel
+    // stack: it is mapped in every page table (root mode's included), and the kernel uses no
+    // red zone, so the 16 bytes below its RSP are free.
+    unsafe {
+        slot.write(rflags);
+        slot.add(1).write(rip);
+    }
+    frame.leave_rsp = rsp - 16;
+    frame.leave_cr3 = cr3;
+}
+
+/// The common tail of leaving: the vendor code has turned VMX/SVM off and restored Dom0's
+/// system state, and RSP points at this CPU's [`HostFrame`]. Loads Dom0's CR3 and GPRs from
+/// the frame, switches to Dom0's stack and returns into Dom0 through the RFLAGS and RIP that
+/// [`push_return`] put there.
+#[unsafe(naked)]
+pub(crate) unsafe extern "C" fn root_leave() {
+    core::arch::naked_asm!(
+        "mov rax, [rsp + {cr3}]",
+        "mov cr3, rax",
+        "mov rax, [rsp + 0x00]",
+        "mov rcx, [rsp + 0x08]",
+        "mov rdx, [rsp + 0x10]",
+        "mov rbx, [rsp + 0x18]",
+        "mov rbp, [rsp + 0x28]",
+        "mov rsi, [rsp + 0x30]",
+        "mov rdi, [rsp + 0x38]",
+        "mov r8, [rsp + 0x40]",
+        "mov r9, [rsp + 0x48]",
+        "mov r10, [rsp + 0x50]",
+        "mov r11, [rsp + 0x58]",
+        "mov r12, [rsp + 0x60]",
+        "mov r13, [rsp + 0x68]",
+        "mov r14, [rsp + 0x70]",
+        "mov r15, [rsp + 0x78]",
+        "mov rsp, [rsp + {rsp}]",
+        "popfq",
+        "ret",
+        cr3 = const core::mem::offset_of!(HostFrame, leave_cr3),
+        rsp = const core::mem::offset_of!(HostFrame, leave_rsp),
+    )
+}

@@ -1,0 +1,498 @@
+// SPDX-License-Identifier: GPL-2.0
+//! AMD SVM beneath Dom0: EFER.SVME and the host-save area, a VMCB that describes the running
+//! CPU, the VMRUN loop, Dom0's exit handlers, and the way back out.
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`). Between #VMEXIT and VMRUN the
+//! global interrupt flag is clear, so no interrupt or NMI reaches this code.
+
+use core::{arch::asm, arch::naked_asm, mem::offset_of, sync::atomic::Ordering};
+
+use super::{handle, rlog, CpuState, Dom0Exit, ExitAction, GuestRegs, HostFrame, RAX};
+use crate::keel_core::{
+    caps::EFER_SVME,
+    exit::ExitKind,
+    insn::{self, Mode},
+    paging,
+    vmcb::{self, event, misc1, misc2, Vmcb, VmcbSave, VmcbSeg},
+};
+use crate::x86::{self, msr};
+
+/// EFER bits Dom0 may write (APM Vol. 2, 3.1.7): SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE,
+/// MCOMMIT, INTWB, UAIE, AutoIBRS. Others are reserved and fault.
+const EFER_WRITABLE: u64 = (1 << 0) | (0x3f << 8) | (0x3 << 17) | (0x3 << 20);
+/// EFER.LMA: read-only, owned by the processor.
+const EFER_LMA: u64 = 1 << 10;
+/// The ASID Dom0 runs with (0 is the host's).
+const DOM0_ASID: u32 = 1;
+
+/// Why a launch failed.
+#[derive(Clone, Copy)]
+pub(crate) enum LaunchError {
+    /// The first VMRUN exited with VMEXIT_INVALID: the VMCB's guest state is not valid.
+    InvalidState,
+}
+
+// Debug is the message: the kernel's `pr_*` formats core's Debug, not its Display.
+impl core::fmt::Debug for LaunchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::InvalidState => write!(f, "the first VMRUN failed: invalid guest state"),
+        }
+    }
+}
+
+/// The VMCB inside `state`.
+fn vmcb(state: &mut CpuState) -> &mut Vmcb {
+    // SAFETY: `control` is a 4 KiB, 4 KiB-aligned page of `state`, used as the VMCB on SVM;
+    // `Vmcb` is `repr(C)` plain data of that size and alignment, valid for any bytes.
+    unsafe { &mut *state.control.0.as_mut_ptr().cast::<Vmcb>() }
+}
+
+/// A segment register for the VMCB: selector, attributes from LAR, limit from LSL.
+fn segment(sel: u16, base: u64) -> VmcbSeg {
+    match x86::lar(sel) {
+        Some(lar) if sel & !3 != 0 => VmcbSeg {
+            selector: sel,
+            attrib: vmcb::attrib_from_lar(lar),
+            limit: x86::lsl(sel),
+            base,
+        },
+        _ => VmcbSeg {
+            selector: sel,
+            ..VmcbSeg::default()
+        },
+    }
+}
+
+/// Saves the processor's FS, GS, TR, LDTR, KernelGsBase, STAR/LSTAR/CSTAR/SFMASK and SYSENTER
+/// state into the VMCB at `pa`.
+///
+/// # Safety
+///
+/// EFER.SVME is set and `pa` is a VMCB.
+unsafe fn vmsave(pa: u64) {
+    // SAFETY: The caller's contract.
+    unsafe { asm!("vmsave rax", in("rax") pa, options(nostack)) };
+}
+
+/// Turns SVM on on this CPU and continues as Dom0 inside it.
+///
+/// # Safety
+///
+/// As for the VMX `launch`: interrupts are off, `state` is this CPU's and zeroed but for
+/// `info`, `host_cr3` maps the kernel for as long as Keel is loaded. `corrupt` (a test of the
+/// rollback) makes the VMCB invalid, so that the first VMRUN fails.
+pub(crate) unsafe fn launch(
+    state: &mut CpuState,
+    host_cr3: u64,
+    corrupt: bool,
+) -> Result<(), LaunchError> {
+    let page_offset = state.info.page_offset_base;
+    let pa = |p: *const u8| p as u64 - page_offset;
+    let hsave_pa = pa(state.region.0.as_ptr());
+    let vmcb_pa = pa(state.control.0.as_ptr());
+    let msrpm_pa = pa(state.msr_map[0].0.as_ptr());
+
+    // The MSR permission map: EFER (SVME is Keel's), VM_HSAVE_PA and VM_CR exit.
+    // SAFETY: `msr_map` is two contiguous pages of `state`, 8 KiB in all.
+    let map = unsafe { &mut *state.msr_map.as_mut_ptr().cast::<[u8; vmcb::MSRPM_SIZE]>() };
+    map.fill(0);
+    vmcb::msrpm_intercept(map, msr::EFER, true, true);
+    vmcb::msrpm_intercept(map, msr::VM_HSAVE_PA, true, true);
+    vmcb::msrpm_intercept(map, msr::VM_CR, false, true);
+
+    // SAFETY: EFER exists; setting SVME is allowed (the probe checked VM_CR.SVMDIS), and Linux
+    // never writes EFER after boot without reading it first, which then exits to Keel.
+    let efer = unsafe { x86::rdmsr(msr::EFER) } | EFER_SVME;
+    // SAFETY: As above; VM_HSAVE_PA takes the 4 KiB-aligned host-save area, owned by `state`.
+    unsafe {
+        x86::wrmsr(msr::EFER, efer);
+        x86::wrmsr(msr::VM_HSAVE_PA, hsave_pa);
+    }
+
+    let gdt = x86::sgdt();
+    let idt = x86::sidt();
+    // SAFETY: These MSRs exist on every x86-64 CPU.
+    let pat = unsafe { x86::rdmsr(msr::IA32_PAT) };
+    let v = vmcb(state);
+    let c = &mut v.control;
+    c.intercept_misc1 = misc1::CPUID | misc1::INVD | misc1::MSR_PROT | misc1::SHUTDOWN;
+    c.intercept_misc2 = misc2::VMRUN
+        | misc2::VMMCALL
+        | misc2::VMLOAD
+        | misc2::VMSAVE
+        | misc2::STGI
+        | misc2::CLGI
+        | misc2::SKINIT
+        | misc2::XSETBV;
+    c.msrpm_base_pa = msrpm_pa;
+    c.asid = DOM0_ASID;
+    c.tlb_ctl = vmcb::TLB_CONTROL_FLUSH_ALL;
+    if corrupt {
+        // VMRUN requires its own intercept and a non-zero ASID (APM 15.5.1).
+        c.intercept_misc2 &= !misc2::VMRUN;
+        c.asid = 0;
+    }
+
+    let s: &mut VmcbSave = &mut v.save;
+    s.cs = segment(x86::read_cs(), 0);
+    s.ss = segment(x86::read_ss(), 0);
+    s.ds = segment(x86::read_ds(), 0);
+    s.es = segment(x86::read_es(), 0);
+    s.gdtr = VmcbSeg {
+        limit: gdt.limit.into(),
+        base: gdt.base,
+        ..VmcbSeg::default()
+    };
+    s.idtr = VmcbSeg {
+        limit: idt.limit.into(),
+        base: idt.base,
+        ..VmcbSeg::default()
+    };
+    s.cpl = 0;
+    s.efer = efer;
+    s.cr0 = x86::read_cr0();
+    s.cr2 = x86::read_cr2();
+    s.cr3 = x86::read_cr3();
+    s.cr4 = x86::read_cr4();
+    s.dr6 = x86::read_dr6();
+    s.dr7 = x86::read_dr7();
+    s.rflags = x86::read_rflags();
+    s.rax = 0;
+    s.g_pat = pat;
+    // SAFETY: SVME is set and `vmcb_pa` is this CPU's VMCB.
+    unsafe { vmsave(vmcb_pa) };
+
+    state.frame.state = state;
+    state.frame.vmcb_pa = vmcb_pa;
+    let frame = &raw mut state.frame;
+    let vmcb_ptr = state.control.0.as_mut_ptr().cast::<Vmcb>();
+    // SAFETY: The VMCB describes this CPU; `svm_launch` continues as the guest at its return
+    // point with RAX = 0, or returns 1 after a failed first VMRUN (the handler left).
+    match unsafe { svm_launch(frame, vmcb_ptr, host_cr3) } {
+        0 => Ok(()),
+        _ => Err(LaunchError::InvalidState),
+    }
+}
+
+/// Launches Dom0 inside SVM: this function's caller becomes the guest.
+///
+/// Arguments: RDI = this CPU's [`HostFrame`] (the top of the root-mode stack), RSI = the VMCB
+/// (guest state filled but for RSP and RIP), RDX = root mode's CR3.
+/// Result: the guest's RAX at the return point: 0 when launched, 1 when the first VMRUN failed
+/// and the handler left. The callee-saved registers are preserved.
+#[unsafe(naked)]
+unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3: u64) -> u64 {
+    naked_asm!(
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "mov [rsi + {rsp}], rsp",
+        "lea rax, [rip + 2f]",
+        "mov [rsi + {rip}], rax",
+        "mov cr3, rdx",
+        "mov rsp, rdi",
+        "jmp {run}",
+        "2:",
+        // The guest starts here (or the failed launch returns here), RAX holding the result.
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+        rsp = const offset_of!(Vmcb, save) + offset_of!(VmcbSave, rsp),
+        rip = const offset_of!(Vmcb, save) + offset_of!(VmcbSave, rip),
+        run = sym svm_run,
+    )
+}
+
+/// The VMRUN loop. RSP points at this CPU's [`HostFrame`], which holds the guest's GPRs (RAX
+/// and RSP live in the VMCB). Each round loads them, runs the guest until #VMEXIT, saves them
+/// and calls [`svm_exit_handler`]; a non-zero result leaves through [`super::root_leave`].
+#[unsafe(naked)]
+unsafe extern "C" fn svm_run() {
+    naked_asm!(
+        "2:",
+        "mov rcx, [rsp + 0x08]",
+        "mov rdx, [rsp + 0x10]",
+        "mov rbx, [rsp + 0x18]",
+        "mov rbp, [rsp + 0x28]",
+        "mov rsi, [rsp + 0x30]",
+        "mov rdi, [rsp + 0x38]",
+        "mov r8, [rsp + 0x40]",
+        "mov r9, [rsp + 0x48]",
+        "mov r10, [rsp + 0x50]",
+        "mov r11, [rsp + 0x58]",
+        "mov r12, [rsp + 0x60]",
+        "mov r13, [rsp + 0x68]",
+        "mov r14, [rsp + 0x70]",
+        "mov r15, [rsp + 0x78]",
+        "mov rax, [rsp + {vmcb_pa}]",
+        "vmload rax",
+        "vmrun rax",
+        "vmsave rax",
+        "mov [rsp + 0x08], rcx",
+        "mov [rsp + 0x10], rdx",
+        "mov [rsp + 0x18], rbx",
+        "mov [rsp + 0x28], rbp",
+        "mov [rsp + 0x30], rsi",
+        "mov [rsp + 0x38], rdi",
+        "mov [rsp + 0x40], r8",
+        "mov [rsp + 0x48], r9",
+        "mov [rsp + 0x50], r10",
+        "mov [rsp + 0x58], r11",
+        "mov [rsp + 0x60], r12",
+        "mov [rsp + 0x68], r13",
+        "mov [rsp + 0x70], r14",
+        "mov [rsp + 0x78], r15",
+        "mov rdi, rsp",
+        "call {handler}",
+        "test rax, rax",
+        "jz 2b",
+        "jmp {leave}",
+        vmcb_pa = const offset_of!(HostFrame, vmcb_pa),
+        handler = sym svm_exit_handler,
+        leave = sym super::root_leave,
+    )
+}
+
+/// Dom0's state during one SVM exit.
+struct Exit<'a> {
+    state: &'a mut CpuState,
+}
+
+impl Exit<'_> {
+    fn vmcb(&mut self) -> &mut Vmcb {
+        vmcb(self.state)
+    }
+
+    fn vmcb_ref(&self) -> &Vmcb {
+        // SAFETY: As in `vmcb()`.
+        unsafe { &*self.state.control.0.as_ptr().cast::<Vmcb>() }
+    }
+
+    /// The length of the instruction at RIP: from next RIP when the CPU saves it, otherwise
+    /// decoded from the bytes at CS:RIP read through Dom0's page tables.
+    fn insn_len(&mut self) -> Option<u64> {
+        let info = &self.state.info;
+        let v = self.vmcb_ref();
+        if info.nrip_save && v.control.next_rip > v.save.rip {
+            return Some(v.control.next_rip - v.save.rip);
+        }
+        let mode = if v.save.cs.attrib & (1 << 9) != 0 && v.save.efer & EFER_LMA != 0 {
+            Mode::Bits64
+        } else if v.save.cs.attrib & (1 << 10) != 0 {
+            Mode::Bits32
+        } else {
+            Mode::Bits16
+        };
+        let la = v.save.cs.base.wrapping_add(v.save.rip);
+        let la57 = v.save.cr4 & x86::CR4_LA57 != 0;
+        let base = info.page_offset_base;
+        let mut bytes = [0u8; insn::MAX_LEN];
+        // Physical memory is read through Linux's direct map, which root mode's page tables
+        // share. The instruction was just fetched from these pages, so they are RAM.
+        let n = paging::read_linear(
+            v.save.cr3,
+            la57,
+            la,
+            &mut bytes,
+            // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
+            |pa| Some(unsafe { ((base + pa) as *const u64).read_volatile() }),
+            // SAFETY: The code page is RAM (see above).
+            |pa| Some(unsafe { ((base + pa) as *const u8).read_volatile() }),
+        );
+        insn::decode(&bytes[..n], mode).ok().map(|i| i.len as u64)
+    }
+}
+
+impl Dom0Exit for Exit<'_> {
+    fn info(&self) -> &super::CpuInfo {
+        &self.state.info
+    }
+
+    fn regs(&mut self) -> &mut GuestRegs {
+        &mut self.state.frame.regs
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb_ref().save.rip
+    }
+
+    fn cpl(&self) -> u8 {
+        self.vmcb_ref().save.cpl
+    }
+
+    fn cr4(&self) -> u64 {
+        self.vmcb_ref().save.cr4
+    }
+
+    fn skip(&mut self) -> bool {
+        let Some(len) = self.insn_len() else {
+            return false;
+        };
+        let v = self.vmcb();
+        v.save.rip += len;
+        v.control.int_state &= !vmcb::INT_STATE_SHADOW;
+        true
+    }
+
+    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        let c = &mut self.vmcb().control;
+        c.event_inj = u32::from(vector) | event::TYPE_EXCEPTION | event::VALID;
+        if let Some(code) = error_code {
+            c.event_inj |= event::ERROR_VALID;
+            c.event_inj_err = code;
+        }
+    }
+
+    fn rdmsr(&mut self, index: u32) -> Option<u64> {
+        match index {
+            msr::EFER => {
+                let svme = if self.state.view.efer_svme {
+                    EFER_SVME
+                } else {
+                    0
+                };
+                Some((self.vmcb_ref().save.efer & !EFER_SVME) | svme)
+            }
+            msr::VM_HSAVE_PA => Some(self.state.view.hsave_pa),
+            _ => None,
+        }
+    }
+
+    fn wrmsr(&mut self, index: u32, value: u64) -> bool {
+        match index {
+            msr::EFER => {
+                if value & !EFER_WRITABLE != 0 {
+                    return false;
+                }
+                self.state.view.efer_svme = value & EFER_SVME != 0;
+                let s = &mut self.vmcb().save;
+                s.efer = (value & !EFER_LMA) | (s.efer & EFER_LMA) | EFER_SVME;
+                true
+            }
+            msr::VM_HSAVE_PA => {
+                if value & 0xfff != 0 {
+                    return false;
+                }
+                self.state.view.hsave_pa = value;
+                true
+            }
+            // VM_CR: SVM is Keel's; Dom0's writes have no effect.
+            msr::VM_CR => true,
+            _ => false,
+        }
+    }
+
+    fn cr_access(&mut self) -> bool {
+        false
+    }
+
+    fn prepare_leave(&mut self) {
+        let rax = self.state.frame.regs.gpr[RAX];
+        let s = &self.vmcb_ref().save;
+        let (rsp, rip, rflags, cr3, cr4, cr2, efer) = (
+            s.rsp,
+            s.rip,
+            s.rflags,
+            s.cr3,
+            s.cr4,
+            s.cr2,
+            s.efer & !EFER_SVME,
+        );
+        let dr7 = s.dr7;
+        let hsave = self.state.view.hsave_pa;
+        // SAFETY: Leaving SVM for good on this CPU: GIF is set first (STGI needs SVME), with
+        // interrupts off (the host's RFLAGS.IF is clear), then SVME cleared and Dom0's control
+        // registers restored; VMRUN's host state already matched Dom0's in everything else.
+        unsafe {
+            asm!("stgi", options(nomem, nostack));
+            x86::wrmsr(msr::VM_HSAVE_PA, hsave);
+            x86::wrmsr(msr::EFER, efer);
+            x86::write_cr4(cr4);
+            x86::write_cr2(cr2);
+            asm!("mov dr7, {}", in(reg) dr7, options(nomem, nostack));
+        }
+        self.state.frame.regs.gpr[RAX] = rax;
+        super::push_return(&mut self.state.frame, rsp, rip, rflags, cr3);
+    }
+
+    fn dump(&mut self, why: &str) {
+        let v = self.vmcb_ref();
+        let info = &self.state.info;
+        rlog!(
+            info,
+            Err,
+            "CPU {}: {}: exit code {:#x} info1 {:#x} info2 {:#x} intinfo {:#x}",
+            info.cpu,
+            why,
+            v.control.exit_code,
+            v.control.exit_info_1,
+            v.control.exit_info_2,
+            v.control.exit_int_info
+        );
+        rlog!(
+            info,
+            Err,
+            " rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={}",
+            v.save.rip,
+            v.save.rsp,
+            v.save.rflags,
+            v.save.cs.selector,
+            v.save.cpl
+        );
+        rlog!(
+            info,
+            Err,
+            " cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            v.save.cr0,
+            v.save.cr3,
+            v.save.cr4,
+            v.save.efer
+        );
+        super::dump_regs(info, &self.state.frame.regs);
+    }
+}
+
+/// Handles one #VMEXIT. Returns 0 to run Dom0 again, 1 to leave (the frame then holds where
+/// to).
+extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
+    // SAFETY: `frame` is this CPU's frame (the VMRUN loop's RSP), whose `state` points at the
+    // CpuState that contains it; root mode on this CPU is its only user while it runs.
+    let state = unsafe { &mut *(*frame).state };
+    let mut exit = Exit { state };
+    let (code, info1) = {
+        let c = &exit.vmcb_ref().control;
+        (c.exit_code, c.exit_info_1)
+    };
+    exit.vmcb().control.tlb_ctl = 0;
+    // Guest RAX lives in the VMCB; the common code works on the frame.
+    exit.state.frame.regs.gpr[RAX] = exit.vmcb_ref().save.rax;
+    let kind = ExitKind::from_svm(code, info1);
+    let action = match kind {
+        ExitKind::EntryFailure if !exit.state.info.launched.load(Ordering::Relaxed) => {
+            // The first VMRUN failed: hand the CPU back at the launch point with RAX = 1.
+            exit.dump("the first VMRUN failed");
+            exit.state.frame.regs.gpr[RAX] = 1;
+            exit.prepare_leave();
+            return 1;
+        }
+        ExitKind::TripleFault | ExitKind::EntryFailure => {
+            exit.dump("Dom0 cannot continue on this CPU");
+            super::park();
+        }
+        _ => handle(&mut exit, kind, code),
+    };
+    let rax = exit.state.frame.regs.gpr[RAX];
+    exit.vmcb().save.rax = rax;
+    match action {
+        ExitAction::Resume => 0,
+        ExitAction::Leave => 1,
+    }
+}
