@@ -88,14 +88,16 @@ TEST_F(dev, version_rejects_nonzero_flags)
 	EXPECT_EQ(EINVAL, errno);
 }
 
+/* Keel hides VMX/SVM from Linux while it runs, so the vendor comes from vendor_id. */
 TEST_F(dev, caps_vendor_matches_cpuinfo)
 {
 	struct keel_caps c = { 0 };
-	bool vmx = cpuinfo_has_flag("flags", "vmx"), svm = cpuinfo_has_flag("flags", "svm");
+	bool intel = cpuinfo_has_flag("vendor_id", "GenuineIntel");
+	bool amd = cpuinfo_has_flag("vendor_id", "AuthenticAMD");
 
 	keel_ioctl(self->fd, KEEL_GET_CAPS, &c);
-	ASSERT_TRUE(vmx || svm) TH_LOG("neither vmx nor svm in /proc/cpuinfo, yet keel loaded");
-	EXPECT_EQ(vmx ? KEEL_VENDOR_VMX : KEEL_VENDOR_SVM, c.vendor);
+	ASSERT_TRUE(intel || amd) TH_LOG("vendor_id is neither GenuineIntel nor AuthenticAMD");
+	EXPECT_EQ(intel ? KEEL_VENDOR_VMX : KEEL_VENDOR_SVM, c.vendor);
 	EXPECT_NE(0, c.revision);
 }
 
@@ -140,7 +142,7 @@ TEST_F(dev, caps_agree_with_cpuinfo)
 	keel_ioctl(self->fd, KEEL_GET_CAPS, &c);
 	if (c.vendor == KEEL_VENDOR_VMX) {
 		if (!cpuinfo_has_line("vmx flags"))
-			SKIP(return, "/proc/cpuinfo has no 'vmx flags' line (CONFIG_X86_VMX_FEATURE_NAMES off)");
+			SKIP(return, "no 'vmx flags' in /proc/cpuinfo: Linux shows none while Keel owns VMX");
 		t = vmx_flags;
 		n = sizeof(vmx_flags) / sizeof(vmx_flags[0]);
 	} else {

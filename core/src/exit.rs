@@ -167,8 +167,8 @@ impl ExitKind {
             0x7a | 0x80 | 0x82..=0x86 => Self::VirtInsn,
             0x8d => Self::Xsetbv,
             0x400 => Self::SlatFault,
-            // VMEXIT_INVALID is -1.
-            u64::MAX => Self::EntryFailure,
+            // VMEXIT_INVALID is -1; QEMU's TCG stores it as a 32-bit -1.
+            u64::MAX | 0xffff_ffff => Self::EntryFailure,
             _ => Self::Other,
         }
     }
@@ -216,6 +216,7 @@ mod tests {
         assert_eq!(ExitKind::from_svm(0x8d, 0), ExitKind::Xsetbv);
         assert_eq!(ExitKind::from_svm(0x400, 0), ExitKind::SlatFault);
         assert_eq!(ExitKind::from_svm(u64::MAX, 0), ExitKind::EntryFailure);
+        assert_eq!(ExitKind::from_svm(0xffff_ffff, 0), ExitKind::EntryFailure);
         assert_eq!(ExitKind::from_svm(0x7c, 0), ExitKind::Rdmsr);
         assert_eq!(ExitKind::from_svm(0x7c, 1), ExitKind::Wrmsr);
     }

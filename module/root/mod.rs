@@ -73,6 +73,14 @@ pub(crate) struct HostFrame {
     pub(crate) leave_rsp: u64,
     /// When leaving: Dom0's CR3.
     pub(crate) leave_cr3: u64,
+    /// The launch point (RSP, RIP, CR3), to return to when the first entry fails: the
+    /// hardware may have overwritten the VMCB's copy by then.
+    pub(crate) launch_rsp: u64,
+    /// See `launch_rsp`.
+    pub(crate) launch_rip: u64,
+    /// See `launch_rsp`.
+    pub(crate) launch_cr3: u64,
+    _pad: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<HostFrame>() % 16 == 0);

@@ -128,11 +128,6 @@ pub(crate) unsafe fn launch(
     c.msrpm_base_pa = msrpm_pa;
     c.asid = DOM0_ASID;
     c.tlb_ctl = vmcb::TLB_CONTROL_FLUSH_ALL;
-    if corrupt {
-        // VMRUN requires its own intercept and a non-zero ASID (APM 15.5.1).
-        c.intercept_misc2 &= !misc2::VMRUN;
-        c.asid = 0;
-    }
 
     let s: &mut VmcbSave = &mut v.save;
     s.cs = segment(x86::read_cs(), 0);
@@ -160,11 +155,16 @@ pub(crate) unsafe fn launch(
     s.rflags = x86::read_rflags();
     s.rax = 0;
     s.g_pat = pat;
+    if corrupt {
+        // CR0.NW set with CR0.CD clear is an illegal guest state (APM 15.5.1).
+        s.cr0 = (s.cr0 | (1 << 29)) & !(1 << 30);
+    }
     // SAFETY: SVME is set and `vmcb_pa` is this CPU's VMCB.
     unsafe { vmsave(vmcb_pa) };
 
     state.frame.state = state;
     state.frame.vmcb_pa = vmcb_pa;
+    state.frame.launch_cr3 = x86::read_cr3();
     let frame = &raw mut state.frame;
     let vmcb_ptr = state.control.0.as_mut_ptr().cast::<Vmcb>();
     // SAFETY: The VMCB describes this CPU; `svm_launch` continues as the guest at its return
@@ -191,8 +191,10 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
         "push r14",
         "push r15",
         "mov [rsi + {rsp}], rsp",
+        "mov [rdi + {launch_rsp}], rsp",
         "lea rax, [rip + 2f]",
         "mov [rsi + {rip}], rax",
+        "mov [rdi + {launch_rip}], rax",
         "mov cr3, rdx",
         "mov rsp, rdi",
         "jmp {run}",
@@ -207,6 +209,8 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
         "ret",
         rsp = const offset_of!(Vmcb, save) + offset_of!(VmcbSave, rsp),
         rip = const offset_of!(Vmcb, save) + offset_of!(VmcbSave, rip),
+        launch_rsp = const offset_of!(HostFrame, launch_rsp),
+        launch_rip = const offset_of!(HostFrame, launch_rip),
         run = sym svm_run,
     )
 }
@@ -477,10 +481,20 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
     let kind = ExitKind::from_svm(code, info1);
     let action = match kind {
         ExitKind::EntryFailure if !exit.state.info.launched.load(Ordering::Relaxed) => {
-            // The first VMRUN failed: hand the CPU back at the launch point with RAX = 1.
+            // The first VMRUN failed: hand the CPU back at the launch point with RAX = 1. The
+            // VMCB's save area may hold host state by now: the launch point is in the frame,
+            // and the control registers are still the launch's.
             exit.dump("the first VMRUN failed");
             exit.state.frame.regs.gpr[RAX] = 1;
-            exit.prepare_leave();
+            // SAFETY: As in `prepare_leave`: GIF set with interrupts off, then SVME cleared.
+            unsafe {
+                asm!("stgi", options(nomem, nostack));
+                x86::wrmsr(msr::VM_HSAVE_PA, 0);
+                x86::wrmsr(msr::EFER, x86::rdmsr(msr::EFER) & !EFER_SVME);
+            }
+            let f = &mut exit.state.frame;
+            let (rsp, rip, cr3) = (f.launch_rsp, f.launch_rip, f.launch_cr3);
+            super::push_return(f, rsp, rip, x86::read_rflags(), cr3);
             return 1;
         }
         ExitKind::TripleFault | ExitKind::EntryFailure => {

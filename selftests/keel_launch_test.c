@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * keel_launch_test: Linux running as Dom0 on Keel. Runs with keel.ko loaded.
+ *
+ * Dom0 must see Keel's CPUID leaves on every CPU and not the extension Keel owns, its exits
+ * must be counted, VMX/SVM instructions must fault in it as on a CPU without them, and an
+ * ordinary workload must run unharmed.
+ */
+#include <cpuid.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kselftest_harness.h"
+#include "keel_util.h"
+
+#define STATS "/sys/kernel/debug/keel/stats"
+
+static void cpuid_count(uint32_t leaf, uint32_t sub, uint32_t r[4])
+{
+	__cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+}
+
+/* Pins the calling thread to `cpu`; false if the CPU is not usable. */
+static bool pin(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0;
+}
+
+static int nr_cpus(void)
+{
+	return sysconf(_SC_NPROCESSORS_CONF);
+}
+
+TEST(keel_leaf_on_every_cpu)
+{
+	struct keel_version v = { 0 };
+	int fd = open(KEEL_DEV, O_RDONLY), seen = 0;
+
+	ASSERT_LE(0, fd);
+	keel_ioctl(fd, KEEL_GET_VERSION, &v);
+	close(fd);
+	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
+		uint32_t r[4];
+		char sig[13] = { 0 };
+
+		if (!pin(cpu))
+			continue;
+		seen++;
+		cpuid_count(0x40000000, 0, r);
+		memcpy(sig, &r[1], 4);
+		memcpy(sig + 4, &r[2], 4);
+		memcpy(sig + 8, &r[3], 4);
+		EXPECT_STREQ("KeelKeelKeel", sig) TH_LOG("CPU %d", cpu);
+		EXPECT_LE(0x40000001u, r[0]) TH_LOG("CPU %d: max leaf %#x", cpu, r[0]);
+		cpuid_count(0x40000001, 0, r);
+		EXPECT_EQ((uint32_t)(v.major << 16 | v.minor << 8 | v.patch), r[0]) TH_LOG("CPU %d", cpu);
+		EXPECT_EQ(KEEL_ABI_VERSION, r[1]) TH_LOG("CPU %d", cpu);
+		/* The rest of the range reads as zero. */
+		cpuid_count(0x40000002, 0, r);
+		EXPECT_EQ(0, r[0] | r[1] | r[2] | r[3]) TH_LOG("CPU %d", cpu);
+	}
+	EXPECT_EQ(sysconf(_SC_NPROCESSORS_ONLN), seen);
+}
+
+TEST(extension_hidden_on_every_cpu)
+{
+	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
+		uint32_t r[4];
+
+		if (!pin(cpu))
+			continue;
+		cpuid_count(1, 0, r);
+		EXPECT_EQ(0, r[2] & (1u << 5)) TH_LOG("CPU %d: CPUID.1:ECX.VMX is visible", cpu);
+		EXPECT_NE(0, r[2] & (1u << 31)) TH_LOG("CPU %d: hypervisor bit clear", cpu);
+		cpuid_count(0x80000001, 0, r);
+		EXPECT_EQ(0, r[2] & (1u << 2)) TH_LOG("CPU %d: CPUID.80000001h:ECX.SVM is visible", cpu);
+	}
+	EXPECT_FALSE(cpuinfo_has_flag("flags", "vmx"));
+	EXPECT_FALSE(cpuinfo_has_flag("flags", "svm"));
+}
+
+/* Sum of the `kind` counter of `cpu` in debugfs; -1 if absent. */
+static long long stat_of(int cpu, const char *kind)
+{
+	FILE *f = fopen(STATS, "r");
+	char line[256], k[64];
+	long long n, total = -1;
+	int c;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%d %63s %lld", &c, k, &n) == 3 && c == cpu && !strcmp(k, kind))
+			total = n;
+	fclose(f);
+	return total;
+}
+
+static void ensure_debugfs(struct __test_metadata *_metadata)
+{
+	if (access(STATS, R_OK) && mount("none", "/sys/kernel/debug", "debugfs", 0, NULL) && errno != EBUSY)
+		SKIP(return, "cannot mount debugfs");
+}
+
+TEST(exit_counters_move)
+{
+	ensure_debugfs(_metadata);
+	ASSERT_EQ(0, access(STATS, R_OK)) TH_LOG(STATS " missing");
+	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
+		long long before, after;
+		uint32_t r[4];
+
+		if (!pin(cpu))
+			continue;
+		before = stat_of(cpu, "cpuid");
+		ASSERT_LE(0, before) TH_LOG("no cpuid counter for CPU %d", cpu);
+		for (int i = 0; i < 1000; i++)
+			cpuid_count(0, 0, r);
+		after = stat_of(cpu, "cpuid");
+		EXPECT_LE(before + 1000, after) TH_LOG("CPU %d: %lld -> %lld", cpu, before, after);
+	}
+}
+
+/* Runs `fn` in a child; returns the signal that killed it, or 0. */
+static int run_child(void (*fn)(void))
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		fn();
+		_exit(0);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
+static void do_vmcall(void) { asm volatile("vmcall" ::: "memory"); }
+static void do_vmmcall(void) { asm volatile("vmmcall" ::: "memory"); }
+static void do_vmxon(void) { uint64_t pa = 0; asm volatile("vmxon %0" :: "m"(pa) : "memory", "cc"); }
+static void do_vmrun(void) { asm volatile("vmrun" :: "a"(0UL) : "memory"); }
+static void do_keel_hypercall(void) { asm volatile("vmcall; vmmcall" :: "a"(0x4b45454c00000001UL) : "memory"); }
+
+/* In user mode these fault as on a CPU without the extension, and Dom0 goes on. */
+TEST(virt_insns_fault_in_dom0_user_mode)
+{
+	struct { const char *name; void (*fn)(void); } t[] = {
+		{ "vmcall", do_vmcall }, { "vmmcall", do_vmmcall }, { "vmxon", do_vmxon },
+		{ "vmrun", do_vmrun }, { "keel hypercall", do_keel_hypercall },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		int sig = run_child(t[i].fn);
+
+		EXPECT_TRUE(sig == SIGILL || sig == SIGSEGV)
+			TH_LOG("%s: child ended with signal %d, expected SIGILL or SIGSEGV", t[i].name, sig);
+	}
+}
+
+TEST(dom0_fork_exec)
+{
+	for (int i = 0; i < 300; i++) {
+		int status;
+		pid_t pid = fork();
+
+		if (pid == 0) {
+			execl("/bin/true", "true", NULL);
+			_exit(127);
+		}
+		ASSERT_LT(0, pid);
+		ASSERT_EQ(pid, waitpid(pid, &status, 0));
+		ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) TH_LOG("run %d", i);
+	}
+}
+
+TEST(dom0_tmpfs_io)
+{
+	const char *dir = "/tmp/keel-io";
+	size_t len = 8 << 20;
+	unsigned char *buf = malloc(len), *back = malloc(len);
+	char path[64];
+	int fd;
+
+	ASSERT_TRUE(buf && back);
+	mkdir(dir, 0700);
+	ASSERT_EQ(0, mount("tmpfs", dir, "tmpfs", 0, "size=32m"));
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (unsigned char)(i * 2654435761u >> 13);
+	snprintf(path, sizeof(path), "%s/data", dir);
+	fd = open(path, O_CREAT | O_RDWR | O_TRUNC, 0600);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ((ssize_t)len, write(fd, buf, len));
+	ASSERT_EQ(0, fsync(fd));
+	ASSERT_EQ(0, lseek(fd, 0, SEEK_SET));
+	ASSERT_EQ((ssize_t)len, read(fd, back, len));
+	EXPECT_EQ(0, memcmp(buf, back, len));
+	close(fd);
+	EXPECT_EQ(0, umount(dir));
+	free(buf);
+	free(back);
+}
+
+TEST_HARNESS_MAIN
