@@ -23,7 +23,7 @@ check load.reload_cycles reload_cycles
 
 # KVM takes VMX/SVM when it loads; Keel must then refuse with EBUSY and say why.
 refused_while_kvm_loaded() {
-    if grep -qw vmx /proc/cpuinfo; then kvm=kvm_intel; else kvm=kvm_amd; fi
+    if grep -q GenuineIntel /proc/cpuinfo; then kvm=kvm_intel; else kvm=kvm_amd; fi
     rmmod keel || return 1
     if ! modprobe $kvm 2>/tmp/kvm.err; then
         insmod $ko

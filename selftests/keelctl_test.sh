@@ -6,9 +6,10 @@
 ko=/lib/modules/keel.ko
 out=/tmp/keelctl.out err=/tmp/keelctl.err
 
-tap_plan 7
+tap_plan 9
 
-expected_vendor() { if grep -qw vmx /proc/cpuinfo; then echo vmx; else echo svm; fi; }
+# Keel hides vmx/svm from /proc/cpuinfo while loaded: the vendor says which one it is.
+expected_vendor() { if grep -q GenuineIntel /proc/cpuinfo; then echo vmx; else echo svm; fi; }
 
 info_human() {
     keelctl info >$out 2>$err || { cat $err; return 1; }
@@ -45,5 +46,24 @@ check keelctl.module_not_loaded not_loaded
 
 other_device() { ! keelctl --device /dev/null info >$out 2>$err && grep -q "KEEL_GET_VERSION failed" $err || { cat $err; return 1; }; }
 check keelctl.wrong_device other_device
+
+# The exit counters: CPUID exits on every CPU make the cpuid row's total grow.
+cpuid_total() { keelctl stats | awk '$1 == "cpuid" { print $NF }'; }
+stats_move() {
+    before=$(cpuid_total)
+    [ -n "$before" ] || { keelctl stats; echo "no cpuid row"; return 1; }
+    for i in 1 2 3 4 5; do keel_cpuid >/dev/null; done
+    after=$(cpuid_total)
+    [ "$after" -gt "$before" ] || { echo "cpuid total $before -> $after"; return 1; }
+    keelctl stats | head -1 | grep -q "cpu0" || { keelctl stats; return 1; }
+    keelctl stats --json | grep -q '"cpus"' || return 1
+}
+check keelctl.stats_move stats_move
+
+stats_missing_file() {
+    keelctl stats --file /nonexistent 2>/tmp/err && return 1
+    grep -q "debugfs" /tmp/err || { cat /tmp/err; return 1; }
+}
+check keelctl.stats_missing_file stats_missing_file
 
 tap_done
