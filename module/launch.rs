@@ -72,7 +72,7 @@ fn per_cpu<T>(var: *const T, cpu: u32) -> *mut T {
     // SAFETY: `__per_cpu_offset` is set up at boot for every possible CPU and never changes;
     // reading it is a plain load.
     let offset = unsafe { bindings::__per_cpu_offset[cpu as usize] };
-    (var as usize).wrapping_add(offset as usize) as *mut T
+    (var as usize).wrapping_add(offset) as *mut T
 }
 
 /// The physical address of a kernel virtual address in the direct map or the kernel image
@@ -197,6 +197,10 @@ fn alloc_state(cpu: u32, caps: &Caps) -> Result<KBox<CpuState>> {
 }
 
 /// Launches Keel beneath this CPU (hotplug startup callback; runs on `cpu`).
+///
+/// # Safety
+///
+/// Called by the CPU-hotplug core only, on `cpu`, in its hotplug thread.
 unsafe extern "C" fn cpu_online(cpu: c_uint) -> c_int {
     match online(cpu) {
         Ok(()) => 0,
@@ -238,7 +242,7 @@ fn online(cpu: u32) -> Result {
             .info
             .launched
             .store(true, core::sync::atomic::Ordering::Relaxed);
-        // SAFETY: `cpu_info` is Linux's per-CPU CPU data, valid for the kernel's lifetime.
+        // Linux's per-CPU `cpu_info` is valid for the kernel's lifetime.
         set_feature(
             per_cpu(&raw const cpu_info, cpu),
             feature_of(caps.vendor),
@@ -262,6 +266,10 @@ fn online(cpu: u32) -> Result {
 }
 
 /// Hands this CPU back (hotplug teardown callback; runs on `cpu`, also when it goes offline).
+///
+/// # Safety
+///
+/// Called by the CPU-hotplug core only, on `cpu`, in its hotplug thread.
 unsafe extern "C" fn cpu_offline(cpu: c_uint) -> c_int {
     match offline(cpu) {
         Ok(()) => 0,
@@ -321,6 +329,10 @@ fn reload_tr(cpu: u32) {
 
 /// The log-drain thread: copies every CPU's root-mode log into the kernel log ten times a
 /// second.
+///
+/// # Safety
+///
+/// Runs as a kthread created by `Launched::new` and stopped by its `drop`.
 unsafe extern "C" fn drain_thread(_data: *mut c_void) -> c_int {
     // SAFETY: Called from a kthread, as `kthread_should_stop` requires.
     while !unsafe { bindings::kthread_should_stop() } {
@@ -377,7 +389,7 @@ impl Launched {
         // SAFETY: Called once per module load, before any user of TABLE exists.
         unsafe { TABLE.init() };
         let feature = feature_of(caps.vendor);
-        // SAFETY: `boot_cpu_data` is Linux's boot CPU data, valid for the kernel's lifetime.
+        // `boot_cpu_data` is Linux's boot CPU data, valid for the kernel's lifetime.
         let had_feature = set_feature(&raw mut bindings::boot_cpu_data, feature, false);
         {
             let mut table = TABLE.lock();

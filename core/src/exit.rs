@@ -112,6 +112,22 @@ impl ExitKind {
         }
     }
 
+    /// The encoding, without prefixes, of the instruction an exit of this kind intercepts on
+    /// SVM, when there is a single one (VMMCALL for hypercalls: VMCALL does not exit on AMD).
+    /// Without next-RIP save, Keel compares the bytes at RIP with it before decoding in full:
+    /// when they match, the instruction is exactly this long.
+    pub fn plain_encoding(self) -> Option<&'static [u8]> {
+        Some(match self {
+            Self::Cpuid => &[0x0f, 0xa2],
+            Self::Invd => &[0x0f, 0x08],
+            Self::Rdmsr => &[0x0f, 0x32],
+            Self::Wrmsr => &[0x0f, 0x30],
+            Self::Xsetbv => &[0x0f, 0x01, 0xd1],
+            Self::Hypercall => &[0x0f, 0x01, 0xd9],
+            _ => return None,
+        })
+    }
+
     /// Decodes a VMX exit reason (the VMCS field; bits 15:0 are the basic reason, bit 31 says
     /// VM entry failed).
     pub fn from_vmx(exit_reason: u32) -> Self {
@@ -177,6 +193,17 @@ impl ExitKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_encodings_decode_to_their_length() {
+        use crate::insn::{decode, Mode};
+        for kind in ExitKind::ALL {
+            if let Some(bytes) = kind.plain_encoding() {
+                let insn = decode(bytes, Mode::Bits64).unwrap();
+                assert_eq!(insn.len, bytes.len(), "{}", kind.name());
+            }
+        }
+    }
 
     #[test]
     fn all_is_in_counter_order_with_unique_names() {

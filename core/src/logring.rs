@@ -246,7 +246,8 @@ mod tests {
                     last = Some(v);
                     read += 1;
                 }
-                None if writer.is_finished() && ring.read().is_none() => break,
+                // Once the writer is done, the drain after `join` below takes the rest.
+                None if writer.is_finished() => break,
                 None => std::hint::spin_loop(),
             }
         }

@@ -378,6 +378,10 @@ pub(crate) fn push_return(frame: &mut HostFrame, rsp: u64, rip: u64, rflags: u64
 /// system state, and RSP points at this CPU's [`HostFrame`]. Loads Dom0's CR3 and GPRs from
 /// the frame, switches to Dom0's stack and returns into Dom0 through the RFLAGS and RIP that
 /// [`push_return`] put there.
+///
+/// # Safety
+///
+/// Jumped to (never called) by the exit trampolines, with RSP at the frame and VMX/SVM off.
 #[unsafe(naked)]
 pub(crate) unsafe extern "C" fn root_leave() {
     core::arch::naked_asm!(

@@ -181,6 +181,10 @@ pub(crate) unsafe fn launch(
 /// (guest state filled but for RSP and RIP), RDX = root mode's CR3.
 /// Result: the guest's RAX at the return point: 0 when launched, 1 when the first VMRUN failed
 /// and the handler left. The callee-saved registers are preserved.
+///
+/// # Safety
+///
+/// As for `launch`: interrupts off, SVME set, the VMCB and frame belong to this CPU.
 #[unsafe(naked)]
 unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3: u64) -> u64 {
     naked_asm!(
@@ -218,6 +222,10 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
 /// The VMRUN loop. RSP points at this CPU's [`HostFrame`], which holds the guest's GPRs (RAX
 /// and RSP live in the VMCB). Each round loads them, runs the guest until #VMEXIT, saves them
 /// and calls [`svm_exit_handler`]; a non-zero result leaves through [`super::root_leave`].
+///
+/// # Safety
+///
+/// Jumped to (never called) by `svm_launch`, with RSP at this CPU's frame.
 #[unsafe(naked)]
 unsafe extern "C" fn svm_run() {
     naked_asm!(
@@ -268,6 +276,7 @@ unsafe extern "C" fn svm_run() {
 /// Dom0's state during one SVM exit.
 struct Exit<'a> {
     state: &'a mut CpuState,
+    kind: ExitKind,
 }
 
 impl Exit<'_> {
@@ -281,7 +290,8 @@ impl Exit<'_> {
     }
 
     /// The length of the instruction at RIP: from next RIP when the CPU saves it, otherwise
-    /// decoded from the bytes at CS:RIP read through Dom0's page tables.
+    /// from the bytes at CS:RIP read through Dom0's page tables: the exit kind's plain
+    /// encoding when they are exactly that (the common case, and cheap), else decoded.
     fn insn_len(&mut self) -> Option<u64> {
         let info = &self.state.info;
         let v = self.vmcb_ref();
@@ -298,19 +308,30 @@ impl Exit<'_> {
         let la = v.save.cs.base.wrapping_add(v.save.rip);
         let la57 = v.save.cr4 & x86::CR4_LA57 != 0;
         let base = info.page_offset_base;
-        let mut bytes = [0u8; insn::MAX_LEN];
+        let cr3 = v.save.cr3;
         // Physical memory is read through Linux's direct map, which root mode's page tables
         // share. The instruction was just fetched from these pages, so they are RAM.
-        let n = paging::read_linear(
-            v.save.cr3,
-            la57,
-            la,
-            &mut bytes,
-            // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
-            |pa| Some(unsafe { ((base + pa) as *const u64).read_volatile() }),
-            // SAFETY: The code page is RAM (see above).
-            |pa| Some(unsafe { ((base + pa) as *const u8).read_volatile() }),
-        );
+        let read = |buf: &mut [u8]| {
+            paging::read_linear(
+                cr3,
+                la57,
+                la,
+                buf,
+                // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
+                |pa| Some(unsafe { ((base + pa) as *const u64).read_volatile() }),
+                // SAFETY: The code page is RAM (see above).
+                |pa| Some(unsafe { ((base + pa) as *const u8).read_volatile() }),
+            )
+        };
+        if let Some(plain) = self.kind.plain_encoding() {
+            let mut bytes = [0u8; 3];
+            let want = &mut bytes[..plain.len()];
+            if read(want) == plain.len() && want == plain {
+                return Some(plain.len() as u64);
+            }
+        }
+        let mut bytes = [0u8; insn::MAX_LEN];
+        let n = read(&mut bytes);
         insn::decode(&bytes[..n], mode).ok().map(|i| i.len as u64)
     }
 }
@@ -470,7 +491,10 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
     // SAFETY: `frame` is this CPU's frame (the VMRUN loop's RSP), whose `state` points at the
     // CpuState that contains it; root mode on this CPU is its only user while it runs.
     let state = unsafe { &mut *(*frame).state };
-    let mut exit = Exit { state };
+    let mut exit = Exit {
+        state,
+        kind: ExitKind::Other,
+    };
     let (code, info1) = {
         let c = &exit.vmcb_ref().control;
         (c.exit_code, c.exit_info_1)
@@ -479,6 +503,7 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
     // Guest RAX lives in the VMCB; the common code works on the frame.
     exit.state.frame.regs.gpr[RAX] = exit.vmcb_ref().save.rax;
     let kind = ExitKind::from_svm(code, info1);
+    exit.kind = kind;
     let action = match kind {
         ExitKind::EntryFailure if !exit.state.info.launched.load(Ordering::Relaxed) => {
             // The first VMRUN failed: hand the CPU back at the launch point with RAX = 1. The

@@ -514,6 +514,10 @@ fn setup_vmcs(
 /// failed (VM_INSTRUCTION_ERROR says why), still in root mode; 2 if the entry failed on the
 /// guest state and the exit handler already left VMX operation. The callee-saved registers
 /// are preserved in every case.
+///
+/// # Safety
+///
+/// In VMX root operation with interrupts off and this CPU's complete VMCS current.
 #[unsafe(naked)]
 unsafe extern "C" fn vmx_launch() -> u64 {
     naked_asm!(
@@ -552,6 +556,10 @@ unsafe extern "C" fn vmx_launch() -> u64 {
 /// On entry RSP points at this CPU's [`HostFrame`] (HOST_RSP) and every GPR but RSP holds the
 /// guest's value. It saves them into the frame, calls [`vmx_exit_handler`] with the frame and
 /// either restores them and resumes the guest, or leaves through [`super::root_leave`].
+///
+/// # Safety
+///
+/// Entered by the processor on VM exit only (HOST_RIP), never called.
 #[unsafe(naked)]
 unsafe extern "C" fn vmx_exit() {
     naked_asm!(
