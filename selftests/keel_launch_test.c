@@ -91,6 +91,37 @@ TEST(extension_hidden_on_every_cpu)
 	EXPECT_FALSE(cpuinfo_has_flag("flags", "svm"));
 }
 
+/*
+ * The MSRs Keel owns read as on a CPU whose extension is off: EFER.SVME clear on AMD (the
+ * hardware keeps it set), IA32_FEATURE_CONTROL locked without VMX on Intel.
+ */
+TEST(dom0_msr_view_hides_the_extension)
+{
+	bool intel = cpuinfo_has_flag("vendor_id", "GenuineIntel");
+
+	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
+		char path[64];
+		uint64_t v = 0;
+		int fd;
+
+		snprintf(path, sizeof(path), "/dev/cpu/%d/msr", cpu);
+		fd = open(path, O_RDONLY);
+		if (fd < 0 && errno == ENOENT && cpu == 0)
+			SKIP(return, "no %s (CONFIG_X86_MSR off)", path);
+		if (fd < 0)
+			continue;
+		if (intel) {
+			ASSERT_EQ(8, pread(fd, &v, 8, 0x3a)) TH_LOG("CPU %d: IA32_FEATURE_CONTROL", cpu);
+			EXPECT_EQ(1, v & 7) TH_LOG("CPU %d: IA32_FEATURE_CONTROL = %#llx", cpu, (unsigned long long)v);
+		} else {
+			ASSERT_EQ(8, pread(fd, &v, 8, 0xc0000080)) TH_LOG("CPU %d: EFER", cpu);
+			EXPECT_EQ(0, v & (1 << 12)) TH_LOG("CPU %d: EFER = %#llx shows SVME", cpu, (unsigned long long)v);
+			EXPECT_EQ(1 << 10, v & (1 << 10)) TH_LOG("CPU %d: EFER = %#llx lacks LMA", cpu, (unsigned long long)v);
+		}
+		close(fd);
+	}
+}
+
 /* Sum of the `kind` counter of `cpu` in debugfs; -1 if absent. */
 static long long stat_of(int cpu, const char *kind)
 {
