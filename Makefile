@@ -27,7 +27,7 @@ module-lint:
 	@test -e $(KDIR)/Makefile || { echo "no kernel build at $(KDIR): run scripts/build-kernel (or set KDIR)"; exit 1; }
 	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean >/dev/null
 	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 CLIPPY=1 modules 2>&1 | tee module/lint.log
-	@! grep -E "^(warning|error)" module/lint.log
+	@! grep -E "^(warning|error)|warning: objtool" module/lint.log
 
 tool:
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target $(HOST_TARGET) -p keelctl

@@ -85,6 +85,35 @@ pub(crate) struct HostFrame {
 
 const _: () = assert!(core::mem::size_of::<HostFrame>() % 16 == 0);
 
+/// Assembly text for the trampolines: loads the guest's GPRs but RAX and RSP from the
+/// [`HostFrame`] at RSP (`regs.gpr[n]` is at `n * 8`, the frame starts with `regs`).
+macro_rules! load_gprs_but_rax {
+    () => {
+        "mov rcx, [rsp + 0x08]\nmov rdx, [rsp + 0x10]\nmov rbx, [rsp + 0x18]\nmov rbp, [rsp + 0x28]\nmov rsi, [rsp + 0x30]\nmov rdi, [rsp + 0x38]\nmov r8, [rsp + 0x40]\nmov r9, [rsp + 0x48]\nmov r10, [rsp + 0x50]\nmov r11, [rsp + 0x58]\nmov r12, [rsp + 0x60]\nmov r13, [rsp + 0x68]\nmov r14, [rsp + 0x70]\nmov r15, [rsp + 0x78]"
+    };
+}
+pub(crate) use load_gprs_but_rax;
+
+/// Assembly text: saves the guest's GPRs but RAX and RSP into the [`HostFrame`] at RSP.
+macro_rules! save_gprs_but_rax {
+    () => {
+        "mov [rsp + 0x08], rcx\nmov [rsp + 0x10], rdx\nmov [rsp + 0x18], rbx\nmov [rsp + 0x28], rbp\nmov [rsp + 0x30], rsi\nmov [rsp + 0x38], rdi\nmov [rsp + 0x40], r8\nmov [rsp + 0x48], r9\nmov [rsp + 0x50], r10\nmov [rsp + 0x58], r11\nmov [rsp + 0x60], r12\nmov [rsp + 0x68], r13\nmov [rsp + 0x70], r14\nmov [rsp + 0x78], r15"
+    };
+}
+pub(crate) use save_gprs_but_rax;
+
+const _: () = assert!(core::mem::offset_of!(HostFrame, regs) == 0);
+
+/// Assembly text: tells objtool not to check this function's stack frame (Linux's
+/// `STACK_FRAME_NON_STANDARD`): the trampolines switch stacks and jump between each other,
+/// which its frame checks cannot follow. The function is passed as the `this` operand.
+macro_rules! objtool_frame_non_standard {
+    () => {
+        ".pushsection .discard.func_stack_frame_non_standard, \"aw\"\n.quad {this}\n.popsection"
+    };
+}
+pub(crate) use objtool_frame_non_standard;
+
 /// Dom0's view of the state Keel owns on this CPU (SVM; VMX keeps its view in the VMCS).
 #[derive(Default)]
 pub(crate) struct Dom0View {
@@ -385,27 +414,16 @@ pub(crate) fn push_return(frame: &mut HostFrame, rsp: u64, rip: u64, rflags: u64
 #[unsafe(naked)]
 pub(crate) unsafe extern "C" fn root_leave() {
     core::arch::naked_asm!(
+        objtool_frame_non_standard!(),
         "mov rax, [rsp + {cr3}]",
         "mov cr3, rax",
         "mov rax, [rsp + 0x00]",
-        "mov rcx, [rsp + 0x08]",
-        "mov rdx, [rsp + 0x10]",
-        "mov rbx, [rsp + 0x18]",
-        "mov rbp, [rsp + 0x28]",
-        "mov rsi, [rsp + 0x30]",
-        "mov rdi, [rsp + 0x38]",
-        "mov r8, [rsp + 0x40]",
-        "mov r9, [rsp + 0x48]",
-        "mov r10, [rsp + 0x50]",
-        "mov r11, [rsp + 0x58]",
-        "mov r12, [rsp + 0x60]",
-        "mov r13, [rsp + 0x68]",
-        "mov r14, [rsp + 0x70]",
-        "mov r15, [rsp + 0x78]",
+        load_gprs_but_rax!(),
         "mov rsp, [rsp + {rsp}]",
         "popfq",
         "ret",
         cr3 = const core::mem::offset_of!(HostFrame, leave_cr3),
         rsp = const core::mem::offset_of!(HostFrame, leave_rsp),
+        this = sym root_leave,
     )
 }

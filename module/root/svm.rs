@@ -7,7 +7,10 @@
 
 use core::{arch::asm, arch::naked_asm, mem::offset_of, sync::atomic::Ordering};
 
-use super::{handle, rlog, CpuState, Dom0Exit, ExitAction, GuestRegs, HostFrame, RAX};
+use super::{
+    handle, load_gprs_but_rax, objtool_frame_non_standard, rlog, save_gprs_but_rax, CpuState,
+    Dom0Exit, ExitAction, GuestRegs, HostFrame, RAX,
+};
 use crate::keel_core::{
     caps::EFER_SVME,
     exit::ExitKind,
@@ -188,6 +191,7 @@ pub(crate) unsafe fn launch(
 #[unsafe(naked)]
 unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3: u64) -> u64 {
     naked_asm!(
+        objtool_frame_non_standard!(),
         "push rbp",
         "push rbx",
         "push r12",
@@ -216,6 +220,7 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
         launch_rsp = const offset_of!(HostFrame, launch_rsp),
         launch_rip = const offset_of!(HostFrame, launch_rip),
         run = sym svm_run,
+        this = sym svm_launch,
     )
 }
 
@@ -229,39 +234,14 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
 #[unsafe(naked)]
 unsafe extern "C" fn svm_run() {
     naked_asm!(
+        objtool_frame_non_standard!(),
         "2:",
-        "mov rcx, [rsp + 0x08]",
-        "mov rdx, [rsp + 0x10]",
-        "mov rbx, [rsp + 0x18]",
-        "mov rbp, [rsp + 0x28]",
-        "mov rsi, [rsp + 0x30]",
-        "mov rdi, [rsp + 0x38]",
-        "mov r8, [rsp + 0x40]",
-        "mov r9, [rsp + 0x48]",
-        "mov r10, [rsp + 0x50]",
-        "mov r11, [rsp + 0x58]",
-        "mov r12, [rsp + 0x60]",
-        "mov r13, [rsp + 0x68]",
-        "mov r14, [rsp + 0x70]",
-        "mov r15, [rsp + 0x78]",
+        load_gprs_but_rax!(),
         "mov rax, [rsp + {vmcb_pa}]",
         "vmload rax",
         "vmrun rax",
         "vmsave rax",
-        "mov [rsp + 0x08], rcx",
-        "mov [rsp + 0x10], rdx",
-        "mov [rsp + 0x18], rbx",
-        "mov [rsp + 0x28], rbp",
-        "mov [rsp + 0x30], rsi",
-        "mov [rsp + 0x38], rdi",
-        "mov [rsp + 0x40], r8",
-        "mov [rsp + 0x48], r9",
-        "mov [rsp + 0x50], r10",
-        "mov [rsp + 0x58], r11",
-        "mov [rsp + 0x60], r12",
-        "mov [rsp + 0x68], r13",
-        "mov [rsp + 0x70], r14",
-        "mov [rsp + 0x78], r15",
+        save_gprs_but_rax!(),
         "mov rdi, rsp",
         "call {handler}",
         "test rax, rax",
@@ -270,6 +250,7 @@ unsafe extern "C" fn svm_run() {
         vmcb_pa = const offset_of!(HostFrame, vmcb_pa),
         handler = sym svm_exit_handler,
         leave = sym super::root_leave,
+        this = sym svm_run,
     )
 }
 

@@ -4,9 +4,12 @@
 //!
 //! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
 
-use core::{arch::asm, arch::naked_asm, mem::offset_of, sync::atomic::Ordering};
+use core::{arch::asm, arch::naked_asm, sync::atomic::Ordering};
 
-use super::{handle, rlog, CpuState, Dom0Exit, ExitAction, GuestRegs, HostFrame, GP, RAX};
+use super::{
+    handle, load_gprs_but_rax, objtool_frame_non_standard, rlog, save_gprs_but_rax, CpuState,
+    Dom0Exit, ExitAction, GuestRegs, HostFrame, GP, RAX,
+};
 use crate::keel_core::{
     exit::ExitKind,
     vmcs::{
@@ -563,40 +566,17 @@ unsafe extern "C" fn vmx_launch() -> u64 {
 #[unsafe(naked)]
 unsafe extern "C" fn vmx_exit() {
     naked_asm!(
+        objtool_frame_non_standard!(),
+        // HOST_RIP is reached by a VM exit, not a branch; ENDBR keeps IBT's checks quiet.
+        "endbr64",
         "mov [rsp + 0x00], rax",
-        "mov [rsp + 0x08], rcx",
-        "mov [rsp + 0x10], rdx",
-        "mov [rsp + 0x18], rbx",
-        "mov [rsp + 0x28], rbp",
-        "mov [rsp + 0x30], rsi",
-        "mov [rsp + 0x38], rdi",
-        "mov [rsp + 0x40], r8",
-        "mov [rsp + 0x48], r9",
-        "mov [rsp + 0x50], r10",
-        "mov [rsp + 0x58], r11",
-        "mov [rsp + 0x60], r12",
-        "mov [rsp + 0x68], r13",
-        "mov [rsp + 0x70], r14",
-        "mov [rsp + 0x78], r15",
+        save_gprs_but_rax!(),
         "mov rdi, rsp",
         "call {handler}",
         "test rax, rax",
         "jnz {leave}",
         "mov rax, [rsp + 0x00]",
-        "mov rcx, [rsp + 0x08]",
-        "mov rdx, [rsp + 0x10]",
-        "mov rbx, [rsp + 0x18]",
-        "mov rbp, [rsp + 0x28]",
-        "mov rsi, [rsp + 0x30]",
-        "mov rdi, [rsp + 0x38]",
-        "mov r8, [rsp + 0x40]",
-        "mov r9, [rsp + 0x48]",
-        "mov r10, [rsp + 0x50]",
-        "mov r11, [rsp + 0x58]",
-        "mov r12, [rsp + 0x60]",
-        "mov r13, [rsp + 0x68]",
-        "mov r14, [rsp + 0x70]",
-        "mov r15, [rsp + 0x78]",
+        load_gprs_but_rax!(),
         "vmresume",
         // VMRESUME fell through: it failed.
         "mov rdi, rsp",
@@ -605,10 +585,9 @@ unsafe extern "C" fn vmx_exit() {
         handler = sym vmx_exit_handler,
         leave = sym super::root_leave,
         failed = sym vmx_resume_failed,
+        this = sym vmx_exit,
     )
 }
-
-const _: () = assert!(offset_of!(HostFrame, regs) == 0);
 
 /// Dom0's state during one VMX exit.
 struct Exit<'a> {
