@@ -388,6 +388,7 @@ impl Launched {
         }
         // SAFETY: Called once per module load, before any user of TABLE exists.
         unsafe { TABLE.init() };
+        let host_pt = host_page_table()?;
         let feature = feature_of(caps.vendor);
         // `boot_cpu_data` is Linux's boot CPU data, valid for the kernel's lifetime.
         let had_feature = set_feature(&raw mut bindings::boot_cpu_data, feature, false);
@@ -396,7 +397,7 @@ impl Launched {
             table.caps = Some(caps);
             table.fail_cpu = fail_cpu;
             table.had_feature = had_feature;
-            table.host_pt = Some(host_page_table()?);
+            table.host_pt = Some(host_pt);
         }
         // SAFETY: The callbacks are `extern "C"` functions of this module, which removes the
         // state before it is unloaded; the name is a static C string.

@@ -199,8 +199,6 @@ pub(crate) trait Dom0Exit {
     fn info(&self) -> &CpuInfo;
     /// The guest's GPRs (RAX included).
     fn regs(&mut self) -> &mut GuestRegs;
-    /// The guest's RIP.
-    fn rip(&self) -> u64;
     /// The guest's CPL.
     fn cpl(&self) -> u8;
     /// The guest's CR4 as the guest sees it.

@@ -254,6 +254,22 @@ unsafe extern "C" fn svm_run() {
     )
 }
 
+/// Turns SVM off on this CPU, in root mode: sets GIF (STGI needs SVME) with interrupts off
+/// (the host's RFLAGS.IF is clear), points VM_HSAVE_PA at what Dom0 last wrote there, and
+/// writes `efer` without SVME.
+///
+/// # Safety
+///
+/// Only when leaving SVM for good on this CPU, in root mode: nothing runs VMRUN after it.
+unsafe fn svm_off(efer: u64, dom0_hsave_pa: u64) {
+    // SAFETY: The caller's contract; the MSRs exist on every SVM CPU.
+    unsafe {
+        asm!("stgi", options(nomem, nostack));
+        x86::wrmsr(msr::VM_HSAVE_PA, dom0_hsave_pa);
+        x86::wrmsr(msr::EFER, efer & !EFER_SVME);
+    }
+}
+
 /// Dom0's state during one SVM exit.
 struct Exit<'a> {
     state: &'a mut CpuState,
@@ -324,10 +340,6 @@ impl Dom0Exit for Exit<'_> {
 
     fn regs(&mut self) -> &mut GuestRegs {
         &mut self.state.frame.regs
-    }
-
-    fn rip(&self) -> u64 {
-        self.vmcb_ref().save.rip
     }
 
     fn cpl(&self) -> u8 {
@@ -401,31 +413,18 @@ impl Dom0Exit for Exit<'_> {
     }
 
     fn prepare_leave(&mut self) {
-        let rax = self.state.frame.regs.gpr[RAX];
         let s = &self.vmcb_ref().save;
-        let (rsp, rip, rflags, cr3, cr4, cr2, efer) = (
-            s.rsp,
-            s.rip,
-            s.rflags,
-            s.cr3,
-            s.cr4,
-            s.cr2,
-            s.efer & !EFER_SVME,
-        );
-        let dr7 = s.dr7;
-        let hsave = self.state.view.hsave_pa;
-        // SAFETY: Leaving SVM for good on this CPU: GIF is set first (STGI needs SVME), with
-        // interrupts off (the host's RFLAGS.IF is clear), then SVME cleared and Dom0's control
-        // registers restored; VMRUN's host state already matched Dom0's in everything else.
+        let (rsp, rip, rflags, cr3, cr4, cr2, dr7) =
+            (s.rsp, s.rip, s.rflags, s.cr3, s.cr4, s.cr2, s.dr7);
+        // SAFETY: This is the hand-back after a Leave call: root mode returns to Dom0 next.
+        unsafe { svm_off(s.efer, self.state.view.hsave_pa) };
+        // SAFETY: SVM is off; these restore Dom0's own values of registers VMRUN's host state
+        // does not cover (it already matched Dom0's in everything else).
         unsafe {
-            asm!("stgi", options(nomem, nostack));
-            x86::wrmsr(msr::VM_HSAVE_PA, hsave);
-            x86::wrmsr(msr::EFER, efer);
             x86::write_cr4(cr4);
             x86::write_cr2(cr2);
             asm!("mov dr7, {}", in(reg) dr7, options(nomem, nostack));
         }
-        self.state.frame.regs.gpr[RAX] = rax;
         super::push_return(&mut self.state.frame, rsp, rip, rflags, cr3);
     }
 
@@ -492,12 +491,9 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
             // and the control registers are still the launch's.
             exit.dump("the first VMRUN failed");
             exit.state.frame.regs.gpr[RAX] = 1;
-            // SAFETY: As in `prepare_leave`: GIF set with interrupts off, then SVME cleared.
-            unsafe {
-                asm!("stgi", options(nomem, nostack));
-                x86::wrmsr(msr::VM_HSAVE_PA, 0);
-                x86::wrmsr(msr::EFER, x86::rdmsr(msr::EFER) & !EFER_SVME);
-            }
+            // SAFETY: The launch is abandoned: root mode returns to the launch point next. EFER
+            // exists on every x86-64 CPU.
+            unsafe { svm_off(x86::rdmsr(msr::EFER), 0) };
             let f = &mut exit.state.frame;
             let (rsp, rip, cr3) = (f.launch_rsp, f.launch_rip, f.launch_cr3);
             super::push_return(f, rsp, rip, x86::read_rflags(), cr3);

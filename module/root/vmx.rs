@@ -277,9 +277,10 @@ pub(crate) unsafe fn launch(
             match unsafe { vmx_launch() } {
                 0 => Ok(()),
                 2 => Err(LaunchError::EntryFailed),
-                _ => Err(LaunchError::Vmlaunch(
-                    vm_result(1 << 6).err().unwrap_or(VmFail::Invalid),
-                )),
+                // VMLAUNCH with a current VMCS fails with VMfailValid.
+                _ => Err(LaunchError::Vmlaunch(VmFail::Valid(
+                    vmread(field::VM_INSTRUCTION_ERROR) as u32,
+                ))),
             }
         });
     if matches!(result, Err(e) if !matches!(e, LaunchError::EntryFailed)) {
@@ -604,10 +605,6 @@ impl Dom0Exit for Exit<'_> {
         &mut self.state.frame.regs
     }
 
-    fn rip(&self) -> u64 {
-        vmread(field::GUEST_RIP)
-    }
-
     fn cpl(&self) -> u8 {
         // SS.DPL is the CPL (SDM 25.4.1).
         ((vmread(field::GUEST_SS_AR_BYTES) >> 5) & 3) as u8
@@ -619,7 +616,7 @@ impl Dom0Exit for Exit<'_> {
 
     fn skip(&mut self) -> bool {
         let len = vmread(field::VM_EXIT_INSTRUCTION_LEN);
-        let _ = vmwrite(field::GUEST_RIP, self.rip() + len);
+        let _ = vmwrite(field::GUEST_RIP, vmread(field::GUEST_RIP) + len);
         let blocking = vmread(field::GUEST_INTERRUPTIBILITY_INFO) as u32;
         if blocking & (interruptibility::STI | interruptibility::MOV_SS) != 0 {
             let cleared = blocking & !(interruptibility::STI | interruptibility::MOV_SS);
