@@ -19,7 +19,7 @@
 #include <linux/types.h>
 
 /* Bumped on every incompatible change of this interface. */
-#define KEEL_ABI_VERSION 1
+#define KEEL_ABI_VERSION 2
 
 /* The ioctl type byte of /dev/keel. */
 #define KEEL_IOCTL_TYPE 0xC7
@@ -65,5 +65,251 @@ struct keel_caps {
 
 #define KEEL_GET_VERSION _IOWR(KEEL_IOCTL_TYPE, 0x00, struct keel_version)
 #define KEEL_GET_CAPS    _IOWR(KEEL_IOCTL_TYPE, 0x01, struct keel_caps)
+
+/*
+ * Domains
+ * =======
+ *
+ * KEEL_CREATE_DOMAIN on /dev/keel makes a domain and returns a new file descriptor for it (the
+ * ioctl's return value, close-on-exec). The domain lives as long as that descriptor or one of
+ * its vCPU descriptors is open: closing the last one destroys it and frees its memory, even
+ * while another thread is still inside KEEL_VCPU_RUN (that run returns first).
+ *
+ * Before its first run, the builder lays out the domain's guest-physical map with
+ * KEEL_DOMAIN_ADD_RANGE and may mmap() the domain fd to load it: the mmap offset is the
+ * guest-physical address, and a mapping must lie inside one RAM or ROM range. Once any vCPU has
+ * run, the map is fixed: KEEL_DOMAIN_ADD_RANGE and mmap() fail with EBUSY.
+ *
+ * Every call checks all of its arguments and, on error, leaves the domain as it was.
+ */
+
+#define KEEL_NAME_LEN          32          /* domain names, NUL included */
+#define KEEL_MAX_VCPUS         64          /* per domain */
+#define KEEL_MAX_RANGES        64          /* per domain */
+#define KEEL_MAX_DOMAIN_MEMORY (64ULL << 30) /* RAM + ROM of one domain, bytes */
+#define KEEL_MAX_GPA           (1ULL << 39) /* guest-physical addresses are below this */
+#define KEEL_PAGE_SIZE         4096ULL      /* the unit of every address and size */
+
+/* KEEL_CREATE_DOMAIN (on /dev/keel): returns the domain fd. */
+struct keel_domain_create {
+	__u32 flags;       /* in: must be 0 */
+	__u32 max_vcpus;   /* in: 1..KEEL_MAX_VCPUS */
+	__u64 memory_size; /* in: most RAM + ROM the domain may have, bytes, a page multiple */
+	char name[KEEL_NAME_LEN]; /* in: NUL-terminated, 1..31 printable ASCII characters */
+	__u32 domid;       /* out: the domain's id, unique while the module is loaded */
+	__u32 pad;         /* in: must be 0 */
+};
+
+/* The kinds of guest-physical range (struct keel_mem_range.kind). */
+#define KEEL_RANGE_RAM  1 /* read, write, execute; memory the module allocates and zeroes */
+#define KEEL_RANGE_ROM  2 /* read and execute; a write ends the run with KEEL_EXIT_MEMORY_FAULT */
+#define KEEL_RANGE_MMIO 3 /* no memory: every access ends the run with KEEL_EXIT_MMIO */
+
+/* KEEL_DOMAIN_ADD_RANGE (on a domain fd). Ranges may not overlap. RAM and ROM count against
+ * the domain's memory_size (ENOSPC past it); ENOMEM when the host has not enough memory. */
+struct keel_mem_range {
+	__u64 gpa;   /* in: start, page aligned */
+	__u64 size;  /* in: bytes, a nonzero page multiple; gpa + size <= KEEL_MAX_GPA */
+	__u32 kind;  /* in: KEEL_RANGE_* */
+	__u32 flags; /* in: must be 0 */
+};
+
+/* KEEL_DOMAIN_PAUSE / KEEL_DOMAIN_UNPAUSE (on a domain fd, no argument). A paused domain's
+ * vCPUs leave the guest promptly; KEEL_VCPU_RUN then waits (interruptibly) until the domain is
+ * unpaused. Pauses nest, as in Xen: each pause needs its unpause (EINVAL when not paused). */
+
+/* KEEL_DOMAIN_CREATE_VCPU (on a domain fd): returns the vCPU fd. */
+struct keel_vcpu_create {
+	__u32 flags; /* in: must be 0 */
+	__u32 id;    /* in: 0..max_vcpus-1, each id once (EEXIST) */
+};
+
+/* KEEL_DOMAIN_INFO (on a domain fd) and the entries of KEEL_LIST_DOMAINS. */
+#define KEEL_DOMAIN_PAUSED  (1U << 0) /* state: paused */
+#define KEEL_DOMAIN_STARTED (1U << 1) /* state: a vCPU has run; the map is fixed */
+struct keel_domain_info {
+	__u32 domid;
+	__u32 state;        /* KEEL_DOMAIN_* bits */
+	__u32 max_vcpus;
+	__u32 nr_vcpus;     /* vCPUs created */
+	__u64 memory_size;  /* the limit given at creation */
+	__u64 memory_used;  /* bytes of RAM + ROM in the map */
+	__u32 nr_ranges;
+	__u32 pad;
+	__u64 vcpu_mask;    /* bit i: vCPU i exists */
+	__u64 running_mask; /* bit i: vCPU i is inside KEEL_VCPU_RUN */
+	char name[KEEL_NAME_LEN];
+};
+
+/* KEEL_LIST_DOMAINS (on /dev/keel): the live domains, in domid order. */
+struct keel_domain_list {
+	__u32 flags;  /* in: must be 0 */
+	__u32 count;  /* in: entries the buffer holds; out: entries written */
+	__u32 total;  /* out: live domains (may be more than count) */
+	__u32 pad;    /* in: must be 0 */
+	__u64 buffer; /* in: user pointer to count struct keel_domain_info */
+};
+
+/*
+ * vCPU state
+ * ==========
+ *
+ * A new vCPU starts as an x86 CPU after INIT: real mode at f000:fff0. KEEL_VCPU_SET_SREGS can
+ * put it in 32-bit protected mode (the PVH entry: CR0.PE, flat 32-bit segments) or in 64-bit
+ * long mode (CR0.PG|PE, CR4.PAE, EFER.LME|LMA, a 64-bit CS, CR3 pointing at page tables in the
+ * guest's memory). The hardware's own checks judge the state at the next entry: an
+ * inconsistent one ends the run with KEEL_EXIT_ENTRY_FAILURE.
+ */
+struct keel_regs {
+	__u64 rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+	__u64 r8, r9, r10, r11, r12, r13, r14, r15;
+	__u64 rip, rflags;
+};
+
+/* Segment attributes (struct keel_segment.attrib): the descriptor's access bits as SVM packs
+ * them. KEEL_SEG_P clear marks the segment unusable (a null selector). */
+#define KEEL_SEG_TYPE(t) ((t) & 0xf)  /* type, e.g. 0xb code execute/read accessed, 0x3 data */
+#define KEEL_SEG_S    (1U << 4)       /* code or data (not system) */
+#define KEEL_SEG_DPL(d) (((d) & 3) << 5)
+#define KEEL_SEG_P    (1U << 7)       /* present */
+#define KEEL_SEG_AVL  (1U << 8)
+#define KEEL_SEG_L    (1U << 9)       /* 64-bit code */
+#define KEEL_SEG_DB   (1U << 10)      /* 32-bit default size */
+#define KEEL_SEG_G    (1U << 11)      /* limit in 4 KiB units */
+
+struct keel_segment {
+	__u64 base;
+	__u32 limit;    /* in bytes (already scaled by G) */
+	__u16 selector;
+	__u16 attrib;   /* KEEL_SEG_* */
+};
+
+struct keel_dtable {
+	__u64 base;
+	__u16 limit;
+	__u16 pad[3]; /* must be 0 */
+};
+
+struct keel_sregs {
+	struct keel_segment cs, ds, es, fs, gs, ss, tr, ldt;
+	struct keel_dtable gdt, idt;
+	__u64 cr0, cr2, cr3, cr4, efer;
+	__u64 reserved[4]; /* must be 0 */
+};
+
+/*
+ * Running
+ * =======
+ *
+ * KEEL_VCPU_RUN enters the guest on the calling thread and returns 0 when the guest exits for
+ * something Dom0 must handle, described in run.exit. A pending signal makes it return EINTR
+ * (with KEEL_EXIT_INTR) as soon as the guest is out; the host's interrupts and the scheduler
+ * take the CPU from a guest that never exits by itself.
+ *
+ * Completing an exit: after KEEL_EXIT_IO with direction KEEL_IO_IN or KEEL_EXIT_MMIO with
+ * KEEL_IO_IN, put the value read in exit.io.data / exit.mmio.data; after KEEL_EXIT_HYPERCALL,
+ * put the result in exit.hypercall.ret; then call KEEL_VCPU_RUN again with the same struct.
+ * The instruction completes (register written, RIP advanced) before the guest goes on.
+ */
+#define KEEL_EXIT_NONE          0
+#define KEEL_EXIT_HLT           1  /* HLT with nothing to deliver; RIP is past it */
+#define KEEL_EXIT_IO            2  /* IN/OUT on a port: exit.io */
+#define KEEL_EXIT_MMIO          3  /* an access to a KEEL_RANGE_MMIO range: exit.mmio */
+#define KEEL_EXIT_HYPERCALL     4  /* a hypercall Keel does not handle itself: exit.hypercall */
+#define KEEL_EXIT_SHUTDOWN      5  /* the guest triple-faulted: exit.shutdown */
+#define KEEL_EXIT_MEMORY_FAULT  6  /* an access outside the map or a write to ROM: exit.fault */
+#define KEEL_EXIT_ENTRY_FAILURE 7  /* the hardware refused the guest state: exit.fail */
+#define KEEL_EXIT_INTR          8  /* a signal is pending (the ioctl fails with EINTR) */
+#define KEEL_EXIT_UNHANDLED     9  /* an exit Keel cannot handle: exit.fail has the hardware's code */
+
+#define KEEL_IO_OUT 0
+#define KEEL_IO_IN  1
+
+/* Access kinds (exit.fault.access), as bits. */
+#define KEEL_ACCESS_READ  (1U << 0)
+#define KEEL_ACCESS_WRITE (1U << 1)
+#define KEEL_ACCESS_EXEC  (1U << 2)
+
+#define KEEL_SHUTDOWN_TRIPLE_FAULT 1
+
+struct keel_exit_io {
+	__u16 port;
+	__u8  size;      /* 1, 2 or 4 bytes */
+	__u8  direction; /* KEEL_IO_OUT or KEEL_IO_IN */
+	__u32 pad;
+	__u64 data;      /* OUT: the value written; IN: Dom0 puts the value read here */
+};
+
+struct keel_exit_mmio {
+	__u64 gpa;
+	__u8  size;      /* 1, 2, 4 or 8 bytes */
+	__u8  direction; /* KEEL_IO_OUT (a write) or KEEL_IO_IN (a read) */
+	__u8  pad[6];
+	__u64 data;      /* write: the value written; read: Dom0 puts the value read here */
+};
+
+/* Hypercalls follow Xen's convention: 64-bit guests pass the number in rax and the arguments
+ * in rdi, rsi, rdx, r10, r8; 32-bit guests in eax and ebx, ecx, edx, esi, edi. The result goes
+ * to rax. VMCALL and VMMCALL both work on either vendor. */
+struct keel_exit_hypercall {
+	__u64 nr;
+	__u64 args[5];
+	__u64 ret;       /* Dom0 puts the result here (rax); 0 unless set */
+	__u32 longmode;  /* 1: a 64-bit caller */
+	__u32 pad;
+};
+
+struct keel_exit_fault {
+	__u64 gpa;
+	__u32 access;    /* KEEL_ACCESS_* */
+	__u32 pad;
+};
+
+struct keel_exit_shutdown {
+	__u32 kind;      /* KEEL_SHUTDOWN_* */
+	__u32 pad;
+};
+
+struct keel_exit_fail {
+	__u64 hw_reason;     /* VMX: the basic exit reason (entry failures have bit 31) and the
+	                        VM-instruction error in bits 32-63; SVM: the exit code */
+	__u64 qualification; /* VMX: the exit qualification; SVM: exitinfo1 */
+};
+
+struct keel_exit {
+	__u32 reason; /* KEEL_EXIT_* */
+	__u32 vcpu;   /* the vCPU's id */
+	__u64 rip;    /* the guest's RIP at the exit */
+	union {
+		struct keel_exit_io io;
+		struct keel_exit_mmio mmio;
+		struct keel_exit_hypercall hypercall;
+		struct keel_exit_fault fault;
+		struct keel_exit_shutdown shutdown;
+		struct keel_exit_fail fail;
+		__u64 raw[12];
+	};
+};
+
+struct keel_run {
+	__u32 flags; /* in: must be 0 */
+	__u32 pad;   /* in: must be 0 */
+	struct keel_exit exit; /* out: why the run ended; in: the completion of the previous exit */
+};
+
+#define KEEL_CREATE_DOMAIN       _IOWR(KEEL_IOCTL_TYPE, 0x02, struct keel_domain_create)
+#define KEEL_LIST_DOMAINS        _IOWR(KEEL_IOCTL_TYPE, 0x03, struct keel_domain_list)
+
+#define KEEL_DOMAIN_ADD_RANGE    _IOW(KEEL_IOCTL_TYPE, 0x10, struct keel_mem_range)
+#define KEEL_DOMAIN_CREATE_VCPU  _IOW(KEEL_IOCTL_TYPE, 0x11, struct keel_vcpu_create)
+#define KEEL_DOMAIN_PAUSE        _IO(KEEL_IOCTL_TYPE, 0x12)
+#define KEEL_DOMAIN_UNPAUSE      _IO(KEEL_IOCTL_TYPE, 0x13)
+#define KEEL_DOMAIN_INFO         _IOR(KEEL_IOCTL_TYPE, 0x14, struct keel_domain_info)
+
+#define KEEL_VCPU_GET_REGS       _IOR(KEEL_IOCTL_TYPE, 0x20, struct keel_regs)
+#define KEEL_VCPU_SET_REGS       _IOW(KEEL_IOCTL_TYPE, 0x21, struct keel_regs)
+#define KEEL_VCPU_GET_SREGS      _IOR(KEEL_IOCTL_TYPE, 0x22, struct keel_sregs)
+#define KEEL_VCPU_SET_SREGS      _IOW(KEEL_IOCTL_TYPE, 0x23, struct keel_sregs)
+#define KEEL_VCPU_RUN            _IOWR(KEEL_IOCTL_TYPE, 0x24, struct keel_run)
 
 #endif /* _UAPI_LINUX_KEEL_H */
