@@ -35,11 +35,24 @@ impl MiscDevice for KeelFile {
     }
 
     fn ioctl(me: &KeelFile, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let (reader, writer) =
+        let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
         match cmd {
             uapi::KEEL_GET_VERSION => me.get_version(reader, writer),
             uapi::KEEL_GET_CAPS => me.get_caps(reader, writer),
+            uapi::KEEL_CREATE_DOMAIN => {
+                let mut arg: uapi::keel_domain_create = reader.read()?;
+                let fd = crate::domain::Domain::create(me.caps, &mut arg)?;
+                // The fd exists now; a failed copy-out leaves it to the caller to close.
+                let _ = writer.write(&arg);
+                Ok(fd)
+            }
+            uapi::KEEL_LIST_DOMAINS => {
+                let mut arg: uapi::keel_domain_list = reader.read()?;
+                crate::domain::list(&mut arg)?;
+                writer.write(&arg)?;
+                Ok(0)
+            }
             _ => Err(ENOTTY),
         }
     }

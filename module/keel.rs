@@ -14,6 +14,7 @@ use kernel::{
 };
 
 mod dev;
+mod domain;
 mod hw;
 mod launch;
 mod root;
@@ -68,6 +69,7 @@ pub struct Keel {
 
 impl kernel::InPlaceModule for Keel {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        domain::init();
         let caps = hw::probe();
         let launched =
             caps.and_then(|c| launch::Launched::new(c, module_parameters::fail_launch_cpu.value()));

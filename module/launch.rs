@@ -140,6 +140,24 @@ fn hypercall(vendor: Vendor, call: Call) -> u64 {
     rax
 }
 
+/// Runs a DomU vCPU on this CPU with the `Run` hypercall, until it exits for Dom0.
+///
+/// # Safety
+///
+/// Interrupts are off; `vcpu` is the vCPU's state, held by the caller for the call, with its
+/// domain's view filled in.
+pub(crate) unsafe fn run_vcpu(vendor: Vendor, vcpu: *mut crate::root::guest::VcpuState) {
+    let rax = Call::Run.rax();
+    // SAFETY: Every online CPU runs beneath Keel while the module is loaded; Run returns here
+    // with every register but RAX unchanged (the caller's contract covers the state).
+    unsafe {
+        match vendor {
+            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax => _, in("rdi") vcpu),
+            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax => _, in("rdi") vcpu),
+        }
+    }
+}
+
 /// Drains a CPU's root-mode log into the kernel log.
 fn drain(info: &CpuInfo) {
     while let Some(rec) = info.log.read() {

@@ -3,7 +3,7 @@
 //! bindgen's compile-time layout assertions) and the ioctl numbers, built from the types.
 
 use kernel::{
-    ioctl::_IOWR,
+    ioctl::{_IO, _IOR, _IOW, _IOWR},
     transmute::{AsBytes, FromBytes},
 };
 
@@ -22,6 +22,18 @@ pub(crate) use generated::*;
 
 pub(crate) const KEEL_GET_VERSION: u32 = _IOWR::<keel_version>(KEEL_IOCTL_TYPE, 0x00);
 pub(crate) const KEEL_GET_CAPS: u32 = _IOWR::<keel_caps>(KEEL_IOCTL_TYPE, 0x01);
+pub(crate) const KEEL_CREATE_DOMAIN: u32 = _IOWR::<keel_domain_create>(KEEL_IOCTL_TYPE, 0x02);
+pub(crate) const KEEL_LIST_DOMAINS: u32 = _IOWR::<keel_domain_list>(KEEL_IOCTL_TYPE, 0x03);
+pub(crate) const KEEL_DOMAIN_ADD_RANGE: u32 = _IOW::<keel_mem_range>(KEEL_IOCTL_TYPE, 0x10);
+pub(crate) const KEEL_DOMAIN_CREATE_VCPU: u32 = _IOW::<keel_vcpu_create>(KEEL_IOCTL_TYPE, 0x11);
+pub(crate) const KEEL_DOMAIN_PAUSE: u32 = _IO(KEEL_IOCTL_TYPE, 0x12);
+pub(crate) const KEEL_DOMAIN_UNPAUSE: u32 = _IO(KEEL_IOCTL_TYPE, 0x13);
+pub(crate) const KEEL_DOMAIN_INFO: u32 = _IOR::<keel_domain_info>(KEEL_IOCTL_TYPE, 0x14);
+pub(crate) const KEEL_VCPU_GET_REGS: u32 = _IOR::<keel_regs>(KEEL_IOCTL_TYPE, 0x20);
+pub(crate) const KEEL_VCPU_SET_REGS: u32 = _IOW::<keel_regs>(KEEL_IOCTL_TYPE, 0x21);
+pub(crate) const KEEL_VCPU_GET_SREGS: u32 = _IOR::<keel_sregs>(KEEL_IOCTL_TYPE, 0x22);
+pub(crate) const KEEL_VCPU_SET_SREGS: u32 = _IOW::<keel_sregs>(KEEL_IOCTL_TYPE, 0x23);
+pub(crate) const KEEL_VCPU_RUN: u32 = _IOWR::<keel_run>(KEEL_IOCTL_TYPE, 0x24);
 
 // SAFETY: `keel_version` is `repr(C)` and made of integers only, with explicit padding fields
 // (bindgen's layout assertions check there is no implicit padding): every bit pattern is a valid
@@ -34,6 +46,28 @@ unsafe impl AsBytes for keel_version {}
 unsafe impl FromBytes for keel_caps {}
 // SAFETY: As above.
 unsafe impl AsBytes for keel_caps {}
+
+/// Declares uapi structures plain data.
+macro_rules! plain_data {
+    ($($t:ty),*) => {$(
+        // SAFETY: A `repr(C)` uapi structure made of integers (and unions of them) with
+        // explicit padding fields (bindgen's layout assertions check there is no implicit
+        // padding): every bit pattern is valid and every byte is initialized.
+        unsafe impl FromBytes for $t {}
+        // SAFETY: As above.
+        unsafe impl AsBytes for $t {}
+    )*};
+}
+plain_data!(
+    keel_domain_create,
+    keel_domain_list,
+    keel_domain_info,
+    keel_mem_range,
+    keel_vcpu_create,
+    keel_regs,
+    keel_sregs,
+    keel_run
+);
 
 // The core crate's capability bits are the uapi's.
 const _: () = {

@@ -29,7 +29,13 @@ pub(crate) mod msr {
     pub(crate) const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
     pub(crate) const IA32_VMX_EXIT_CTLS: u32 = 0x483;
     pub(crate) const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
+    pub(crate) const IA32_TSC: u32 = 0x10;
     pub(crate) const EFER: u32 = 0xc000_0080;
+    pub(crate) const STAR: u32 = 0xc000_0081;
+    pub(crate) const LSTAR: u32 = 0xc000_0082;
+    pub(crate) const CSTAR: u32 = 0xc000_0083;
+    pub(crate) const SFMASK: u32 = 0xc000_0084;
+    pub(crate) const KERNEL_GS_BASE: u32 = 0xc000_0102;
     pub(crate) const FS_BASE: u32 = 0xc000_0100;
     pub(crate) const GS_BASE: u32 = 0xc000_0101;
     pub(crate) const VM_CR: u32 = 0xc001_0114;
@@ -284,4 +290,22 @@ pub(crate) unsafe fn xsetbv(index: u32, value: u64) {
 pub(crate) fn wbinvd() {
     // SAFETY: WBINVD has no effect on program state.
     unsafe { asm!("wbinvd", options(nostack, preserves_flags)) };
+}
+
+/// Reads the time-stamp counter.
+pub(crate) fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter (CR4.TSD does not apply at CPL 0).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Reads XCR0.
+pub(crate) fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV of XCR0 is valid whenever CR4.OSXSAVE is set, which Keel requires before
+    // running guests (the module checks it).
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi,
+             options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
 }

@@ -17,6 +17,9 @@ pub enum Call {
     Ping = 1,
     /// Leave: hand this CPU back to Dom0 on bare metal. Returns 0, now running natively.
     Leave = 2,
+    /// Run a DomU vCPU on this CPU until it exits for Dom0: RDI = the vCPU's state (a kernel
+    /// virtual address in Linux's direct map). Returns 0; the state says why the run ended.
+    Run = 3,
 }
 
 /// What [`Call::Ping`] returns.
@@ -40,6 +43,7 @@ impl Call {
         Some(match rax as u32 {
             1 => Some(Call::Ping),
             2 => Some(Call::Leave),
+            3 => Some(Call::Run),
             _ => None,
         })
     }
@@ -51,7 +55,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for c in [Call::Ping, Call::Leave] {
+        for c in [Call::Ping, Call::Leave, Call::Run] {
             assert_eq!(Call::decode(c.rax()), Some(Some(c)));
         }
         assert_eq!(Call::decode(MAGIC | 77), Some(None));

@@ -52,6 +52,8 @@ pub mod field {
     pub const HOST_TR_SELECTOR: u32 = 0x0c0c;
     // 64-bit control fields.
     pub const MSR_BITMAP: u32 = 0x2004;
+    pub const EPT_POINTER: u32 = 0x201a;
+    pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
     // 64-bit guest-state fields.
     pub const VMCS_LINK_POINTER: u32 = 0x2800;
     pub const GUEST_IA32_DEBUGCTL: u32 = 0x2802;
@@ -150,8 +152,28 @@ pub mod field {
     pub const HOST_RIP: u32 = 0x6c16;
 }
 
+/// Pin-based VM-execution controls (SDM Table 25-5).
+pub mod pin_based {
+    /// External interrupts cause VM exits.
+    pub const EXT_INTR_EXITING: u32 = 1 << 0;
+    /// NMIs cause VM exits.
+    pub const NMI_EXITING: u32 = 1 << 3;
+}
+
 /// Primary processor-based VM-execution controls (SDM Table 25-6).
 pub mod cpu_based {
+    /// HLT exits.
+    pub const HLT_EXITING: u32 = 1 << 7;
+    /// MWAIT exits.
+    pub const MWAIT_EXITING: u32 = 1 << 10;
+    /// MOV to CR3 exits.
+    pub const CR3_LOAD_EXITING: u32 = 1 << 15;
+    /// MOV from CR3 exits.
+    pub const CR3_STORE_EXITING: u32 = 1 << 16;
+    /// Every IN/OUT exits.
+    pub const UNCOND_IO_EXITING: u32 = 1 << 24;
+    /// MONITOR exits.
+    pub const MONITOR_EXITING: u32 = 1 << 29;
     /// Use MSR bitmaps.
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;
     /// Activate secondary controls.
@@ -160,6 +182,10 @@ pub mod cpu_based {
 
 /// Secondary processor-based VM-execution controls (SDM Table 25-7).
 pub mod secondary {
+    /// Enable EPT.
+    pub const ENABLE_EPT: u32 = 1 << 1;
+    /// Unrestricted guest: real mode and unpaged protected mode run natively.
+    pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
     /// Enable RDTSCP (without it RDTSCP raises #UD in the guest).
     pub const ENABLE_RDTSCP: u32 = 1 << 3;
     /// Enable INVPCID (without it INVPCID raises #UD).
@@ -215,6 +241,10 @@ pub mod intr_info {
     pub const DELIVER_ERROR_CODE: u32 = 1 << 11;
     /// Type: hardware exception.
     pub const TYPE_HW_EXCEPTION: u32 = 3 << 8;
+    /// Type: NMI.
+    pub const TYPE_NMI: u32 = 2 << 8;
+    /// The type bits.
+    pub const TYPE_MASK: u32 = 7 << 8;
 }
 
 /// Guest interruptibility state bits (SDM 25.4.2).

@@ -13,8 +13,11 @@
 //! Common exit handling is here; the vendor files implement [`Dom0Exit`] over their VMCS or
 //! VMCB, so this file never names a VMCS field or a VMCB offset.
 
+pub(crate) mod guest;
 pub(crate) mod svm;
+mod svm_guest;
 pub(crate) mod vmx;
+mod vmx_guest;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -58,6 +61,8 @@ pub(crate) const RCX: usize = 1;
 pub(crate) const RDX: usize = 2;
 /// RBX.
 pub(crate) const RBX: usize = 3;
+/// RDI.
+pub(crate) const RDI: usize = 7;
 
 /// The frame at the top of each root-mode stack: where the exit trampolines save the guest's
 /// registers, and what they need to find without any other register.
@@ -213,6 +218,8 @@ pub(crate) trait Dom0Exit {
     fn wrmsr(&mut self, msr: u32, value: u64) -> bool;
     /// A control-register access (VMX only). Returns false if it is not one Keel expects.
     fn cr_access(&mut self) -> bool;
+    /// Runs a DomU vCPU on this CPU until it exits for Dom0 (the Run hypercall).
+    fn run_guest(&mut self, vcpu: &mut guest::VcpuState);
     /// Prepares the hand-back of this CPU after a Leave hypercall.
     fn prepare_leave(&mut self);
     /// Logs the vendor's exit information and the guest's state.
@@ -324,8 +331,20 @@ fn hypercall(v: &mut impl Dom0Exit) -> ExitAction {
             return ExitAction::Resume;
         }
     };
+    if call == Some(Call::Run) {
+        // The instruction is complete before the guest runs: the vendor code switches to the
+        // vCPU's VMCS/VMCB and back.
+        let vcpu = v.regs().gpr[RDI] as *mut guest::VcpuState;
+        complete(v);
+        // SAFETY: Only the module calls Run (CPL 0, checked above), with a vCPU state it
+        // owns and holds for the duration of the call.
+        v.run_guest(unsafe { &mut *vcpu });
+        v.regs().gpr[RAX] = 0;
+        return ExitAction::Resume;
+    }
     let (result, action) = match call {
         Some(Call::Ping) => (hypercall::PONG, ExitAction::Resume),
+        Some(Call::Run) => (0, ExitAction::Resume),
         Some(Call::Leave) => (0, ExitAction::Leave),
         None => (hypercall::ENOSYS, ExitAction::Resume),
     };

@@ -113,7 +113,7 @@ unsafe fn vmxon(pa: u64) -> Result<(), VmFail> {
 /// # Safety
 ///
 /// In VMX operation; `pa` is a VMCS region that stays allocated.
-unsafe fn vmclear(pa: u64) -> Result<(), VmFail> {
+pub(super) unsafe fn vmclear(pa: u64) -> Result<(), VmFail> {
     let rflags: u64;
     // SAFETY: The caller's contract.
     unsafe { asm!("vmclear [{}]", "pushfq", "pop {}", in(reg) &pa, lateout(reg) rflags) };
@@ -125,7 +125,7 @@ unsafe fn vmclear(pa: u64) -> Result<(), VmFail> {
 /// # Safety
 ///
 /// In VMX operation; `pa` is a cleared VMCS region that stays allocated while current.
-unsafe fn vmptrld(pa: u64) -> Result<(), VmFail> {
+pub(super) unsafe fn vmptrld(pa: u64) -> Result<(), VmFail> {
     let rflags: u64;
     // SAFETY: The caller's contract.
     unsafe { asm!("vmptrld [{}]", "pushfq", "pop {}", in(reg) &pa, lateout(reg) rflags) };
@@ -144,7 +144,7 @@ unsafe fn vmxoff() {
 
 /// Reads a field of the current VMCS. Only called with a current VMCS (during a launch after
 /// VMPTRLD, or in an exit handler), where VMREAD of a valid field cannot fail.
-fn vmread(f: u32) -> u64 {
+pub(super) fn vmread(f: u32) -> u64 {
     let v: u64;
     // SAFETY: A VMCS is current (see above); VMREAD only writes its destination register.
     unsafe { asm!("vmread {}, {}", out(reg) v, in(reg) u64::from(f), options(nostack)) };
@@ -153,7 +153,7 @@ fn vmread(f: u32) -> u64 {
 
 /// Writes a field of the current VMCS. Only called with a current VMCS; the field's value is
 /// checked by the processor at the next VM entry.
-fn vmwrite(f: u32, v: u64) -> Result<(), VmFail> {
+pub(super) fn vmwrite(f: u32, v: u64) -> Result<(), VmFail> {
     let rflags: u64;
     // SAFETY: A VMCS is current; VMWRITE changes only that VMCS.
     unsafe {
@@ -190,7 +190,7 @@ fn segment(sel: u16, base: u64) -> (u64, u64, u64, u64) {
 }
 
 /// Computes a control value from its capability MSR.
-fn control(wanted: u32, optional: u32, cap_msr: u32) -> Result<u64, LaunchError> {
+pub(super) fn control(wanted: u32, optional: u32, cap_msr: u32) -> Result<u64, LaunchError> {
     // SAFETY: The VMX control capability MSRs exist on every VMX CPU; the TRUE ones exist when
     // IA32_VMX_BASIC[55] is set, which the caller checked before choosing them.
     let cap = unsafe { x86::rdmsr(cap_msr) };
@@ -672,6 +672,16 @@ impl Dom0Exit for Exit<'_> {
         let _ = vmwrite(field::CR4_READ_SHADOW, value);
         self.skip();
         true
+    }
+
+    fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
+        // SAFETY: Called from Dom0's Run hypercall on this CPU with Dom0's VMCS current; the
+        // Linux side holds the vCPU for the whole call.
+        if unsafe { super::vmx_guest::run(self.state, vcpu) } {
+            // The NMI the guest's exit consumed was Dom0's.
+            let nmi = 2 | intr_info::TYPE_NMI | intr_info::VALID;
+            let _ = vmwrite(field::VM_ENTRY_INTR_INFO_FIELD, nmi.into());
+        }
     }
 
     fn prepare_leave(&mut self) {

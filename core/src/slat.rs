@@ -1,0 +1,1036 @@
+//! Second-level address translation: building Intel EPT and AMD NPT tables for a guest.
+//!
+//! Both are four-level radix trees over a 48-bit guest-physical address, with 512 eight-byte
+//! entries per 4 KiB table, indexed by GPA bits 47:39, 38:30, 29:21 and 20:12. A leaf may sit
+//! at the third level (1 GiB page) or the second (2 MiB page) instead of the last. The formats
+//! differ only in the entry bits:
+//!
+//! - EPT (SDM Vol. 3C, 29.3.2): bits 0/1/2 read/write/execute; an entry is present when any of
+//!   them is set. Leaves carry the memory type in bits 5:3 (always write-back here) and, for
+//!   2 MiB and 1 GiB pages, bit 7.
+//! - NPT (APM Vol. 2, 15.25): ordinary long-mode page-table entries (P, R/W, U/S, PS, NX),
+//!   walked as user accesses, so U/S is set everywhere. There is no way to make a present page
+//!   unreadable.
+//!
+//! The caller owns the table memory through [`Tables`]; this module only reads and writes
+//! entries. Tables are never freed here: [`for_each_table`] lists them for the caller to free.
+//! Nothing here invalidates TLBs: the builder is meant for a tree that is not in use yet; a
+//! caller that changes a live tree flushes (INVEPT, or the VMCB's TLB control) itself.
+
+/// Which second-level table format to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Intel extended page tables.
+    Ept,
+    /// AMD nested page tables.
+    Npt,
+}
+
+/// The access rights of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Perms {
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+    /// Instruction fetches allowed.
+    pub exec: bool,
+}
+
+impl Perms {
+    /// Read, write and execute: ordinary RAM.
+    pub const RWX: Self = Self::new(true, true, true);
+    /// Read and write, no execute: device memory.
+    pub const RW: Self = Self::new(true, true, false);
+    /// Read and execute: code.
+    pub const RX: Self = Self::new(true, false, true);
+    /// Read only.
+    pub const R: Self = Self::new(true, false, false);
+
+    /// Permissions from the three rights.
+    pub const fn new(read: bool, write: bool, exec: bool) -> Self {
+        Self { read, write, exec }
+    }
+}
+
+/// Which page sizes above 4 KiB [`map`] may use. The caller decides from the CPU's
+/// capabilities: EPT reports 2 MiB and 1 GiB support in `IA32_VMX_EPT_VPID_CAP` bits 16 and
+/// 17; NPT always has 2 MiB pages and has 1 GiB pages when CPUID Fn8000_0001 EDX bit 26 is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LargePages {
+    /// 4 KiB pages only.
+    None,
+    /// 4 KiB and 2 MiB pages.
+    Upto2M,
+    /// 4 KiB, 2 MiB and 1 GiB pages.
+    Upto1G,
+}
+
+impl LargePages {
+    /// Whether a leaf at the level indexed by address bits `shift + 8 : shift` is allowed.
+    fn allows(self, shift: u32) -> bool {
+        match shift {
+            PAGE_SHIFT => true,
+            LARGE_2M_SHIFT => self != Self::None,
+            LARGE_1G_SHIFT => self == Self::Upto1G,
+            _ => false,
+        }
+    }
+}
+
+/// The memory holding the tables, provided by the caller.
+pub trait Tables {
+    /// Allocates a zeroed 4 KiB table and returns its physical address, which must be 4 KiB
+    /// aligned and below 2^52; `None` when out of memory.
+    fn alloc(&mut self) -> Option<u64>;
+
+    /// The entries of the table at physical address `phys`, which is the root passed to this
+    /// module's functions or an address [`Tables::alloc`] returned.
+    fn entries(&mut self, phys: u64) -> &mut [u64; 512];
+}
+
+/// Why [`map`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlatError {
+    /// The guest-physical address, host-physical address or size is not a multiple of 4 KiB.
+    Misaligned,
+    /// The guest range reaches 2^48 (the limit of a 4-level walk), or the host range 2^52 (the
+    /// architectural physical-address limit).
+    OutOfRange,
+    /// Part of the range is already mapped, or a larger page covers it.
+    AlreadyMapped,
+    /// [`Tables::alloc`] returned `None`.
+    OutOfMemory,
+    /// The format cannot express the permissions: no rights at all, write without read
+    /// (an EPT misconfiguration, SDM Vol. 3C, 29.3.3.1), or anything unreadable in NPT.
+    UnsupportedPerms,
+}
+
+/// Guest-physical addresses must be below this: four levels translate 48 bits.
+pub const GPA_LIMIT: u64 = 1 << 48;
+/// Host-physical addresses must be below this: entries hold address bits 51:12.
+pub const HPA_LIMIT: u64 = 1 << 52;
+
+const PAGE_SHIFT: u32 = 12;
+const LARGE_2M_SHIFT: u32 = 21;
+const LARGE_1G_SHIFT: u32 = 30;
+const ROOT_SHIFT: u32 = 39;
+const PAGE_MASK: u64 = (1 << PAGE_SHIFT) - 1;
+/// Address bits 51:12 of an entry.
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// EPT entry bits (SDM Vol. 3C, Tables 29-2 to 29-6).
+mod ept {
+    pub(super) const READ: u64 = 1 << 0;
+    pub(super) const WRITE: u64 = 1 << 1;
+    pub(super) const EXECUTE: u64 = 1 << 2;
+    /// Memory type, bits 5:3 of a leaf: 6 is write-back.
+    pub(super) const MEMTYPE_WB: u64 = 6 << 3;
+    /// Bit 7 of a PDPTE or PDE: the entry maps a 1 GiB or 2 MiB page.
+    pub(super) const LARGE: u64 = 1 << 7;
+}
+
+/// NPT (long-mode page-table) entry bits (APM Vol. 2, 5.4).
+mod npt {
+    pub(super) const P: u64 = 1 << 0;
+    pub(super) const RW: u64 = 1 << 1;
+    pub(super) const US: u64 = 1 << 2;
+    pub(super) const PS: u64 = 1 << 7;
+    pub(super) const NX: u64 = 1 << 63;
+}
+
+impl Format {
+    /// Checks that the format can express `perms`.
+    fn check(self, perms: Perms) -> Result<(), SlatError> {
+        let ok = match self {
+            // Readable, or execute-only, which is valid when IA32_VMX_EPT_VPID_CAP bit 0 says
+            // so (the caller knows whether it does).
+            Self::Ept => perms.read || (perms.exec && !perms.write),
+            Self::Npt => perms.read,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SlatError::UnsupportedPerms)
+        }
+    }
+
+    /// An entry pointing at the next-level table at `phys`: every right allowed, so the leaf
+    /// alone decides.
+    fn table_entry(self, phys: u64) -> u64 {
+        let bits = match self {
+            Self::Ept => ept::READ | ept::WRITE | ept::EXECUTE,
+            Self::Npt => npt::P | npt::RW | npt::US,
+        };
+        (phys & ADDR_MASK) | bits
+    }
+
+    /// A leaf mapping the page at `hpa`; `large` for 2 MiB and 1 GiB pages.
+    fn leaf_entry(self, hpa: u64, perms: Perms, large: bool) -> u64 {
+        let flag = |on: bool, bit: u64| if on { bit } else { 0 };
+        let bits = match self {
+            // No "ignore PAT" (bit 6): the guest's PAT still combines with write-back.
+            Self::Ept => {
+                flag(perms.read, ept::READ)
+                    | flag(perms.write, ept::WRITE)
+                    | flag(perms.exec, ept::EXECUTE)
+                    | ept::MEMTYPE_WB
+                    | flag(large, ept::LARGE)
+            }
+            // PWT = PCD = PAT = 0 selects the host's PAT entry 0, write-back. NX is a valid bit
+            // because the nested walk uses the host's EFER, and Linux sets EFER.NXE.
+            Self::Npt => {
+                npt::P
+                    | npt::US
+                    | flag(perms.write, npt::RW)
+                    | flag(large, npt::PS)
+                    | flag(!perms.exec, npt::NX)
+            }
+        };
+        (hpa & ADDR_MASK) | bits
+    }
+
+    fn is_present(self, entry: u64) -> bool {
+        match self {
+            Self::Ept => entry & (ept::READ | ept::WRITE | ept::EXECUTE) != 0,
+            Self::Npt => entry & npt::P != 0,
+        }
+    }
+
+    /// Whether a present entry at level `shift` maps a page rather than a table.
+    fn is_leaf(self, entry: u64, shift: u32) -> bool {
+        // Bit 7 is EPT's "large page" and NPT's PS alike.
+        shift == PAGE_SHIFT || (shift <= LARGE_1G_SHIFT && entry & npt::PS != 0)
+    }
+
+    /// The rights an entry grants (a table entry's rights limit everything below it).
+    fn rights(self, entry: u64) -> Perms {
+        match self {
+            Self::Ept => Perms::new(
+                entry & ept::READ != 0,
+                entry & ept::WRITE != 0,
+                entry & ept::EXECUTE != 0,
+            ),
+            Self::Npt => Perms::new(
+                entry & npt::P != 0,
+                entry & npt::RW != 0,
+                entry & npt::NX == 0,
+            ),
+        }
+    }
+}
+
+/// The table index of `gpa` at the level indexed by bits `shift + 8 : shift`.
+fn index(gpa: u64, shift: u32) -> usize {
+    // The mask keeps the value below 512, so the cast is lossless.
+    ((gpa >> shift) & 0x1ff) as usize
+}
+
+/// Maps the guest-physical range `[gpa, gpa + size)` to host-physical `[hpa, hpa + size)`
+/// in the tree rooted at `root` (the table [`eptp`] or nCR3 points at).
+///
+/// Each piece uses the largest page that `large` allows, that `gpa` and `hpa` are both aligned
+/// to and that fits in what remains; where a table already exists at that level (from an
+/// earlier mapping nearby), the piece goes into it as smaller pages instead. Leaves are
+/// write-back.
+///
+/// On error, the pieces before the failing one stay mapped and tables allocated so far stay
+/// in the tree: the tree is still well-formed, but the caller is expected to discard it (see
+/// [`for_each_table`]) rather than retry. Validation errors ([`SlatError::Misaligned`],
+/// [`SlatError::OutOfRange`], [`SlatError::UnsupportedPerms`]) are reported before anything
+/// changes. An empty range maps nothing and succeeds.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is a distinct part of the request"
+)]
+pub fn map(
+    t: &mut impl Tables,
+    fmt: Format,
+    root: u64,
+    gpa: u64,
+    hpa: u64,
+    size: u64,
+    perms: Perms,
+    large: LargePages,
+) -> Result<(), SlatError> {
+    fmt.check(perms)?;
+    if (gpa | hpa | size) & PAGE_MASK != 0 {
+        return Err(SlatError::Misaligned);
+    }
+    let in_range = |start: u64, limit: u64| start.checked_add(size).is_some_and(|e| e <= limit);
+    if !in_range(gpa, GPA_LIMIT) || !in_range(hpa, HPA_LIMIT) {
+        return Err(SlatError::OutOfRange);
+    }
+    let mut done = 0;
+    while done < size {
+        done += map_one(
+            t,
+            fmt,
+            root,
+            gpa + done,
+            hpa + done,
+            size - done,
+            perms,
+            large,
+        )?;
+    }
+    Ok(())
+}
+
+/// Maps one page at the start of the remaining range (`left` bytes, at least 4 KiB) and
+/// returns its size.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "map's arguments, less the size done"
+)]
+fn map_one(
+    t: &mut impl Tables,
+    fmt: Format,
+    root: u64,
+    gpa: u64,
+    hpa: u64,
+    left: u64,
+    perms: Perms,
+    large: LargePages,
+) -> Result<u64, SlatError> {
+    let mut table = root;
+    let mut shift = ROOT_SHIFT;
+    loop {
+        let i = index(gpa, shift);
+        let entry = t.entries(table)[i];
+        let page = 1u64 << shift;
+        if fmt.is_present(entry) {
+            if fmt.is_leaf(entry, shift) {
+                return Err(SlatError::AlreadyMapped);
+            }
+            table = entry & ADDR_MASK;
+        } else if large.allows(shift) && (gpa | hpa) & (page - 1) == 0 && left >= page {
+            t.entries(table)[i] = fmt.leaf_entry(hpa, perms, shift != PAGE_SHIFT);
+            return Ok(page);
+        } else {
+            // Not at the last level: `allows(PAGE_SHIFT)` holds and 4 KiB alignment and size
+            // were checked, so the branch above took that case.
+            let next = t.alloc().ok_or(SlatError::OutOfMemory)?;
+            t.entries(table)[i] = fmt.table_entry(next);
+            table = next;
+        }
+        shift -= 9;
+    }
+}
+
+/// The result of [`translate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The host-physical address.
+    pub hpa: u64,
+    /// The effective rights: those of the leaf, limited by every table entry above it.
+    pub perms: Perms,
+    /// The size of the page that maps the address: 4 KiB, 2 MiB or 1 GiB.
+    pub page_size: u64,
+}
+
+/// Looks up `gpa` in the tree rooted at `root`; `None` when it is not mapped or not below
+/// [`GPA_LIMIT`].
+pub fn translate(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> Option<Mapping> {
+    if gpa >= GPA_LIMIT {
+        return None;
+    }
+    let mut table = root;
+    let mut shift = ROOT_SHIFT;
+    let mut perms = Perms::RWX;
+    loop {
+        let entry = t.entries(table)[index(gpa, shift)];
+        if !fmt.is_present(entry) {
+            return None;
+        }
+        let rights = fmt.rights(entry);
+        perms = Perms::new(
+            perms.read && rights.read,
+            perms.write && rights.write,
+            perms.exec && rights.exec,
+        );
+        if fmt.is_leaf(entry, shift) {
+            let page_size = 1u64 << shift;
+            let offset = gpa & (page_size - 1);
+            return Some(Mapping {
+                hpa: (entry & ADDR_MASK & !(page_size - 1)) | offset,
+                perms,
+                page_size,
+            });
+        }
+        table = entry & ADDR_MASK;
+        shift -= 9;
+    }
+}
+
+/// Calls `f` with the physical address of every table in the tree rooted at `root`, `root`
+/// included and last, children before their parent. The caller frees the tables this way:
+/// [`map`] does not record what it allocates. `f` is given addresses only, so it cannot
+/// disturb the walk; freeing inside `f` is safe as long as the freed page is not reused for
+/// this tree before the walk ends.
+pub fn for_each_table(t: &mut impl Tables, fmt: Format, root: u64, mut f: impl FnMut(u64)) {
+    visit(t, fmt, root, ROOT_SHIFT, &mut f);
+}
+
+fn visit(t: &mut impl Tables, fmt: Format, table: u64, shift: u32, f: &mut impl FnMut(u64)) {
+    if shift > PAGE_SHIFT {
+        for i in 0..512 {
+            let entry = t.entries(table)[i];
+            if fmt.is_present(entry) && !fmt.is_leaf(entry, shift) {
+                visit(t, fmt, entry & ADDR_MASK, shift - 9, f);
+            }
+        }
+    }
+    f(table);
+}
+
+/// The EPT pointer for the tree rooted at `root` (SDM Vol. 3C, 25.6.11): write-back paging-
+/// structure memory type (6) in bits 2:0, a 4-level walk (length minus one, 3) in bits 5:3,
+/// accessed/dirty flags off. NPT needs no such encoding: nCR3 is `root` itself.
+pub fn eptp(root: u64) -> u64 {
+    const MEMTYPE_WB: u64 = 6;
+    const WALK_LENGTH_4: u64 = 3 << 3;
+    (root & ADDR_MASK) | MEMTYPE_WB | WALK_LENGTH_4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0x10_0000;
+    const K4: u64 = 1 << 12;
+    const M2: u64 = 1 << 21;
+    const G1: u64 = 1 << 30;
+
+    /// At most `cap` tables at physical addresses `BASE`, `BASE + 4 KiB`, ...
+    struct TestTables {
+        tables: Vec<[u64; 512]>,
+        cap: usize,
+    }
+
+    impl TestTables {
+        fn new(cap: usize) -> Self {
+            Self {
+                tables: Vec::new(),
+                cap,
+            }
+        }
+
+        /// A fresh tree: the tables and the root's address.
+        fn with_root(cap: usize) -> (Self, u64) {
+            let mut t = Self::new(cap);
+            let root = t.alloc().unwrap();
+            (t, root)
+        }
+
+        fn entry(&mut self, table: u64, i: usize) -> u64 {
+            self.entries(table)[i]
+        }
+    }
+
+    impl Tables for TestTables {
+        fn alloc(&mut self) -> Option<u64> {
+            if self.tables.len() == self.cap {
+                return None;
+            }
+            self.tables.push([0; 512]);
+            Some(BASE + (self.tables.len() as u64 - 1) * K4)
+        }
+
+        fn entries(&mut self, phys: u64) -> &mut [u64; 512] {
+            assert_eq!(phys & 0xfff, 0, "unaligned table {phys:#x}");
+            &mut self.tables[((phys - BASE) / K4) as usize]
+        }
+    }
+
+    fn table(n: u64) -> u64 {
+        BASE + n * K4
+    }
+
+    #[test]
+    fn ept_4k_entry_bits() {
+        let (mut t, root) = TestTables::with_root(8);
+        let gpa = 0x0000_8040_2030_1000u64 & (GPA_LIMIT - 1);
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            gpa,
+            0xabcd_e000,
+            K4,
+            Perms::RW,
+            LargePages::Upto1G,
+        )
+        .unwrap();
+        // Root, PDPT, PD, PT, allocated in walk order.
+        assert_eq!(t.tables.len(), 4);
+        assert_eq!(t.entry(root, index(gpa, 39)), table(1) | 0b111);
+        assert_eq!(t.entry(table(1), index(gpa, 30)), table(2) | 0b111);
+        assert_eq!(t.entry(table(2), index(gpa, 21)), table(3) | 0b111);
+        // R, W, memory type 6 in bits 5:3, no X, no bit 7.
+        assert_eq!(
+            t.entry(table(3), index(gpa, 12)),
+            0xabcd_e000 | 0b011 | 0x30
+        );
+        // Nothing else was written.
+        let nonzero: usize = t
+            .tables
+            .iter()
+            .map(|tb| tb.iter().filter(|&&e| e != 0).count())
+            .sum();
+        assert_eq!(nonzero, 4);
+    }
+
+    #[test]
+    fn ept_large_entry_bits() {
+        let (mut t, root) = TestTables::with_root(8);
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            2 * M2,
+            0x1_2340_0000,
+            M2,
+            Perms::RX,
+            LargePages::Upto2M,
+        )
+        .unwrap();
+        assert_eq!(t.tables.len(), 3);
+        assert_eq!(t.entry(table(2), 2), 0x1_2340_0000 | 0b101 | 0x30 | 0x80);
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            3 * G1,
+            0x40_0000_0000,
+            G1,
+            Perms::RWX,
+            LargePages::Upto1G,
+        )
+        .unwrap();
+        assert_eq!(t.tables.len(), 3);
+        assert_eq!(t.entry(table(1), 3), 0x40_0000_0000 | 0b111 | 0x30 | 0x80);
+        // Read-only and execute-only leaves.
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            0,
+            0x5000,
+            K4,
+            Perms::R,
+            LargePages::None,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(3), 0), 0x5000 | 0b001 | 0x30);
+        let x = Perms::new(false, false, true);
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            K4,
+            0x6000,
+            K4,
+            x,
+            LargePages::None,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(3), 1), 0x6000 | 0b100 | 0x30);
+    }
+
+    #[test]
+    fn npt_entry_bits() {
+        const NX: u64 = 1 << 63;
+        let (mut t, root) = TestTables::with_root(8);
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            0x7000,
+            0x9000,
+            K4,
+            Perms::RW,
+            LargePages::Upto1G,
+        )
+        .unwrap();
+        assert_eq!(t.entry(root, 0), table(1) | 0b111);
+        assert_eq!(t.entry(table(1), 0), table(2) | 0b111);
+        assert_eq!(t.entry(table(2), 0), table(3) | 0b111);
+        // P | RW | US | NX.
+        assert_eq!(t.entry(table(3), 7), 0x9000 | 0b111 | NX);
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            0x8000,
+            0xa000,
+            K4,
+            Perms::RX,
+            LargePages::None,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(3), 8), 0xa000 | 0b101);
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            0x9000,
+            0xb000,
+            K4,
+            Perms::R,
+            LargePages::None,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(3), 9), 0xb000 | 0b101 | NX);
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            0xa000,
+            0xc000,
+            K4,
+            Perms::RWX,
+            LargePages::None,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(3), 10), 0xc000 | 0b111);
+        // 2 MiB and 1 GiB leaves have PS.
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            M2,
+            0x20_0000,
+            M2,
+            Perms::RWX,
+            LargePages::Upto2M,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(2), 1), 0x20_0000 | 0b111 | 0x80);
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            G1,
+            0x8000_0000,
+            G1,
+            Perms::RW,
+            LargePages::Upto1G,
+        )
+        .unwrap();
+        assert_eq!(t.entry(table(1), 1), 0x8000_0000 | 0b111 | 0x80 | NX);
+        assert_eq!(t.tables.len(), 4);
+    }
+
+    #[test]
+    fn unrepresentable_perms() {
+        let (mut t, root) = TestTables::with_root(8);
+        let none = Perms::new(false, false, false);
+        let w = Perms::new(false, true, false);
+        let wx = Perms::new(false, true, true);
+        let x = Perms::new(false, false, true);
+        for p in [none, w, wx] {
+            let r = map(&mut t, Format::Ept, root, 0, 0, K4, p, LargePages::None);
+            assert_eq!(r, Err(SlatError::UnsupportedPerms), "{p:?}");
+        }
+        for p in [none, w, wx, x] {
+            let r = map(&mut t, Format::Npt, root, 0, 0, K4, p, LargePages::None);
+            assert_eq!(r, Err(SlatError::UnsupportedPerms), "{p:?}");
+        }
+        // Nothing was allocated or written.
+        assert_eq!(t.tables.len(), 1);
+        assert!(t.tables[0].iter().all(|&e| e == 0));
+    }
+
+    /// The page sizes that map `[gpa, gpa + size)`, in order.
+    fn page_sizes(t: &mut TestTables, fmt: Format, root: u64, gpa: u64, size: u64) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        let mut a = gpa;
+        while a < gpa + size {
+            let m = translate(t, fmt, root, a).unwrap();
+            sizes.push(m.page_size);
+            a += m.page_size;
+        }
+        sizes
+    }
+
+    #[test]
+    fn large_pages_by_alignment_and_size() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(64);
+            // Both aligned: 4 KiB up to the 2 MiB boundary, then 2 MiB pages, then 4 KiB.
+            let (gpa, hpa, size) = (M2 - K4, 0x4000_0000 - K4, 2 * M2 + 2 * K4);
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                hpa,
+                size,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            assert_eq!(page_sizes(&mut t, fmt, root, gpa, size), [K4, M2, M2, K4]);
+
+            // The host address is only 4 KiB aligned relative to the guest's: no 2 MiB pages.
+            let gpa = 16 * M2;
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                0x8000_1000,
+                M2,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            assert_eq!(page_sizes(&mut t, fmt, root, gpa, M2), [K4; 512]);
+
+            // Aligned but less than 2 MiB left.
+            let gpa = 20 * M2;
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                0x8020_0000,
+                M2 - K4,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            assert_eq!(page_sizes(&mut t, fmt, root, gpa, M2 - K4), [K4; 511]);
+
+            // Aligned and large enough, but 2 MiB pages not allowed.
+            let gpa = 24 * M2;
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                0x8040_0000,
+                M2,
+                Perms::RWX,
+                LargePages::None,
+            )
+            .unwrap();
+            assert_eq!(page_sizes(&mut t, fmt, root, gpa, M2), [K4; 512]);
+
+            // 1 GiB pages only when allowed; otherwise 2 MiB.
+            map(
+                &mut t,
+                fmt,
+                root,
+                G1,
+                0x1_0000_0000,
+                G1 + M2,
+                Perms::RWX,
+                LargePages::Upto1G,
+            )
+            .unwrap();
+            assert_eq!(page_sizes(&mut t, fmt, root, G1, G1 + M2), [G1, M2]);
+            map(
+                &mut t,
+                fmt,
+                root,
+                4 * G1,
+                0x2_0000_0000,
+                G1,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            assert_eq!(page_sizes(&mut t, fmt, root, 4 * G1, G1), [M2; 512]);
+        }
+    }
+
+    #[test]
+    fn translate_round_trips() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(64);
+            let (gpa, hpa, size) = (0x7fe0_0000u64, 0x3_0000_0000u64, 0x60_3000u64);
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                hpa,
+                size,
+                Perms::RX,
+                LargePages::Upto1G,
+            )
+            .unwrap();
+            for off in [
+                0, 1, 0xfff, 0x1000, 0x1f_ffff, 0x20_0000, 0x40_0123, 0x60_2fff,
+            ] {
+                let m = translate(&mut t, fmt, root, gpa + off).unwrap();
+                assert_eq!(m.hpa, hpa + off, "{fmt:?} {off:#x}");
+                assert_eq!(m.perms, Perms::RX);
+            }
+            assert_eq!(translate(&mut t, fmt, root, gpa - 1), None);
+            assert_eq!(translate(&mut t, fmt, root, gpa + size), None);
+            assert_eq!(translate(&mut t, fmt, root, 0), None);
+            assert_eq!(translate(&mut t, fmt, root, GPA_LIMIT + gpa), None);
+            assert_eq!(translate(&mut t, fmt, root, u64::MAX), None);
+        }
+    }
+
+    #[test]
+    fn translate_limits_rights_by_table_entries() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(8);
+            map(
+                &mut t,
+                fmt,
+                root,
+                0,
+                0x1000,
+                K4,
+                Perms::RWX,
+                LargePages::None,
+            )
+            .unwrap();
+            // Take write and execute away at the PDPT entry.
+            let pdpte = t.entry(table(1), 0);
+            t.entries(table(1))[0] = match fmt {
+                Format::Ept => pdpte & !0b110,
+                Format::Npt => (pdpte & !0b010) | 1 << 63,
+            };
+            let m = translate(&mut t, fmt, root, 0x10).unwrap();
+            assert_eq!((m.hpa, m.perms, m.page_size), (0x1010, Perms::R, K4));
+        }
+    }
+
+    #[test]
+    fn overlaps_are_refused() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(64);
+            let rwx = Perms::RWX;
+            let up2m = LargePages::Upto2M;
+            // The same 4 KiB page twice.
+            map(&mut t, fmt, root, 0x5000, 0x5000, K4, rwx, up2m).unwrap();
+            assert_eq!(
+                map(&mut t, fmt, root, 0x5000, 0x9000, K4, rwx, up2m),
+                Err(SlatError::AlreadyMapped)
+            );
+            // A 2 MiB range over that page: the existing table is reused, the pages before
+            // the overlap get mapped (a documented partial update), then the overlap fails.
+            assert_eq!(
+                map(&mut t, fmt, root, 0, 0x4000_0000, M2, rwx, up2m),
+                Err(SlatError::AlreadyMapped)
+            );
+            assert_eq!(
+                translate(&mut t, fmt, root, 0x4000).unwrap().hpa,
+                0x4000_4000
+            );
+            assert_eq!(translate(&mut t, fmt, root, 0x5000).unwrap().hpa, 0x5000);
+            assert_eq!(translate(&mut t, fmt, root, 0x6000), None);
+
+            // A 4 KiB page inside an existing 2 MiB page: a leaf where a table is needed.
+            map(&mut t, fmt, root, 4 * M2, 0x20_0000, M2, rwx, up2m).unwrap();
+            assert_eq!(
+                map(&mut t, fmt, root, 4 * M2 + 0x3000, 0x3000, K4, rwx, up2m),
+                Err(SlatError::AlreadyMapped)
+            );
+            // A range that ends inside it.
+            assert_eq!(
+                map(&mut t, fmt, root, 3 * M2, 0x80_0000, M2 + K4, rwx, up2m),
+                Err(SlatError::AlreadyMapped)
+            );
+            // A 1 GiB page over it.
+            assert_eq!(
+                map(&mut t, fmt, root, 0, 0, G1, rwx, LargePages::Upto1G),
+                Err(SlatError::AlreadyMapped)
+            );
+            // A 2 MiB page inside an existing 1 GiB page.
+            map(&mut t, fmt, root, G1, 0, G1, rwx, LargePages::Upto1G).unwrap();
+            assert_eq!(
+                map(&mut t, fmt, root, G1 + M2, 0, M2, rwx, up2m),
+                Err(SlatError::AlreadyMapped)
+            );
+            // Neighbours that do not overlap are fine.
+            map(&mut t, fmt, root, 5 * M2, 0x20_0000, M2, rwx, up2m).unwrap();
+            map(&mut t, fmt, root, 6 * M2, 0x1000, K4, rwx, up2m).unwrap();
+        }
+    }
+
+    #[test]
+    fn existing_empty_table_takes_small_pages() {
+        // A table already sits where a 2 MiB leaf would go (left empty by an earlier failed
+        // map): the range is mapped as 4 KiB pages inside it rather than refused.
+        let (mut t, root) = TestTables::with_root(8);
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            0,
+            0,
+            K4,
+            Perms::RWX,
+            LargePages::None,
+        )
+        .unwrap();
+        let pt = t.alloc().unwrap();
+        t.entries(table(2))[1] = Format::Ept.table_entry(pt);
+        map(
+            &mut t,
+            Format::Ept,
+            root,
+            M2,
+            M2,
+            M2,
+            Perms::RWX,
+            LargePages::Upto2M,
+        )
+        .unwrap();
+        assert_eq!(page_sizes(&mut t, Format::Ept, root, M2, M2), [K4; 512]);
+    }
+
+    #[test]
+    fn argument_errors() {
+        let (mut t, root) = TestTables::with_root(8);
+        let fmt = Format::Ept;
+        let rwx = Perms::RWX;
+        let none = LargePages::None;
+        let misaligned = Err(SlatError::Misaligned);
+        assert_eq!(map(&mut t, fmt, root, 0x800, 0, K4, rwx, none), misaligned);
+        assert_eq!(map(&mut t, fmt, root, 0, 0x1, K4, rwx, none), misaligned);
+        assert_eq!(map(&mut t, fmt, root, 0, 0, 0x1800, rwx, none), misaligned);
+        let range = Err(SlatError::OutOfRange);
+        assert_eq!(map(&mut t, fmt, root, GPA_LIMIT, 0, K4, rwx, none), range);
+        assert_eq!(
+            map(&mut t, fmt, root, GPA_LIMIT - K4, 0, 2 * K4, rwx, none),
+            range
+        );
+        assert_eq!(
+            map(&mut t, fmt, root, 0, HPA_LIMIT - K4, 2 * K4, rwx, none),
+            range
+        );
+        assert_eq!(map(&mut t, fmt, root, 0, 0, !0xfff, rwx, none), range);
+        assert_eq!(map(&mut t, fmt, root, !0xfff, 0, K4, rwx, none), range);
+        assert_eq!(t.tables.len(), 1);
+        // The last page below each limit is fine; so is an empty range.
+        map(
+            &mut t,
+            fmt,
+            root,
+            GPA_LIMIT - K4,
+            HPA_LIMIT - K4,
+            K4,
+            rwx,
+            none,
+        )
+        .unwrap();
+        let m = translate(&mut t, fmt, root, GPA_LIMIT - 1).unwrap();
+        assert_eq!(m.hpa, HPA_LIMIT - 1);
+        map(&mut t, fmt, root, 0x1000, 0x1000, 0, rwx, none).unwrap();
+        assert_eq!(t.tables.len(), 4);
+    }
+
+    #[test]
+    fn out_of_table_memory() {
+        // Room for the root and two more tables: the PT cannot be allocated.
+        let (mut t, root) = TestTables::with_root(3);
+        assert_eq!(
+            map(
+                &mut t,
+                Format::Npt,
+                root,
+                0,
+                0,
+                K4,
+                Perms::RW,
+                LargePages::None
+            ),
+            Err(SlatError::OutOfMemory)
+        );
+        // A 2 MiB page needs no PT.
+        map(
+            &mut t,
+            Format::Npt,
+            root,
+            0,
+            0,
+            M2,
+            Perms::RW,
+            LargePages::Upto2M,
+        )
+        .unwrap();
+        // A 4 KiB page 1 GiB away needs a PD too.
+        assert_eq!(
+            map(
+                &mut t,
+                Format::Npt,
+                root,
+                G1,
+                0,
+                K4,
+                Perms::RW,
+                LargePages::None
+            ),
+            Err(SlatError::OutOfMemory)
+        );
+    }
+
+    #[test]
+    fn every_table_is_visited_once_root_last() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(64);
+            let rwx = Perms::RWX;
+            map(
+                &mut t,
+                fmt,
+                root,
+                0,
+                0,
+                3 * M2 + K4,
+                rwx,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            map(&mut t, fmt, root, G1, 0, G1, rwx, LargePages::Upto1G).unwrap();
+            map(
+                &mut t,
+                fmt,
+                root,
+                0x7f_0000_0000,
+                0,
+                2 * K4,
+                rwx,
+                LargePages::None,
+            )
+            .unwrap();
+            map(
+                &mut t,
+                fmt,
+                root,
+                0x8000_0020_0000,
+                0,
+                K4,
+                rwx,
+                LargePages::None,
+            )
+            .unwrap();
+            let mut seen = Vec::new();
+            for_each_table(&mut t, fmt, root, |p| seen.push(p));
+            assert_eq!(seen.last(), Some(&root));
+            let mut all: Vec<u64> = (0..t.tables.len() as u64).map(table).collect();
+            seen.sort();
+            all.sort();
+            assert_eq!(seen, all);
+        }
+        // A tree with only the root.
+        let (mut t, root) = TestTables::with_root(1);
+        let mut seen = Vec::new();
+        for_each_table(&mut t, Format::Ept, root, |p| seen.push(p));
+        assert_eq!(seen, [root]);
+    }
+
+    #[test]
+    fn eptp_encoding() {
+        assert_eq!(eptp(0x1234_5000), 0x1234_5000 | 6 | 3 << 3);
+        assert_eq!(eptp(0x000f_ffff_ffff_f000), 0x000f_ffff_ffff_f01e);
+    }
+}
