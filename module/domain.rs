@@ -800,6 +800,29 @@ impl Vcpu {
                 break Ok(0);
             }
         };
+        if let GuestExit::EntryFailure {
+            reason,
+            qualification,
+        }
+        | GuestExit::Unhandled {
+            reason,
+            qualification,
+        } = s.exit
+        {
+            pr_warn!(
+                "domain {} vCPU {}: {} {:#x} ({:#x}) at rip {:#x}\n",
+                d.domid,
+                self.id,
+                if matches!(s.exit, GuestExit::EntryFailure { .. }) {
+                    "VM entry failed:"
+                } else {
+                    "unhandled exit"
+                },
+                reason,
+                qualification,
+                s.exit_rip
+            );
+        }
         run.exit = exit_record(&s, self.id, result.is_err());
         result
     }

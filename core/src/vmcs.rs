@@ -83,6 +83,7 @@ pub mod field {
     pub const VM_EXIT_REASON: u32 = 0x4402;
     pub const VM_EXIT_INTR_INFO: u32 = 0x4404;
     pub const IDT_VECTORING_INFO_FIELD: u32 = 0x4408;
+    pub const IDT_VECTORING_ERROR_CODE: u32 = 0x440a;
     pub const VM_EXIT_INSTRUCTION_LEN: u32 = 0x440c;
     // 32-bit guest-state fields.
     pub const GUEST_ES_LIMIT: u32 = 0x4800;

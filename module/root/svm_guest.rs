@@ -384,6 +384,14 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) {
         let c = &mut vmcb(v).control;
         c.tlb_ctl = 0;
         c.event_inj = 0;
+        // An event whose delivery the exit interrupted is delivered again (NMIs and hardware
+        // exceptions; a software interrupt's instruction simply runs again).
+        let kind = c.exit_int_info & (7 << 8);
+        if c.exit_int_info & event::VALID != 0 && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION)
+        {
+            c.event_inj = c.exit_int_info;
+            c.event_inj_err = c.exit_int_info_err;
+        }
         let (code, info1) = (c.exit_code, c.exit_info_1);
         v.regs.gpr[RAX] = vmcb_ref(v).save.rax;
         v.counters[ExitKind::from_svm(code, info1) as usize] += 1;

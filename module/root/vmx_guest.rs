@@ -516,6 +516,28 @@ impl Exit<'_> {
     }
 }
 
+/// An exit that interrupted the delivery of an event (a fault on the IDT, a host interrupt
+/// mid-delivery) would lose it: NMIs and hardware exceptions are injected again at the next
+/// entry. Software interrupts and exceptions are not: RIP still points at the instruction,
+/// which runs again.
+fn reinject_vectoring() {
+    let info = vmread(field::IDT_VECTORING_INFO_FIELD) as u32;
+    let kind = info & intr_info::TYPE_MASK;
+    if info & intr_info::VALID == 0
+        || (kind != intr_info::TYPE_NMI && kind != intr_info::TYPE_HW_EXCEPTION)
+    {
+        return;
+    }
+    if info & intr_info::DELIVER_ERROR_CODE != 0 {
+        w(
+            field::VM_ENTRY_EXCEPTION_ERROR_CODE,
+            vmread(field::IDT_VECTORING_ERROR_CODE),
+        );
+    }
+    // Bits 30:12 of the vectoring information are reserved in the entry field.
+    w(field::VM_ENTRY_INTR_INFO_FIELD, (info & 0x8000_0fff).into());
+}
+
 /// Handles one guest exit. `nmi` is set when an NMI arrived while the guest ran (Dom0 gets
 /// it at its next entry).
 fn handle_exit(v: &mut VcpuState, reason: u32, nmi: &mut bool) -> Next {
@@ -704,6 +726,7 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
         let reason = vmread(field::VM_EXIT_REASON) as u32;
         v.counters[crate::keel_core::exit::ExitKind::from_vmx(reason) as usize] += 1;
         v.exit = GuestExit::None;
+        reinject_vectoring();
         match handle_exit(v, reason, &mut nmi) {
             Next::Resume => continue,
             Next::ToDom0 => break,

@@ -3,43 +3,175 @@
 //! built from the structure types as the C `_IOWR` macro builds them.
 #![no_std]
 
-/// The bindgen output for `uapi/linux/keel.h`.
-#[allow(non_camel_case_types, missing_docs, clippy::all)]
+/// The bindgen output for `uapi/linux/keel.h`. Its `unsafe` blocks are bindgen's zeroing
+/// `Default` impls for the structures that hold a union (all-zero is valid for them: integers
+/// only).
+#[allow(
+    non_camel_case_types,
+    missing_docs,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/keel_uapi.rs"));
 }
 pub use generated::*;
 
 /// `_IOC` direction bits (include/uapi/asm-generic/ioctl.h).
+const IOC_NONE: u32 = 0;
 const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 
-/// The number `_IOWR(type, nr, T)` gives in C.
-pub const fn iowr<T>(ty: u32, nr: u32) -> u32 {
-    let size = core::mem::size_of::<T>() as u32;
+/// The number `_IOC(dir, type, nr, size)` gives in C (include/uapi/asm-generic/ioctl.h: 8 bits
+/// of number, 8 of type, 14 of size, 2 of direction).
+const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
+    assert!(ty < (1 << 8) && nr < (1 << 8));
     assert!(size < (1 << 14));
-    ((IOC_READ | IOC_WRITE) << 30) | (size << 16) | (ty << 8) | nr
+    (dir << 30) | ((size as u32) << 16) | (ty << 8) | nr
 }
 
-/// `KEEL_GET_VERSION`.
+/// The number `_IO(type, nr)` gives in C: a command without an argument.
+pub const fn io(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_NONE, ty, nr, 0)
+}
+
+/// The number `_IOR(type, nr, T)` gives in C: the kernel writes a `T` to the caller.
+pub const fn ior<T>(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_READ, ty, nr, core::mem::size_of::<T>())
+}
+
+/// The number `_IOW(type, nr, T)` gives in C: the kernel reads a `T` from the caller.
+pub const fn iow<T>(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_WRITE, ty, nr, core::mem::size_of::<T>())
+}
+
+/// The number `_IOWR(type, nr, T)` gives in C: the kernel reads a `T` and writes it back.
+pub const fn iowr<T>(ty: u32, nr: u32) -> u32 {
+    ioc(IOC_READ | IOC_WRITE, ty, nr, core::mem::size_of::<T>())
+}
+
+/// The argument size a command number encodes (`_IOC_SIZE`).
+pub const fn ioc_size(cmd: u32) -> usize {
+    ((cmd >> 16) & ((1 << 14) - 1)) as usize
+}
+
+/// `KEEL_GET_VERSION` (on `/dev/keel`).
 pub const KEEL_GET_VERSION: u32 = iowr::<keel_version>(KEEL_IOCTL_TYPE, 0x00);
-/// `KEEL_GET_CAPS`.
+/// `KEEL_GET_CAPS` (on `/dev/keel`).
 pub const KEEL_GET_CAPS: u32 = iowr::<keel_caps>(KEEL_IOCTL_TYPE, 0x01);
+/// `KEEL_CREATE_DOMAIN` (on `/dev/keel`): returns the domain fd.
+pub const KEEL_CREATE_DOMAIN: u32 = iowr::<keel_domain_create>(KEEL_IOCTL_TYPE, 0x02);
+/// `KEEL_LIST_DOMAINS` (on `/dev/keel`).
+pub const KEEL_LIST_DOMAINS: u32 = iowr::<keel_domain_list>(KEEL_IOCTL_TYPE, 0x03);
+
+/// `KEEL_DOMAIN_ADD_RANGE` (on a domain fd).
+pub const KEEL_DOMAIN_ADD_RANGE: u32 = iow::<keel_mem_range>(KEEL_IOCTL_TYPE, 0x10);
+/// `KEEL_DOMAIN_CREATE_VCPU` (on a domain fd): returns the vCPU fd.
+pub const KEEL_DOMAIN_CREATE_VCPU: u32 = iow::<keel_vcpu_create>(KEEL_IOCTL_TYPE, 0x11);
+/// `KEEL_DOMAIN_PAUSE` (on a domain fd, no argument).
+pub const KEEL_DOMAIN_PAUSE: u32 = io(KEEL_IOCTL_TYPE, 0x12);
+/// `KEEL_DOMAIN_UNPAUSE` (on a domain fd, no argument).
+pub const KEEL_DOMAIN_UNPAUSE: u32 = io(KEEL_IOCTL_TYPE, 0x13);
+/// `KEEL_DOMAIN_INFO` (on a domain fd).
+pub const KEEL_DOMAIN_INFO: u32 = ior::<keel_domain_info>(KEEL_IOCTL_TYPE, 0x14);
+
+/// `KEEL_VCPU_GET_REGS` (on a vCPU fd).
+pub const KEEL_VCPU_GET_REGS: u32 = ior::<keel_regs>(KEEL_IOCTL_TYPE, 0x20);
+/// `KEEL_VCPU_SET_REGS` (on a vCPU fd).
+pub const KEEL_VCPU_SET_REGS: u32 = iow::<keel_regs>(KEEL_IOCTL_TYPE, 0x21);
+/// `KEEL_VCPU_GET_SREGS` (on a vCPU fd).
+pub const KEEL_VCPU_GET_SREGS: u32 = ior::<keel_sregs>(KEEL_IOCTL_TYPE, 0x22);
+/// `KEEL_VCPU_SET_SREGS` (on a vCPU fd).
+pub const KEEL_VCPU_SET_SREGS: u32 = iow::<keel_sregs>(KEEL_IOCTL_TYPE, 0x23);
+/// `KEEL_VCPU_RUN` (on a vCPU fd).
+pub const KEEL_VCPU_RUN: u32 = iowr::<keel_run>(KEEL_IOCTL_TYPE, 0x24);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::mem::size_of;
 
+    /// The values below are what this C program prints, built with
+    /// `gcc -I uapi nums.c` on x86-64 (the interface's rules make 32-bit userspace agree):
+    ///
+    /// ```c
+    /// #include <stdio.h>
+    /// #include <linux/keel.h>
+    /// #define P(x) printf("%-24s 0x%08lx\n", #x, (unsigned long)(x))
+    /// #define S(x) printf("%-24s %zu\n", "sizeof " #x, sizeof(struct x))
+    /// int main(void) {
+    ///     P(KEEL_GET_VERSION); P(KEEL_GET_CAPS); P(KEEL_CREATE_DOMAIN); P(KEEL_LIST_DOMAINS);
+    ///     P(KEEL_DOMAIN_ADD_RANGE); P(KEEL_DOMAIN_CREATE_VCPU); P(KEEL_DOMAIN_PAUSE);
+    ///     P(KEEL_DOMAIN_UNPAUSE); P(KEEL_DOMAIN_INFO); P(KEEL_VCPU_GET_REGS);
+    ///     P(KEEL_VCPU_SET_REGS); P(KEEL_VCPU_GET_SREGS); P(KEEL_VCPU_SET_SREGS);
+    ///     P(KEEL_VCPU_RUN);
+    ///     S(keel_domain_create); S(keel_mem_range); S(keel_vcpu_create);
+    ///     S(keel_domain_info); S(keel_domain_list); S(keel_regs); S(keel_segment);
+    ///     S(keel_dtable); S(keel_sregs); S(keel_exit_io); S(keel_exit_mmio);
+    ///     S(keel_exit_hypercall); S(keel_exit_fault); S(keel_exit_shutdown);
+    ///     S(keel_exit_fail); S(keel_exit); S(keel_run);
+    ///     return 0;
+    /// }
+    /// ```
     #[test]
     fn ioctl_numbers_match_c() {
-        // Values printed by a C program built against uapi/linux/keel.h.
-        assert_eq!(KEEL_GET_VERSION, 0xc010_c700);
-        assert_eq!(KEEL_GET_CAPS, 0xc040_c701);
+        let expected = [
+            (KEEL_GET_VERSION, 0xc010_c700),
+            (KEEL_GET_CAPS, 0xc040_c701),
+            (KEEL_CREATE_DOMAIN, 0xc038_c702),
+            (KEEL_LIST_DOMAINS, 0xc018_c703),
+            (KEEL_DOMAIN_ADD_RANGE, 0x4018_c710),
+            (KEEL_DOMAIN_CREATE_VCPU, 0x4008_c711),
+            (KEEL_DOMAIN_PAUSE, 0x0000_c712),
+            (KEEL_DOMAIN_UNPAUSE, 0x0000_c713),
+            (KEEL_DOMAIN_INFO, 0x8058_c714),
+            (KEEL_VCPU_GET_REGS, 0x8090_c720),
+            (KEEL_VCPU_SET_REGS, 0x4090_c721),
+            (KEEL_VCPU_GET_SREGS, 0x80e8_c722),
+            (KEEL_VCPU_SET_SREGS, 0x40e8_c723),
+            (KEEL_VCPU_RUN, 0xc078_c724),
+        ];
+        for (i, (rust, c)) in expected.into_iter().enumerate() {
+            assert_eq!(rust, c, "entry {i}: {rust:#x} != {c:#x}");
+        }
+    }
+
+    #[test]
+    fn ioc_size_reads_back_the_argument_size() {
+        assert_eq!(ioc_size(KEEL_VCPU_RUN), size_of::<keel_run>());
+        assert_eq!(ioc_size(KEEL_DOMAIN_PAUSE), 0);
     }
 
     #[test]
     fn layouts() {
-        assert_eq!(core::mem::size_of::<keel_version>(), 16);
-        assert_eq!(core::mem::size_of::<keel_caps>(), 64);
+        assert_eq!(size_of::<keel_version>(), 16);
+        assert_eq!(size_of::<keel_caps>(), 64);
+        assert_eq!(size_of::<keel_domain_create>(), 56);
+        assert_eq!(size_of::<keel_mem_range>(), 24);
+        assert_eq!(size_of::<keel_vcpu_create>(), 8);
+        assert_eq!(size_of::<keel_domain_info>(), 88);
+        assert_eq!(size_of::<keel_domain_list>(), 24);
+        assert_eq!(size_of::<keel_regs>(), 144);
+        assert_eq!(size_of::<keel_segment>(), 16);
+        assert_eq!(size_of::<keel_dtable>(), 16);
+        assert_eq!(size_of::<keel_sregs>(), 232);
+        assert_eq!(size_of::<keel_exit_io>(), 16);
+        assert_eq!(size_of::<keel_exit_mmio>(), 24);
+        assert_eq!(size_of::<keel_exit_hypercall>(), 64);
+        assert_eq!(size_of::<keel_exit_fault>(), 16);
+        assert_eq!(size_of::<keel_exit_shutdown>(), 8);
+        assert_eq!(size_of::<keel_exit_fail>(), 16);
+        assert_eq!(size_of::<keel_exit>(), 112);
+        assert_eq!(size_of::<keel_run>(), 120);
+    }
+
+    #[test]
+    fn exit_union_starts_after_the_header() {
+        // reason, vcpu, rip: the union starts at byte 16, and keel_run's exit at byte 8.
+        assert_eq!(core::mem::offset_of!(keel_exit, __bindgen_anon_1), 16);
+        assert_eq!(core::mem::offset_of!(keel_run, exit), 8);
+        assert_eq!(core::mem::offset_of!(keel_domain_info, name), 56);
+        assert_eq!(core::mem::offset_of!(keel_sregs, gdt), 128);
+        assert_eq!(core::mem::offset_of!(keel_sregs, cr0), 160);
     }
 }

@@ -1,7 +1,18 @@
 //! `/dev/keel`: the owner of the device fd and one checked wrapper per ioctl.
-use std::{fmt, fs::File, io, os::fd::AsRawFd, path::Path};
+use std::{
+    fmt,
+    fs::File,
+    io,
+    os::fd::{AsFd, FromRawFd, OwnedFd},
+    path::Path,
+};
 
 use keel_uapi as uapi;
+
+use crate::{
+    domain::{Domain, DomainInfo, DomainName, GuestAddress},
+    sys::{self, IoctlError},
+};
 
 /// The default device node.
 pub const DEVICE_PATH: &str = "/dev/keel";
@@ -16,7 +27,9 @@ pub enum DevError {
     /// Opening failed otherwise.
     Open(String, io::Error),
     /// An ioctl failed.
-    Ioctl(&'static str, io::Error),
+    Ioctl(IoctlError),
+    /// Mapping guest memory (at this address, this many bytes) failed.
+    Mmap(GuestAddress, u64, io::Error),
     /// The module speaks another version of the interface.
     AbiMismatch {
         /// What the module reported.
@@ -30,7 +43,10 @@ impl fmt::Display for DevError {
             Self::NotLoaded(p) => write!(f, "{p} does not exist: the keel module is not loaded (load it with `insmod keel.ko`)"),
             Self::Permission(p) => write!(f, "permission denied opening {p}: it is root-only (mode 0600); run keelctl as root"),
             Self::Open(p, e) => write!(f, "cannot open {p}: {e}"),
-            Self::Ioctl(name, e) => write!(f, "{name} failed: {e}"),
+            Self::Ioctl(e) => write!(f, "{e}"),
+            Self::Mmap(gpa, size, e) => {
+                write!(f, "mmap of {size:#x} bytes of guest memory at {gpa} failed: {e}")
+            }
             Self::AbiMismatch { module } => write!(
                 f,
                 "the keel module speaks interface version {module}, this keelctl speaks {}: use the keelctl built with the module",
@@ -41,6 +57,12 @@ impl fmt::Display for DevError {
 }
 
 impl std::error::Error for DevError {}
+
+impl From<IoctlError> for DevError {
+    fn from(e: IoctlError) -> Self {
+        Self::Ioctl(e)
+    }
+}
 
 /// An open `/dev/keel`.
 pub struct KeelDev {
@@ -70,28 +92,98 @@ impl KeelDev {
         Ok(dev)
     }
 
-    /// Runs an ioctl whose argument is a `T` the kernel reads and writes back.
-    fn ioctl_rw<T>(&self, name: &'static str, cmd: u32, arg: &mut T) -> Result<(), DevError> {
-        // SAFETY: `arg` is a valid, exclusively borrowed `T`, and `cmd` encodes `size_of::<T>()`
-        // (built by `uapi::iowr::<T>`), so the kernel reads and writes only within it.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as libc::c_ulong, arg as *mut T) };
-        if r < 0 {
-            return Err(DevError::Ioctl(name, io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
     /// `KEEL_GET_VERSION`.
     pub fn version(&self) -> Result<uapi::keel_version, DevError> {
         let mut v = uapi::keel_version::default();
-        self.ioctl_rw("KEEL_GET_VERSION", uapi::KEEL_GET_VERSION, &mut v)?;
+        // SAFETY: KEEL_GET_VERSION is `iowr::<keel_version>`: the kernel reads and writes that
+        // structure (integers only) and nothing else of ours.
+        unsafe {
+            sys::ioctl_with_mut(
+                self.file.as_fd(),
+                "KEEL_GET_VERSION",
+                uapi::KEEL_GET_VERSION,
+                &mut v,
+            )
+        }?;
         Ok(v)
     }
 
     /// `KEEL_GET_CAPS`.
     pub fn caps(&self) -> Result<uapi::keel_caps, DevError> {
         let mut c = uapi::keel_caps::default();
-        self.ioctl_rw("KEEL_GET_CAPS", uapi::KEEL_GET_CAPS, &mut c)?;
+        // SAFETY: KEEL_GET_CAPS is `iowr::<keel_caps>`: the kernel reads and writes that
+        // structure (integers only) and nothing else of ours.
+        unsafe {
+            sys::ioctl_with_mut(
+                self.file.as_fd(),
+                "KEEL_GET_CAPS",
+                uapi::KEEL_GET_CAPS,
+                &mut c,
+            )
+        }?;
         Ok(c)
+    }
+
+    /// `KEEL_CREATE_DOMAIN`: a new domain of at most `max_vcpus` vCPUs and `memory_size` bytes
+    /// of RAM and ROM.
+    pub fn create_domain(
+        &self,
+        name: &DomainName,
+        max_vcpus: u32,
+        memory_size: u64,
+    ) -> Result<Domain, DevError> {
+        let mut create = uapi::keel_domain_create {
+            max_vcpus,
+            memory_size,
+            name: name.to_raw(),
+            ..Default::default()
+        };
+        // SAFETY: KEEL_CREATE_DOMAIN is `iowr::<keel_domain_create>`: the kernel reads that
+        // structure (no pointers) and writes the domid back into it, nothing else of ours.
+        let fd = unsafe {
+            sys::ioctl_with_mut(
+                self.file.as_fd(),
+                "KEEL_CREATE_DOMAIN",
+                uapi::KEEL_CREATE_DOMAIN,
+                &mut create,
+            )
+        }?;
+        // SAFETY: on success the ioctl's value is a new domain fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Domain::new(fd, create.domid))
+    }
+
+    /// `KEEL_LIST_DOMAINS`: the live domains, in domid order.
+    pub fn list_domains(&self) -> Result<Vec<DomainInfo>, DevError> {
+        // Domains may come and go between calls: grow the buffer until it holds them all (a
+        // few tries; then the entries the last call wrote).
+        let mut capacity = 16usize;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut buf = vec![uapi::keel_domain_info::default(); capacity];
+            let mut list = uapi::keel_domain_list {
+                count: u32::try_from(capacity).unwrap_or(u32::MAX),
+                buffer: buf.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            // SAFETY: KEEL_LIST_DOMAINS is `iowr::<keel_domain_list>`: the kernel reads and
+            // writes that structure, and writes at most `list.count` `keel_domain_info`s
+            // (integers only) at `list.buffer`, which points at `buf`'s `capacity` entries,
+            // alive and not otherwise borrowed during the call.
+            unsafe {
+                sys::ioctl_with_mut(
+                    self.file.as_fd(),
+                    "KEEL_LIST_DOMAINS",
+                    uapi::KEEL_LIST_DOMAINS,
+                    &mut list,
+                )
+            }?;
+            let written = (list.count as usize).min(capacity);
+            if list.total as usize <= written || tries == 8 {
+                return Ok(buf[..written].iter().map(DomainInfo::from).collect());
+            }
+            capacity = (list.total as usize).saturating_add(16);
+        }
     }
 }

@@ -1,15 +1,25 @@
 //! `keelctl`: the control tool of the Keel hypervisor.
 //!
-//! Talks to the `keel` kernel module through `/dev/keel` and its debugfs files. Today it reports
-//! what the module and the hardware offer and the hypervisor's exit counters; domains, consoles
-//! and devices come with the domain interface.
+//! Talks to the `keel` kernel module through `/dev/keel` and its debugfs files. It reports what
+//! the module and the hardware offer and the hypervisor's exit counters, runs bare guest images
+//! in domains of their own (`run`) and lists the live domains (`list`); PVH kernels, consoles and
+//! devices come next.
+#![deny(missing_docs)]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod dev;
+mod domain;
+mod image;
 mod info;
+mod list;
+mod run;
 mod stats;
+mod sys;
+mod units;
 
 /// Control the Keel hypervisor through /dev/keel.
 #[derive(Parser, Debug)]
@@ -47,9 +57,55 @@ enum Command {
         #[arg(long, default_value = stats::STATS_PATH)]
         file: PathBuf,
     },
+    /// Run a bare guest image in a new domain and show every exit
+    ///
+    /// Creates a domain with one vCPU and --memory of RAM at guest-physical 0, loads IMAGE,
+    /// starts the vCPU in --mode at the entry point, and prints one line per exit, e.g.
+    /// `exit 3: io out port 0xe9 size 1 data 0x48 rip 0x100012`. The domain goes away when
+    /// keelctl exits.
+    ///
+    /// IMAGE is an ELF executable or a flat binary. An ELF (recognized by its magic) has its
+    /// PT_LOAD segments copied to their physical addresses (p_paddr) and starts at e_entry
+    /// (moved from the virtual to the physical address when they differ); a 32-bit ELF starts
+    /// in prot32, a 64-bit one in long64. A flat binary is copied to --load and starts at
+    /// --entry, by default the load address, in prot32 unless --mode says otherwise.
+    ///
+    /// Modes:
+    ///   real    16-bit real mode with CS = 0, like a boot sector: a flat image loads at and
+    ///           starts from 0x7c00; SP starts at the top of RAM below 64 KiB.
+    ///   prot32  32-bit protected mode without paging, Xen's PVH entry state: flat 4 GiB code
+    ///           (selector 0x10) and data (0x18) segments from a GDT at 0x1000, a busy TSS,
+    ///           ebx = 0 (no start info). A flat image loads at 0x100000.
+    ///   long64  64-bit long mode (CS 0x08) on identity page tables at 0x2000 and up, with
+    ///           2 MiB pages covering the RAM. A flat image loads at 0x100000.
+    /// In every mode RFLAGS.IF is clear, there is no IDT (an exception shuts the guest down),
+    /// ESP/RSP starts at the top of RAM and the other registers are zero. The image must fit
+    /// in the RAM and stay clear of the GDT and page tables.
+    ///
+    /// Exits: port 0xe9 is the guest's debug console (its bytes are collected and printed as
+    /// `console:` lines at the end); other OUTs are shown and ignored; IN reads all ones;
+    /// hypercalls return -ENOSYS (-38). The run stops on HLT (success), a triple fault
+    /// (shutdown), a memory fault (an access outside the RAM), an entry failure or unhandled
+    /// exit, after --max-exits exits, or after --timeout seconds, and ends with a line
+    /// `stopped: REASON after N exits`.
+    ///
+    /// Exit status: 0 when the guest halted; 1 otherwise (the reason is also printed on
+    /// stderr), and for bad input or a failing /dev/keel; 2 for command-line errors.
+    #[command(verbatim_doc_comment)]
+    Run(run::RunArgs),
+    /// List the live domains: id, name, state, vCPUs, memory.
+    ///
+    /// State is paused, running (a vCPU has run) or created. VCPUS is created/max, RUNNING the
+    /// ids of the vCPUs inside KEEL_VCPU_RUN right now, MEMORY the RAM in use and the domain's
+    /// limit in MiB. Needs the keel module loaded and root.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Info { json } => {
             let dev = dev::KeelDev::open(&cli.device)?;
@@ -68,13 +124,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print!("{}", stats.human(all));
             }
         }
+        Command::Run(args) => return run::run(args, &cli.device),
+        Command::List { json } => {
+            let dev = dev::KeelDev::open(&cli.device)?;
+            let domains = dev.list_domains()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list::rows(&domains))?);
+            } else {
+                print!("{}", list::human(&domains));
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("keelctl: {e}");
             ExitCode::FAILURE
