@@ -16,6 +16,7 @@ pub(crate) mod msr {
     pub(crate) const IA32_DEBUGCTL: u32 = 0x1d9;
     pub(crate) const IA32_PAT: u32 = 0x277;
     pub(crate) const IA32_VMX_BASIC: u32 = 0x480;
+    pub(crate) const IA32_VMX_MISC: u32 = 0x485;
     pub(crate) const IA32_VMX_CR0_FIXED0: u32 = 0x486;
     pub(crate) const IA32_VMX_CR0_FIXED1: u32 = 0x487;
     pub(crate) const IA32_VMX_CR4_FIXED0: u32 = 0x488;

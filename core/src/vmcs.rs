@@ -107,6 +107,7 @@ pub mod field {
     pub const GUEST_INTERRUPTIBILITY_INFO: u32 = 0x4824;
     pub const GUEST_ACTIVITY_STATE: u32 = 0x4826;
     pub const GUEST_SYSENTER_CS: u32 = 0x482a;
+    pub const VMX_PREEMPTION_TIMER_VALUE: u32 = 0x482e;
     // 32-bit host-state field.
     pub const HOST_IA32_SYSENTER_CS: u32 = 0x4c00;
     // Natural-width control fields.
@@ -159,6 +160,8 @@ pub mod pin_based {
     pub const EXT_INTR_EXITING: u32 = 1 << 0;
     /// NMIs cause VM exits.
     pub const NMI_EXITING: u32 = 1 << 3;
+    /// The VMX-preemption timer counts down in the guest and exits at zero.
+    pub const PREEMPTION_TIMER: u32 = 1 << 6;
 }
 
 /// Primary processor-based VM-execution controls (SDM Table 25-6).
