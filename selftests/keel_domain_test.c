@@ -139,11 +139,18 @@ asm(".pushsection .rodata\n"
     "blob_ud2_start:\n"
     "	ud2\n"
     "blob_ud2_end:\n"
+    /* Count in BX, report each step with an OUT, forever. */
+    "blob_real_step_start:\n"
+    "1:	inc %bx\n"
+    "	out %al, $" KEEL_STR(PORT_OUT) "\n"
+    "	jmp 1b\n"
+    "blob_real_step_end:\n"
     ".code64\n"
     ".popsection\n");
 
 #define BLOB(name) extern const uint8_t blob_##name##_start[], blob_##name##_end[]
 BLOB(real_out);
+BLOB(real_step);
 BLOB(real_in);
 BLOB(reset);
 BLOB(real_hlt);
@@ -1578,6 +1585,68 @@ TEST_F(domain, list_and_info)
 	all = list_all(&n);
 	EXPECT_EQ(NULL, find_domid(all, n, domid));
 	free(all);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Running on any CPU, and states the hardware refuses. */
+
+/* The thread running a vCPU moves between CPUs between runs: the guest goes on where it was. */
+TEST_F(domain, vcpu_moves_between_cpus)
+{
+	struct keel_vm *vm;
+	struct keel_vcpu *vcpu;
+	struct keel_regs regs;
+	cpu_set_t all;
+	uint64_t base;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		SKIP(return, "one CPU online: nothing to move between");
+	ASSERT_EQ(0, sched_getaffinity(0, sizeof(all), &all));
+	vm = REAL_VM("migrate", 1, SZ_64K, real_step);
+	vcpu = vm->vcpus[0];
+	vcpu_get_regs(vcpu, &regs);
+	base = regs.rbx & 0xffff;
+	for (int i = 1; i <= 20; i++) {
+		int cpu = i % 2;
+
+		ASSERT_TRUE(pin_thread(pthread_self(), cpu));
+		ASSERT_EQ(cpu, sched_getcpu());
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+		vcpu_get_regs(vcpu, &regs);
+		ASSERT_EQ((base + i) & 0xffff, regs.rbx & 0xffff)
+			TH_LOG("run %d, on CPU %d: the guest lost its place", i, cpu);
+	}
+	ASSERT_EQ(0, sched_setaffinity(0, sizeof(all), &all));
+	vm_destroy(vm);
+}
+
+/* A state the hardware refuses ends the run with its reason; a valid one runs again. */
+TEST_F(domain, invalid_state_is_entry_failure)
+{
+	struct keel_vm *vm = REAL_VM("bad-state", 1, SZ_64K, real_hlt);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs good, bad;
+
+	vcpu_get_sregs(vcpu, &good);
+	bad = good;
+	/*
+	 * Paging with EFER.LME but without PAE or LMA, and CR0.NW without CD: VMX's entry checks
+	 * (EFER.LME must match the IA-32e mode control when CR0.PG is set) and SVM's VMRUN checks
+	 * (NW without CD) both refuse it.
+	 */
+	bad.cr0 = X86_CR0_PE | X86_CR0_PG | X86_CR0_ET | X86_CR0_NE | (1ULL << 29);
+	bad.cr4 = 0;
+	bad.efer = X86_EFER_LME;
+	vcpu_set_sregs(vcpu, &bad);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_ENTRY_FAILURE);
+	EXPECT_NE(0, vcpu->run.exit.fail.hw_reason);
+
+	vcpu_set_sregs(vcpu, &good);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	vm_destroy(vm);
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -393,7 +393,9 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) {
             c.event_inj_err = c.exit_int_info_err;
         }
         let (code, info1) = (c.exit_code, c.exit_info_1);
-        v.regs.gpr[RAX] = vmcb_ref(v).save.rax;
+        if code != vmcb::exit_code::INVALID && code != 0xffff_ffff {
+            v.regs.gpr[RAX] = vmcb_ref(v).save.rax;
+        }
         v.counters[ExitKind::from_svm(code, info1) as usize] += 1;
         v.exit = GuestExit::None;
         match handle_exit(v, nrip_save) {
@@ -404,7 +406,13 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) {
     vmcb(v).save.rax = v.regs.gpr[RAX];
     // SAFETY: As for `fpu_enter`.
     unsafe { guest::fpu_leave(v, xcr0) };
-    save_arch(v);
+    if matches!(v.exit, GuestExit::EntryFailure { .. }) {
+        // A refused VMRUN may leave the save area half written (QEMU stores the host's state
+        // there): the guest's state is still the one Dom0 gave, loaded again next time.
+        v.arch_dirty = true;
+    } else {
+        save_arch(v);
+    }
 }
 
 /// Runs the guest once.

@@ -761,7 +761,12 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
             v.arch.sfmask,
         ] = saved;
     }
-    save_arch(&mut v.arch);
+    if matches!(v.exit, GuestExit::EntryFailure { .. }) {
+        // The guest state was refused: keep Dom0's copy and load it again next time.
+        v.arch_dirty = true;
+    } else {
+        save_arch(&mut v.arch);
+    }
     // SAFETY: Writes the vCPU's VMCS back to memory (it may run on another CPU next) and
     // makes Dom0's current again, as the Run hypercall found it.
     unsafe {
