@@ -1070,6 +1070,41 @@ TEST_F(domain, smp_lock_xadd)
 	vm_destroy(vm);
 }
 
+/* Two domains with two vCPUs each, all four running at once on their own threads: each
+ * domain's counter sees exactly its own vCPUs' increments. */
+TEST_F(domain, domains_run_at_once)
+{
+	const uint64_t counter_gpa = 0x1000;
+	struct keel_vm *vm[2] = { vm_create("par-a", 2, SZ_64K), vm_create("par-b", 2, SZ_64K) };
+	struct smp_thread t[4];
+	pthread_barrier_t barrier;
+
+	pthread_barrier_init(&barrier, NULL, 4);
+	for (int i = 0; i < 4; i++) {
+		struct keel_vcpu *vcpu = vm[i / 2]->vcpus[i % 2];
+
+		vcpu_setup_long64(vm[i / 2], vcpu, GUEST_FN(guest_xadd), 0);
+		vcpu_args_set(vcpu, 2, counter_gpa, XADD_N);
+		t[i].vcpu = vcpu;
+		t[i].barrier = &barrier;
+		t[i].cmd = UCALL_NONE;
+	}
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(0, pthread_create(&t[i].tid, NULL, smp_fn, &t[i]));
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i].tid, NULL);
+		EXPECT_EQ(UCALL_DONE, t[i].cmd) TH_LOG("thread %d", i);
+	}
+	for (int d = 0; d < 2; d++) {
+		volatile uint64_t *counter = gpa_hva(vm[d], counter_gpa, 8);
+
+		EXPECT_EQ(2 * XADD_N, *counter) TH_LOG("domain %d", d);
+	}
+	pthread_barrier_destroy(&barrier);
+	vm_destroy(vm[0]);
+	vm_destroy(vm[1]);
+}
+
 /* ---------------------------------------------------------------------------------------
  * 11. Triple fault. (The spinning guest and signals are at the end of the file.) */
 
