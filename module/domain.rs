@@ -235,10 +235,25 @@ kernel::sync::global_lock! {
     };
 }
 
-/// Sets the domain registry up (module load).
-pub(crate) fn init() {
-    // SAFETY: Called once per module load, before any user of REGISTRY.
-    unsafe { REGISTRY.init() };
+/// The domain registry, set up at module load and emptied at unload (the static outlives the
+/// module's data: its list's buffer must be freed by hand).
+pub(crate) struct Registration;
+
+impl Registration {
+    /// Sets the registry up.
+    pub(crate) fn new() -> Self {
+        // SAFETY: Called once per module load, before any user of REGISTRY.
+        unsafe { REGISTRY.init() };
+        Self
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // No domain is left: each fd holds a module reference, so unload waits for the last.
+        let old = core::mem::replace(&mut REGISTRY.lock().list, KVec::new());
+        drop(old);
+    }
 }
 
 /// A vCPU.

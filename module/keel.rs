@@ -55,7 +55,7 @@ impl core::fmt::Debug for Stats {
 }
 
 /// The loaded module. Fields drop in order: `/dev/keel` goes first, then the debugfs files,
-/// and last the launch (every CPU is handed back).
+/// the launch (every CPU is handed back), and last the domain registry.
 #[pin_data]
 pub struct Keel {
     caps: keel_core::caps::Caps,
@@ -65,11 +65,12 @@ pub struct Keel {
     stats: debugfs::File<Stats>,
     debugfs_dir: debugfs::Dir,
     launched: launch::Launched,
+    domains: domain::Registration,
 }
 
 impl kernel::InPlaceModule for Keel {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        domain::init();
+        let domains = domain::Registration::new();
         let caps = hw::probe();
         let launched =
             caps.and_then(|c| launch::Launched::new(c, module_parameters::fail_launch_cpu.value()));
@@ -80,6 +81,7 @@ impl kernel::InPlaceModule for Keel {
             misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"keel" }),
             stats <- dir.read_only_file(c"stats", Stats),
             debugfs_dir: dir,
+            domains,
         })
     }
 }
