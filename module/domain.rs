@@ -251,7 +251,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         // No domain is left: each fd holds a module reference, so unload waits for the last.
-        let old = core::mem::replace(&mut REGISTRY.lock().list, KVec::new());
+        let old = core::mem::take(&mut REGISTRY.lock().list);
         drop(old);
     }
 }
