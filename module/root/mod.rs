@@ -109,6 +109,32 @@ pub(crate) use save_gprs_but_rax;
 
 const _: () = assert!(core::mem::offset_of!(HostFrame, regs) == 0);
 
+/// Assembly text for the guest-run trampolines: loads a guest's GPRs but RAX and RSP from the
+/// [`GuestRegs`] at RAX (`gpr[n]` is at `n * 8`); RAX last, by the caller.
+macro_rules! load_gprs_from_rax {
+    () => {
+        "mov rcx, [rax + 0x08]\nmov rdx, [rax + 0x10]\nmov rbx, [rax + 0x18]\nmov rbp, [rax + 0x28]\nmov rsi, [rax + 0x30]\nmov rdi, [rax + 0x38]\nmov r8, [rax + 0x40]\nmov r9, [rax + 0x48]\nmov r10, [rax + 0x50]\nmov r11, [rax + 0x58]\nmov r12, [rax + 0x60]\nmov r13, [rax + 0x68]\nmov r14, [rax + 0x70]\nmov r15, [rax + 0x78]"
+    };
+}
+pub(crate) use load_gprs_from_rax;
+
+/// Assembly text: saves a guest's GPRs but RAX and RSP into the [`GuestRegs`] at RAX.
+macro_rules! save_gprs_to_rax {
+    () => {
+        "mov [rax + 0x08], rcx\nmov [rax + 0x10], rdx\nmov [rax + 0x18], rbx\nmov [rax + 0x28], rbp\nmov [rax + 0x30], rsi\nmov [rax + 0x38], rdi\nmov [rax + 0x40], r8\nmov [rax + 0x48], r9\nmov [rax + 0x50], r10\nmov [rax + 0x58], r11\nmov [rax + 0x60], r12\nmov [rax + 0x68], r13\nmov [rax + 0x70], r14\nmov [rax + 0x78], r15"
+    };
+}
+pub(crate) use save_gprs_to_rax;
+
+/// Assembly text: clears the caller-saved GPRs a guest left values in, and restores the
+/// callee-saved ones a guest-run trampoline pushed, before its `ret`.
+macro_rules! guest_run_epilogue {
+    () => {
+        "xor ecx, ecx\nxor edx, edx\nxor esi, esi\nxor edi, edi\nxor r8d, r8d\nxor r9d, r9d\nxor r10d, r10d\nxor r11d, r11d\npop r15\npop r14\npop r13\npop r12\npop rbx\npop rbp\nret"
+    };
+}
+pub(crate) use guest_run_epilogue;
+
 /// Assembly text: tells objtool not to check this function's stack frame (Linux's
 /// `STACK_FRAME_NON_STANDARD`): the trampolines switch stacks and jump between each other,
 /// which its frame checks cannot follow. The function is passed as the `this` operand.
