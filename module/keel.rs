@@ -54,6 +54,24 @@ impl core::fmt::Debug for Stats {
     }
 }
 
+/// `root_spin` in debugfs (testing only): writing N keeps the writing CPU in root mode for N
+/// ms, with interrupts off.
+struct RootSpin(keel_core::caps::Vendor);
+
+impl debugfs::Reader for RootSpin {
+    fn read_from_slice(&self, reader: &mut kernel::uaccess::UserSliceReader) -> Result {
+        let mut buf = [0u8; 8];
+        let n = reader.len();
+        if n > buf.len() {
+            return Err(EINVAL);
+        }
+        reader.read_slice(&mut buf[..n])?;
+        let s = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
+        let ms = s.trim().parse::<u64>().map_err(|_| EINVAL)?;
+        launch::spin_in_root(self.0, ms)
+    }
+}
+
 /// The loaded module. Fields drop in order: `/dev/keel` goes first, then the debugfs files,
 /// the launch (every CPU is handed back), and last the domain registry.
 #[pin_data]
@@ -63,6 +81,8 @@ pub struct Keel {
     misc: MiscDeviceRegistration<dev::KeelFile>,
     #[pin]
     stats: debugfs::File<Stats>,
+    #[pin]
+    root_spin: debugfs::File<RootSpin>,
     debugfs_dir: debugfs::Dir,
     launched: launch::Launched,
     domains: domain::Registration,
@@ -75,11 +95,15 @@ impl kernel::InPlaceModule for Keel {
         let launched =
             caps.and_then(|c| launch::Launched::new(c, module_parameters::fail_launch_cpu.value()));
         let dir = debugfs::Dir::new(c"keel");
+        let vendor = caps
+            .as_ref()
+            .map_or(keel_core::caps::Vendor::Svm, |c| c.vendor);
         try_pin_init!(Self {
             caps: caps?,
             launched: launched?,
             misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"keel" }),
             stats <- dir.read_only_file(c"stats", Stats),
+            root_spin <- dir.write_only_file(c"root_spin", RootSpin(vendor)),
             debugfs_dir: dir,
             domains,
         })

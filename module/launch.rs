@@ -158,6 +158,28 @@ pub(crate) unsafe fn run_vcpu(vendor: Vendor, vcpu: *mut crate::root::guest::Vcp
     }
 }
 
+/// Testing only: keeps this CPU in root mode for `ms` milliseconds (at most 1000), with
+/// interrupts off, so that a test can make an NMI arrive there.
+pub(crate) fn spin_in_root(vendor: Vendor, ms: u64) -> Result {
+    if ms > 1000 {
+        return Err(EINVAL);
+    }
+    // SAFETY: Set at boot (the TSC's calibrated rate), read only.
+    let ticks = ms * u64::from(unsafe { bindings::tsc_khz });
+    let flags = x86::irq_save();
+    let rax = Call::Spin.rax();
+    // SAFETY: Every online CPU runs beneath Keel while the module is loaded; Spin returns
+    // here with every register but RAX unchanged.
+    unsafe {
+        match vendor {
+            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax => _, in("rdi") ticks),
+            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax => _, in("rdi") ticks),
+        }
+    }
+    x86::irq_restore(flags);
+    Ok(())
+}
+
 /// Drains a CPU's root-mode log into the kernel log.
 fn drain(info: &CpuInfo) {
     while let Some(rec) = info.log.read() {

@@ -20,6 +20,9 @@ pub enum Call {
     /// Run a DomU vCPU on this CPU until it exits for Dom0: RDI = the vCPU's state (a kernel
     /// virtual address in Linux's direct map). Returns 0; the state says why the run ended.
     Run = 3,
+    /// Testing only: busy-wait in root mode for RDI TSC ticks (at most about a second), so a
+    /// test can make an NMI arrive there. Returns 0.
+    Spin = 4,
 }
 
 /// What [`Call::Ping`] returns.
@@ -44,6 +47,7 @@ impl Call {
             1 => Some(Call::Ping),
             2 => Some(Call::Leave),
             3 => Some(Call::Run),
+            4 => Some(Call::Spin),
             _ => None,
         })
     }
@@ -55,7 +59,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for c in [Call::Ping, Call::Leave, Call::Run] {
+        for c in [Call::Ping, Call::Leave, Call::Run, Call::Spin] {
             assert_eq!(Call::decode(c.rax()), Some(Some(c)));
         }
         assert_eq!(Call::decode(MAGIC | 77), Some(None));

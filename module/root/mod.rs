@@ -192,12 +192,17 @@ pub(crate) struct CpuState {
     pub(crate) control: Page,
     /// VMX: the MSR bitmap (first page). SVM: the MSR permission map (both pages).
     pub(crate) msr_map: [Page; 2],
+    /// VMX: root mode's IDT, Linux's but for the NMI gate (see `vmx.rs`).
+    pub(crate) idt: Page,
     /// The root-mode stack; it grows down from `frame`.
     pub(crate) stack: [u8; STACK_SIZE],
     /// The trampolines' frame, at the top of the stack.
     pub(crate) frame: HostFrame,
     /// Dom0's view of the state Keel owns.
     pub(crate) view: Dom0View,
+    /// VMX: an NMI arrived in root mode (or ended a guest's turn) and is Dom0's: it is
+    /// injected at Dom0's next entry that can take it.
+    pub(crate) nmi_pending: AtomicBool,
     /// What the module and root mode share.
     pub(crate) info: CpuInfo,
 }
@@ -371,6 +376,14 @@ fn hypercall(v: &mut impl Dom0Exit) -> ExitAction {
     let (result, action) = match call {
         Some(Call::Ping) => (hypercall::PONG, ExitAction::Resume),
         Some(Call::Run) => (0, ExitAction::Resume),
+        Some(Call::Spin) => {
+            let ticks = v.regs().gpr[RDI];
+            let start = x86::rdtsc();
+            while x86::rdtsc().wrapping_sub(start) < ticks {
+                core::hint::spin_loop();
+            }
+            (0, ExitAction::Resume)
+        }
         Some(Call::Leave) => (0, ExitAction::Leave),
         None => (hypercall::ENOSYS, ExitAction::Resume),
     };

@@ -4,7 +4,7 @@
 //!
 //! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
 
-use core::{arch::asm, arch::naked_asm, sync::atomic::Ordering};
+use core::{arch::asm, arch::naked_asm, mem::offset_of, sync::atomic::Ordering};
 
 use super::{
     handle, load_gprs_but_rax, objtool_frame_non_standard, rlog, save_gprs_but_rax, CpuState,
@@ -357,6 +357,8 @@ fn setup_vmcs(
 
     let gdt = x86::sgdt();
     let idt = x86::sidt();
+    build_root_idt(state, &idt);
+    let root_idt = pa_of(state, state.idt.0.as_ptr()) + state.info.page_offset_base;
     let tr = x86::read_tr();
     // SAFETY: `gdt` is the current GDTR and TR a valid TSS selector in it (Linux loaded it).
     let tr_base = unsafe { x86::system_segment_base(&gdt, tr) };
@@ -419,7 +421,7 @@ fn setup_vmcs(
         (field::HOST_GS_BASE, gs_base),
         (field::HOST_TR_BASE, tr_base),
         (field::HOST_GDTR_BASE, gdt.base),
-        (field::HOST_IDTR_BASE, idt.base),
+        (field::HOST_IDTR_BASE, root_idt),
         (field::HOST_IA32_SYSENTER_CS, sysenter_cs),
         (field::HOST_IA32_SYSENTER_ESP, sysenter_esp),
         (field::HOST_IA32_SYSENTER_EIP, sysenter_eip),
@@ -677,11 +679,7 @@ impl Dom0Exit for Exit<'_> {
     fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
         // SAFETY: Called from Dom0's Run hypercall on this CPU with Dom0's VMCS current; the
         // Linux side holds the vCPU for the whole call.
-        if unsafe { super::vmx_guest::run(self.state, vcpu) } {
-            // The NMI the guest's exit consumed was Dom0's.
-            let nmi = 2 | intr_info::TYPE_NMI | intr_info::VALID;
-            let _ = vmwrite(field::VM_ENTRY_INTR_INFO_FIELD, nmi.into());
-        }
+        unsafe { super::vmx_guest::run(self.state, vcpu) };
     }
 
     fn prepare_leave(&mut self) {
@@ -784,11 +782,80 @@ extern "C" fn vmx_exit_handler(frame: *mut HostFrame) -> u64 {
         _ => {
             let mut exit = Exit { state, reason };
             match handle(&mut exit, kind, reason.into()) {
-                ExitAction::Resume => 0,
+                ExitAction::Resume => {
+                    deliver_pending_nmi(exit.state);
+                    0
+                }
                 ExitAction::Leave => 1,
             }
         }
     }
+}
+
+/// Injects an NMI that arrived in root mode into Dom0, if Dom0 can take one now: no other
+/// event is being injected and nothing blocks it (STI, MOV SS, an NMI being handled).
+/// Otherwise it stays pending until a later exit. (An NMI that arrives after this check and
+/// before VMRESUME also waits for the next exit.)
+fn deliver_pending_nmi(state: &CpuState) {
+    if !state.nmi_pending.load(Ordering::Relaxed) {
+        return;
+    }
+    let injecting = vmread(field::VM_ENTRY_INTR_INFO_FIELD) as u32 & intr_info::VALID != 0;
+    let blocked = vmread(field::GUEST_INTERRUPTIBILITY_INFO) & 0b1011 != 0;
+    if !injecting && !blocked {
+        state.nmi_pending.store(false, Ordering::Relaxed);
+        let nmi = 2 | intr_info::TYPE_NMI | intr_info::VALID;
+        let _ = vmwrite(field::VM_ENTRY_INTR_INFO_FIELD, nmi.into());
+    }
+}
+
+/// Builds root mode's IDT: Linux's gates, so that a fault in root mode still reaches Linux's
+/// handlers (and its oops), but NMIs go to [`root_nmi`], which runs nothing of Linux's: it
+/// records the NMI for Dom0 (an NMI is Dom0's: perf, the watchdog, backtraces).
+fn build_root_idt(state: &mut CpuState, linux: &x86::DescTable) {
+    let len = (usize::from(linux.limit) + 1).min(4096);
+    // SAFETY: `linux` is this CPU's IDTR (Linux's IDT, mapped and readable); `len` is within
+    // its limit and the root IDT's page.
+    unsafe {
+        core::ptr::copy_nonoverlapping(linux.base as *const u8, state.idt.0.as_mut_ptr(), len);
+    }
+    state.idt.0[len..].fill(0);
+    let handler = root_nmi as *const () as u64;
+    let gate = &mut state.idt.0[2 * 16..3 * 16];
+    // A 64-bit interrupt gate (SDM 6.14.1): Linux's selector and type, no IST (root mode's
+    // own stack: Linux's NMI stack may be in use by Dom0's handler), the handler's address.
+    gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    gate[4] = 0;
+    gate[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    gate[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+}
+
+/// Root mode's NMI handler (VMX: the host IDT's NMI gate). Finds this CPU's state from the
+/// IDTR (the IDT is a page of `CpuState`), sets `nmi_pending`, counts the NMI and returns.
+/// Calls nothing; the interrupted root-mode code goes on (the kernel uses no red zone).
+///
+/// # Safety
+///
+/// Entered through the IDT only.
+#[unsafe(naked)]
+unsafe extern "C" fn root_nmi() {
+    naked_asm!(
+        objtool_frame_non_standard!(),
+        "endbr64",
+        "push rax",
+        "sub rsp, 16",
+        "sidt [rsp]",
+        "mov rax, [rsp + 2]",
+        "add rsp, 16",
+        "mov byte ptr [rax + {pending}], 1",
+        "lock inc qword ptr [rax + {count}]",
+        "pop rax",
+        "iretq",
+        pending = const offset_of!(CpuState, nmi_pending) as isize - offset_of!(CpuState, idt) as isize,
+        count = const (offset_of!(CpuState, info) + offset_of!(super::CpuInfo, counters)
+            + ExitKind::Nmi as usize * 8) as isize - offset_of!(CpuState, idt) as isize,
+        this = sym root_nmi,
+    )
 }
 
 /// VMRESUME failed: the VMCS is bad and Dom0 cannot run on this CPU.

@@ -8,7 +8,10 @@
 //!
 //! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
 
-use core::arch::{asm, naked_asm};
+use core::{
+    arch::{asm, naked_asm},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use super::guest::{
     self, ArchState, GuestExit, GuestVendor, Next, VcpuState, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME,
@@ -552,7 +555,7 @@ fn reinject_vectoring() {
 
 /// Handles one guest exit. `nmi` is set when an NMI arrived while the guest ran (Dom0 gets
 /// it at its next entry).
-fn handle_exit(v: &mut VcpuState, reason: u32, nmi: &mut bool) -> Next {
+fn handle_exit(v: &mut VcpuState, reason: u32, nmi: &AtomicBool) -> Next {
     let mut g = Exit { v };
     let basic = reason & 0xffff;
     if reason & (1 << 31) != 0 {
@@ -567,7 +570,7 @@ fn handle_exit(v: &mut VcpuState, reason: u32, nmi: &mut bool) -> Next {
         0 => {
             let info = vmread(field::VM_EXIT_INTR_INFO) as u32;
             if info & intr_info::TYPE_MASK == intr_info::TYPE_NMI {
-                *nmi = true;
+                nmi.store(true, Ordering::Relaxed);
                 return Next::ToDom0;
             }
             if info & 0xff == u32::from(UD) {
@@ -636,14 +639,14 @@ fn handle_exit(v: &mut VcpuState, reason: u32, nmi: &mut bool) -> Next {
 }
 
 /// Runs the vCPU `v` on this CPU until an exit for Dom0 (`v.exit` says which). Dom0's VMCS
-/// (in `dom0`) is current on entry and again on return. Returns true when an NMI arrived
-/// while the guest ran: Dom0 must get it.
+/// (in `dom0`) is current on entry and again on return. An NMI that arrives while the guest
+/// runs, or in root mode, ends the guest's turn and is left pending for Dom0.
 ///
 /// # Safety
 ///
 /// Called from Dom0's exit handler on this CPU; `v` is not running anywhere else, its VMCS
 /// region and maps are part of it, and its domain's tables stay allocated during the run.
-pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
+pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) {
     let mut host = [0u64; HOST_FIELDS.len()];
     for (h, f) in host.iter_mut().zip(HOST_FIELDS) {
         *h = vmread(f);
@@ -662,7 +665,6 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
     // SAFETY: The vCPU's VMCS region holds the revision id and is not current on another
     // CPU (each run clears it at its end).
     let loaded = unsafe { vmclear(vmcs_pa).and_then(|()| vmptrld(vmcs_pa)) };
-    let mut nmi = false;
     let ok = loaded.and_then(|()| {
         if !v.initialized {
             setup_controls(v)?;
@@ -684,7 +686,7 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
             let _ = vmclear(vmcs_pa);
             let _ = vmptrld(dom0_pa);
         }
-        return false;
+        return;
     }
     for (h, f) in host.iter().zip(HOST_FIELDS) {
         w(f, *h);
@@ -723,6 +725,12 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
 
     let mut launched = false;
     loop {
+        if dom0.nmi_pending.load(Ordering::Relaxed) {
+            // Dom0 has an NMI to take: give it the CPU first.
+            v.exit = GuestExit::None;
+            v.exit_rip = vmread(field::GUEST_RIP);
+            break;
+        }
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
         let failed = unsafe { vmx_guest_enter(&mut v.regs, u64::from(launched)) };
@@ -740,7 +748,7 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
         v.counters[crate::keel_core::exit::ExitKind::from_vmx(reason) as usize] += 1;
         v.exit = GuestExit::None;
         reinject_vectoring();
-        match handle_exit(v, reason, &mut nmi) {
+        match handle_exit(v, reason, &dom0.nmi_pending) {
             Next::Resume => continue,
             Next::ToDom0 => break,
         }
@@ -776,7 +784,6 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) -> bool {
         let _ = vmclear(vmcs_pa);
         let _ = vmptrld(dom0_pa);
     }
-    nmi
 }
 
 /// Enters the guest whose VMCS is current.
