@@ -228,6 +228,10 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
 /// and RSP live in the VMCB). Each round loads them, runs the guest until #VMEXIT, saves them
 /// and calls [`svm_exit_handler`]; a non-zero result leaves through [`super::root_leave`].
 ///
+/// No VMLOAD/VMSAVE: the state they move (FS, GS, TR, LDTR, KernelGsBase, the syscall and
+/// SYSENTER MSRs) stays Dom0's in the processor across VMRUN and #VMEXIT, and root mode does
+/// not change it; a DomU run saves it first and puts it back after (`svm_guest.rs`).
+///
 /// # Safety
 ///
 /// Jumped to (never called) by `svm_launch`, with RSP at this CPU's frame.
@@ -238,9 +242,7 @@ unsafe extern "C" fn svm_run() {
         "2:",
         load_gprs_but_rax!(),
         "mov rax, [rsp + {vmcb_pa}]",
-        "vmload rax",
         "vmrun rax",
-        "vmsave rax",
         save_gprs_but_rax!(),
         "mov rdi, rsp",
         "call {handler}",
@@ -321,10 +323,30 @@ impl Exit<'_> {
             )
         };
         if let Some(plain) = self.kind.plain_encoding() {
-            let mut bytes = [0u8; 3];
-            let want = &mut bytes[..plain.len()];
-            if read(want) == plain.len() && want == plain {
-                return Some(plain.len() as u64);
+            // One translation and a direct compare when the bytes do not cross a page.
+            if la & 0xfff <= 0x1000 - plain.len() as u64 {
+                let pa = paging::translate(cr3, la57, la, |pa| {
+                    // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
+                    Some(unsafe { ((base + pa) as *const u64).read_volatile() })
+                });
+                if let Some(pa) = pa {
+                    let at = (base + pa) as *const u8;
+                    // SAFETY: The code page is RAM (the instruction was just fetched from it)
+                    // and the bytes lie within it.
+                    let same = plain
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| unsafe { at.add(i).read_volatile() } == b);
+                    if same {
+                        return Some(plain.len() as u64);
+                    }
+                }
+            } else {
+                let mut bytes = [0u8; 3];
+                let want = &mut bytes[..plain.len()];
+                if read(want) == plain.len() && want == plain {
+                    return Some(plain.len() as u64);
+                }
             }
         }
         let mut bytes = [0u8; insn::MAX_LEN];

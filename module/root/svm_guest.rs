@@ -421,7 +421,8 @@ pub(crate) unsafe fn run(dom0: &mut CpuState, v: &mut VcpuState) {
 /// Runs the guest once.
 ///
 /// Arguments: RDI = the vCPU's GPRs (RAX and RSP live in the VMCB), RSI = the vCPU's VMCB
-/// (physical), RDX = Dom0's VMCB (physical). VMLOADs the guest's state, sets IF (GIF is
+/// (physical), RDX = Dom0's VMCB (physical). VMSAVEs Dom0's state (the processor holds it: the
+/// VMRUN loop does no VMLOAD/VMSAVE), VMLOADs the guest's, sets IF (GIF is
 /// clear, so nothing is taken here: with V_INTR_MASKING, IF at VMRUN lets host interrupts end
 /// the guest's turn), VMRUNs, and after #VMEXIT clears IF, VMSAVEs the guest's state, saves
 /// its GPRs and VMLOADs Dom0's state. The callee-saved registers are preserved; the guest's
@@ -445,6 +446,8 @@ unsafe extern "C" fn svm_guest_enter(regs: *mut GuestRegs, vmcb_pa: u64, dom0_vm
         "push rsi",
         "mov rax, rdi",
         load_gprs_from_rax!(),
+        "mov rax, [rsp + 8]",
+        "vmsave rax",
         "mov rax, [rsp]",
         "vmload rax",
         "sti",
