@@ -18,7 +18,7 @@ use crate::keel_core::{
     xcr,
 };
 use crate::root::{GuestRegs, Page, GP, RAX, RBX, RCX, RDX, UD};
-use crate::x86;
+use crate::x86::{self, msr};
 
 /// Guest-physical ranges a domain may have (the uapi's `KEEL_MAX_RANGES`).
 pub(crate) const MAX_RANGES: usize = 64;
@@ -33,6 +33,22 @@ pub(crate) const EFER_LMA: u64 = 1 << 10;
 pub(crate) const CR0_PG: u64 = 1 << 31;
 /// CR4.PAE.
 pub(crate) const CR4_PAE: u64 = 1 << 5;
+
+/// MSRs a guest reads and writes without exits: kept in the VMCS/VMCB (FS/GS base, SYSENTER,
+/// and on SVM the VMLOAD/VMSAVE state) or switched by each VMX run (KERNEL_GS_BASE, STAR,
+/// LSTAR, CSTAR, SFMASK).
+pub(crate) const PASSTHROUGH_MSRS: [u32; 10] = [
+    msr::FS_BASE,
+    msr::GS_BASE,
+    msr::KERNEL_GS_BASE,
+    msr::STAR,
+    msr::LSTAR,
+    msr::CSTAR,
+    msr::SFMASK,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+];
 
 /// What a guest-physical range is.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
@@ -341,6 +357,51 @@ pub(crate) trait GuestVendor {
     fn inject(&mut self, vector: u8, error_code: Option<u32>);
     /// The length of the instruction that exited, if known.
     fn insn_len(&mut self) -> Option<u64>;
+    /// Stores the guest's EFER (already checked; LMA as the processor has it).
+    fn set_efer(&mut self, efer: u64);
+    /// The guest's IA32_PAT.
+    fn pat(&self) -> u64;
+    /// Sets the guest's IA32_PAT.
+    fn set_pat(&mut self, pat: u64);
+}
+
+/// EFER bits a guest may write: SCE, LME, LMA (ignored: the processor's), NXE.
+const EFER_WRITABLE: u64 = (1 << 0) | EFER_LME | EFER_LMA | (1 << 11);
+
+/// RDMSR/WRMSR of an MSR that exits: EFER and PAT live in the VMCS/VMCB; the TSC reads
+/// through; anything else raises #GP, as on a CPU without it.
+pub(crate) fn msr(g: &mut impl GuestVendor, write: bool) -> Next {
+    let (cr0, _, _, efer) = g.control_regs();
+    let regs = &g.vcpu_ref().regs.gpr;
+    let index = regs[RCX] as u32;
+    let value = (regs[RDX] << 32) | (regs[RAX] & 0xffff_ffff);
+    let read = match (index, write) {
+        (msr::EFER, false) => Some(efer),
+        // LME may not change while paging is on.
+        (msr::EFER, true)
+            if value & !EFER_WRITABLE == 0
+                && (cr0 & CR0_PG == 0 || (value ^ efer) & EFER_LME == 0) =>
+        {
+            g.set_efer((value & !EFER_LMA) | (efer & EFER_LMA));
+            None
+        }
+        (msr::IA32_PAT, false) => Some(g.pat()),
+        (msr::IA32_PAT, true) => {
+            g.set_pat(value);
+            None
+        }
+        (msr::IA32_TSC, false) => Some(x86::rdtsc()),
+        _ => {
+            g.inject(GP, Some(0));
+            return Next::Resume;
+        }
+    };
+    if let Some(value) = read {
+        let regs = &mut g.vcpu().regs.gpr;
+        regs[RAX] = value & 0xffff_ffff;
+        regs[RDX] = value >> 32;
+    }
+    resume_after(g)
 }
 
 /// The guest's code-segment mode.

@@ -435,7 +435,6 @@ impl Dom0Exit for Exit<'_> {
     }
 
     fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
-        // Dom0's RAX lives in its VMCB; the guest run uses the frame's copy only after.
         // SAFETY: Called from Dom0's Run hypercall on this CPU, GIF clear, Dom0's state saved
         // by VMSAVE; the Linux side holds the vCPU for the whole call.
         unsafe { super::svm_guest::run(self.state, vcpu) };

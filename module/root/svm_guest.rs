@@ -11,10 +11,10 @@
 
 use core::arch::naked_asm;
 
-use super::guest::{self, ArchState, GuestExit, GuestVendor, Next, VcpuState, EFER_LMA};
+use super::guest::{self, ArchState, GuestExit, GuestVendor, Next, VcpuState};
 use super::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax, CpuState,
-    GuestRegs, GP, RAX, UD,
+    GuestRegs, RAX, UD,
 };
 use crate::keel_core::{
     caps::{Vendor, EFER_SVME},
@@ -22,7 +22,7 @@ use crate::keel_core::{
     insn,
     vmcb::{self, event, misc1, misc2, Vmcb},
 };
-use crate::x86::{self, msr};
+use crate::x86;
 
 /// V_INTR_MASKING (VMCB int_ctl bit 24).
 const V_INTR_MASKING: u32 = 1 << 24;
@@ -36,20 +36,6 @@ const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_IOIO: u32 = 1 << 27;
 const INTERCEPT_MONITOR: u32 = 1 << 10;
 const INTERCEPT_MWAIT: u32 = 1 << 11;
-
-/// MSRs the guest reads and writes without exits: all live in the VMCB (VMLOAD/VMSAVE).
-const PASSTHROUGH_MSRS: [u32; 10] = [
-    msr::FS_BASE,
-    msr::GS_BASE,
-    msr::KERNEL_GS_BASE,
-    msr::STAR,
-    msr::LSTAR,
-    msr::CSTAR,
-    msr::SFMASK,
-    msr::IA32_SYSENTER_CS,
-    msr::IA32_SYSENTER_ESP,
-    msr::IA32_SYSENTER_EIP,
-];
 
 /// The vCPU's VMCB.
 fn vmcb(v: &mut VcpuState) -> &mut Vmcb {
@@ -70,7 +56,7 @@ fn setup_controls(v: &mut VcpuState) {
     // SAFETY: `msr_map` is two contiguous pages of the vCPU, 8 KiB in all.
     let map = unsafe { &mut *v.msr_map.as_mut_ptr().cast::<[u8; vmcb::MSRPM_SIZE]>() };
     map.fill(0xff);
-    for m in PASSTHROUGH_MSRS {
+    for m in guest::PASSTHROUGH_MSRS {
         if let Some((byte, bit)) = vmcb::msrpm_position(m) {
             map[byte] &= !(3 << bit);
         }
@@ -238,47 +224,17 @@ impl GuestVendor for Exit<'_> {
             .ok()
             .map(|i| i.len as u64)
     }
-}
 
-impl Exit<'_> {
-    /// RDMSR/WRMSR of an MSR that exits: EFER (SVME is Keel's) and PAT live in the VMCB; the
-    /// TSC reads through; anything else raises #GP.
-    fn msr(&mut self, write: bool) -> Next {
-        let regs = &self.v.regs.gpr;
-        let index = regs[super::RCX] as u32;
-        let value = (regs[super::RDX] << 32) | (regs[RAX] & 0xffff_ffff);
-        let read = match (index, write) {
-            (msr::EFER, false) => Some(vmcb_ref(self.v).save.efer & !EFER_SVME),
-            (msr::EFER, true) => {
-                // SCE, LME, LMA (the processor's), NXE.
-                if value & !((1 << 0) | (1 << 8) | EFER_LMA | (1 << 11)) != 0 {
-                    self.inject(GP, Some(0));
-                    return Next::Resume;
-                }
-                let s = &mut vmcb(self.v).save;
-                s.efer = (value & !EFER_LMA) | (s.efer & EFER_LMA) | EFER_SVME;
-                None
-            }
-            (msr::IA32_PAT, false) => Some(vmcb_ref(self.v).save.g_pat),
-            (msr::IA32_PAT, true) => {
-                vmcb(self.v).save.g_pat = value;
-                None
-            }
-            (msr::IA32_TSC, false) => Some(x86::rdtsc()),
-            _ => {
-                self.inject(GP, Some(0));
-                return Next::Resume;
-            }
-        };
-        if let Some(value) = read {
-            self.v.regs.gpr[RAX] = value & 0xffff_ffff;
-            self.v.regs.gpr[super::RDX] = value >> 32;
-        }
-        if !guest::skip(self) {
-            let rip = self.rip();
-            return guest::unhandled(self, vmcb::exit_code::MSR, rip);
-        }
-        Next::Resume
+    fn set_efer(&mut self, efer: u64) {
+        vmcb(self.v).save.efer = efer | EFER_SVME;
+    }
+
+    fn pat(&self) -> u64 {
+        vmcb_ref(self.v).save.g_pat
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        vmcb(self.v).save.g_pat = pat;
     }
 }
 
@@ -314,7 +270,7 @@ fn handle_exit(v: &mut VcpuState, nrip_save: bool) -> Next {
             let len = info2.wrapping_sub(g.rip()) as u8;
             guest::io(&mut g, (info1 >> 16) as u16, size, info1 & 1 != 0, len)
         }
-        0x7c => g.msr(info1 & 1 != 0),
+        0x7c => guest::msr(&mut g, info1 & 1 != 0),
         0x7f => guest::shutdown(&mut g),
         0x81 => guest::hypercall(&mut g, 3),
         0x7a | 0x80 | 0x82..=0x86 | 0x8a | 0x8b => {

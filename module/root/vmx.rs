@@ -189,10 +189,43 @@ fn segment(sel: u16, base: u64) -> (u64, u64, u64, u64) {
     }
 }
 
-/// Computes a control value from its capability MSR.
-pub(super) fn control(wanted: u32, optional: u32, cap_msr: u32) -> Result<u64, LaunchError> {
+/// A VM-execution, VM-exit or VM-entry control field, for [`control`].
+#[derive(Clone, Copy)]
+pub(super) enum Ctl {
+    /// Pin-based VM-execution controls.
+    Pin,
+    /// Primary processor-based VM-execution controls.
+    Proc,
+    /// Secondary processor-based VM-execution controls.
+    Proc2,
+    /// VM-exit controls.
+    Exit,
+    /// VM-entry controls.
+    Entry,
+}
+
+/// Computes a control value from its capability MSR (the TRUE one when IA32_VMX_BASIC[55]
+/// says it exists): the `wanted` bits, which must be allowed, and the `optional` bits the CPU
+/// allows.
+pub(super) fn control(ctl: Ctl, wanted: u32, optional: u32) -> Result<u64, LaunchError> {
+    // SAFETY: IA32_VMX_BASIC exists on every VMX CPU.
+    let true_ctls = unsafe { x86::rdmsr(msr::IA32_VMX_BASIC) } & (1 << 55) != 0;
+    let pick = |plain, tru| if true_ctls { tru } else { plain };
+    let cap_msr = match ctl {
+        Ctl::Pin => pick(
+            msr::IA32_VMX_PINBASED_CTLS,
+            msr::IA32_VMX_TRUE_PINBASED_CTLS,
+        ),
+        Ctl::Proc => pick(
+            msr::IA32_VMX_PROCBASED_CTLS,
+            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+        ),
+        Ctl::Proc2 => msr::IA32_VMX_PROCBASED_CTLS2,
+        Ctl::Exit => pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
+        Ctl::Entry => pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
+    };
     // SAFETY: The VMX control capability MSRs exist on every VMX CPU; the TRUE ones exist when
-    // IA32_VMX_BASIC[55] is set, which the caller checked before choosing them.
+    // IA32_VMX_BASIC[55] is set, checked above.
     let cap = unsafe { x86::rdmsr(cap_msr) };
     let (value, missing) = vmcs::adjust_controls(wanted, cap);
     if missing != 0 {
@@ -266,7 +299,7 @@ pub(crate) unsafe fn launch(
     let loaded = unsafe { vmclear(vmcs_pa).and_then(|()| vmptrld(vmcs_pa)) };
     let result = loaded
         .map_err(LaunchError::Vmptrld)
-        .and_then(|()| setup_vmcs(state, host_cr3, basic, cr4))
+        .and_then(|()| setup_vmcs(state, host_cr3, cr4))
         .and_then(|()| {
             if corrupt {
                 // RFLAGS bit 1 must be set (SDM 27.3.1.4): this entry fails.
@@ -295,41 +328,25 @@ pub(crate) unsafe fn launch(
 }
 
 /// Fills the current VMCS from the running CPU.
-fn setup_vmcs(
-    state: &mut CpuState,
-    host_cr3: u64,
-    basic: u64,
-    cr4: u64,
-) -> Result<(), LaunchError> {
-    let true_ctls = basic & (1 << 55) != 0;
-    let pick = |plain, tru| if true_ctls { tru } else { plain };
-    let pin = control(
-        0,
-        0,
-        pick(
-            msr::IA32_VMX_PINBASED_CTLS,
-            msr::IA32_VMX_TRUE_PINBASED_CTLS,
-        ),
-    )?;
+fn setup_vmcs(state: &mut CpuState, host_cr3: u64, cr4: u64) -> Result<(), LaunchError> {
+    let pin = control(Ctl::Pin, 0, 0)?;
     let proc = control(
+        Ctl::Proc,
         cpu_based::USE_MSR_BITMAPS | cpu_based::ACTIVATE_SECONDARY_CONTROLS,
         0,
-        pick(
-            msr::IA32_VMX_PROCBASED_CTLS,
-            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
-        ),
     )?;
     // Instructions Linux may use that fault in non-root mode unless enabled; enabled where the
     // CPU has them.
     let proc2 = control(
+        Ctl::Proc2,
         0,
         secondary::ENABLE_RDTSCP
             | secondary::ENABLE_INVPCID
             | secondary::ENABLE_XSAVES
             | secondary::ENABLE_USR_WAIT_PAUSE,
-        msr::IA32_VMX_PROCBASED_CTLS2,
     )?;
     let exit = control(
+        Ctl::Exit,
         exit_ctl::HOST_ADDR_SPACE_SIZE
             | exit_ctl::SAVE_DEBUG_CONTROLS
             | exit_ctl::SAVE_IA32_PAT
@@ -337,15 +354,14 @@ fn setup_vmcs(
             | exit_ctl::SAVE_IA32_EFER
             | exit_ctl::LOAD_IA32_EFER,
         0,
-        pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
     )?;
     let entry = control(
+        Ctl::Entry,
         entry_ctl::IA32E_MODE
             | entry_ctl::LOAD_DEBUG_CONTROLS
             | entry_ctl::LOAD_IA32_PAT
             | entry_ctl::LOAD_IA32_EFER,
         0,
-        pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
     )?;
 
     // The MSR bitmap: only IA32_FEATURE_CONTROL exits (reads show VMX locked off, writes #GP).

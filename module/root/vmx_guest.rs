@@ -16,7 +16,7 @@ use core::{
 use super::guest::{
     self, ArchState, GuestExit, GuestVendor, Next, VcpuState, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME,
 };
-use super::vmx::{control, vmclear, vmptrld, vmread, vmwrite, VmFail};
+use super::vmx::{control, vmclear, vmptrld, vmread, vmwrite, Ctl, VmFail};
 use super::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax, CpuState,
     GuestRegs, GP, UD,
@@ -36,20 +36,6 @@ use crate::x86::{self, msr};
 const CR0_NE: u64 = 1 << 5;
 /// CR4.VMXE.
 const CR4_VMXE: u64 = 1 << 13;
-/// MSRs the guest reads and writes without exits: in the VMCS (FS/GS base, SYSENTER) or
-/// switched by each run (KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK).
-const PASSTHROUGH_MSRS: [u32; 10] = [
-    msr::FS_BASE,
-    msr::GS_BASE,
-    msr::KERNEL_GS_BASE,
-    msr::STAR,
-    msr::LSTAR,
-    msr::CSTAR,
-    msr::SFMASK,
-    msr::IA32_SYSENTER_CS,
-    msr::IA32_SYSENTER_ESP,
-    msr::IA32_SYSENTER_EIP,
-];
 /// MSRs each run switches between Dom0's and the guest's values.
 const SWITCHED_MSRS: [u32; 5] = [
     msr::KERNEL_GS_BASE,
@@ -164,48 +150,49 @@ fn w(f: u32, v: u64) {
 
 /// The CR0 bits the guest does not own: NE (VMX needs it set), PG (its changes switch long
 /// mode on and off, which Keel mirrors in the entry controls) and the other fixed-1 bits but
-/// PE (unrestricted guest).
-fn cr0_mask() -> u64 {
+/// PE (unrestricted guest). Computed once per vCPU; exits read it back from the VMCS.
+fn initial_cr0_mask() -> u64 {
     // SAFETY: The fixed-bit MSRs exist on VMX CPUs.
     let fixed0 = unsafe { x86::rdmsr(msr::IA32_VMX_CR0_FIXED0) };
     (fixed0 & 0xffff_ffff & !1) | CR0_NE | CR0_PG
 }
 
 /// The CR4 bits the guest does not own: VMXE and the other fixed-1 bits.
-fn cr4_mask() -> u64 {
+fn initial_cr4_mask() -> u64 {
     // SAFETY: As above.
     let fixed0 = unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED0) };
     fixed0 | CR4_VMXE
 }
 
-/// The guest's CR0 in hardware for the value it sees.
+/// The current VMCS's CR0 and CR4 guest/host masks.
+fn masks() -> (u64, u64) {
+    (
+        vmread(field::CR0_GUEST_HOST_MASK),
+        vmread(field::CR4_GUEST_HOST_MASK),
+    )
+}
+
+/// The guest's CR0 in hardware for the value it sees: the mask's bits are the ones VMX
+/// forces on, but PG, which stays the guest's.
 fn hw_cr0(cr0: u64) -> u64 {
-    // SAFETY: As above.
-    let fixed0 = unsafe { x86::rdmsr(msr::IA32_VMX_CR0_FIXED0) };
-    cr0 | (fixed0 & !(1 | CR0_PG)) | CR0_NE
+    cr0 | (masks().0 & !CR0_PG)
 }
 
 /// The guest's CR4 in hardware for the value it sees.
 fn hw_cr4(cr4: u64) -> u64 {
-    cr4 | cr4_mask()
+    cr4 | masks().1
 }
 
 /// Sets up the VMCS controls of a vCPU, once.
 fn setup_controls(v: &mut VcpuState) -> Result<(), VmFail> {
-    // SAFETY: IA32_VMX_BASIC exists on VMX CPUs.
-    let basic = unsafe { x86::rdmsr(msr::IA32_VMX_BASIC) };
-    let true_ctls = basic & (1 << 55) != 0;
-    let pick = |plain, tru| if true_ctls { tru } else { plain };
-    let ctl = |wanted, optional, m| control(wanted, optional, m).map_err(|_| VmFail::Invalid);
+    let ctl = |c, wanted, optional| control(c, wanted, optional).map_err(|_| VmFail::Invalid);
     let pin = ctl(
+        Ctl::Pin,
         pin_based::EXT_INTR_EXITING | pin_based::NMI_EXITING,
         pin_based::PREEMPTION_TIMER,
-        pick(
-            msr::IA32_VMX_PINBASED_CTLS,
-            msr::IA32_VMX_TRUE_PINBASED_CTLS,
-        ),
     )?;
     let proc = ctl(
+        Ctl::Proc,
         cpu_based::HLT_EXITING
             | cpu_based::MWAIT_EXITING
             | cpu_based::MONITOR_EXITING
@@ -213,35 +200,31 @@ fn setup_controls(v: &mut VcpuState) -> Result<(), VmFail> {
             | cpu_based::USE_MSR_BITMAPS
             | cpu_based::ACTIVATE_SECONDARY_CONTROLS,
         0,
-        pick(
-            msr::IA32_VMX_PROCBASED_CTLS,
-            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
-        ),
     )?;
     let proc2 = ctl(
+        Ctl::Proc2,
         secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST,
         secondary::ENABLE_RDTSCP | secondary::ENABLE_INVPCID | secondary::ENABLE_XSAVES,
-        msr::IA32_VMX_PROCBASED_CTLS2,
     )?;
     let exit = ctl(
+        Ctl::Exit,
         exit_ctl::HOST_ADDR_SPACE_SIZE
             | exit_ctl::SAVE_IA32_PAT
             | exit_ctl::LOAD_IA32_PAT
             | exit_ctl::SAVE_IA32_EFER
             | exit_ctl::LOAD_IA32_EFER,
         0,
-        pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
     )?;
     let entry = ctl(
+        Ctl::Entry,
         entry_ctl::LOAD_DEBUG_CONTROLS | entry_ctl::LOAD_IA32_PAT | entry_ctl::LOAD_IA32_EFER,
         0,
-        pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
     )?;
 
     // The MSR bitmap: everything exits but the pass-through MSRs.
     let bitmap = &mut v.msr_map[0].0;
     bitmap.fill(0xff);
-    for m in PASSTHROUGH_MSRS {
+    for m in guest::PASSTHROUGH_MSRS {
         let (base, index) = if m >= 0xc000_0000 {
             (1024, (m - 0xc000_0000) as usize)
         } else {
@@ -279,8 +262,8 @@ fn setup_controls(v: &mut VcpuState) -> Result<(), VmFail> {
         (field::VM_ENTRY_INTR_INFO_FIELD, 0),
         (field::MSR_BITMAP, bitmap_pa),
         (field::EPT_POINTER, eptp),
-        (field::CR0_GUEST_HOST_MASK, cr0_mask()),
-        (field::CR4_GUEST_HOST_MASK, cr4_mask()),
+        (field::CR0_GUEST_HOST_MASK, initial_cr0_mask()),
+        (field::CR4_GUEST_HOST_MASK, initial_cr4_mask()),
         (field::VMCS_LINK_POINTER, u64::MAX),
         (field::GUEST_DR7, 0x400),
         (field::GUEST_IA32_DEBUGCTL, 0),
@@ -337,7 +320,7 @@ fn save_arch(a: &mut ArchState) {
     a.gdt.limit = vmread(field::GUEST_GDTR_LIMIT) as u32;
     a.idt.base = vmread(field::GUEST_IDTR_BASE);
     a.idt.limit = vmread(field::GUEST_IDTR_LIMIT) as u32;
-    let (m0, m4) = (cr0_mask(), cr4_mask());
+    let (m0, m4) = masks();
     a.cr0 = (vmread(field::GUEST_CR0) & !m0) | (vmread(field::CR0_READ_SHADOW) & m0);
     a.cr3 = vmread(field::GUEST_CR3);
     a.cr4 = (vmread(field::GUEST_CR4) & !m4) | (vmread(field::CR4_READ_SHADOW) & m4);
@@ -398,7 +381,7 @@ impl GuestVendor for Exit<'_> {
     }
 
     fn control_regs(&self) -> (u64, u64, u64, u64) {
-        let (m0, m4) = (cr0_mask(), cr4_mask());
+        let (m0, m4) = masks();
         (
             (vmread(field::GUEST_CR0) & !m0) | (vmread(field::CR0_READ_SHADOW) & m0),
             vmread(field::GUEST_CR3),
@@ -425,6 +408,18 @@ impl GuestVendor for Exit<'_> {
 
     fn insn_len(&mut self) -> Option<u64> {
         Some(vmread(field::VM_EXIT_INSTRUCTION_LEN))
+    }
+
+    fn set_efer(&mut self, efer: u64) {
+        w(field::GUEST_IA32_EFER, efer);
+    }
+
+    fn pat(&self) -> u64 {
+        vmread(field::GUEST_IA32_PAT)
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        w(field::GUEST_IA32_PAT, pat);
     }
 }
 
@@ -482,49 +477,6 @@ impl Exit<'_> {
                 let rip = self.rip();
                 return guest::unhandled(self, 28, rip);
             }
-        }
-        guest::skip(self);
-        Next::Resume
-    }
-
-    /// RDMSR/WRMSR of an MSR that exits: EFER and PAT live in the VMCS; the TSC reads through;
-    /// anything else raises #GP, as on a CPU without it.
-    fn msr(&mut self, write: bool) -> Next {
-        let index = self.v.regs.gpr[super::RCX] as u32;
-        let value =
-            (self.v.regs.gpr[super::RDX] << 32) | (self.v.regs.gpr[super::RAX] & 0xffff_ffff);
-        let read: Option<u64> = match (index, write) {
-            (msr::EFER, false) => Some(vmread(field::GUEST_IA32_EFER)),
-            (msr::EFER, true) => {
-                let old = vmread(field::GUEST_IA32_EFER);
-                // SCE, LME, NXE; LMA is the processor's; LME may not change with paging on.
-                let (cr0, _, _, _) = self.control_regs();
-                if value & !((1 << 0) | EFER_LME | EFER_LMA | (1 << 11)) != 0
-                    || (cr0 & CR0_PG != 0 && (value ^ old) & EFER_LME != 0)
-                {
-                    self.inject(GP, Some(0));
-                    return Next::Resume;
-                }
-                w(
-                    field::GUEST_IA32_EFER,
-                    (value & !EFER_LMA) | (old & EFER_LMA),
-                );
-                None
-            }
-            (msr::IA32_PAT, false) => Some(vmread(field::GUEST_IA32_PAT)),
-            (msr::IA32_PAT, true) => {
-                w(field::GUEST_IA32_PAT, value);
-                None
-            }
-            (msr::IA32_TSC, false) => Some(x86::rdtsc()),
-            _ => {
-                self.inject(GP, Some(0));
-                return Next::Resume;
-            }
-        };
-        if let Some(value) = read {
-            self.v.regs.gpr[super::RAX] = value & 0xffff_ffff;
-            self.v.regs.gpr[super::RDX] = value >> 32;
         }
         guest::skip(self);
         Next::Resume
@@ -613,8 +565,8 @@ fn handle_exit(v: &mut VcpuState, reason: u32, nmi: &AtomicBool) -> Next {
             let size = (q & 7) as u8 + 1;
             guest::io(&mut g, (q >> 16) as u16, size, q & (1 << 3) != 0, len)
         }
-        31 => g.msr(false),
-        32 => g.msr(true),
+        31 => guest::msr(&mut g, false),
+        32 => guest::msr(&mut g, true),
         48 => {
             let q = vmread(field::EXIT_QUALIFICATION);
             let gpa = vmread(field::GUEST_PHYSICAL_ADDRESS);
