@@ -17,7 +17,7 @@
 
 use core::{
     ffi::{c_int, c_uint, c_void},
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use kernel::{
@@ -207,7 +207,6 @@ pub(crate) struct Domain {
     /// The tasks inside `KEEL_VCPU_RUN`, per vCPU id (for kicks).
     #[pin]
     runners: SpinLock<[usize; 64]>,
-    running_mask: AtomicU64,
     paused: AtomicU32,
 }
 
@@ -327,7 +326,6 @@ impl Domain {
                 }),
                 unpaused <- new_condvar!(),
                 runners <- new_spinlock!([0; 64]),
-                running_mask: AtomicU64::new(0),
                 paused: AtomicU32::new(0),
             }? Error),
             GFP_KERNEL,
@@ -576,7 +574,13 @@ impl Domain {
             memory_used: inner.memory_used,
             nr_ranges: inner.ranges.len() as u32,
             vcpu_mask: inner.vcpu_mask,
-            running_mask: self.running_mask.load(Ordering::Relaxed),
+            running_mask: self
+                .runners
+                .lock()
+                .iter()
+                .enumerate()
+                .filter(|&(_, &task)| task != 0)
+                .fold(0, |mask, (id, _)| mask | 1 << id),
             ..Default::default()
         };
         for (d, s) in info.name.iter_mut().zip(self.name) {
@@ -779,7 +783,6 @@ impl Vcpu {
             s.domain = d.start()?;
         }
         let vendor = d.caps.vendor;
-        let bit = 1u64 << self.id;
         let current = Task::current_raw() as usize;
         let result = loop {
             // SAFETY: `current` is the running task.
@@ -798,7 +801,6 @@ impl Vcpu {
                 continue;
             }
             d.runners.lock()[self.id as usize] = current;
-            d.running_mask.fetch_or(bit, Ordering::Relaxed);
             let flags = x86::irq_save();
             // A kick between the pause check and here is an IPI that is now pending: the guest
             // exits at once.
@@ -809,7 +811,6 @@ impl Vcpu {
                 unsafe { crate::launch::run_vcpu(vendor, p) };
             }
             x86::irq_restore(flags);
-            d.running_mask.fetch_and(!bit, Ordering::Relaxed);
             d.runners.lock()[self.id as usize] = 0;
             if !matches!(s.exit, GuestExit::None) {
                 break Ok(0);
