@@ -460,9 +460,11 @@ impl Domain {
         for (d, m) in ranges.iter_mut().zip(inner.ranges.iter()) {
             *d = m.range;
         }
+        // A guest may enable what both the CPU and Dom0 have enabled: root mode saves and
+        // restores its FPU state under Dom0's XCR0.
         let xcr0 = if x86::read_cr4() & x86::CR4_OSXSAVE != 0 {
             let r = x86::cpuid(0xd, 0);
-            (u64::from(r[3]) << 32) | u64::from(r[0])
+            ((u64::from(r[3]) << 32) | u64::from(r[0])) & x86::xgetbv0()
         } else {
             0
         };

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -139,10 +140,12 @@ asm(".pushsection .rodata\n"
     "blob_ud2_start:\n"
     "	ud2\n"
     "blob_ud2_end:\n"
-    /* Count in BX, report each step with an OUT, forever. */
+    /* Real mode: count in BX, report each step with an OUT, forever. */
+    ".code16\n"
     "blob_real_step_start:\n"
+    "	mov $" KEEL_STR(PORT_OUT) ", %dx\n"
     "1:	inc %bx\n"
-    "	out %al, $" KEEL_STR(PORT_OUT) "\n"
+    "	out %al, %dx\n"
     "	jmp 1b\n"
     "blob_real_step_end:\n"
     ".code64\n"
@@ -179,6 +182,30 @@ static GUEST_CODE void guest_sync_values(uint64_t n)
 		GUEST_SYNC(i * 0x1111);
 	GUEST_ASSERT(n == 5);
 	GUEST_ASSERT_EQ(n * 3, 15);
+	GUEST_DONE();
+}
+
+/*
+ * Sets XMM7 to (seed, ~seed), reports it with GUEST_SYNC three times and checks after each
+ * run that XMM7 still holds it (the host changes its own XMM7 in between). One asm block per
+ * round, so the compiler cannot use XMM7 around the hypercall.
+ */
+static GUEST_CODE void guest_keeps_xmm7(uint64_t seed)
+{
+	uint64_t v[2] = { seed, ~seed };
+
+	for (uint64_t i = 0; i < 3; i++) {
+		uint64_t w[2], rax = KEEL_HC_SYNC, rdi = i;
+
+		__asm__ volatile("movdqu %[v], %%xmm7\n\t"
+				 ".byte 0x0f, 0x01, 0xc1\n\t" /* VMCALL */
+				 "movdqu %%xmm7, %[w]"
+				 : [w] "=m"(w), "+a"(rax), "+D"(rdi)
+				 : [v] "m"(v)
+				 : "rsi", "rdx", "r8", "r10", "xmm7", "memory");
+		GUEST_ASSERT_EQ(w[0], v[0]);
+		GUEST_ASSERT_EQ(w[1], v[1]);
+	}
 	GUEST_DONE();
 }
 
@@ -689,6 +716,55 @@ TEST_F(domain, long_mode_sync_assert_done)
 	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(ret, &uc));
 	EXPECT_EQ(42, uc.args[0]);
 	ASSERT_EQ(UCALL_DONE, vcpu_run_report(ret, &uc));
+	vm_destroy(vm);
+}
+
+/*
+ * KEEL_VCPU_RUN issued from one asm block that sets the host's XMM7 first and reads it after:
+ * the guest's FPU/SSE state must not leak into Dom0's, whatever Linux does with the FPU
+ * around the ioctl.
+ */
+static long run_with_host_xmm7(struct keel_vcpu *vcpu, const uint64_t in[2], uint64_t out[2])
+{
+	long ret = SYS_ioctl;
+
+	__asm__ volatile("movdqu %[in], %%xmm7\n\t"
+			 "syscall\n\t"
+			 "movdqu %%xmm7, %[out]"
+			 : "+a"(ret), [out] "=m"(*(uint64_t(*)[2])out)
+			 : "D"((long)vcpu->fd), "S"((long)KEEL_VCPU_RUN), "d"(&vcpu->run),
+			   [in] "m"(*(const uint64_t(*)[2])in)
+			 : "rcx", "r11", "xmm7", "memory");
+	return ret;
+}
+
+/* Each vCPU keeps its own SSE state across runs, and Dom0 keeps its own. */
+TEST_F(domain, fpu_state_is_per_vcpu)
+{
+	struct keel_vm *vm = vm_create("fpu", 2, SZ_1M);
+	struct keel_ucall uc;
+
+	for (int i = 0; i < 2; i++) {
+		vcpu_setup_long64(vm, vm->vcpus[i], GUEST_FN(guest_keeps_xmm7), 0);
+		vcpu_args_set(vm->vcpus[i], 1, 0x1111111111111111ULL * (i + 1));
+	}
+	/* Interleaved: vCPU 0, vCPU 1, vCPU 0, ... on this thread, with a different host XMM7
+	 * each time. */
+	for (int round = 0; round < 4; round++) {
+		for (int i = 0; i < 2; i++) {
+			struct keel_vcpu *vcpu = vm->vcpus[i];
+			uint64_t host[2] = { 0xabcd000000000000ULL | round << 4 | i, 0x5a5a5a5a5a5a5a5aULL };
+			uint64_t after[2];
+
+			ASSERT_EQ(0, run_with_host_xmm7(vcpu, host, after)) TH_LOG("vCPU %d", i);
+			EXPECT_EQ(host[0], after[0]) TH_LOG("Dom0's XMM7 changed by vCPU %d's run", i);
+			EXPECT_EQ(host[1], after[1]);
+			ASSERT_EQ(round < 3 ? UCALL_SYNC : UCALL_DONE, vcpu_get_ucall(vcpu, &uc))
+				TH_LOG("vCPU %d round %d: %s", i, round, keel_exit_str(&vcpu->run.exit));
+			if (round < 3)
+				EXPECT_EQ(round, uc.args[0]);
+		}
+	}
 	vm_destroy(vm);
 }
 

@@ -87,7 +87,8 @@ pub(crate) struct DomainView {
     pub(crate) ranges: [Range; MAX_RANGES],
     /// Linux's direct-map offset: root mode reads physical memory at this + address.
     pub(crate) page_offset_base: u64,
-    /// XCR0 bits the CPU supports (what the guest's XSETBV may set); 0 without XSAVE
+    /// XCR0 bits the CPU supports and Dom0 enabled (what the guest's XSETBV may set, and what
+    /// the FPU switch moves); 0 without XSAVE
     /// (Dom0's CR4.OSXSAVE clear): the FPU then moves with FXSAVE and XSETBV raises #UD.
     pub(crate) xcr0_supported: u64,
     /// What Keel's CPUID leaves report.
@@ -524,6 +525,11 @@ pub(crate) fn cpuid(g: &mut impl GuestVendor, vendor: crate::keel_core::caps::Ve
         if cr4 & x86::CR4_OSXSAVE != 0 {
             r[2] |= 1 << 27;
         }
+    } else if leaf == 0xd && sub == 0 {
+        // EDX:EAX: the XCR0 bits the guest may set (Dom0's; see `DomainView::xcr0_supported`).
+        let supported = v.domain.xcr0_supported;
+        r[0] &= supported as u32;
+        r[3] &= (supported >> 32) as u32;
     } else if leaf == 7 && sub == 0 {
         // ECX.OSPKE (4) mirrors CR4.PKE (22).
         r[2] &= !(1 << 4);
@@ -724,7 +730,9 @@ pub(crate) fn shutdown(g: &mut impl GuestVendor) -> Next {
 }
 
 /// Saves Dom0's FPU state and loads the guest's (`xcr0_host` is Dom0's XCR0). With XSAVE
-/// (CR4.OSXSAVE) every enabled component moves; without it, the x87/SSE state (FXSAVE).
+/// (CR4.OSXSAVE) every component Dom0's XCR0 enables moves, whatever the guest's XCR0 (a
+/// guest with XCR0 = x87 still has XMM registers of its own), and the guest's XCR0 is loaded
+/// last; without XSAVE, the x87/SSE state moves (FXSAVE).
 ///
 /// # Safety
 ///
@@ -743,15 +751,16 @@ pub(crate) unsafe fn fpu_enter(v: &mut VcpuState, xcr0_host: u64) {
         }
         core::arch::asm!("xsave64 [{}]", in(reg) host, in("eax") u32::MAX, in("edx") u32::MAX,
             options(nostack));
+        core::arch::asm!("xrstor64 [{}]", in(reg) guest, in("eax") u32::MAX, in("edx") u32::MAX,
+            options(nostack));
         if v.arch.xcr0 != xcr0_host {
             x86::xsetbv(0, v.arch.xcr0);
         }
-        core::arch::asm!("xrstor64 [{}]", in(reg) guest, in("eax") u32::MAX, in("edx") u32::MAX,
-            options(nostack));
     }
 }
 
-/// Saves the guest's FPU state and gives Dom0 back its own.
+/// Saves the guest's FPU state and gives Dom0 back its own: Dom0's XCR0 first, so that the
+/// save covers the same components as [`fpu_enter`]'s restore.
 ///
 /// # Safety
 ///
@@ -766,11 +775,11 @@ pub(crate) unsafe fn fpu_leave(v: &mut VcpuState, xcr0_host: u64) {
             core::arch::asm!("fxrstor64 [{}]", in(reg) host, options(nostack));
             return;
         }
-        core::arch::asm!("xsave64 [{}]", in(reg) guest, in("eax") u32::MAX, in("edx") u32::MAX,
-            options(nostack));
         if v.arch.xcr0 != xcr0_host {
             x86::xsetbv(0, xcr0_host);
         }
+        core::arch::asm!("xsave64 [{}]", in(reg) guest, in("eax") u32::MAX, in("edx") u32::MAX,
+            options(nostack));
         core::arch::asm!("xrstor64 [{}]", in(reg) host, in("eax") u32::MAX, in("edx") u32::MAX,
             options(nostack));
     }
