@@ -75,6 +75,7 @@ pub fn filter(vendor: Vendor, leaf: u32, mut r: Regs) -> Regs {
 
 /// Dom0's CPUID: Keel's leaves, or the hardware's answer (`hw`, asked only when needed)
 /// filtered.
+#[inline]
 pub fn dom0(vendor: Vendor, id: Identity, leaf: u32, hw: impl FnOnce() -> Regs) -> Regs {
     if is_hypervisor_leaf(leaf) {
         hypervisor_leaf(leaf, id)

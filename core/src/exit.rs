@@ -130,6 +130,7 @@ impl ExitKind {
 
     /// Decodes a VMX exit reason (the VMCS field; bits 15:0 are the basic reason, bit 31 says
     /// VM entry failed).
+    #[inline]
     pub fn from_vmx(exit_reason: u32) -> Self {
         if exit_reason & (1 << 31) != 0 {
             return Self::EntryFailure;
@@ -162,6 +163,7 @@ impl ExitKind {
 
     /// Decodes an SVM exit code (VMCB EXITCODE); EXITINFO1 tells RDMSR from WRMSR for the MSR
     /// intercept (0 read, 1 write; APM Vol. 2, 15.11).
+    #[inline]
     pub fn from_svm(exit_code: u64, exit_info1: u64) -> Self {
         match exit_code {
             0x00..=0x1f | 0x65 | 0x90..=0x9f => Self::CrAccess,

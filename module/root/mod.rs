@@ -264,11 +264,19 @@ fn edx_eax(regs: &GuestRegs) -> u64 {
 
 /// Skips the instruction, or if its length is unknown logs it and raises #UD (the guest sees
 /// a fault rather than a silent loop).
+#[inline]
 fn complete(v: &mut impl Dom0Exit) {
     if !v.skip() {
-        v.dump("cannot find the length of the instruction");
-        v.inject(UD, None);
+        complete_failed(v);
     }
+}
+
+/// [`complete`] when the length is unknown.
+#[cold]
+#[inline(never)]
+fn complete_failed(v: &mut impl Dom0Exit) {
+    v.dump("cannot find the length of the instruction");
+    v.inject(UD, None);
 }
 
 /// Handles one Dom0 exit of `kind` (`raw` is the vendor's code, for the log).

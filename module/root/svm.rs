@@ -15,7 +15,7 @@ use crate::keel_core::{
     caps::EFER_SVME,
     exit::ExitKind,
     insn::{self, Mode},
-    paging,
+    paging::{self, PagingMode},
     vmcb::{self, event, misc1, misc2, Vmcb, VmcbSave, VmcbSeg},
 };
 use crate::x86::{self, msr};
@@ -289,14 +289,52 @@ impl Exit<'_> {
     }
 
     /// The length of the instruction at RIP: from next RIP when the CPU saves it, otherwise
-    /// from the bytes at CS:RIP read through Dom0's page tables: the exit kind's plain
-    /// encoding when they are exactly that (the common case, and cheap), else decoded.
+    /// from the bytes at CS:RIP read through Dom0's page tables. The common case, a 64-bit
+    /// Dom0 whose bytes are exactly the exit kind's plain encoding within one page, costs one
+    /// page walk and a compare; everything else is decoded in full ([`Self::decode_len`]).
+    #[inline]
     fn insn_len(&mut self) -> Option<u64> {
         let info = &self.state.info;
         let v = self.vmcb_ref();
         if info.nrip_save && v.control.next_rip > v.save.rip {
             return Some(v.control.next_rip - v.save.rip);
         }
+        let la = v.save.cs.base.wrapping_add(v.save.rip);
+        let long = v.save.efer & EFER_LMA != 0;
+        if let Some(plain) = self.kind.plain_encoding() {
+            if long && la & 0xfff <= 0x1000 - plain.len() as u64 {
+                let base = info.page_offset_base;
+                let la57 = v.save.cr4 & x86::CR4_LA57 != 0;
+                // Physical memory is read through Linux's direct map, which root mode's page
+                // tables share.
+                let pa = paging::translate(v.save.cr3, la57, la, |pa| {
+                    // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
+                    Some(unsafe { (base.wrapping_add(pa) as *const u64).read_volatile() })
+                });
+                if let Some(pa) = pa {
+                    let at = base.wrapping_add(pa) as *const u8;
+                    let mut same = true;
+                    for (i, &b) in plain.iter().enumerate() {
+                        // SAFETY: The code page is RAM (the instruction was just fetched from
+                        // it) and the bytes lie within it.
+                        same &= unsafe { at.add(i).read_volatile() } == b;
+                    }
+                    if same {
+                        return Some(plain.len() as u64);
+                    }
+                }
+            }
+        }
+        self.decode_len()
+    }
+
+    /// The slow path of [`Self::insn_len`]: reads up to 15 bytes at CS:RIP in Dom0's paging
+    /// mode, crossing pages, and decodes them.
+    #[cold]
+    #[inline(never)]
+    fn decode_len(&self) -> Option<u64> {
+        let base = self.state.info.page_offset_base;
+        let v = self.vmcb_ref();
         let mode = if v.save.cs.attrib & (1 << 9) != 0 && v.save.efer & EFER_LMA != 0 {
             Mode::Bits64
         } else if v.save.cs.attrib & (1 << 10) != 0 {
@@ -304,53 +342,19 @@ impl Exit<'_> {
         } else {
             Mode::Bits16
         };
+        let paging = PagingMode::from_control_registers(v.save.cr0, v.save.cr4, v.save.efer);
         let la = v.save.cs.base.wrapping_add(v.save.rip);
-        let la57 = v.save.cr4 & x86::CR4_LA57 != 0;
-        let base = info.page_offset_base;
-        let cr3 = v.save.cr3;
-        // Physical memory is read through Linux's direct map, which root mode's page tables
-        // share. The instruction was just fetched from these pages, so they are RAM.
-        let read = |buf: &mut [u8]| {
-            paging::read_linear(
-                cr3,
-                la57,
-                la,
-                buf,
-                // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
-                |pa| Some(unsafe { ((base + pa) as *const u64).read_volatile() }),
-                // SAFETY: The code page is RAM (see above).
-                |pa| Some(unsafe { ((base + pa) as *const u8).read_volatile() }),
-            )
-        };
-        if let Some(plain) = self.kind.plain_encoding() {
-            // One translation and a direct compare when the bytes do not cross a page.
-            if la & 0xfff <= 0x1000 - plain.len() as u64 {
-                let pa = paging::translate(cr3, la57, la, |pa| {
-                    // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
-                    Some(unsafe { ((base + pa) as *const u64).read_volatile() })
-                });
-                if let Some(pa) = pa {
-                    let at = (base + pa) as *const u8;
-                    // SAFETY: The code page is RAM (the instruction was just fetched from it)
-                    // and the bytes lie within it.
-                    let same = plain
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &b)| unsafe { at.add(i).read_volatile() } == b);
-                    if same {
-                        return Some(plain.len() as u64);
-                    }
-                }
-            } else {
-                let mut bytes = [0u8; 3];
-                let want = &mut bytes[..plain.len()];
-                if read(want) == plain.len() && want == plain {
-                    return Some(plain.len() as u64);
-                }
-            }
-        }
         let mut bytes = [0u8; insn::MAX_LEN];
-        let n = read(&mut bytes);
+        let n = paging::read_linear_in(
+            paging,
+            v.save.cr3,
+            la,
+            &mut bytes,
+            // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
+            |pa| Some(unsafe { ((base + pa) as *const u64).read_volatile() }),
+            // SAFETY: The code page is RAM: the instruction was just fetched from it.
+            |pa| Some(unsafe { ((base + pa) as *const u8).read_volatile() }),
+        );
         insn::decode(&bytes[..n], mode).ok().map(|i| i.len as u64)
     }
 }
@@ -372,6 +376,7 @@ impl Dom0Exit for Exit<'_> {
         self.vmcb_ref().save.cr4
     }
 
+    #[inline]
     fn skip(&mut self) -> bool {
         let Some(len) = self.insn_len() else {
             return false;
