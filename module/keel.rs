@@ -72,6 +72,29 @@ impl debugfs::Reader for RootSpin {
     }
 }
 
+/// `dom0_insn` in debugfs (testing only): writing `xsetbv`, `xsetbv-bad` or `invd` runs that
+/// instruction in Dom0 on the writing CPU (see [`launch::dom0_insn`]); the write fails with EIO
+/// when the instruction raised an exception.
+struct Dom0InsnFile;
+
+impl debugfs::Reader for Dom0InsnFile {
+    fn read_from_slice(&self, reader: &mut kernel::uaccess::UserSliceReader) -> Result {
+        let mut buf = [0u8; 16];
+        let n = reader.len();
+        if n > buf.len() {
+            return Err(EINVAL);
+        }
+        reader.read_slice(&mut buf[..n])?;
+        let insn = match core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?.trim() {
+            "xsetbv" => launch::Dom0Insn::Xsetbv,
+            "xsetbv-bad" => launch::Dom0Insn::XsetbvBad,
+            "invd" => launch::Dom0Insn::Invd,
+            _ => return Err(EINVAL),
+        };
+        launch::dom0_insn(insn)
+    }
+}
+
 /// The loaded module. Fields drop in order: `/dev/keel` goes first, then the debugfs files,
 /// the launch (every CPU is handed back), and last the domain registry.
 #[pin_data]
@@ -83,6 +106,8 @@ pub struct Keel {
     stats: debugfs::File<Stats>,
     #[pin]
     root_spin: debugfs::File<RootSpin>,
+    #[pin]
+    dom0_insn: debugfs::File<Dom0InsnFile>,
     debugfs_dir: debugfs::Dir,
     launched: launch::Launched,
     domains: domain::Registration,
@@ -104,6 +129,7 @@ impl kernel::InPlaceModule for Keel {
             misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"keel" }),
             stats <- dir.read_only_file(c"stats", Stats),
             root_spin <- dir.write_only_file(c"root_spin", RootSpin(vendor)),
+            dom0_insn <- dir.write_only_file(c"dom0_insn", Dom0InsnFile),
             debugfs_dir: dir,
             domains,
         })

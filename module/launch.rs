@@ -180,6 +180,82 @@ pub(crate) fn spin_in_root(vendor: Vendor, ms: u64) -> Result {
     Ok(())
 }
 
+/// Testing only: an instruction of Dom0 that Keel intercepts, run by [`dom0_insn`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dom0Insn {
+    /// XSETBV of XCR0 with the value it holds.
+    Xsetbv,
+    /// XSETBV of XCR0 without x87 state (bit 0), which the CPU refuses with #GP.
+    XsetbvBad,
+    /// INVD, which Keel performs as WBINVD (dropping Dom0's dirty cache lines would lose
+    /// memory writes).
+    Invd,
+}
+
+/// Testing only: runs `insn` on this CPU in Dom0, with interrupts off, so that a test can
+/// check Keel's handling of it against the hardware's rules. `EIO` says the instruction raised
+/// an exception (caught through the kernel's exception table); `ENODEV` that this CPU does not
+/// run beneath Keel or has no XSAVE enabled.
+pub(crate) fn dom0_insn(insn: Dom0Insn) -> Result {
+    let flags = x86::irq_save();
+    let result = dom0_insn_irqs_off(insn);
+    x86::irq_restore(flags);
+    result
+}
+
+fn dom0_insn_irqs_off(insn: Dom0Insn) -> Result {
+    let id = x86::cpuid(crate::keel_core::cpuid::HV_BASE, 0);
+    if id[1..] != crate::keel_core::cpuid::SIGNATURE {
+        // INVD on bare metal would drop dirty cache lines.
+        return Err(ENODEV);
+    }
+    if insn == Dom0Insn::Invd {
+        // SAFETY: This CPU runs beneath Keel (its CPUID leaf answered, and with interrupts off
+        // the hand-back cannot run here), which intercepts INVD and performs WBINVD instead.
+        unsafe { core::arch::asm!("invd", options(nostack, preserves_flags)) };
+        return Ok(());
+    }
+    if x86::read_cr4() & x86::CR4_OSXSAVE == 0 {
+        return Err(ENODEV);
+    }
+    let xcr0 = x86::xgetbv0();
+    let value = if insn == Dom0Insn::XsetbvBad {
+        xcr0 & !1
+    } else {
+        xcr0
+    };
+    let faulted: u32;
+    // SAFETY: CR4.OSXSAVE is set. Writing XCR0's own value changes nothing; a value without
+    // bit 0 is refused with #GP, which the exception-table entry (Linux's layout: the faulting
+    // instruction and the fixup as offsets from the entry, then type 1, EX_TYPE_DEFAULT)
+    // turns into a jump to label 3 with no other effect.
+    unsafe {
+        core::arch::asm!(
+            "xor {f:e}, {f:e}",
+            "2: xsetbv",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ".pushsection __ex_table, \"aM\", @progbits, 12",
+            ".balign 4",
+            ".long 2b - .",
+            ".long 3b - .",
+            ".long 1",
+            ".popsection",
+            f = out(reg) faulted,
+            in("ecx") 0,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack),
+        )
+    };
+    if faulted != 0 {
+        Err(EIO)
+    } else {
+        Ok(())
+    }
+}
+
 /// Drains a CPU's root-mode log into the kernel log.
 fn drain(info: &CpuInfo) {
     while let Some(rec) = info.log.read() {
