@@ -81,7 +81,7 @@ static void cpuid_loop(void)
 	sink = a;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	struct { const char *name; void (*fn)(void); } parts[] = {
 		{ "cpu_loop", cpu_loop }, { "fork_exec", fork_exec },
@@ -90,7 +90,14 @@ int main(void)
 	uint64_t total = 0;
 
 	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-		uint64_t t0 = now_ns(), dt;
+		uint64_t t0, dt;
+		int wanted = argc < 2;
+
+		for (int a = 1; a < argc; a++)
+			wanted |= !strcmp(argv[a], parts[i].name);
+		if (!wanted)
+			continue;
+		t0 = now_ns();
 
 		parts[i].fn();
 		dt = now_ns() - t0;
