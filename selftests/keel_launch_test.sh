@@ -172,10 +172,6 @@ check launch.nmi_in_root_mode_reaches_dom0 nmi_in_root_mode_reaches_dom0
 
 # A CPU going offline is handed back first; coming online, it is launched.
 cpu_offline_online() {
-    if grep -q keel_emulator=bochs /proc/cmdline; then
-        echo "Bochs cannot bring an offlined CPU back online (it hangs without Keel too)"
-        return 4
-    fi
     [ $last_cpu -ge 1 ] || { echo "needs 2 CPUs"; return 4; }
     dmesg -c >/dev/null
     echo 0 >/sys/devices/system/cpu/cpu$last_cpu/online || return 1
