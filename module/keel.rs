@@ -72,10 +72,10 @@ impl debugfs::Reader for RootSpin {
     }
 }
 
-/// `dom0_insn` in debugfs (testing only): writing `xsetbv`, `xsetbv-bad` or `invd` runs that
-/// instruction in Dom0 on the writing CPU (see [`launch::dom0_insn`]); the write fails with EIO
-/// when the instruction raised an exception.
-struct Dom0InsnFile;
+/// `dom0_insn` in debugfs (testing only): writing `xsetbv`, `xsetbv-bad`, `invd` or `virt`
+/// (VMXON or VMRUN) runs that instruction in Dom0 on the writing CPU (see
+/// [`launch::dom0_insn`]); the write fails with EIO when the instruction raised an exception.
+struct Dom0InsnFile(keel_core::caps::Vendor);
 
 impl debugfs::Reader for Dom0InsnFile {
     fn read_from_slice(&self, reader: &mut kernel::uaccess::UserSliceReader) -> Result {
@@ -89,9 +89,10 @@ impl debugfs::Reader for Dom0InsnFile {
             "xsetbv" => launch::Dom0Insn::Xsetbv,
             "xsetbv-bad" => launch::Dom0Insn::XsetbvBad,
             "invd" => launch::Dom0Insn::Invd,
+            "virt" => launch::Dom0Insn::Virt,
             _ => return Err(EINVAL),
         };
-        launch::dom0_insn(insn)
+        launch::dom0_insn(self.0, insn)
     }
 }
 
@@ -129,7 +130,7 @@ impl kernel::InPlaceModule for Keel {
             misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"keel" }),
             stats <- dir.read_only_file(c"stats", Stats),
             root_spin <- dir.write_only_file(c"root_spin", RootSpin(vendor)),
-            dom0_insn <- dir.write_only_file(c"dom0_insn", Dom0InsnFile),
+            dom0_insn <- dir.write_only_file(c"dom0_insn", Dom0InsnFile(vendor)),
             debugfs_dir: dir,
             domains,
         })

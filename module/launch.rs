@@ -190,24 +190,68 @@ pub(crate) enum Dom0Insn {
     /// INVD, which Keel performs as WBINVD (dropping Dom0's dirty cache lines would lose
     /// memory writes).
     Invd,
+    /// The vendor's VMXON or VMRUN, which Keel answers with #UD as a CPU without the
+    /// extension would.
+    Virt,
 }
 
-/// Testing only: runs `insn` on this CPU in Dom0, with interrupts off, so that a test can
-/// check Keel's handling of it against the hardware's rules. `EIO` says the instruction raised
+/// Testing only: runs `insn` on this CPU in Dom0 (CPL 0), with interrupts off, so that a test
+/// can check Keel's handling of it against the hardware's rules. `EIO` says the instruction raised
 /// an exception (caught through the kernel's exception table); `ENODEV` that this CPU does not
 /// run beneath Keel or has no XSAVE enabled.
-pub(crate) fn dom0_insn(insn: Dom0Insn) -> Result {
+pub(crate) fn dom0_insn(vendor: Vendor, insn: Dom0Insn) -> Result {
     let flags = x86::irq_save();
-    let result = dom0_insn_irqs_off(insn);
+    let result = dom0_insn_irqs_off(vendor, insn);
     x86::irq_restore(flags);
     result
 }
 
-fn dom0_insn_irqs_off(insn: Dom0Insn) -> Result {
+/// Runs the instructions of [`dom0_insn`]. Each one that may fault is followed by an entry in
+/// the kernel's exception table (Linux's layout: the instruction and the fixup as offsets from
+/// the entry, then type 1, EX_TYPE_DEFAULT), so that an exception becomes a jump to label 3,
+/// which sets the result register to 1.
+macro_rules! insn_faulted {
+    ($insn:literal $(, $($operands:tt)*)?) => {{
+        let faulted: u32;
+        core::arch::asm!(
+            "xor {f:e}, {f:e}",
+            concat!("2: ", $insn),
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ".pushsection __ex_table, \"aM\", @progbits, 12",
+            ".balign 4",
+            ".long 2b - .",
+            ".long 3b - .",
+            ".long 1",
+            ".popsection",
+            f = out(reg) faulted,
+            $($($operands)*)?
+        );
+        faulted != 0
+    }};
+}
+
+fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
     let id = x86::cpuid(crate::keel_core::cpuid::HV_BASE, 0);
     if id[1..] != crate::keel_core::cpuid::SIGNATURE {
         // INVD on bare metal would drop dirty cache lines.
         return Err(ENODEV);
+    }
+    if insn == Dom0Insn::Virt {
+        // An operand that would make the instruction fail in a VMM without taking the CPU:
+        // physical address 0 is never a valid VMXON region or VMCB of Keel's.
+        let pa = 0u64;
+        // SAFETY: This CPU runs beneath Keel (see above), where VMXON always exits (VMX
+        // non-root operation) and VMRUN always is intercepted (SVM requires it); Keel raises
+        // #UD, which the exception-table entry catches.
+        let faulted = unsafe {
+            match vendor {
+                Vendor::Vmx => insn_faulted!("vmxon [{pa}]", pa = in(reg) &raw const pa),
+                Vendor::Svm => insn_faulted!("vmrun rax", in("rax") pa),
+            }
+        };
+        return if faulted { Err(EIO) } else { Ok(()) };
     }
     if insn == Dom0Insn::Invd {
         // SAFETY: This CPU runs beneath Keel (its CPUID leaf answered, and with interrupts off
@@ -224,32 +268,18 @@ fn dom0_insn_irqs_off(insn: Dom0Insn) -> Result {
     } else {
         xcr0
     };
-    let faulted: u32;
     // SAFETY: CR4.OSXSAVE is set. Writing XCR0's own value changes nothing; a value without
-    // bit 0 is refused with #GP, which the exception-table entry (Linux's layout: the faulting
-    // instruction and the fixup as offsets from the entry, then type 1, EX_TYPE_DEFAULT)
-    // turns into a jump to label 3 with no other effect.
-    unsafe {
-        core::arch::asm!(
-            "xor {f:e}, {f:e}",
-            "2: xsetbv",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ".pushsection __ex_table, \"aM\", @progbits, 12",
-            ".balign 4",
-            ".long 2b - .",
-            ".long 3b - .",
-            ".long 1",
-            ".popsection",
-            f = out(reg) faulted,
+    // bit 0 is refused with #GP, which the exception-table entry catches.
+    let faulted = unsafe {
+        insn_faulted!(
+            "xsetbv",
             in("ecx") 0,
             in("eax") value as u32,
             in("edx") (value >> 32) as u32,
             options(nostack),
         )
     };
-    if faulted != 0 {
+    if faulted {
         Err(EIO)
     } else {
         Ok(())

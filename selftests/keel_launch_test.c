@@ -229,6 +229,26 @@ TEST(dom0_xsetbv_and_invd_are_handled)
 		SKIP(return, "INVD handled; XSETBV untested: this CPU model has no XSAVE");
 }
 
+/*
+ * The vendor's VMXON or VMRUN from Dom0's kernel (CPL 0, through the dom0_insn knob) exits to
+ * Keel, is counted and gets #UD, as on a CPU without the extension; Dom0 goes on.
+ */
+TEST(virt_insns_fault_in_dom0_kernel_mode)
+{
+	ensure_debugfs(_metadata);
+	ASSERT_EQ(0, access(DOM0_INSN, W_OK)) TH_LOG(DOM0_INSN " missing");
+	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
+		long long before;
+
+		if (!pin(cpu))
+			continue;
+		before = stat_of(cpu, "virt_insn");
+		ASSERT_LE(0, before) TH_LOG("no virt_insn counter for CPU %d", cpu);
+		EXPECT_EQ(EIO, dom0_insn("virt")) TH_LOG("CPU %d: no #UD", cpu);
+		EXPECT_EQ(before + 1, stat_of(cpu, "virt_insn")) TH_LOG("CPU %d", cpu);
+	}
+}
+
 /* Runs `fn` in a child; returns the signal that killed it, or 0. */
 static int run_child(void (*fn)(void))
 {
