@@ -72,8 +72,9 @@ impl debugfs::Reader for RootSpin {
     }
 }
 
-/// `dom0_insn` in debugfs (testing only): writing `xsetbv`, `xsetbv-bad`, `invd` or `virt`
-/// (VMXON or VMRUN) runs that instruction in Dom0 on the writing CPU (see
+/// `dom0_insn` in debugfs (testing only): writing `xsetbv`, `xsetbv-bad`, `invd`, `virt`
+/// (VMXON or VMRUN) or `unexpected` (WBINVD, intercepted for the test only, which makes an exit
+/// Keel has no handler for) runs that instruction in Dom0 on the writing CPU (see
 /// [`launch::dom0_insn`]); the write fails with EIO when the instruction raised an exception.
 struct Dom0InsnFile(keel_core::caps::Vendor);
 
@@ -90,6 +91,7 @@ impl debugfs::Reader for Dom0InsnFile {
             "xsetbv-bad" => launch::Dom0Insn::XsetbvBad,
             "invd" => launch::Dom0Insn::Invd,
             "virt" => launch::Dom0Insn::Virt,
+            "unexpected" => launch::Dom0Insn::Unexpected,
             _ => return Err(EINVAL),
         };
         launch::dom0_insn(self.0, insn)

@@ -193,6 +193,9 @@ pub(crate) enum Dom0Insn {
     /// The vendor's VMXON or VMRUN, which Keel answers with #UD as a CPU without the
     /// extension would.
     Virt,
+    /// WBINVD while Keel intercepts it for this test only (see [`Call::TestIntercept`]): an exit
+    /// Keel has no handler for, which it logs with a state dump and answers with #UD.
+    Unexpected,
 }
 
 /// Testing only: runs `insn` on this CPU in Dom0 (CPL 0), with interrupts off, so that a test
@@ -253,6 +256,9 @@ fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
         };
         return if faulted { Err(EIO) } else { Ok(()) };
     }
+    if insn == Dom0Insn::Unexpected {
+        return unexpected_exit(vendor);
+    }
     if insn == Dom0Insn::Invd {
         // SAFETY: This CPU runs beneath Keel (its CPUID leaf answered, and with interrupts off
         // the hand-back cannot run here), which intercepts INVD and performs WBINVD instead.
@@ -279,6 +285,39 @@ fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
             options(nostack),
         )
     };
+    if faulted {
+        Err(EIO)
+    } else {
+        Ok(())
+    }
+}
+
+/// [`Dom0Insn::Unexpected`]: arms the testing intercept of WBINVD on this CPU, runs WBINVD,
+/// disarms it. `EIO` when WBINVD faulted (as it must: Keel has no handler for the exit),
+/// `EOPNOTSUPP` when the CPU cannot intercept WBINVD.
+fn unexpected_exit(vendor: Vendor) -> Result {
+    let call = |on: u64| {
+        let rax = Call::TestIntercept.rax();
+        let result: u64;
+        // SAFETY: This CPU runs beneath Keel (the caller checked, with interrupts off), which
+        // handles the call and returns with every register but RAX unchanged.
+        unsafe {
+            match vendor {
+                Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax => result, in("rdi") on),
+                Vendor::Svm => {
+                    core::arch::asm!("vmmcall", inout("rax") rax => result, in("rdi") on)
+                }
+            }
+        }
+        result
+    };
+    if call(1) != 0 {
+        return Err(EOPNOTSUPP);
+    }
+    // SAFETY: WBINVD writes back and invalidates the caches, which loses nothing. With the
+    // intercept armed it exits to Keel, which raises #UD; the exception-table entry catches it.
+    let faulted = unsafe { insn_faulted!("wbinvd", options(nostack)) };
+    call(0);
     if faulted {
         Err(EIO)
     } else {

@@ -231,6 +231,8 @@ mod tests {
         // Entry failure: bit 31 with basic reason 33 (invalid guest state).
         assert_eq!(ExitKind::from_vmx((1 << 31) | 33), ExitKind::EntryFailure);
         assert_eq!(ExitKind::from_vmx(0xffff), ExitKind::Other);
+        // WBINVD, which only the testing intercept makes exit: no handler, so Other.
+        assert_eq!(ExitKind::from_vmx(54), ExitKind::Other);
     }
 
     #[test]
@@ -248,5 +250,6 @@ mod tests {
         assert_eq!(ExitKind::from_svm(0xffff_ffff, 0), ExitKind::EntryFailure);
         assert_eq!(ExitKind::from_svm(0x7c, 0), ExitKind::Rdmsr);
         assert_eq!(ExitKind::from_svm(0x7c, 1), ExitKind::Wrmsr);
+        assert_eq!(ExitKind::from_svm(0x89, 0), ExitKind::Other); // WBINVD
     }
 }

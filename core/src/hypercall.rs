@@ -23,6 +23,10 @@ pub enum Call {
     /// Testing only: busy-wait in root mode for RDI TSC ticks (at most about a second), so a
     /// test can make an NMI arrive there. Returns 0.
     Spin = 4,
+    /// Testing only: RDI = 1 makes WBINVD in Dom0 exit to Keel on this CPU, an exit Keel has no
+    /// handler for, so that a test can drive the unexpected-exit path (dump, fault, Dom0 goes
+    /// on); RDI = 0 ends it. Returns 0, or [`ENOSYS`] when the CPU cannot intercept WBINVD.
+    TestIntercept = 5,
 }
 
 /// What [`Call::Ping`] returns.
@@ -48,6 +52,7 @@ impl Call {
             2 => Some(Call::Leave),
             3 => Some(Call::Run),
             4 => Some(Call::Spin),
+            5 => Some(Call::TestIntercept),
             _ => None,
         })
     }
@@ -59,7 +64,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for c in [Call::Ping, Call::Leave, Call::Run, Call::Spin] {
+        for c in [
+            Call::Ping,
+            Call::Leave,
+            Call::Run,
+            Call::Spin,
+            Call::TestIntercept,
+        ] {
             assert_eq!(Call::decode(c.rax()), Some(Some(c)));
         }
         assert_eq!(Call::decode(MAGIC | 77), Some(None));

@@ -179,6 +179,8 @@ pub mod misc2 {
     pub const CLGI: u32 = 1 << 5;
     /// SKINIT.
     pub const SKINIT: u32 = 1 << 6;
+    /// WBINVD (testing only: Keel has no handler for the exit).
+    pub const WBINVD: u32 = 1 << 9;
     /// XSETBV.
     pub const XSETBV: u32 = 1 << 13;
 }

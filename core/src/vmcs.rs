@@ -190,6 +190,8 @@ pub mod secondary {
     pub const ENABLE_EPT: u32 = 1 << 1;
     /// Unrestricted guest: real mode and unpaged protected mode run natively.
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
+    /// WBINVD exiting (testing only: Keel has no handler for the exit).
+    pub const WBINVD_EXITING: u32 = 1 << 6;
     /// Enable RDTSCP (without it RDTSCP raises #UD in the guest).
     pub const ENABLE_RDTSCP: u32 = 1 << 3;
     /// Enable INVPCID (without it INVPCID raises #UD).

@@ -251,6 +251,9 @@ pub(crate) trait Dom0Exit {
     fn cr_access(&mut self) -> bool;
     /// Runs a DomU vCPU on this CPU until it exits for Dom0 (the Run hypercall).
     fn run_guest(&mut self, vcpu: &mut guest::VcpuState);
+    /// Testing only: makes WBINVD exit to Keel (`on`) or stops it; false when the CPU cannot
+    /// intercept WBINVD.
+    fn test_intercept(&mut self, on: bool) -> bool;
     /// Prepares the hand-back of this CPU after a Leave hypercall.
     fn prepare_leave(&mut self);
     /// Logs the vendor's exit information and the guest's state.
@@ -391,6 +394,15 @@ fn hypercall(v: &mut impl Dom0Exit) -> ExitAction {
                 core::hint::spin_loop();
             }
             (0, ExitAction::Resume)
+        }
+        Some(Call::TestIntercept) => {
+            let on = v.regs().gpr[RDI] != 0;
+            let result = if v.test_intercept(on) {
+                0
+            } else {
+                hypercall::ENOSYS
+            };
+            (result, ExitAction::Resume)
         }
         Some(Call::Leave) => (0, ExitAction::Leave),
         None => (hypercall::ENOSYS, ExitAction::Resume),

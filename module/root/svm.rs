@@ -439,6 +439,16 @@ impl Dom0Exit for Exit<'_> {
         false
     }
 
+    fn test_intercept(&mut self, on: bool) -> bool {
+        let c = &mut self.vmcb().control;
+        if on {
+            c.intercept_misc2 |= misc2::WBINVD;
+        } else {
+            c.intercept_misc2 &= !misc2::WBINVD;
+        }
+        true
+    }
+
     fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
         // SAFETY: Called from Dom0's Run hypercall on this CPU, GIF clear, Dom0's state saved
         // by VMSAVE; the Linux side holds the vCPU for the whole call.

@@ -692,6 +692,20 @@ impl Dom0Exit for Exit<'_> {
         true
     }
 
+    fn test_intercept(&mut self, on: bool) -> bool {
+        let current = vmread(field::SECONDARY_VM_EXEC_CONTROL) as u32;
+        let value = if on {
+            // `control` refuses the bit when the CPU's capability MSR does not allow it.
+            match control(Ctl::Proc2, current | secondary::WBINVD_EXITING, 0) {
+                Ok(value) => value,
+                Err(_) => return false,
+            }
+        } else {
+            u64::from(current & !secondary::WBINVD_EXITING)
+        };
+        vmwrite(field::SECONDARY_VM_EXEC_CONTROL, value).is_ok()
+    }
+
     fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
         // SAFETY: Called from Dom0's Run hypercall on this CPU with Dom0's VMCS current; the
         // Linux side holds the vCPU for the whole call.
