@@ -126,18 +126,29 @@ fn feature_of(vendor: Vendor) -> (usize, u32) {
     }
 }
 
-/// Makes one of Keel's own hypercalls on this CPU.
-fn hypercall(vendor: Vendor, call: Call) -> u64 {
+/// Makes one of Keel's own hypercalls on this CPU, with `arg` in RDI; returns RAX.
+///
+/// # Safety
+///
+/// This CPU runs beneath Keel, which handles the call and returns here with every register
+/// but RAX unchanged (a Leave returns on bare metal), and `arg` is what `call` expects: for
+/// Run, a vCPU state the caller holds for the call, with interrupts off.
+unsafe fn hypercall_arg(vendor: Vendor, call: Call, arg: u64) -> u64 {
     let mut rax = call.rax();
-    // SAFETY: This CPU runs beneath Keel (the caller checked), which handles the call; a Leave
-    // returns here on bare metal with every register but RAX unchanged.
+    // SAFETY: The caller's contract.
     unsafe {
         match vendor {
-            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax),
-            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax),
+            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax, in("rdi") arg),
+            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax, in("rdi") arg),
         }
     }
     rax
+}
+
+/// Makes one of Keel's own hypercalls that take no argument (Ping, Leave) on this CPU.
+fn hypercall(vendor: Vendor, call: Call) -> u64 {
+    // SAFETY: This CPU runs beneath Keel (the caller checked); Ping and Leave ignore RDI.
+    unsafe { hypercall_arg(vendor, call, 0) }
 }
 
 /// Runs a DomU vCPU on this CPU with the `Run` hypercall, until it exits for Dom0.
@@ -147,15 +158,9 @@ fn hypercall(vendor: Vendor, call: Call) -> u64 {
 /// Interrupts are off; `vcpu` is the vCPU's state, held by the caller for the call, with its
 /// domain's view filled in.
 pub(crate) unsafe fn run_vcpu(vendor: Vendor, vcpu: *mut crate::root::guest::VcpuState) {
-    let rax = Call::Run.rax();
-    // SAFETY: Every online CPU runs beneath Keel while the module is loaded; Run returns here
-    // with every register but RAX unchanged (the caller's contract covers the state).
-    unsafe {
-        match vendor {
-            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax => _, in("rdi") vcpu),
-            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax => _, in("rdi") vcpu),
-        }
-    }
+    // SAFETY: Every online CPU runs beneath Keel while the module is loaded; the caller's
+    // contract covers the state Run takes.
+    unsafe { hypercall_arg(vendor, Call::Run, vcpu as u64) };
 }
 
 /// Testing only: keeps this CPU in root mode for `ms` milliseconds (at most 1000), with
@@ -167,15 +172,9 @@ pub(crate) fn spin_in_root(vendor: Vendor, ms: u64) -> Result {
     // SAFETY: Set at boot (the TSC's calibrated rate), read only.
     let ticks = ms * u64::from(unsafe { bindings::tsc_khz });
     let flags = x86::irq_save();
-    let rax = Call::Spin.rax();
-    // SAFETY: Every online CPU runs beneath Keel while the module is loaded; Spin returns
-    // here with every register but RAX unchanged.
-    unsafe {
-        match vendor {
-            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax => _, in("rdi") ticks),
-            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax => _, in("rdi") ticks),
-        }
-    }
+    // SAFETY: Every online CPU runs beneath Keel while the module is loaded; Spin takes a
+    // number of ticks.
+    unsafe { hypercall_arg(vendor, Call::Spin, ticks) };
     x86::irq_restore(flags);
     Ok(())
 }
@@ -296,21 +295,9 @@ fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
 /// disarms it. `EIO` when WBINVD faulted (as it must: Keel has no handler for the exit),
 /// `EOPNOTSUPP` when the CPU cannot intercept WBINVD.
 fn unexpected_exit(vendor: Vendor) -> Result {
-    let call = |on: u64| {
-        let rax = Call::TestIntercept.rax();
-        let result: u64;
-        // SAFETY: This CPU runs beneath Keel (the caller checked, with interrupts off), which
-        // handles the call and returns with every register but RAX unchanged.
-        unsafe {
-            match vendor {
-                Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax => result, in("rdi") on),
-                Vendor::Svm => {
-                    core::arch::asm!("vmmcall", inout("rax") rax => result, in("rdi") on)
-                }
-            }
-        }
-        result
-    };
+    // SAFETY: This CPU runs beneath Keel (the caller checked, with interrupts off);
+    // TestIntercept takes 1 or 0.
+    let call = |on: u64| unsafe { hypercall_arg(vendor, Call::TestIntercept, on) };
     if call(1) != 0 {
         return Err(EOPNOTSUPP);
     }

@@ -124,6 +124,56 @@ TEST(dom0_msr_view_hides_the_extension)
 	}
 }
 
+/*
+ * Dom0's writes of those MSRs change only its view: on AMD, EFER written back without SVME
+ * reads back so while Keel stays beneath (the hardware keeps SVME); written with SVME, Dom0
+ * sees SVME set, and clearing it again restores the first view. On Intel,
+ * IA32_FEATURE_CONTROL is locked: a write fails, as on the hardware. On every CPU.
+ */
+TEST(dom0_msr_writes_change_only_its_view)
+{
+	bool intel = cpuinfo_has_flag("vendor_id", "GenuineIntel");
+
+	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
+		char path[64];
+		uint64_t v = 0, back = 0, svme;
+		uint32_t r[4];
+		int fd;
+
+		snprintf(path, sizeof(path), "/dev/cpu/%d/msr", cpu);
+		fd = open(path, O_RDWR);
+		if (fd < 0 && errno == ENOENT && cpu == 0)
+			SKIP(return, "no %s (CONFIG_X86_MSR off)", path);
+		if (fd < 0 || !pin(cpu))
+			continue;
+		if (intel) {
+			ASSERT_EQ(8, pread(fd, &v, 8, 0x3a));
+			v |= 1 << 2; /* VMX outside SMX */
+			EXPECT_EQ(-1, pwrite(fd, &v, 8, 0x3a)) TH_LOG("CPU %d: FEATURE_CONTROL written", cpu);
+			EXPECT_EQ(EIO, errno);
+		} else {
+			ASSERT_EQ(8, pread(fd, &v, 8, 0xc0000080)) TH_LOG("CPU %d: EFER", cpu);
+			svme = v | (1 << 12);
+			EXPECT_EQ(8, pwrite(fd, &v, 8, 0xc0000080)) TH_LOG("CPU %d: EFER write", cpu);
+			ASSERT_EQ(8, pread(fd, &back, 8, 0xc0000080));
+			EXPECT_EQ(v, back) TH_LOG("CPU %d: EFER %#llx after writing %#llx", cpu,
+						  (unsigned long long)back, (unsigned long long)v);
+			EXPECT_EQ(8, pwrite(fd, &svme, 8, 0xc0000080)) TH_LOG("CPU %d: EFER.SVME write", cpu);
+			ASSERT_EQ(8, pread(fd, &back, 8, 0xc0000080));
+			EXPECT_EQ(svme, back) TH_LOG("CPU %d: EFER %#llx after setting SVME", cpu,
+						     (unsigned long long)back);
+			EXPECT_EQ(8, pwrite(fd, &v, 8, 0xc0000080));
+			ASSERT_EQ(8, pread(fd, &back, 8, 0xc0000080));
+			EXPECT_EQ(v, back) TH_LOG("CPU %d: EFER %#llx after clearing SVME", cpu,
+						  (unsigned long long)back);
+		}
+		close(fd);
+		/* Keel is still beneath this CPU. */
+		cpuid_count(0x40000000, 0, r);
+		EXPECT_EQ(0x6c65654b, r[1]) TH_LOG("CPU %d: Keel leaf gone", cpu);
+	}
+}
+
 /* Sum of the `kind` counter of `cpu` in debugfs; -1 if absent. */
 static long long stat_of(int cpu, const char *kind)
 {
