@@ -29,6 +29,10 @@ module-lint:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 CLIPPY=1 modules 2>&1 | tee module/lint.log
 	@! grep -E "^(warning|error)|warning: objtool" module/lint.log
 
+# Removes the module's build products only (before building it against another kernel).
+module-clean:
+	-$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean
+
 tool:
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target $(HOST_TARGET) -p keelctl
 
@@ -43,4 +47,4 @@ clean:
 	$(MAKE) -C selftests clean
 	cargo clean
 
-.PHONY: all kernel module module-lint tool selftests check clean
+.PHONY: all kernel module module-clean module-lint tool selftests check clean
