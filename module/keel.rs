@@ -41,6 +41,10 @@ module! {
             default: -1,
             description: "Testing only: make the launch on this CPU fail, to exercise the rollback",
         },
+        log_port: u16 {
+            default: 0,
+            description: "Debugging: also write root mode's error records to the 8250 UART at this I/O port (0x3f8 is COM1), polled, so they are seen even when Dom0 cannot drain them",
+        },
     },
 }
 
@@ -120,8 +124,13 @@ impl kernel::InPlaceModule for Keel {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         let domains = domain::Registration::new();
         let caps = hw::probe();
-        let launched =
-            caps.and_then(|c| launch::Launched::new(c, module_parameters::fail_launch_cpu.value()));
+        let launched = caps.and_then(|c| {
+            launch::Launched::new(
+                c,
+                module_parameters::fail_launch_cpu.value(),
+                module_parameters::log_port.value(),
+            )
+        });
         let dir = debugfs::Dir::new(c"keel");
         let vendor = caps
             .as_ref()

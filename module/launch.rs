@@ -40,6 +40,8 @@ pub(crate) struct Table {
     caps: Option<Caps>,
     /// Make the launch on this CPU fail (a test of the rollback), or -1.
     fail_cpu: i32,
+    /// The UART root mode mirrors its error records to, or 0.
+    log_port: u16,
     /// Whether Linux had the extension's feature bit set at load, to restore it at unload.
     had_feature: bool,
     /// Root mode's top-level page table: the kernel half of Linux's, which every process
@@ -54,6 +56,7 @@ kernel::sync::global_lock! {
     unsafe(uninit) static TABLE: Mutex<Table> = Table {
         caps: None,
         fail_cpu: -1,
+        log_port: 0,
         had_feature: false,
         host_pt: None,
         cpus: [const { None }; MAX_CPUS],
@@ -333,7 +336,7 @@ fn drain(info: &CpuInfo) {
 }
 
 /// Allocates a CPU's zeroed state.
-fn alloc_state(cpu: u32, caps: &Caps) -> Result<KBox<CpuState>> {
+fn alloc_state(cpu: u32, caps: &Caps, log_port: u16) -> Result<KBox<CpuState>> {
     let mut state = KBox::<CpuState>::new_uninit(GFP_KERNEL | __GFP_ZERO)?;
     let (major, minor, patch) = crate::VERSION;
     let xcr0_supported = if x86::read_cr4() & x86::CR4_OSXSAVE != 0 {
@@ -357,6 +360,7 @@ fn alloc_state(cpu: u32, caps: &Caps) -> Result<KBox<CpuState>> {
         counters: [const { core::sync::atomic::AtomicU64::new(0) };
             crate::keel_core::exit::EXIT_KINDS],
         log: LogRing::new(),
+        log_port,
     };
     let p = state.as_mut_ptr();
     // SAFETY: `p` points at the allocation, zeroed by __GFP_ZERO. All-zero bytes are a valid
@@ -387,7 +391,7 @@ fn online(cpu: u32) -> Result {
         pr_err!("CPU {}: Keel handles CPUs 0..{} only\n", cpu, MAX_CPUS);
         return Err(EINVAL);
     }
-    let mut state = alloc_state(cpu, &caps)?;
+    let mut state = alloc_state(cpu, &caps, table.log_port)?;
     let inject_failure = table.fail_cpu == cpu as i32;
     let host_cr3 = match &table.host_pt {
         Some(pt) => kernel_pa(pt.0.as_ptr() as u64),
@@ -550,8 +554,9 @@ unsafe impl Send for Launched {}
 unsafe impl Sync for Launched {}
 
 impl Launched {
-    /// Launches Keel on every online CPU. `fail_cpu` (a test knob) makes one CPU's launch fail.
-    pub(crate) fn new(caps: Caps, fail_cpu: i32) -> Result<Self> {
+    /// Launches Keel on every online CPU. `fail_cpu` (a test knob) makes one CPU's launch fail;
+    /// `log_port` (a debugging aid), if not 0, is the UART root mode's errors also go to.
+    pub(crate) fn new(caps: Caps, fail_cpu: i32, log_port: u16) -> Result<Self> {
         // SAFETY: `nr_cpu_ids` is set at boot.
         let nr = unsafe { bindings::nr_cpu_ids } as usize;
         if nr > MAX_CPUS {
@@ -568,6 +573,7 @@ impl Launched {
             let mut table = TABLE.lock();
             table.caps = Some(caps);
             table.fail_cpu = fail_cpu;
+            table.log_port = log_port;
             table.had_feature = had_feature;
             table.host_pt = Some(host_pt);
         }

@@ -293,6 +293,27 @@ pub(crate) fn wbinvd() {
     unsafe { asm!("wbinvd", options(nostack, preserves_flags)) };
 }
 
+/// Port I/O for root mode's serial mirror ([`crate::keel_core::uart`]).
+pub(crate) struct Ports;
+
+impl crate::keel_core::uart::PortIo for Ports {
+    fn inb(&mut self, port: u16) -> u8 {
+        let v: u8;
+        // SAFETY: Only the UART named by the `log_port` parameter is read, which the user
+        // vouched for; reading its line status register changes nothing.
+        unsafe {
+            asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+        };
+        v
+    }
+    fn outb(&mut self, port: u16, value: u8) {
+        // SAFETY: As for `inb`: a byte into the UART's transmit register only sends it.
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+        };
+    }
+}
+
 /// Reads the time-stamp counter.
 pub(crate) fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the counter (CR4.TSD does not apply at CPL 0).

@@ -4,13 +4,12 @@
 # launch and a loaded machine. TAP. Runs in the test VM as root with keel.ko loaded, and
 # leaves it loaded.
 . "$(dirname "$0")/tap.sh"
-ko=/lib/modules/keel.ko
 last_cpu=$(($(grep -c ^processor /proc/cpuinfo) - 1))
 
 tap_plan 8
 
 loaded() { grep -q '^keel ' /proc/modules; }
-ensure_loaded() { loaded || insmod $ko; }
+ensure_loaded() { loaded || load_keel; }
 if grep -q GenuineIntel /proc/cpuinfo; then kvm=kvm_intel flag=vmx; else kvm=kvm_amd flag=svm; fi
 
 # The Keel leaf is on every CPU while loaded, on none after rmmod; Linux's flag comes back.
@@ -19,7 +18,7 @@ leaf_follows_the_module() {
     rmmod keel || return 1
     keel_cpuid >/tmp/cpuid.out; r=$?
     grep -qw $flag /proc/cpuinfo; flag_back=$?
-    insmod $ko || return 1
+    load_keel || return 1
     [ $r = 1 ] || { cat /tmp/cpuid.out; echo "leaf still visible after rmmod (status $r)"; return 1; }
     [ $flag_back = 0 ] || { echo "'$flag' missing from /proc/cpuinfo after rmmod"; return 1; }
     keel_cpuid >/tmp/cpuid.out || { cat /tmp/cpuid.out; echo "leaf missing after insmod"; return 1; }
@@ -44,11 +43,11 @@ check launch.kvm_refused_while_loaded kvm_refused_while_loaded
 failed_launch_rolls_back() {
     rmmod keel || return 1
     dmesg -c >/dev/null
-    insmod $ko fail_launch_cpu=$last_cpu 2>/tmp/insmod.err; r=$?
+    load_keel fail_launch_cpu=$last_cpu 2>/tmp/insmod.err; r=$?
     keel_cpuid >/tmp/cpuid.out; leaf=$?
     loaded; still=$?
     msg=$(dmesg | grep 'keel:')
-    insmod $ko || { echo "insmod after the failed one failed"; return 1; }
+    load_keel || { echo "insmod after the failed one failed"; return 1; }
     [ $r != 0 ] || { echo "insmod succeeded with a failing CPU"; return 1; }
     grep -q "Input/output error" /tmp/insmod.err || { echo "insmod's error: $(cat /tmp/insmod.err)"; return 1; }
     [ $leaf = 1 ] || { cat /tmp/cpuid.out; echo "some CPU still runs on Keel"; return 1; }
@@ -97,7 +96,7 @@ cycles_under_load() {
     while [ $i -lt 50 ]; do
         i=$((i + 1))
         rmmod keel || { fail="rmmod failed in cycle $i"; break; }
-        insmod $ko || { fail="insmod failed in cycle $i"; break; }
+        load_keel || { fail="insmod failed in cycle $i"; break; }
         keel_cpuid >/dev/null || { fail="leaf missing on a CPU in cycle $i"; break; }
         [ $((i % 10)) = 0 ] && echo "# cycle $i" >&2
     done

@@ -4,7 +4,6 @@
 # CPU's virtualization extension. TAP. Runs in the test VM as root with keel.ko loaded, and
 # leaves it loaded.
 . "$(dirname "$0")/tap.sh"
-ko=/lib/modules/keel.ko
 
 tap_plan 3
 
@@ -14,7 +13,7 @@ reload_cycles() {
     for i in 1 2 3 4 5; do
         rmmod keel || { echo "rmmod failed in cycle $i"; return 1; }
         ! loaded && [ ! -e /dev/keel ] || { echo "keel still present after rmmod (cycle $i)"; return 1; }
-        insmod $ko || { echo "insmod failed in cycle $i"; return 1; }
+        load_keel || { echo "insmod failed in cycle $i"; return 1; }
         [ -c /dev/keel ] || { echo "/dev/keel missing after insmod (cycle $i)"; return 1; }
     done
     keelctl info >/dev/null
@@ -26,15 +25,15 @@ refused_while_kvm_loaded() {
     if grep -q GenuineIntel /proc/cpuinfo; then kvm=kvm_intel; else kvm=kvm_amd; fi
     rmmod keel || return 1
     if ! modprobe $kvm 2>/tmp/kvm.err; then
-        insmod $ko
+        load_keel
         echo "$kvm does not load on this CPU: $(cat /tmp/kvm.err)"
         return 4
     fi
     dmesg -c >/dev/null
-    insmod $ko 2>/tmp/insmod.err; r=$?
+    load_keel 2>/tmp/insmod.err; r=$?
     msg=$(dmesg | grep 'keel:')
     modprobe -r $kvm
-    insmod $ko || { echo "insmod after unloading $kvm failed"; return 1; }
+    load_keel || { echo "insmod after unloading $kvm failed"; return 1; }
     [ $r != 0 ] || { echo "keel loaded while $kvm was loaded"; return 1; }
     grep -q "Device or resource busy" /tmp/insmod.err || { echo "insmod's error is not EBUSY: $(cat /tmp/insmod.err)"; return 1; }
     echo "$msg" | grep -q "already in use" || { echo "no clear log line; keel said: $msg"; return 1; }
@@ -44,10 +43,10 @@ check load.refused_while_kvm_loaded refused_while_kvm_loaded
 # The log line at load names the extension.
 load_log_line() {
     dmesg -c >/dev/null
-    rmmod keel && insmod $ko || return 1
+    rmmod keel && load_keel || return 1
     dmesg | grep -qE "keel: (VMX|SVM) usable" || { dmesg | grep keel; return 1; }
 }
 check load.logs_what_it_found load_log_line
 
-loaded || insmod $ko
+loaded || load_keel
 tap_done

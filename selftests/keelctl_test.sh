@@ -3,7 +3,6 @@
 # keelctl_test: the keelctl tool against the loaded module, in TAP. Runs in the test VM (busybox
 # sh) as root with keel.ko loaded; unloads and reloads the module once.
 . "$(dirname "$0")/tap.sh"
-ko=/lib/modules/keel.ko
 out=/tmp/keelctl.out err=/tmp/keelctl.err
 
 tap_plan 9
@@ -39,7 +38,7 @@ check keelctl.non_root_refused non_root
 not_loaded() {
     rmmod keel || return 1
     ! keelctl info >$out 2>$err; r=$?
-    insmod $ko || { echo "# reloading keel.ko failed"; return 1; }
+    load_keel || { echo "# reloading keel.ko failed"; return 1; }
     [ $r = 0 ] && grep -q "not loaded" $err || { cat $err; return 1; }
 }
 check keelctl.module_not_loaded not_loaded

@@ -24,3 +24,7 @@ check() {
 
 # tap_done: the script's exit status.
 tap_done() { [ $tap_failed = 0 ]; }
+
+# load_keel [PARAMS...]: loads keel.ko with the options the test VM loaded it with at boot
+# (/etc/keel.options, e.g. log_port) and PARAMS.
+load_keel() { insmod /lib/modules/keel.ko $(cat /etc/keel.options 2>/dev/null) "$@"; }

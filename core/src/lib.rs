@@ -16,6 +16,7 @@ pub mod logring;
 pub mod mmio;
 pub mod paging;
 pub mod slat;
+pub mod uart;
 pub mod vmcb;
 pub mod vmcs;
 pub mod xcr;

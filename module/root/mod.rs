@@ -174,12 +174,18 @@ pub(crate) struct CpuInfo {
     pub(crate) counters: [AtomicU64; EXIT_KINDS],
     /// Root mode's log.
     pub(crate) log: LogRing<LOG_RECORDS>,
+    /// The UART that error records are also written to (the `log_port` parameter), or 0.
+    pub(crate) log_port: u16,
 }
 
 impl CpuInfo {
-    /// Logs a record into this CPU's ring.
+    /// Logs a record into this CPU's ring; an error also goes to the `log_port` UART, if any,
+    /// so it is seen even when Dom0 never drains the ring (see `keel_core::uart`).
     pub(crate) fn log(&self, level: Level, args: core::fmt::Arguments<'_>) {
         self.log.write(level, args);
+        if level == Level::Err && self.log_port != 0 {
+            crate::keel_core::uart::Uart::new(crate::x86::Ports, self.log_port).line(args);
+        }
     }
 }
 
