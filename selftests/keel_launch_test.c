@@ -317,6 +317,20 @@ static char *kernel_log(void)
 	return buf;
 }
 
+/* The console's log level (the first field of /proc/sys/kernel/printk), or -1. */
+static int console_loglevel(void)
+{
+	FILE *f = fopen("/proc/sys/kernel/printk", "r");
+	int level = -1;
+
+	if (f) {
+		if (fscanf(f, "%d", &level) != 1)
+			level = -1;
+		fclose(f);
+	}
+	return level;
+}
+
 /* How many times `needle` occurs in the kernel log; -1 if it cannot be read. */
 static int log_count(const char *needle)
 {
@@ -357,6 +371,17 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 	ensure_debugfs(_metadata);
 	ASSERT_EQ(0, access(DOM0_INSN, W_OK)) TH_LOG(DOM0_INSN " missing");
 	ASSERT_LE(0, log_count("keel")) TH_LOG("cannot read the kernel log: %s", strerror(errno));
+	/*
+	 * The test VM loads keel.ko with log_port, so root mode writes each dump to the serial
+	 * console too, where scripts/test looks for it. Keep the console from printing the kernel
+	 * log's copy of one CPU's dump meanwhile (the console prints later, in a thread), which
+	 * would interleave with the next CPU's: the level is checked when a record is printed.
+	 */
+	int console_level = console_loglevel();
+
+	ASSERT_LT(0, console_level) TH_LOG("cannot read /proc/sys/kernel/printk");
+
+	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, 1);
 	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
 		const char *dump[] = { " rip=", " cr3=", " rax=" };
 		char exit_line[64], dump_line[64];
@@ -369,12 +394,16 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 		snprintf(exit_line, sizeof(exit_line), "CPU %d: unexpected Dom0 exit other", cpu);
 		snprintf(dump_line, sizeof(dump_line), "CPU %d: unexpected exit: exit ", cpu);
 		before = stat_of(cpu, "other");
-		ASSERT_LE(0, before) TH_LOG("no 'other' counter for CPU %d", cpu);
+		EXPECT_LE(0, before) TH_LOG("no 'other' counter for CPU %d", cpu);
+		if (before < 0)
+			break;
 		logged = log_count(exit_line);
 		dumped = log_count(dump_line);
 		err = dom0_insn("unexpected");
-		if (err == EOPNOTSUPP)
+		if (err == EOPNOTSUPP) {
+			klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, console_level);
 			SKIP(return, "this CPU cannot intercept WBINVD");
+		}
 		EXPECT_EQ(EIO, err) TH_LOG("CPU %d: WBINVD did not fault (%s)", cpu, strerror(err));
 		/* Reading the counters drains root mode's log into the kernel log. */
 		EXPECT_EQ(before + 1, stat_of(cpu, "other")) TH_LOG("CPU %d", cpu);
@@ -386,6 +415,8 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 		cpuid_count(0x40000000, 0, r);
 		EXPECT_EQ(0x6c65654b, r[1]) TH_LOG("CPU %d: Keel leaf gone", cpu);
 	}
+	usleep(200 * 1000); /* the console thread passes the dumps while the level is low */
+	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, console_level);
 }
 
 /* Runs `fn` in a child; returns the signal that killed it, or 0. */
