@@ -331,6 +331,12 @@ static int console_loglevel(void)
 	return level;
 }
 
+/* Sets the console's log level: records below it are printed on the console. */
+static void set_console_loglevel(int level)
+{
+	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, level);
+}
+
 /* How many times `needle` occurs in the kernel log; -1 if it cannot be read. */
 static int log_count(const char *needle)
 {
@@ -381,7 +387,7 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 
 	ASSERT_LT(0, console_level) TH_LOG("cannot read /proc/sys/kernel/printk");
 
-	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, 1);
+	set_console_loglevel(1);
 	for (int cpu = 0; cpu < nr_cpus(); cpu++) {
 		const char *dump[] = { " rip=", " cr3=", " rax=" };
 		char exit_line[64], dump_line[64];
@@ -401,7 +407,7 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 		dumped = log_count(dump_line);
 		err = dom0_insn("unexpected");
 		if (err == EOPNOTSUPP) {
-			klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, console_level);
+			set_console_loglevel(console_level);
 			SKIP(return, "this CPU cannot intercept WBINVD");
 		}
 		EXPECT_EQ(EIO, err) TH_LOG("CPU %d: WBINVD did not fault (%s)", cpu, strerror(err));
@@ -416,7 +422,7 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 		EXPECT_EQ(0x6c65654b, r[1]) TH_LOG("CPU %d: Keel leaf gone", cpu);
 	}
 	usleep(200 * 1000); /* the console thread passes the dumps while the level is low */
-	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, console_level);
+	set_console_loglevel(console_level);
 }
 
 /* Runs `fn` in a child; returns the signal that killed it, or 0. */
