@@ -12,10 +12,7 @@ use kernel::{
     uaccess::{UserPtr, UserSlice, UserSliceReader, UserSliceWriter},
 };
 
-use crate::{
-    keel_core::caps::{Caps, Vendor},
-    uapi, Keel,
-};
+use crate::{keel_core::caps::Caps, uapi, Keel};
 
 /// An open `/dev/keel`.
 pub(crate) struct KeelFile {
@@ -85,10 +82,7 @@ impl KeelFile {
         if arg.flags != 0 {
             return Err(EINVAL);
         }
-        let vendor = match self.caps.vendor {
-            Vendor::Vmx => uapi::KEEL_VENDOR_VMX,
-            Vendor::Svm => uapi::KEEL_VENDOR_SVM,
-        };
+        let vendor = crate::vendor::uapi_number(self.caps.vendor);
         writer.write(&uapi::keel_caps {
             vendor,
             caps: self.caps.flags,

@@ -5,7 +5,7 @@
 //! to load when it is absent, disabled by the firmware or already in use, slides the hypervisor
 //! beneath the running Linux on every CPU (which goes on as Dom0), and registers `/dev/keel`.
 //! Unloading hands every CPU back. `/sys/kernel/debug/keel/stats` has the per-CPU exit
-//! counters.
+//! counters, `domain_exits` each domain's.
 
 use kernel::{
     debugfs,
@@ -19,7 +19,7 @@ mod hw;
 mod launch;
 mod root;
 mod uapi;
-mod x86;
+mod vendor;
 
 /// The hardware-independent core crate (`core/` in the repository), compiled into this crate:
 /// Kbuild builds one crate per module.
@@ -55,6 +55,16 @@ impl core::fmt::Debug for Stats {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         launch::drain_all();
         launch::write_stats(f)
+    }
+}
+
+/// The contents of `domain_exits` in debugfs: each live domain's exits per kind, counted by
+/// root mode on all of its vCPUs (under the domain's root-mode lock).
+struct DomainExits;
+
+impl core::fmt::Debug for DomainExits {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        domain::write_exits(f)
     }
 }
 
@@ -112,6 +122,8 @@ pub struct Keel {
     #[pin]
     stats: debugfs::File<Stats>,
     #[pin]
+    domain_exits: debugfs::File<DomainExits>,
+    #[pin]
     root_spin: debugfs::File<RootSpin>,
     #[pin]
     dom0_insn: debugfs::File<Dom0InsnFile>,
@@ -140,6 +152,7 @@ impl kernel::InPlaceModule for Keel {
             launched: launched?,
             misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"keel" }),
             stats <- dir.read_only_file(c"stats", Stats),
+            domain_exits <- dir.read_only_file(c"domain_exits", DomainExits),
             root_spin <- dir.write_only_file(c"root_spin", RootSpin(vendor)),
             dom0_insn <- dir.write_only_file(c"dom0_insn", Dom0InsnFile(vendor)),
             debugfs_dir: dir,

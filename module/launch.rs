@@ -13,6 +13,7 @@
 use core::ffi::{c_int, c_uint, c_void};
 use kernel::{bindings, prelude::*};
 
+use crate::keel_core::arch::cr4;
 use crate::keel_core::{
     caps::{Caps, Vendor},
     cpuid::Identity,
@@ -20,16 +21,11 @@ use crate::keel_core::{
     hypercall::{self, Call},
     logring::{Level, LogRing},
 };
-use crate::root::{self, CpuInfo, CpuState};
-use crate::x86;
+use crate::root::{x86, CpuInfo, CpuState, Page};
+use crate::vendor::{self, insn_faulted};
 
 /// The most CPUs Keel handles.
 pub(crate) const MAX_CPUS: usize = 256;
-
-/// Linux's x86 feature bits Keel clears while it owns the extension (`asm/cpufeatures.h`):
-/// word 4 bit 5 is VMX, word 6 bit 2 is SVM.
-const FEATURE_VMX: (usize, u32) = (4, 5);
-const FEATURE_SVM: (usize, u32) = (6, 2);
 
 /// Linux's GDT layout on x86-64 (`asm/segment.h`): the TSS descriptor's index and the size.
 const GDT_ENTRY_TSS: u64 = 8;
@@ -46,7 +42,7 @@ pub(crate) struct Table {
     had_feature: bool,
     /// Root mode's top-level page table: the kernel half of Linux's, which every process
     /// shares (the kernel's top-level entries are allocated at boot and never change).
-    host_pt: Option<KBox<root::Page>>,
+    host_pt: Option<KBox<Page>>,
     cpus: [Option<KBox<CpuState>>; MAX_CPUS],
 }
 
@@ -93,8 +89,8 @@ fn kernel_pa(va: u64) -> u64 {
 }
 
 /// Builds root mode's top-level page table from the current one's kernel half.
-fn host_page_table() -> Result<KBox<root::Page>> {
-    let mut pt = KBox::new(root::Page([0; 4096]), GFP_KERNEL)?;
+fn host_page_table() -> Result<KBox<Page>> {
+    let mut pt = KBox::new(Page([0; 4096]), GFP_KERNEL)?;
     // SAFETY: Set at boot, never changed after.
     let direct_map = unsafe { bindings::page_offset_base } as u64;
     let current = (x86::read_cr3() & 0x000f_ffff_ffff_f000) + direct_map;
@@ -122,36 +118,10 @@ fn set_feature(caps: *mut bindings::cpuinfo_x86, (word, bit): (usize, u32), on: 
     }
 }
 
-fn feature_of(vendor: Vendor) -> (usize, u32) {
-    match vendor {
-        Vendor::Vmx => FEATURE_VMX,
-        Vendor::Svm => FEATURE_SVM,
-    }
-}
-
-/// Makes one of Keel's own hypercalls on this CPU, with `arg` in RDI; returns RAX.
-///
-/// # Safety
-///
-/// This CPU runs beneath Keel, which handles the call and returns here with every register
-/// but RAX unchanged (a Leave returns on bare metal), and `arg` is what `call` expects: for
-/// Run, a vCPU state the caller holds for the call, with interrupts off.
-unsafe fn hypercall_arg(vendor: Vendor, call: Call, arg: u64) -> u64 {
-    let mut rax = call.rax();
-    // SAFETY: The caller's contract.
-    unsafe {
-        match vendor {
-            Vendor::Vmx => core::arch::asm!("vmcall", inout("rax") rax, in("rdi") arg),
-            Vendor::Svm => core::arch::asm!("vmmcall", inout("rax") rax, in("rdi") arg),
-        }
-    }
-    rax
-}
-
 /// Makes one of Keel's own hypercalls that take no argument (Ping, Leave) on this CPU.
 fn hypercall(vendor: Vendor, call: Call) -> u64 {
     // SAFETY: This CPU runs beneath Keel (the caller checked); Ping and Leave ignore RDI.
-    unsafe { hypercall_arg(vendor, call, 0) }
+    unsafe { vendor::hypercall(vendor, call, 0) }
 }
 
 /// Runs a DomU vCPU on this CPU with the `Run` hypercall, until it exits for Dom0.
@@ -160,10 +130,10 @@ fn hypercall(vendor: Vendor, call: Call) -> u64 {
 ///
 /// Interrupts are off; `vcpu` is the vCPU's state, held by the caller for the call, with its
 /// domain's view filled in.
-pub(crate) unsafe fn run_vcpu(vendor: Vendor, vcpu: *mut crate::root::guest::VcpuState) {
+pub(crate) unsafe fn run_vcpu(vendor: Vendor, vcpu: *mut crate::root::vcpu::VcpuState) {
     // SAFETY: Every online CPU runs beneath Keel while the module is loaded; the caller's
     // contract covers the state Run takes.
-    unsafe { hypercall_arg(vendor, Call::Run, vcpu as u64) };
+    unsafe { vendor::hypercall(vendor, Call::Run, vcpu as u64) };
 }
 
 /// Testing only: keeps this CPU in root mode for `ms` milliseconds (at most 1000), with
@@ -177,7 +147,7 @@ pub(crate) fn spin_in_root(vendor: Vendor, ms: u64) -> Result {
     let flags = x86::irq_save();
     // SAFETY: Every online CPU runs beneath Keel while the module is loaded; Spin takes a
     // number of ticks.
-    unsafe { hypercall_arg(vendor, Call::Spin, ticks) };
+    unsafe { vendor::hypercall(vendor, Call::Spin, ticks) };
     x86::irq_restore(flags);
     Ok(())
 }
@@ -211,32 +181,6 @@ pub(crate) fn dom0_insn(vendor: Vendor, insn: Dom0Insn) -> Result {
     result
 }
 
-/// Runs the instructions of [`dom0_insn`]. Each one that may fault is followed by an entry in
-/// the kernel's exception table (Linux's layout: the instruction and the fixup as offsets from
-/// the entry, then type 1, EX_TYPE_DEFAULT), so that an exception becomes a jump to label 3,
-/// which sets the result register to 1.
-macro_rules! insn_faulted {
-    ($insn:literal $(, $($operands:tt)*)?) => {{
-        let faulted: u32;
-        core::arch::asm!(
-            "xor {f:e}, {f:e}",
-            concat!("2: ", $insn),
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ".pushsection __ex_table, \"aM\", @progbits, 12",
-            ".balign 4",
-            ".long 2b - .",
-            ".long 3b - .",
-            ".long 1",
-            ".popsection",
-            f = out(reg) faulted,
-            $($($operands)*)?
-        );
-        faulted != 0
-    }};
-}
-
 fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
     let id = x86::cpuid(crate::keel_core::cpuid::HV_BASE, 0);
     if id[1..] != crate::keel_core::cpuid::SIGNATURE {
@@ -244,18 +188,8 @@ fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
         return Err(ENODEV);
     }
     if insn == Dom0Insn::Virt {
-        // An operand that would make the instruction fail in a VMM without taking the CPU:
-        // physical address 0 is never a valid VMXON region or VMCB of Keel's.
-        let pa = 0u64;
-        // SAFETY: This CPU runs beneath Keel (see above), where VMXON always exits (VMX
-        // non-root operation) and VMRUN always is intercepted (SVM requires it); Keel raises
-        // #UD, which the exception-table entry catches.
-        let faulted = unsafe {
-            match vendor {
-                Vendor::Vmx => insn_faulted!("vmxon [{pa}]", pa = in(reg) &raw const pa),
-                Vendor::Svm => insn_faulted!("vmrun rax", in("rax") pa),
-            }
-        };
+        // SAFETY: This CPU runs beneath Keel (see above), with interrupts off.
+        let faulted = unsafe { vendor::virt_insn_faults(vendor) };
         return if faulted { Err(EIO) } else { Ok(()) };
     }
     if insn == Dom0Insn::Unexpected {
@@ -267,7 +201,7 @@ fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
         unsafe { core::arch::asm!("invd", options(nostack, preserves_flags)) };
         return Ok(());
     }
-    if x86::read_cr4() & x86::CR4_OSXSAVE == 0 {
+    if x86::read_cr4() & cr4::OSXSAVE == 0 {
         return Err(ENODEV);
     }
     let xcr0 = x86::xgetbv0();
@@ -300,7 +234,7 @@ fn dom0_insn_irqs_off(vendor: Vendor, insn: Dom0Insn) -> Result {
 fn unexpected_exit(vendor: Vendor) -> Result {
     // SAFETY: This CPU runs beneath Keel (the caller checked, with interrupts off);
     // TestIntercept takes 1 or 0.
-    let call = |on: u64| unsafe { hypercall_arg(vendor, Call::TestIntercept, on) };
+    let call = |on: u64| unsafe { vendor::hypercall(vendor, Call::TestIntercept, on) };
     if call(1) != 0 {
         return Err(EOPNOTSUPP);
     }
@@ -339,7 +273,7 @@ fn drain(info: &CpuInfo) {
 fn alloc_state(cpu: u32, caps: &Caps, log_port: u16) -> Result<KBox<CpuState>> {
     let mut state = KBox::<CpuState>::new_uninit(GFP_KERNEL | __GFP_ZERO)?;
     let (major, minor, patch) = crate::VERSION;
-    let xcr0_supported = if x86::read_cr4() & x86::CR4_OSXSAVE != 0 {
+    let xcr0_supported = if x86::read_cr4() & cr4::OSXSAVE != 0 {
         let r = x86::cpuid(0xd, 0);
         (u64::from(r[3]) << 32) | u64::from(r[0])
     } else {
@@ -400,15 +334,8 @@ fn online(cpu: u32) -> Result {
     let flags = x86::irq_save();
     // SAFETY: Interrupts are off until `irq_restore`; this hotplug callback runs on `cpu`
     // itself; `state` is freshly zeroed and owned by this CPU until `offline` takes it back.
-    let result = unsafe {
-        match caps.vendor {
-            Vendor::Vmx => root::vmx::launch(&mut state, host_cr3, inject_failure)
-                .map_err(|e| pr_err!("CPU {}: VMX launch failed: {:?}\n", cpu, e)),
-            Vendor::Svm => root::svm::launch(&mut state, host_cr3, inject_failure)
-                .map_err(|e| pr_err!("CPU {}: SVM launch failed: {:?}\n", cpu, e)),
-        }
-    };
-    if result.is_err() && caps.vendor == Vendor::Vmx {
+    let result = unsafe { vendor::launch(caps.vendor, &mut state, host_cr3, inject_failure, cpu) };
+    if result.is_err() && vendor::leaving_clobbers_tr(caps.vendor) {
         // A failed first entry went through a VM exit, which clobbered TR's limit.
         reload_tr(cpu);
     }
@@ -421,7 +348,7 @@ fn online(cpu: u32) -> Result {
         // Linux's per-CPU `cpu_info` is valid for the kernel's lifetime.
         set_feature(
             per_cpu(&raw const cpu_info, cpu),
-            feature_of(caps.vendor),
+            vendor::feature_bit(caps.vendor),
             false,
         );
     }
@@ -461,7 +388,7 @@ fn offline(cpu: u32) -> Result {
     let vendor = state.info.vendor;
     let flags = x86::irq_save();
     let result = hypercall(vendor, Call::Leave);
-    if result == 0 && vendor == Vendor::Vmx {
+    if result == 0 && vendor::leaving_clobbers_tr(vendor) {
         reload_tr(cpu);
     }
     x86::irq_restore(flags);
@@ -476,7 +403,11 @@ fn offline(cpu: u32) -> Result {
         return Err(EIO);
     }
     if table.had_feature {
-        set_feature(per_cpu(&raw const cpu_info, cpu), feature_of(vendor), true);
+        set_feature(
+            per_cpu(&raw const cpu_info, cpu),
+            vendor::feature_bit(vendor),
+            true,
+        );
     }
     pr_info!("CPU {}: back on bare metal\n", cpu);
     Ok(())
@@ -566,7 +497,7 @@ impl Launched {
         // SAFETY: Called once per module load, before any user of TABLE exists.
         unsafe { TABLE.init() };
         let host_pt = host_page_table()?;
-        let feature = feature_of(caps.vendor);
+        let feature = vendor::feature_bit(caps.vendor);
         // `boot_cpu_data` is Linux's boot CPU data, valid for the kernel's lifetime.
         let had_feature = set_feature(&raw mut bindings::boot_cpu_data, feature, false);
         {
@@ -643,7 +574,7 @@ impl Drop for Launched {
         };
         set_feature(
             &raw mut bindings::boot_cpu_data,
-            feature_of(self.vendor),
+            vendor::feature_bit(self.vendor),
             had,
         );
         drain_all();

@@ -5,39 +5,12 @@
 //! values on a CPU and hands them here; the decoding and the "can Keel use this CPU" decision
 //! are plain functions so they can be tested with values read off real and emulated CPUs.
 
-/// Architectural MSR numbers the capability probe reads.
-pub mod msr {
-    /// IA32_FEATURE_CONTROL (SDM Vol. 4, Table 2-2).
-    pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
-    /// IA32_VMX_BASIC (SDM Vol. 3D, A.1).
-    pub const IA32_VMX_BASIC: u32 = 0x480;
-    /// IA32_VMX_PINBASED_CTLS (A.3.1).
-    pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
-    /// IA32_VMX_PROCBASED_CTLS (A.3.2).
-    pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
-    /// IA32_VMX_PROCBASED_CTLS2 (A.3.3).
-    pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48b;
-    /// IA32_VMX_EPT_VPID_CAP (A.10).
-    pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48c;
-    /// IA32_VMX_TRUE_PINBASED_CTLS (A.3.1).
-    pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
-    /// VM_CR (APM Vol. 2, 15.30.1).
-    pub const VM_CR: u32 = 0xc001_0114;
-    /// EFER (APM Vol. 2, 3.1.7).
-    pub const EFER: u32 = 0xc000_0080;
-}
+use super::arch::{cr4, efer, feature_control};
 
 /// CPUID.1:ECX.VMX (SDM Vol. 2A, Table 3-10).
 pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
 /// CPUID.8000_0001h:ECX.SVM (APM Vol. 3, E.4.2).
 pub const CPUID_8000_0001_ECX_SVM: u32 = 1 << 2;
-/// CR4.VMXE (SDM Vol. 3A, 2.5).
-pub const CR4_VMXE: u64 = 1 << 13;
-/// EFER.SVME (APM Vol. 2, 3.1.7).
-pub const EFER_SVME: u64 = 1 << 12;
-
-const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
-const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
 const VM_CR_SVMDIS: u64 = 1 << 4;
 
 /// The virtualization extension a CPU offers.
@@ -125,12 +98,12 @@ pub fn detect_vendor(cpuid_1_ecx: u32, cpuid_8000_0001_ecx: u32) -> Result<Vendo
 ///
 /// An unlocked IA32_FEATURE_CONTROL is usable: whoever launches sets and locks it.
 pub fn vmx_usable(feature_control: u64, cr4: u64) -> Result<(), Unusable> {
-    if feature_control & FEATURE_CONTROL_LOCKED != 0
-        && feature_control & FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0
+    if feature_control & feature_control::LOCKED != 0
+        && feature_control & feature_control::VMX_OUTSIDE_SMX == 0
     {
         return Err(Unusable::DisabledByFirmware);
     }
-    if cr4 & CR4_VMXE != 0 {
+    if cr4 & cr4::VMXE != 0 {
         return Err(Unusable::InUse);
     }
     Ok(())
@@ -141,7 +114,7 @@ pub fn svm_usable(vm_cr: u64, efer: u64) -> Result<(), Unusable> {
     if vm_cr & VM_CR_SVMDIS != 0 {
         return Err(Unusable::DisabledByFirmware);
     }
-    if efer & EFER_SVME != 0 {
+    if efer & efer::SVME != 0 {
         return Err(Unusable::InUse);
     }
     Ok(())
@@ -338,7 +311,7 @@ mod tests {
         // Unlocked: the launcher may enable it.
         assert_eq!(vmx_usable(0x0, 0), Ok(()));
         // CR4.VMXE already on: KVM or another hypervisor has VMX.
-        assert_eq!(vmx_usable(0x5, CR4_VMXE), Err(Unusable::InUse));
+        assert_eq!(vmx_usable(0x5, cr4::VMXE), Err(Unusable::InUse));
     }
 
     #[test]
@@ -348,7 +321,7 @@ mod tests {
             svm_usable(VM_CR_SVMDIS, 0),
             Err(Unusable::DisabledByFirmware)
         );
-        assert_eq!(svm_usable(0, EFER_SVME | 0xd01), Err(Unusable::InUse));
+        assert_eq!(svm_usable(0, efer::SVME | 0xd01), Err(Unusable::InUse));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod caps;
 pub mod cpuid;
 pub mod exit;
@@ -16,6 +17,7 @@ pub mod logring;
 pub mod mmio;
 pub mod paging;
 pub mod slat;
+pub mod spinlock;
 pub mod uart;
 pub mod vmcb;
 pub mod vmcs;

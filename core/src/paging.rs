@@ -9,6 +9,8 @@
 //! beyond "present": the instruction was just fetched by the CPU, so it is executable. It does
 //! report the rights it saw, for callers that need to check a data access.
 
+use super::arch::{cr0, cr4, efer};
+
 /// Page-table entry bits.
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
@@ -17,13 +19,6 @@ const PAGE_SIZE: u64 = 1 << 7;
 const NO_EXECUTE: u64 = 1 << 63;
 /// Physical-address bits 51:12 of an entry.
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-
-/// Control-register bits that select the paging mode (SDM Vol. 3A, 4.1.1, Table 4-1).
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
 
 /// How the guest translates linear addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,15 +43,15 @@ impl PagingMode {
     /// is in IA-32e mode (the VMCB's EFER does; under VMX, take LMA from the "IA-32e mode
     /// guest" entry control if the guest's EFER is not loaded from the VMCS).
     pub fn from_control_registers(cr0: u64, cr4: u64, efer: u64) -> Self {
-        if cr0 & CR0_PG == 0 {
+        if cr0 & cr0::PG == 0 {
             Self::Off
-        } else if cr4 & CR4_PAE == 0 {
+        } else if cr4 & cr4::PAE == 0 {
             Self::Bits32 {
-                pse: cr4 & CR4_PSE != 0,
+                pse: cr4 & cr4::PSE != 0,
             }
-        } else if efer & EFER_LMA == 0 {
+        } else if efer & efer::LMA == 0 {
             Self::Pae
-        } else if cr4 & CR4_LA57 != 0 {
+        } else if cr4 & cr4::LA57 != 0 {
             Self::Level5
         } else {
             Self::Level4

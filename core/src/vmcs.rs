@@ -27,131 +27,212 @@ pub const fn width(field: u32) -> Width {
     }
 }
 
+/// A VMCS field: its encoding, typed by the value its width holds (16, 32 or 64 bits; natural
+/// width is 64 bits on an x86-64 host). The constructors check the width the encoding names
+/// (SDM B.1) at compile time, so a field cannot be read or written with the wrong width.
+pub struct Field<T> {
+    encoding: u32,
+    _value: core::marker::PhantomData<T>,
+}
+
+impl<T> Clone for Field<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Field<T> {}
+
+impl<T> Field<T> {
+    /// The field's encoding, the operand of VMREAD/VMWRITE.
+    pub const fn encoding(self) -> u32 {
+        self.encoding
+    }
+}
+
+/// The value a field holds, converted from and to the 64-bit VMREAD/VMWRITE operand.
+pub trait FieldValue: Copy {
+    /// From VMREAD's operand (the upper bits beyond the field's width are zero).
+    fn from_raw(raw: u64) -> Self;
+    /// To VMWRITE's operand.
+    fn to_raw(self) -> u64;
+}
+
+impl FieldValue for u16 {
+    fn from_raw(raw: u64) -> Self {
+        raw as u16
+    }
+    fn to_raw(self) -> u64 {
+        self.into()
+    }
+}
+impl FieldValue for u32 {
+    fn from_raw(raw: u64) -> Self {
+        raw as u32
+    }
+    fn to_raw(self) -> u64 {
+        self.into()
+    }
+}
+impl FieldValue for u64 {
+    fn from_raw(raw: u64) -> Self {
+        raw
+    }
+    fn to_raw(self) -> u64 {
+        self
+    }
+}
+
+const fn typed<T>(encoding: u32, w: Width) -> Field<T> {
+    assert!(
+        width(encoding) as u8 == w as u8,
+        "the encoding names another width"
+    );
+    Field {
+        encoding,
+        _value: core::marker::PhantomData,
+    }
+}
+const fn f16(encoding: u32) -> Field<u16> {
+    typed(encoding, Width::W16)
+}
+const fn f32(encoding: u32) -> Field<u32> {
+    typed(encoding, Width::W32)
+}
+const fn f64(encoding: u32) -> Field<u64> {
+    typed(encoding, Width::W64)
+}
+const fn fnat(encoding: u32) -> Field<u64> {
+    typed(encoding, Width::Natural)
+}
+
 /// VMCS field encodings.
 #[expect(
     missing_docs,
     reason = "the names are the SDM's; Appendix B documents each field"
 )]
 pub mod field {
+    use super::{f16, f32, f64, fnat, Field};
+
     // 16-bit guest-state fields.
-    pub const GUEST_ES_SELECTOR: u32 = 0x0800;
-    pub const GUEST_CS_SELECTOR: u32 = 0x0802;
-    pub const GUEST_SS_SELECTOR: u32 = 0x0804;
-    pub const GUEST_DS_SELECTOR: u32 = 0x0806;
-    pub const GUEST_FS_SELECTOR: u32 = 0x0808;
-    pub const GUEST_GS_SELECTOR: u32 = 0x080a;
-    pub const GUEST_LDTR_SELECTOR: u32 = 0x080c;
-    pub const GUEST_TR_SELECTOR: u32 = 0x080e;
+    pub const GUEST_ES_SELECTOR: Field<u16> = f16(0x0800);
+    pub const GUEST_CS_SELECTOR: Field<u16> = f16(0x0802);
+    pub const GUEST_SS_SELECTOR: Field<u16> = f16(0x0804);
+    pub const GUEST_DS_SELECTOR: Field<u16> = f16(0x0806);
+    pub const GUEST_FS_SELECTOR: Field<u16> = f16(0x0808);
+    pub const GUEST_GS_SELECTOR: Field<u16> = f16(0x080a);
+    pub const GUEST_LDTR_SELECTOR: Field<u16> = f16(0x080c);
+    pub const GUEST_TR_SELECTOR: Field<u16> = f16(0x080e);
     // 16-bit host-state fields.
-    pub const HOST_ES_SELECTOR: u32 = 0x0c00;
-    pub const HOST_CS_SELECTOR: u32 = 0x0c02;
-    pub const HOST_SS_SELECTOR: u32 = 0x0c04;
-    pub const HOST_DS_SELECTOR: u32 = 0x0c06;
-    pub const HOST_FS_SELECTOR: u32 = 0x0c08;
-    pub const HOST_GS_SELECTOR: u32 = 0x0c0a;
-    pub const HOST_TR_SELECTOR: u32 = 0x0c0c;
+    pub const HOST_ES_SELECTOR: Field<u16> = f16(0x0c00);
+    pub const HOST_CS_SELECTOR: Field<u16> = f16(0x0c02);
+    pub const HOST_SS_SELECTOR: Field<u16> = f16(0x0c04);
+    pub const HOST_DS_SELECTOR: Field<u16> = f16(0x0c06);
+    pub const HOST_FS_SELECTOR: Field<u16> = f16(0x0c08);
+    pub const HOST_GS_SELECTOR: Field<u16> = f16(0x0c0a);
+    pub const HOST_TR_SELECTOR: Field<u16> = f16(0x0c0c);
     // 64-bit control fields.
-    pub const MSR_BITMAP: u32 = 0x2004;
-    pub const EPT_POINTER: u32 = 0x201a;
-    pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
+    pub const MSR_BITMAP: Field<u64> = f64(0x2004);
+    pub const EPT_POINTER: Field<u64> = f64(0x201a);
+    pub const GUEST_PHYSICAL_ADDRESS: Field<u64> = f64(0x2400);
     // 64-bit guest-state fields.
-    pub const VMCS_LINK_POINTER: u32 = 0x2800;
-    pub const GUEST_IA32_DEBUGCTL: u32 = 0x2802;
-    pub const GUEST_IA32_PAT: u32 = 0x2804;
-    pub const GUEST_IA32_EFER: u32 = 0x2806;
+    pub const VMCS_LINK_POINTER: Field<u64> = f64(0x2800);
+    pub const GUEST_IA32_DEBUGCTL: Field<u64> = f64(0x2802);
+    pub const GUEST_IA32_PAT: Field<u64> = f64(0x2804);
+    pub const GUEST_IA32_EFER: Field<u64> = f64(0x2806);
     // 64-bit host-state fields.
-    pub const HOST_IA32_PAT: u32 = 0x2c00;
-    pub const HOST_IA32_EFER: u32 = 0x2c02;
+    pub const HOST_IA32_PAT: Field<u64> = f64(0x2c00);
+    pub const HOST_IA32_EFER: Field<u64> = f64(0x2c02);
     // 32-bit control fields.
-    pub const PIN_BASED_VM_EXEC_CONTROL: u32 = 0x4000;
-    pub const CPU_BASED_VM_EXEC_CONTROL: u32 = 0x4002;
-    pub const EXCEPTION_BITMAP: u32 = 0x4004;
-    pub const PAGE_FAULT_ERROR_CODE_MASK: u32 = 0x4006;
-    pub const PAGE_FAULT_ERROR_CODE_MATCH: u32 = 0x4008;
-    pub const CR3_TARGET_COUNT: u32 = 0x400a;
-    pub const VM_EXIT_CONTROLS: u32 = 0x400c;
-    pub const VM_EXIT_MSR_STORE_COUNT: u32 = 0x400e;
-    pub const VM_EXIT_MSR_LOAD_COUNT: u32 = 0x4010;
-    pub const VM_ENTRY_CONTROLS: u32 = 0x4012;
-    pub const VM_ENTRY_MSR_LOAD_COUNT: u32 = 0x4014;
-    pub const VM_ENTRY_INTR_INFO_FIELD: u32 = 0x4016;
-    pub const VM_ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
-    pub const VM_ENTRY_INSTRUCTION_LEN: u32 = 0x401a;
-    pub const SECONDARY_VM_EXEC_CONTROL: u32 = 0x401e;
+    pub const PIN_BASED_VM_EXEC_CONTROL: Field<u32> = f32(0x4000);
+    pub const CPU_BASED_VM_EXEC_CONTROL: Field<u32> = f32(0x4002);
+    pub const EXCEPTION_BITMAP: Field<u32> = f32(0x4004);
+    pub const PAGE_FAULT_ERROR_CODE_MASK: Field<u32> = f32(0x4006);
+    pub const PAGE_FAULT_ERROR_CODE_MATCH: Field<u32> = f32(0x4008);
+    pub const CR3_TARGET_COUNT: Field<u32> = f32(0x400a);
+    pub const VM_EXIT_CONTROLS: Field<u32> = f32(0x400c);
+    pub const VM_EXIT_MSR_STORE_COUNT: Field<u32> = f32(0x400e);
+    pub const VM_EXIT_MSR_LOAD_COUNT: Field<u32> = f32(0x4010);
+    pub const VM_ENTRY_CONTROLS: Field<u32> = f32(0x4012);
+    pub const VM_ENTRY_MSR_LOAD_COUNT: Field<u32> = f32(0x4014);
+    pub const VM_ENTRY_INTR_INFO_FIELD: Field<u32> = f32(0x4016);
+    pub const VM_ENTRY_EXCEPTION_ERROR_CODE: Field<u32> = f32(0x4018);
+    pub const VM_ENTRY_INSTRUCTION_LEN: Field<u32> = f32(0x401a);
+    pub const SECONDARY_VM_EXEC_CONTROL: Field<u32> = f32(0x401e);
     // 32-bit read-only data fields.
-    pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
-    pub const VM_EXIT_REASON: u32 = 0x4402;
-    pub const VM_EXIT_INTR_INFO: u32 = 0x4404;
-    pub const IDT_VECTORING_INFO_FIELD: u32 = 0x4408;
-    pub const IDT_VECTORING_ERROR_CODE: u32 = 0x440a;
-    pub const VM_EXIT_INSTRUCTION_LEN: u32 = 0x440c;
+    pub const VM_INSTRUCTION_ERROR: Field<u32> = f32(0x4400);
+    pub const VM_EXIT_REASON: Field<u32> = f32(0x4402);
+    pub const VM_EXIT_INTR_INFO: Field<u32> = f32(0x4404);
+    pub const VM_EXIT_INTR_ERROR_CODE: Field<u32> = f32(0x4406);
+    pub const IDT_VECTORING_INFO_FIELD: Field<u32> = f32(0x4408);
+    pub const IDT_VECTORING_ERROR_CODE: Field<u32> = f32(0x440a);
+    pub const VM_EXIT_INSTRUCTION_LEN: Field<u32> = f32(0x440c);
     // 32-bit guest-state fields.
-    pub const GUEST_ES_LIMIT: u32 = 0x4800;
-    pub const GUEST_CS_LIMIT: u32 = 0x4802;
-    pub const GUEST_SS_LIMIT: u32 = 0x4804;
-    pub const GUEST_DS_LIMIT: u32 = 0x4806;
-    pub const GUEST_FS_LIMIT: u32 = 0x4808;
-    pub const GUEST_GS_LIMIT: u32 = 0x480a;
-    pub const GUEST_LDTR_LIMIT: u32 = 0x480c;
-    pub const GUEST_TR_LIMIT: u32 = 0x480e;
-    pub const GUEST_GDTR_LIMIT: u32 = 0x4810;
-    pub const GUEST_IDTR_LIMIT: u32 = 0x4812;
-    pub const GUEST_ES_AR_BYTES: u32 = 0x4814;
-    pub const GUEST_CS_AR_BYTES: u32 = 0x4816;
-    pub const GUEST_SS_AR_BYTES: u32 = 0x4818;
-    pub const GUEST_DS_AR_BYTES: u32 = 0x481a;
-    pub const GUEST_FS_AR_BYTES: u32 = 0x481c;
-    pub const GUEST_GS_AR_BYTES: u32 = 0x481e;
-    pub const GUEST_LDTR_AR_BYTES: u32 = 0x4820;
-    pub const GUEST_TR_AR_BYTES: u32 = 0x4822;
-    pub const GUEST_INTERRUPTIBILITY_INFO: u32 = 0x4824;
-    pub const GUEST_ACTIVITY_STATE: u32 = 0x4826;
-    pub const GUEST_SYSENTER_CS: u32 = 0x482a;
-    pub const VMX_PREEMPTION_TIMER_VALUE: u32 = 0x482e;
+    pub const GUEST_ES_LIMIT: Field<u32> = f32(0x4800);
+    pub const GUEST_CS_LIMIT: Field<u32> = f32(0x4802);
+    pub const GUEST_SS_LIMIT: Field<u32> = f32(0x4804);
+    pub const GUEST_DS_LIMIT: Field<u32> = f32(0x4806);
+    pub const GUEST_FS_LIMIT: Field<u32> = f32(0x4808);
+    pub const GUEST_GS_LIMIT: Field<u32> = f32(0x480a);
+    pub const GUEST_LDTR_LIMIT: Field<u32> = f32(0x480c);
+    pub const GUEST_TR_LIMIT: Field<u32> = f32(0x480e);
+    pub const GUEST_GDTR_LIMIT: Field<u32> = f32(0x4810);
+    pub const GUEST_IDTR_LIMIT: Field<u32> = f32(0x4812);
+    pub const GUEST_ES_AR_BYTES: Field<u32> = f32(0x4814);
+    pub const GUEST_CS_AR_BYTES: Field<u32> = f32(0x4816);
+    pub const GUEST_SS_AR_BYTES: Field<u32> = f32(0x4818);
+    pub const GUEST_DS_AR_BYTES: Field<u32> = f32(0x481a);
+    pub const GUEST_FS_AR_BYTES: Field<u32> = f32(0x481c);
+    pub const GUEST_GS_AR_BYTES: Field<u32> = f32(0x481e);
+    pub const GUEST_LDTR_AR_BYTES: Field<u32> = f32(0x4820);
+    pub const GUEST_TR_AR_BYTES: Field<u32> = f32(0x4822);
+    pub const GUEST_INTERRUPTIBILITY_INFO: Field<u32> = f32(0x4824);
+    pub const GUEST_ACTIVITY_STATE: Field<u32> = f32(0x4826);
+    pub const GUEST_SYSENTER_CS: Field<u32> = f32(0x482a);
+    pub const VMX_PREEMPTION_TIMER_VALUE: Field<u32> = f32(0x482e);
     // 32-bit host-state field.
-    pub const HOST_IA32_SYSENTER_CS: u32 = 0x4c00;
+    pub const HOST_IA32_SYSENTER_CS: Field<u32> = f32(0x4c00);
     // Natural-width control fields.
-    pub const CR0_GUEST_HOST_MASK: u32 = 0x6000;
-    pub const CR4_GUEST_HOST_MASK: u32 = 0x6002;
-    pub const CR0_READ_SHADOW: u32 = 0x6004;
-    pub const CR4_READ_SHADOW: u32 = 0x6006;
+    pub const CR0_GUEST_HOST_MASK: Field<u64> = fnat(0x6000);
+    pub const CR4_GUEST_HOST_MASK: Field<u64> = fnat(0x6002);
+    pub const CR0_READ_SHADOW: Field<u64> = fnat(0x6004);
+    pub const CR4_READ_SHADOW: Field<u64> = fnat(0x6006);
     // Natural-width read-only data fields.
-    pub const EXIT_QUALIFICATION: u32 = 0x6400;
-    pub const GUEST_LINEAR_ADDRESS: u32 = 0x640a;
+    pub const EXIT_QUALIFICATION: Field<u64> = fnat(0x6400);
+    pub const GUEST_LINEAR_ADDRESS: Field<u64> = fnat(0x640a);
     // Natural-width guest-state fields.
-    pub const GUEST_CR0: u32 = 0x6800;
-    pub const GUEST_CR3: u32 = 0x6802;
-    pub const GUEST_CR4: u32 = 0x6804;
-    pub const GUEST_ES_BASE: u32 = 0x6806;
-    pub const GUEST_CS_BASE: u32 = 0x6808;
-    pub const GUEST_SS_BASE: u32 = 0x680a;
-    pub const GUEST_DS_BASE: u32 = 0x680c;
-    pub const GUEST_FS_BASE: u32 = 0x680e;
-    pub const GUEST_GS_BASE: u32 = 0x6810;
-    pub const GUEST_LDTR_BASE: u32 = 0x6812;
-    pub const GUEST_TR_BASE: u32 = 0x6814;
-    pub const GUEST_GDTR_BASE: u32 = 0x6816;
-    pub const GUEST_IDTR_BASE: u32 = 0x6818;
-    pub const GUEST_DR7: u32 = 0x681a;
-    pub const GUEST_RSP: u32 = 0x681c;
-    pub const GUEST_RIP: u32 = 0x681e;
-    pub const GUEST_RFLAGS: u32 = 0x6820;
-    pub const GUEST_PENDING_DBG_EXCEPTIONS: u32 = 0x6822;
-    pub const GUEST_SYSENTER_ESP: u32 = 0x6824;
-    pub const GUEST_SYSENTER_EIP: u32 = 0x6826;
+    pub const GUEST_CR0: Field<u64> = fnat(0x6800);
+    pub const GUEST_CR3: Field<u64> = fnat(0x6802);
+    pub const GUEST_CR4: Field<u64> = fnat(0x6804);
+    pub const GUEST_ES_BASE: Field<u64> = fnat(0x6806);
+    pub const GUEST_CS_BASE: Field<u64> = fnat(0x6808);
+    pub const GUEST_SS_BASE: Field<u64> = fnat(0x680a);
+    pub const GUEST_DS_BASE: Field<u64> = fnat(0x680c);
+    pub const GUEST_FS_BASE: Field<u64> = fnat(0x680e);
+    pub const GUEST_GS_BASE: Field<u64> = fnat(0x6810);
+    pub const GUEST_LDTR_BASE: Field<u64> = fnat(0x6812);
+    pub const GUEST_TR_BASE: Field<u64> = fnat(0x6814);
+    pub const GUEST_GDTR_BASE: Field<u64> = fnat(0x6816);
+    pub const GUEST_IDTR_BASE: Field<u64> = fnat(0x6818);
+    pub const GUEST_DR7: Field<u64> = fnat(0x681a);
+    pub const GUEST_RSP: Field<u64> = fnat(0x681c);
+    pub const GUEST_RIP: Field<u64> = fnat(0x681e);
+    pub const GUEST_RFLAGS: Field<u64> = fnat(0x6820);
+    pub const GUEST_PENDING_DBG_EXCEPTIONS: Field<u64> = fnat(0x6822);
+    pub const GUEST_SYSENTER_ESP: Field<u64> = fnat(0x6824);
+    pub const GUEST_SYSENTER_EIP: Field<u64> = fnat(0x6826);
     // Natural-width host-state fields.
-    pub const HOST_CR0: u32 = 0x6c00;
-    pub const HOST_CR3: u32 = 0x6c02;
-    pub const HOST_CR4: u32 = 0x6c04;
-    pub const HOST_FS_BASE: u32 = 0x6c06;
-    pub const HOST_GS_BASE: u32 = 0x6c08;
-    pub const HOST_TR_BASE: u32 = 0x6c0a;
-    pub const HOST_GDTR_BASE: u32 = 0x6c0c;
-    pub const HOST_IDTR_BASE: u32 = 0x6c0e;
-    pub const HOST_IA32_SYSENTER_ESP: u32 = 0x6c10;
-    pub const HOST_IA32_SYSENTER_EIP: u32 = 0x6c12;
-    pub const HOST_RSP: u32 = 0x6c14;
-    pub const HOST_RIP: u32 = 0x6c16;
+    pub const HOST_CR0: Field<u64> = fnat(0x6c00);
+    pub const HOST_CR3: Field<u64> = fnat(0x6c02);
+    pub const HOST_CR4: Field<u64> = fnat(0x6c04);
+    pub const HOST_FS_BASE: Field<u64> = fnat(0x6c06);
+    pub const HOST_GS_BASE: Field<u64> = fnat(0x6c08);
+    pub const HOST_TR_BASE: Field<u64> = fnat(0x6c0a);
+    pub const HOST_GDTR_BASE: Field<u64> = fnat(0x6c0c);
+    pub const HOST_IDTR_BASE: Field<u64> = fnat(0x6c0e);
+    pub const HOST_IA32_SYSENTER_ESP: Field<u64> = fnat(0x6c10);
+    pub const HOST_IA32_SYSENTER_EIP: Field<u64> = fnat(0x6c12);
+    pub const HOST_RSP: Field<u64> = fnat(0x6c14);
+    pub const HOST_RIP: Field<u64> = fnat(0x6c16);
 }
 
 /// Pin-based VM-execution controls (SDM Table 25-5).
@@ -274,52 +355,17 @@ pub const fn ar_from_lar(lar: u32) -> u32 {
     (lar >> 8) & 0xf0ff
 }
 
-/// A decoded MOV-to/from-CR exit qualification (SDM Table 28-3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CrAccess {
-    /// The control register number.
-    pub cr: u8,
-    /// 0 MOV to CR, 1 MOV from CR, 2 CLTS, 3 LMSW.
-    pub access_type: u8,
-    /// The general-purpose register operand (0 = RAX ... 15 = R15).
-    pub gpr: u8,
-}
-
-impl CrAccess {
-    /// Decodes an exit qualification.
-    pub const fn decode(qualification: u64) -> Self {
-        Self {
-            cr: (qualification & 0xf) as u8,
-            access_type: ((qualification >> 4) & 3) as u8,
-            gpr: ((qualification >> 8) & 0xf) as u8,
-        }
-    }
-}
-
-/// VMX basic exit reasons Keel handles by number (SDM Appendix C).
-#[expect(missing_docs, reason = "the names are the SDM's")]
-pub mod reason {
-    pub const TRIPLE_FAULT: u32 = 2;
-    pub const INIT: u32 = 3;
-    pub const CPUID: u32 = 10;
-    pub const VMCALL: u32 = 18;
-    pub const CR_ACCESS: u32 = 28;
-    pub const RDMSR: u32 = 31;
-    pub const WRMSR: u32 = 32;
-    pub const XSETBV: u32 = 55;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn widths_follow_the_encoding() {
-        assert_eq!(width(field::GUEST_CS_SELECTOR), Width::W16);
-        assert_eq!(width(field::GUEST_IA32_EFER), Width::W64);
-        assert_eq!(width(field::VM_EXIT_REASON), Width::W32);
-        assert_eq!(width(field::GUEST_RIP), Width::Natural);
-        assert_eq!(width(field::HOST_RIP), Width::Natural);
+        assert_eq!(width(field::GUEST_CS_SELECTOR.encoding()), Width::W16);
+        assert_eq!(width(field::GUEST_IA32_EFER.encoding()), Width::W64);
+        assert_eq!(width(field::VM_EXIT_REASON.encoding()), Width::W32);
+        assert_eq!(width(field::GUEST_RIP.encoding()), Width::Natural);
+        assert_eq!(width(field::HOST_RIP.encoding()), Width::Natural);
     }
 
     #[test]
@@ -340,18 +386,5 @@ mod tests {
         assert_eq!(ar_from_lar(0x0020_9b00), 0x209b);
         // Limit bits 19:16 in LAR's result are dropped.
         assert_eq!(ar_from_lar(0x00cf_9300), 0xc093);
-    }
-
-    #[test]
-    fn cr_access_qualification() {
-        // MOV CR4, RCX: CR 4, type 0, register 1.
-        assert_eq!(
-            CrAccess::decode(0x104),
-            CrAccess {
-                cr: 4,
-                access_type: 0,
-                gpr: 1
-            }
-        );
     }
 }

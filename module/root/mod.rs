@@ -10,36 +10,36 @@
 //! The launch itself (filling the VMCS/VMCB from the running CPU's state) also lives here: it
 //! runs in Dom0 with interrupts off and calls nothing in Linux either.
 //!
-//! Common exit handling is here; the vendor files implement [`Dom0Exit`] over their VMCS or
-//! VMCB, so this file never names a VMCS field or a VMCB offset.
+//! The map: `exit.rs` is the exit pipeline (one `match` over the decoded exit), `hal.rs` the
+//! one hardware trait it works through, `dom0.rs` and `vcpu.rs` the Dom0 and DomU policies,
+//! `domain.rs` what a domain's vCPUs share, `fpu.rs` the FPU switch, `vmx/` and `svm/` the
+//! vendors, `x86.rs` the instructions. This file holds the per-CPU state and the trampolines'
+//! common parts. A check in the test command (`scripts/check-root`) fails when a file here
+//! names Linux.
 
-pub(crate) mod guest;
+pub(crate) mod dom0;
+pub(crate) mod domain;
+pub(crate) mod exit;
+pub(crate) mod fpu;
+pub(crate) mod hal;
 pub(crate) mod svm;
-mod svm_guest;
+pub(crate) mod vcpu;
 pub(crate) mod vmx;
-mod vmx_guest;
+pub(crate) mod x86;
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::keel_core::{
     caps::Vendor,
-    cpuid::{self, Identity},
-    exit::{ExitKind, EXIT_KINDS},
-    hypercall::{self, Call},
+    cpuid::Identity,
+    exit::EXIT_KINDS,
     logring::{Level, LogRing},
-    xcr,
 };
-use crate::x86;
 
 /// Bytes of each CPU's root-mode stack.
 pub(crate) const STACK_SIZE: usize = 16384;
 /// Records in each CPU's log ring.
 pub(crate) const LOG_RECORDS: usize = 32;
-
-/// Exception vectors Keel injects into Dom0.
-pub(crate) const UD: u8 = 6;
-/// General protection.
-pub(crate) const GP: u8 = 13;
 
 /// One 4 KiB page.
 #[repr(C, align(4096))]
@@ -184,7 +184,7 @@ impl CpuInfo {
     pub(crate) fn log(&self, level: Level, args: core::fmt::Arguments<'_>) {
         self.log.write(level, args);
         if level == Level::Err && self.log_port != 0 {
-            crate::keel_core::uart::Uart::new(crate::x86::Ports, self.log_port).line(args);
+            crate::keel_core::uart::Uart::new(x86::Ports, self.log_port).line(args);
         }
     }
 }
@@ -225,201 +225,6 @@ macro_rules! rlog {
     };
 }
 pub(crate) use rlog;
-
-/// What to do after an exit.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ExitAction {
-    /// Re-enter Dom0.
-    Resume,
-    /// Hand the CPU back: Dom0 continues on bare metal.
-    Leave,
-}
-
-/// A vendor's view of Dom0 during an exit: what the common handlers need.
-pub(crate) trait Dom0Exit {
-    /// The CPU's shared state.
-    fn info(&self) -> &CpuInfo;
-    /// The guest's GPRs (RAX included).
-    fn regs(&mut self) -> &mut GuestRegs;
-    /// The guest's CPL.
-    fn cpl(&self) -> u8;
-    /// The guest's CR4 as the guest sees it.
-    fn cr4(&self) -> u64;
-    /// Moves RIP past the instruction that exited. False if its length is unknown.
-    fn skip(&mut self) -> bool;
-    /// Injects a hardware exception at the next entry.
-    fn inject(&mut self, vector: u8, error_code: Option<u32>);
-    /// Reads an MSR the vendor intercepts; `None` makes it #GP.
-    fn rdmsr(&mut self, msr: u32) -> Option<u64>;
-    /// Writes an MSR the vendor intercepts; false makes it #GP.
-    fn wrmsr(&mut self, msr: u32, value: u64) -> bool;
-    /// A control-register access (VMX only). Returns false if it is not one Keel expects.
-    fn cr_access(&mut self) -> bool;
-    /// Runs a DomU vCPU on this CPU until it exits for Dom0 (the Run hypercall).
-    fn run_guest(&mut self, vcpu: &mut guest::VcpuState);
-    /// Testing only: makes WBINVD exit to Keel (`on`) or stops it; false when the CPU cannot
-    /// intercept WBINVD.
-    fn test_intercept(&mut self, on: bool) -> bool;
-    /// Prepares the hand-back of this CPU after a Leave hypercall.
-    fn prepare_leave(&mut self);
-    /// Logs the vendor's exit information and the guest's state.
-    fn dump(&mut self, why: &str);
-}
-
-/// Splits EDX:EAX.
-fn edx_eax(regs: &GuestRegs) -> u64 {
-    (regs.gpr[RDX] << 32) | (regs.gpr[RAX] & 0xffff_ffff)
-}
-
-/// Skips the instruction, or if its length is unknown logs it and raises #UD (the guest sees
-/// a fault rather than a silent loop).
-#[inline]
-fn complete(v: &mut impl Dom0Exit) {
-    if !v.skip() {
-        complete_failed(v);
-    }
-}
-
-/// [`complete`] when the length is unknown.
-#[cold]
-#[inline(never)]
-fn complete_failed(v: &mut impl Dom0Exit) {
-    v.dump("cannot find the length of the instruction");
-    v.inject(UD, None);
-}
-
-/// Handles one Dom0 exit of `kind` (`raw` is the vendor's code, for the log).
-pub(crate) fn handle(v: &mut impl Dom0Exit, kind: ExitKind, raw: u64) -> ExitAction {
-    v.info().counters[kind as usize].fetch_add(1, Ordering::Relaxed);
-    match kind {
-        ExitKind::Cpuid => {
-            let info = v.info();
-            let (vendor, id) = (info.vendor, info.identity);
-            let regs = v.regs();
-            let (leaf, sub) = (regs.gpr[RAX] as u32, regs.gpr[RCX] as u32);
-            let r = cpuid::dom0(vendor, id, leaf, || x86::cpuid(leaf, sub));
-            regs.gpr[RAX] = r[0].into();
-            regs.gpr[RBX] = r[1].into();
-            regs.gpr[RCX] = r[2].into();
-            regs.gpr[RDX] = r[3].into();
-            complete(v);
-        }
-        ExitKind::Xsetbv => {
-            let index = v.regs().gpr[RCX] as u32;
-            let value = edx_eax(v.regs());
-            if v.cr4() & x86::CR4_OSXSAVE == 0 {
-                v.inject(UD, None);
-            } else if v.cpl() != 0 || !xcr::xsetbv_valid(index, value, v.info().xcr0_supported) {
-                v.inject(GP, Some(0));
-            } else {
-                // SAFETY: CR4.OSXSAVE is set (the guest's and the host's are the same bit:
-                // Keel never changes it) and `xsetbv_valid` accepted the value.
-                unsafe { x86::xsetbv(index, value) };
-                complete(v);
-            }
-        }
-        ExitKind::Invd => {
-            x86::wbinvd();
-            complete(v);
-        }
-        ExitKind::Rdmsr => {
-            let msr = v.regs().gpr[RCX] as u32;
-            match v.rdmsr(msr) {
-                Some(value) => {
-                    let regs = v.regs();
-                    regs.gpr[RAX] = value & 0xffff_ffff;
-                    regs.gpr[RDX] = value >> 32;
-                    complete(v);
-                }
-                None => v.inject(GP, Some(0)),
-            }
-        }
-        ExitKind::Wrmsr => {
-            let msr = v.regs().gpr[RCX] as u32;
-            let value = edx_eax(v.regs());
-            if v.wrmsr(msr, value) {
-                complete(v);
-            } else {
-                v.inject(GP, Some(0));
-            }
-        }
-        ExitKind::Hypercall => return hypercall(v),
-        ExitKind::VirtInsn => v.inject(UD, None),
-        ExitKind::CrAccess => {
-            if !v.cr_access() {
-                v.dump("unexpected control-register access");
-                v.inject(GP, Some(0));
-            }
-        }
-        _ => {
-            let info = v.info();
-            rlog!(
-                info,
-                Err,
-                "CPU {}: unexpected Dom0 exit {} ({:#x})",
-                info.cpu,
-                kind.name(),
-                raw
-            );
-            v.dump("unexpected exit");
-            v.inject(UD, None);
-        }
-    }
-    ExitAction::Resume
-}
-
-/// A VMCALL/VMMCALL from Dom0: Keel's own calls from the module at CPL 0; #UD otherwise, as on
-/// a CPU without a hypervisor.
-fn hypercall(v: &mut impl Dom0Exit) -> ExitAction {
-    let rax = v.regs().gpr[RAX];
-    let call = match Call::decode(rax) {
-        Some(call) if v.cpl() == 0 => call,
-        _ => {
-            v.inject(UD, None);
-            return ExitAction::Resume;
-        }
-    };
-    if call == Some(Call::Run) {
-        // The instruction is complete before the guest runs: the vendor code switches to the
-        // vCPU's VMCS/VMCB and back.
-        let vcpu = v.regs().gpr[RDI] as *mut guest::VcpuState;
-        complete(v);
-        // SAFETY: Only the module calls Run (CPL 0, checked above), with a vCPU state it
-        // owns and holds for the duration of the call.
-        v.run_guest(unsafe { &mut *vcpu });
-        v.regs().gpr[RAX] = 0;
-        return ExitAction::Resume;
-    }
-    let (result, action) = match call {
-        Some(Call::Ping) => (hypercall::PONG, ExitAction::Resume),
-        Some(Call::Run) => (0, ExitAction::Resume),
-        Some(Call::Spin) => {
-            let ticks = v.regs().gpr[RDI];
-            let start = x86::rdtsc();
-            while x86::rdtsc().wrapping_sub(start) < ticks {
-                core::hint::spin_loop();
-            }
-            (0, ExitAction::Resume)
-        }
-        Some(Call::TestIntercept) => {
-            let on = v.regs().gpr[RDI] != 0;
-            let result = if v.test_intercept(on) {
-                0
-            } else {
-                hypercall::ENOSYS
-            };
-            (result, ExitAction::Resume)
-        }
-        Some(Call::Leave) => (0, ExitAction::Leave),
-        None => (hypercall::ENOSYS, ExitAction::Resume),
-    };
-    v.regs().gpr[RAX] = result;
-    complete(v);
-    if action == ExitAction::Leave {
-        v.prepare_leave();
-    }
-    action
-}
 
 /// Logs the guest's registers (part of every dump).
 pub(crate) fn dump_regs(info: &CpuInfo, regs: &GuestRegs) {

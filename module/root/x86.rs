@@ -7,49 +7,6 @@
 
 use core::arch::asm;
 
-/// MSR numbers (SDM Vol. 4; APM Vol. 2 for the SVM ones).
-pub(crate) mod msr {
-    pub(crate) const IA32_FEATURE_CONTROL: u32 = 0x3a;
-    pub(crate) const IA32_SYSENTER_CS: u32 = 0x174;
-    pub(crate) const IA32_SYSENTER_ESP: u32 = 0x175;
-    pub(crate) const IA32_SYSENTER_EIP: u32 = 0x176;
-    pub(crate) const IA32_DEBUGCTL: u32 = 0x1d9;
-    pub(crate) const IA32_PAT: u32 = 0x277;
-    pub(crate) const IA32_VMX_BASIC: u32 = 0x480;
-    pub(crate) const IA32_VMX_MISC: u32 = 0x485;
-    pub(crate) const IA32_VMX_CR0_FIXED0: u32 = 0x486;
-    pub(crate) const IA32_VMX_CR0_FIXED1: u32 = 0x487;
-    pub(crate) const IA32_VMX_CR4_FIXED0: u32 = 0x488;
-    pub(crate) const IA32_VMX_CR4_FIXED1: u32 = 0x489;
-    pub(crate) const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48b;
-    pub(crate) const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
-    pub(crate) const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
-    pub(crate) const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
-    pub(crate) const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
-    pub(crate) const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
-    pub(crate) const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
-    pub(crate) const IA32_VMX_EXIT_CTLS: u32 = 0x483;
-    pub(crate) const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
-    pub(crate) const IA32_TSC: u32 = 0x10;
-    pub(crate) const EFER: u32 = 0xc000_0080;
-    pub(crate) const STAR: u32 = 0xc000_0081;
-    pub(crate) const LSTAR: u32 = 0xc000_0082;
-    pub(crate) const CSTAR: u32 = 0xc000_0083;
-    pub(crate) const SFMASK: u32 = 0xc000_0084;
-    pub(crate) const KERNEL_GS_BASE: u32 = 0xc000_0102;
-    pub(crate) const FS_BASE: u32 = 0xc000_0100;
-    pub(crate) const GS_BASE: u32 = 0xc000_0101;
-    pub(crate) const VM_CR: u32 = 0xc001_0114;
-    pub(crate) const VM_HSAVE_PA: u32 = 0xc001_0117;
-}
-
-/// CR4.LA57: 5-level paging.
-pub(crate) const CR4_LA57: u64 = 1 << 12;
-/// CR4.OSXSAVE.
-pub(crate) const CR4_OSXSAVE: u64 = 1 << 18;
-/// RFLAGS.IF.
-pub(crate) const RFLAGS_IF: u64 = 1 << 9;
-
 /// CPUID leaf `leaf`, subleaf `subleaf`: EAX, EBX, ECX, EDX.
 pub(crate) fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
@@ -150,7 +107,7 @@ pub(crate) fn irq_save() -> u64 {
 
 /// Re-enables interrupts if `flags` (from [`irq_save`]) had them enabled.
 pub(crate) fn irq_restore(flags: u64) {
-    if flags & RFLAGS_IF != 0 {
+    if flags & crate::keel_core::arch::rflags::IF != 0 {
         // SAFETY: Interrupts were enabled when `irq_save` returned `flags`.
         unsafe { asm!("sti", options(nomem, nostack)) };
     }

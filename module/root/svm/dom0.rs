@@ -1,30 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
 //! AMD SVM beneath Dom0: EFER.SVME and the host-save area, a VMCB that describes the running
-//! CPU, the VMRUN loop, Dom0's exit handlers, and the way back out.
+//! CPU, the VMRUN loop, Dom0's exits, and the way back out.
 //!
 //! Root-mode code: calls nothing in Linux (see `root/mod.rs`). Between #VMEXIT and VMRUN the
 //! global interrupt flag is clear, so no interrupt or NMI reaches this code.
 
 use core::{arch::asm, arch::naked_asm, mem::offset_of, sync::atomic::Ordering};
 
-use super::{
-    handle, load_gprs_but_rax, objtool_frame_non_standard, rlog, save_gprs_but_rax, CpuState,
-    Dom0Exit, ExitAction, GuestRegs, HostFrame, RAX,
-};
+use super::{vmcb_of, Svm};
 use crate::keel_core::{
-    caps::EFER_SVME,
-    exit::ExitKind,
-    insn::{self, Mode},
-    paging::{self, PagingMode},
-    vmcb::{self, event, misc1, misc2, Vmcb, VmcbSave, VmcbSeg},
+    arch::{cr0, efer, msr},
+    exit::Exit,
+    vmcb::{self, misc1, misc2, Vmcb, VmcbSave, VmcbSeg},
 };
-use crate::x86::{self, msr};
+use crate::root::dom0::{Dom0, Dom0Hal, LeavePoint};
+use crate::root::exit::{self, Action};
+use crate::root::vcpu::VcpuState;
+use crate::root::{
+    load_gprs_but_rax, objtool_frame_non_standard, park, push_return, root_leave,
+    save_gprs_but_rax, x86, CpuState, HostFrame, RAX,
+};
 
-/// EFER bits Dom0 may write (APM Vol. 2, 3.1.7): SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE,
-/// MCOMMIT, INTWB, UAIE, AutoIBRS. Others are reserved and fault.
-const EFER_WRITABLE: u64 = (1 << 0) | (0x3f << 8) | (0x3 << 17) | (0x3 << 20);
-/// EFER.LMA: read-only, owned by the processor.
-const EFER_LMA: u64 = 1 << 10;
 /// The ASID Dom0 runs with (0 is the host's).
 const DOM0_ASID: u32 = 1;
 
@@ -42,13 +38,6 @@ impl core::fmt::Debug for LaunchError {
             Self::InvalidState => write!(f, "the first VMRUN failed: invalid guest state"),
         }
     }
-}
-
-/// The VMCB inside `state`.
-fn vmcb(state: &mut CpuState) -> &mut Vmcb {
-    // SAFETY: `control` is a 4 KiB, 4 KiB-aligned page of `state`, used as the VMCB on SVM;
-    // `Vmcb` is `repr(C)` plain data of that size and alignment, valid for any bytes.
-    unsafe { &mut *state.control.0.as_mut_ptr().cast::<Vmcb>() }
 }
 
 /// A segment register for the VMCB: selector, attributes from LAR, limit from LSL.
@@ -106,7 +95,7 @@ pub(crate) unsafe fn launch(
 
     // SAFETY: EFER exists; setting SVME is allowed (the probe checked VM_CR.SVMDIS), and Linux
     // never writes EFER after boot without reading it first, which then exits to Keel.
-    let efer = unsafe { x86::rdmsr(msr::EFER) } | EFER_SVME;
+    let efer = unsafe { x86::rdmsr(msr::EFER) } | efer::SVME;
     // SAFETY: As above; VM_HSAVE_PA takes the 4 KiB-aligned host-save area, owned by `state`.
     unsafe {
         x86::wrmsr(msr::EFER, efer);
@@ -117,7 +106,7 @@ pub(crate) unsafe fn launch(
     let idt = x86::sidt();
     // SAFETY: These MSRs exist on every x86-64 CPU.
     let pat = unsafe { x86::rdmsr(msr::IA32_PAT) };
-    let v = vmcb(state);
+    let v = vmcb_of(&mut state.control);
     let c = &mut v.control;
     c.intercept_misc1 = misc1::CPUID | misc1::INVD | misc1::MSR_PROT | misc1::SHUTDOWN;
     c.intercept_misc2 = misc2::VMRUN
@@ -160,7 +149,7 @@ pub(crate) unsafe fn launch(
     s.g_pat = pat;
     if corrupt {
         // CR0.NW set with CR0.CD clear is an illegal guest state (APM 15.5.1).
-        s.cr0 = (s.cr0 | (1 << 29)) & !(1 << 30);
+        s.cr0 = (s.cr0 | cr0::NW) & !cr0::CD;
     }
     // SAFETY: SVME is set and `vmcb_pa` is this CPU's VMCB.
     unsafe { vmsave(vmcb_pa) };
@@ -226,7 +215,7 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
 
 /// The VMRUN loop. RSP points at this CPU's [`HostFrame`], which holds the guest's GPRs (RAX
 /// and RSP live in the VMCB). Each round loads them, runs the guest until #VMEXIT, saves them
-/// and calls [`svm_exit_handler`]; a non-zero result leaves through [`super::root_leave`].
+/// and calls [`svm_exit_handler`]; a non-zero result leaves through [`root_leave`].
 ///
 /// No VMLOAD/VMSAVE: the state they move (FS, GS, TR, LDTR, KernelGsBase, the syscall and
 /// SYSENTER MSRs) stays Dom0's in the processor across VMRUN and #VMEXIT, and root mode does
@@ -251,7 +240,7 @@ unsafe extern "C" fn svm_run() {
         "jmp {leave}",
         vmcb_pa = const offset_of!(HostFrame, vmcb_pa),
         handler = sym svm_exit_handler,
-        leave = sym super::root_leave,
+        leave = sym root_leave,
         this = sym svm_run,
     )
 }
@@ -268,179 +257,27 @@ unsafe fn svm_off(efer: u64, dom0_hsave_pa: u64) {
     unsafe {
         asm!("stgi", options(nomem, nostack));
         x86::wrmsr(msr::VM_HSAVE_PA, dom0_hsave_pa);
-        x86::wrmsr(msr::EFER, efer & !EFER_SVME);
+        x86::wrmsr(msr::EFER, efer & !efer::SVME);
     }
 }
 
-/// Dom0's state during one SVM exit.
-struct Exit<'a> {
-    state: &'a mut CpuState,
-    kind: ExitKind,
+/// What Dom0's side of the SVM HAL needs besides the VMCB.
+pub(crate) struct Dom0Svm {
+    /// Dom0's VMCB (physical), for the DomU runs' VMSAVE/VMLOAD.
+    vmcb_pa: u64,
+    /// VM_HSAVE_PA as Dom0 last wrote it, restored at the hand-back.
+    hsave_pa: u64,
 }
 
-impl Exit<'_> {
-    fn vmcb(&mut self) -> &mut Vmcb {
-        vmcb(self.state)
-    }
-
-    fn vmcb_ref(&self) -> &Vmcb {
-        // SAFETY: As in `vmcb()`.
-        unsafe { &*self.state.control.0.as_ptr().cast::<Vmcb>() }
-    }
-
-    /// The length of the instruction at RIP: from next RIP when the CPU saves it, otherwise
-    /// from the bytes at CS:RIP read through Dom0's page tables. The common case, a 64-bit
-    /// Dom0 whose bytes are exactly the exit kind's plain encoding within one page, costs one
-    /// page walk and a compare; everything else is decoded in full ([`Self::decode_len`]).
-    #[inline]
-    fn insn_len(&mut self) -> Option<u64> {
-        let info = &self.state.info;
-        let v = self.vmcb_ref();
-        if info.nrip_save && v.control.next_rip > v.save.rip {
-            return Some(v.control.next_rip - v.save.rip);
-        }
-        let la = v.save.cs.base.wrapping_add(v.save.rip);
-        let long = v.save.efer & EFER_LMA != 0;
-        if let Some(plain) = self.kind.plain_encoding() {
-            if long && la & 0xfff <= 0x1000 - plain.len() as u64 {
-                let base = info.page_offset_base;
-                let la57 = v.save.cr4 & x86::CR4_LA57 != 0;
-                // Physical memory is read through Linux's direct map, which root mode's page
-                // tables share.
-                let pa = paging::translate(v.save.cr3, la57, la, |pa| {
-                    // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
-                    Some(unsafe { (base.wrapping_add(pa) as *const u64).read_volatile() })
-                });
-                if let Some(pa) = pa {
-                    let at = base.wrapping_add(pa) as *const u8;
-                    let mut same = true;
-                    for (i, &b) in plain.iter().enumerate() {
-                        // SAFETY: The code page is RAM (the instruction was just fetched from
-                        // it) and the bytes lie within it.
-                        same &= unsafe { at.add(i).read_volatile() } == b;
-                    }
-                    if same {
-                        return Some(plain.len() as u64);
-                    }
-                }
-            }
-        }
-        self.decode_len()
-    }
-
-    /// The slow path of [`Self::insn_len`]: reads up to 15 bytes at CS:RIP in Dom0's paging
-    /// mode, crossing pages, and decodes them.
-    #[cold]
-    #[inline(never)]
-    fn decode_len(&self) -> Option<u64> {
-        let base = self.state.info.page_offset_base;
-        let v = self.vmcb_ref();
-        let mode = if v.save.cs.attrib & (1 << 9) != 0 && v.save.efer & EFER_LMA != 0 {
-            Mode::Bits64
-        } else if v.save.cs.attrib & (1 << 10) != 0 {
-            Mode::Bits32
-        } else {
-            Mode::Bits16
-        };
-        let paging = PagingMode::from_control_registers(v.save.cr0, v.save.cr4, v.save.efer);
-        let la = v.save.cs.base.wrapping_add(v.save.rip);
-        let mut bytes = [0u8; insn::MAX_LEN];
-        let n = paging::read_linear_in(
-            paging,
-            v.save.cr3,
-            la,
-            &mut bytes,
-            // SAFETY: Page-table pages of Dom0 are RAM, mapped in the direct map.
-            |pa| Some(unsafe { ((base + pa) as *const u64).read_volatile() }),
-            // SAFETY: The code page is RAM: the instruction was just fetched from it.
-            |pa| Some(unsafe { ((base + pa) as *const u8).read_volatile() }),
-        );
-        insn::decode(&bytes[..n], mode).ok().map(|i| i.len as u64)
-    }
-}
-
-impl Dom0Exit for Exit<'_> {
-    fn info(&self) -> &super::CpuInfo {
-        &self.state.info
-    }
-
-    fn regs(&mut self) -> &mut GuestRegs {
-        &mut self.state.frame.regs
-    }
-
-    fn cpl(&self) -> u8 {
-        self.vmcb_ref().save.cpl
-    }
-
-    fn cr4(&self) -> u64 {
-        self.vmcb_ref().save.cr4
-    }
-
-    #[inline]
-    fn skip(&mut self) -> bool {
-        let Some(len) = self.insn_len() else {
-            return false;
-        };
-        let v = self.vmcb();
-        v.save.rip += len;
-        v.control.int_state &= !vmcb::INT_STATE_SHADOW;
-        true
-    }
-
-    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
-        let c = &mut self.vmcb().control;
-        c.event_inj = u32::from(vector) | event::TYPE_EXCEPTION | event::VALID;
-        if let Some(code) = error_code {
-            c.event_inj |= event::ERROR_VALID;
-            c.event_inj_err = code;
-        }
-    }
-
-    fn rdmsr(&mut self, index: u32) -> Option<u64> {
-        match index {
-            msr::EFER => {
-                let svme = if self.state.view.efer_svme {
-                    EFER_SVME
-                } else {
-                    0
-                };
-                Some((self.vmcb_ref().save.efer & !EFER_SVME) | svme)
-            }
-            msr::VM_HSAVE_PA => Some(self.state.view.hsave_pa),
-            _ => None,
-        }
-    }
-
-    fn wrmsr(&mut self, index: u32, value: u64) -> bool {
-        match index {
-            msr::EFER => {
-                if value & !EFER_WRITABLE != 0 {
-                    return false;
-                }
-                self.state.view.efer_svme = value & EFER_SVME != 0;
-                let s = &mut self.vmcb().save;
-                s.efer = (value & !EFER_LMA) | (s.efer & EFER_LMA) | EFER_SVME;
-                true
-            }
-            msr::VM_HSAVE_PA => {
-                if value & 0xfff != 0 {
-                    return false;
-                }
-                self.state.view.hsave_pa = value;
-                true
-            }
-            // VM_CR: SVM is Keel's; Dom0's writes have no effect.
-            msr::VM_CR => true,
-            _ => false,
-        }
-    }
-
-    fn cr_access(&mut self) -> bool {
-        false
+impl Dom0Hal for Svm<'_, Dom0Svm> {
+    unsafe fn run_domu(&mut self, v: &mut VcpuState) {
+        // SAFETY: The caller's contract; called from Dom0's exit on this CPU with GIF clear
+        // and Dom0's state in the processor (its VMSAVE state is saved by the run).
+        unsafe { super::domu::run(self.extra.vmcb_pa, self.nrip_save, v) };
     }
 
     fn test_intercept(&mut self, on: bool) -> bool {
-        let c = &mut self.vmcb().control;
+        let c = &mut self.vmcb.control;
         if on {
             c.intercept_misc2 |= misc2::WBINVD;
         } else {
@@ -449,18 +286,17 @@ impl Dom0Exit for Exit<'_> {
         true
     }
 
-    fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
-        // SAFETY: Called from Dom0's Run hypercall on this CPU, GIF clear, Dom0's state saved
-        // by VMSAVE; the Linux side holds the vCPU for the whole call.
-        unsafe { super::svm_guest::run(self.state, vcpu) };
-    }
-
-    fn prepare_leave(&mut self) {
-        let s = &self.vmcb_ref().save;
-        let (rsp, rip, rflags, cr3, cr4, cr2, dr7) =
-            (s.rsp, s.rip, s.rflags, s.cr3, s.cr4, s.cr2, s.dr7);
-        // SAFETY: This is the hand-back after a Leave call: root mode returns to Dom0 next.
-        unsafe { svm_off(s.efer, self.state.view.hsave_pa) };
+    unsafe fn leave(&mut self) -> LeavePoint {
+        let s = &self.vmcb.save;
+        let (cr4, cr2, dr7) = (s.cr4, s.cr2, s.dr7);
+        let point = LeavePoint {
+            rsp: s.rsp,
+            rip: s.rip,
+            rflags: s.rflags,
+            cr3: s.cr3,
+        };
+        // SAFETY: The hand-back of this CPU (the caller's contract).
+        unsafe { svm_off(s.efer, self.extra.hsave_pa) };
         // SAFETY: SVM is off; these restore Dom0's own values of registers VMRUN's host state
         // does not cover (it already matched Dom0's in everything else).
         unsafe {
@@ -468,43 +304,7 @@ impl Dom0Exit for Exit<'_> {
             x86::write_cr2(cr2);
             asm!("mov dr7, {}", in(reg) dr7, options(nomem, nostack));
         }
-        super::push_return(&mut self.state.frame, rsp, rip, rflags, cr3);
-    }
-
-    fn dump(&mut self, why: &str) {
-        let v = self.vmcb_ref();
-        let info = &self.state.info;
-        rlog!(
-            info,
-            Err,
-            "CPU {}: {}: exit code {:#x} info1 {:#x} info2 {:#x} intinfo {:#x}",
-            info.cpu,
-            why,
-            v.control.exit_code,
-            v.control.exit_info_1,
-            v.control.exit_info_2,
-            v.control.exit_int_info
-        );
-        rlog!(
-            info,
-            Err,
-            " rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={}",
-            v.save.rip,
-            v.save.rsp,
-            v.save.rflags,
-            v.save.cs.selector,
-            v.save.cpl
-        );
-        rlog!(
-            info,
-            Err,
-            " cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-            v.save.cr0,
-            v.save.cr3,
-            v.save.cr4,
-            v.save.efer
-        );
-        super::dump_regs(info, &self.state.frame.regs);
+        point
     }
 }
 
@@ -514,44 +314,59 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
     // SAFETY: `frame` is this CPU's frame (the VMRUN loop's RSP), whose `state` points at the
     // CpuState that contains it; root mode on this CPU is its only user while it runs.
     let state = unsafe { &mut *(*frame).state };
-    let mut exit = Exit {
-        state,
-        kind: ExitKind::Other,
-    };
-    let (code, info1) = {
-        let c = &exit.vmcb_ref().control;
-        (c.exit_code, c.exit_info_1)
-    };
-    exit.vmcb().control.tlb_ctl = 0;
+    let launched = state.info.launched.load(Ordering::Relaxed);
+    let vmcb_pa = state.frame.vmcb_pa;
+    let CpuState {
+        control,
+        frame,
+        view,
+        info,
+        ..
+    } = state;
+    let vmcb = vmcb_of(control);
+    vmcb.control.tlb_ctl = 0;
+    let c = &vmcb.control;
+    let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
     // Guest RAX lives in the VMCB; the common code works on the frame.
-    exit.state.frame.regs.gpr[RAX] = exit.vmcb_ref().save.rax;
-    let kind = ExitKind::from_svm(code, info1);
-    exit.kind = kind;
-    let action = match kind {
-        ExitKind::EntryFailure if !exit.state.info.launched.load(Ordering::Relaxed) => {
+    frame.regs.gpr[RAX] = vmcb.save.rax;
+    let hsave_pa = view.hsave_pa;
+    let mut dom0 = Dom0 {
+        hw: Svm {
+            vmcb,
+            nrip_save: info.nrip_save,
+            extra: Dom0Svm { vmcb_pa, hsave_pa },
+        },
+        regs: &mut frame.regs,
+        cpu: info,
+        view,
+    };
+    let result = match exit::handle(&mut dom0, &exit) {
+        Action::Resume | Action::RunLoop | Action::ToUser(_) => 0,
+        Action::Leave => {
+            // SAFETY: The Leave hypercall: root mode returns to Dom0 on bare metal next.
+            let p = unsafe { dom0.hw.leave() };
+            dom0.hw.vmcb.save.rax = dom0.regs.gpr[RAX];
+            push_return(frame, p.rsp, p.rip, p.rflags, p.cr3);
+            return 1;
+        }
+        Action::Crash { .. } if !launched => {
             // The first VMRUN failed: hand the CPU back at the launch point with RAX = 1. The
             // VMCB's save area may hold host state by now: the launch point is in the frame,
             // and the control registers are still the launch's.
-            exit.dump("the first VMRUN failed");
-            exit.state.frame.regs.gpr[RAX] = 1;
+            dom0.dump("the first VMRUN failed");
             // SAFETY: The launch is abandoned: root mode returns to the launch point next. EFER
             // exists on every x86-64 CPU.
             unsafe { svm_off(x86::rdmsr(msr::EFER), 0) };
-            let f = &mut exit.state.frame;
-            let (rsp, rip, cr3) = (f.launch_rsp, f.launch_rip, f.launch_cr3);
-            super::push_return(f, rsp, rip, x86::read_rflags(), cr3);
+            frame.regs.gpr[RAX] = 1;
+            let (rsp, rip, cr3) = (frame.launch_rsp, frame.launch_rip, frame.launch_cr3);
+            push_return(frame, rsp, rip, x86::read_rflags(), cr3);
             return 1;
         }
-        ExitKind::TripleFault | ExitKind::EntryFailure => {
-            exit.dump("Dom0 cannot continue on this CPU");
-            super::park();
+        Action::Crash { .. } => {
+            dom0.dump("Dom0 cannot continue on this CPU");
+            park();
         }
-        _ => handle(&mut exit, kind, code),
     };
-    let rax = exit.state.frame.regs.gpr[RAX];
-    exit.vmcb().save.rax = rax;
-    match action {
-        ExitAction::Resume => 0,
-        ExitAction::Leave => 1,
-    }
+    dom0.hw.vmcb.save.rax = dom0.regs.gpr[RAX];
+    result
 }

@@ -1,38 +1,35 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Intel VMX beneath Dom0: VMXON, a VMCS that describes the running CPU, the launch, the exit
-//! trampoline and Dom0's exit handlers, and the way back out (VMXOFF).
+//! trampoline and Dom0's exits, and the way back out (VMXOFF).
 //!
 //! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
 
-use core::{arch::asm, arch::naked_asm, mem::offset_of, sync::atomic::Ordering};
-
-use super::{
-    handle, load_gprs_but_rax, objtool_frame_non_standard, rlog, save_gprs_but_rax, CpuState,
-    Dom0Exit, ExitAction, GuestRegs, HostFrame, GP, RAX,
+use core::{
+    arch::naked_asm,
+    mem::offset_of,
+    sync::atomic::{AtomicBool, Ordering},
 };
+
+use super::ops::{vmclear, vmptrld, vmxoff, vmxon, VmFail, Vmcs};
+use super::{control, ControlError, Ctl, Vmx};
 use crate::keel_core::{
-    exit::ExitKind,
-    vmcs::{
-        self, ar, cpu_based, entry_ctl, exit_ctl, field, interruptibility, intr_info, secondary,
-    },
+    arch::{cr4, feature_control, msr},
+    exit::{Exit, ExitKind, VmxInfo},
+    vmcs::{self, ar, cpu_based, entry_ctl, exit_ctl, field, intr_info, secondary},
 };
-use crate::x86::{self, msr};
+use crate::root::dom0::{Dom0, Dom0Hal, LeavePoint};
+use crate::root::exit::{self, Action};
+use crate::root::vcpu::VcpuState;
+use crate::root::{
+    load_gprs_but_rax, objtool_frame_non_standard, park, push_return, rlog, root_leave,
+    save_gprs_but_rax, x86, CpuInfo, CpuState, HostFrame, RAX,
+};
 
-/// CR4.VMXE.
-const CR4_VMXE: u64 = 1 << 13;
-/// IA32_FEATURE_CONTROL: lock, and VMX outside SMX.
-const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
-const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
-const FEATURE_CONTROL_VMX_INSIDE_SMX: u64 = 1 << 1;
-
-/// A VMX instruction failed (SDM 31.2): VMfailInvalid (no current VMCS) or VMfailValid with
-/// the VM-instruction error number.
-#[derive(Clone, Copy)]
-pub(crate) enum VmFail {
-    /// VMfailInvalid.
-    Invalid,
-    /// VMfailValid(error number).
-    Valid(u32),
+/// Writes fields into the current VMCS, stopping at the first failure (a launch error).
+macro_rules! write_fields {
+    ($vmcs:expr, $(($f:expr, $v:expr)),* $(,)?) => {{
+        $( $vmcs.try_write($f, $v).map_err(|e| LaunchError::Vmwrite($f.encoding(), e))?; )*
+    }};
 }
 
 /// Why a launch failed.
@@ -54,16 +51,13 @@ pub(crate) enum LaunchError {
     EntryFailed,
 }
 
-impl core::fmt::Debug for VmFail {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Invalid => write!(f, "VMfailInvalid"),
-            Self::Valid(n) => write!(f, "VMfailValid, VM-instruction error {n}"),
-        }
+// Debug is the message: the kernel's `pr_*` formats core's Debug, not its Display.
+impl From<ControlError> for LaunchError {
+    fn from(e: ControlError) -> Self {
+        Self::Control(e.msr, e.missing)
     }
 }
 
-// Debug is the message: the kernel's `pr_*` formats core's Debug, not its Display.
 impl core::fmt::Debug for LaunchError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -83,155 +77,17 @@ impl core::fmt::Debug for LaunchError {
     }
 }
 
-/// Converts RFLAGS after a VMX instruction into its result (SDM 31.2: CF = VMfailInvalid,
-/// ZF = VMfailValid).
-fn vm_result(rflags: u64) -> Result<(), VmFail> {
-    if rflags & 1 != 0 {
-        Err(VmFail::Invalid)
-    } else if rflags & (1 << 6) != 0 {
-        Err(VmFail::Valid(vmread(field::VM_INSTRUCTION_ERROR) as u32))
-    } else {
-        Ok(())
-    }
-}
-
-/// VMXON with the region at physical address `pa`.
-///
-/// # Safety
-///
-/// CR4.VMXE is set, IA32_FEATURE_CONTROL allows VMX, and `pa` is a zeroed 4 KiB region that
-/// holds the VMCS revision id and stays allocated until VMXOFF.
-unsafe fn vmxon(pa: u64) -> Result<(), VmFail> {
-    let rflags: u64;
-    // SAFETY: The caller's contract; VMXON reads the 8-byte operand.
-    unsafe { asm!("vmxon [{}]", "pushfq", "pop {}", in(reg) &pa, lateout(reg) rflags) };
-    vm_result(rflags)
-}
-
-/// VMCLEAR of the VMCS at `pa`.
-///
-/// # Safety
-///
-/// In VMX operation; `pa` is a VMCS region that stays allocated.
-pub(super) unsafe fn vmclear(pa: u64) -> Result<(), VmFail> {
-    let rflags: u64;
-    // SAFETY: The caller's contract.
-    unsafe { asm!("vmclear [{}]", "pushfq", "pop {}", in(reg) &pa, lateout(reg) rflags) };
-    vm_result(rflags)
-}
-
-/// VMPTRLD of the VMCS at `pa`.
-///
-/// # Safety
-///
-/// In VMX operation; `pa` is a cleared VMCS region that stays allocated while current.
-pub(super) unsafe fn vmptrld(pa: u64) -> Result<(), VmFail> {
-    let rflags: u64;
-    // SAFETY: The caller's contract.
-    unsafe { asm!("vmptrld [{}]", "pushfq", "pop {}", in(reg) &pa, lateout(reg) rflags) };
-    vm_result(rflags)
-}
-
-/// VMXOFF.
-///
-/// # Safety
-///
-/// In VMX root operation, with no VMCS that will be used again left current.
-unsafe fn vmxoff() {
-    // SAFETY: The caller's contract.
-    unsafe { asm!("vmxoff", options(nostack)) };
-}
-
-/// Reads a field of the current VMCS. Only called with a current VMCS (during a launch after
-/// VMPTRLD, or in an exit handler), where VMREAD of a valid field cannot fail.
-pub(super) fn vmread(f: u32) -> u64 {
-    let v: u64;
-    // SAFETY: A VMCS is current (see above); VMREAD only writes its destination register.
-    unsafe { asm!("vmread {}, {}", out(reg) v, in(reg) u64::from(f), options(nostack)) };
-    v
-}
-
-/// Writes a field of the current VMCS. Only called with a current VMCS; the field's value is
-/// checked by the processor at the next VM entry.
-pub(super) fn vmwrite(f: u32, v: u64) -> Result<(), VmFail> {
-    let rflags: u64;
-    // SAFETY: A VMCS is current; VMWRITE changes only that VMCS.
-    unsafe {
-        asm!("vmwrite {}, {}", "pushfq", "pop {}", in(reg) u64::from(f), in(reg) v,
-             lateout(reg) rflags, options(nostack))
-    };
-    vm_result(rflags)
-}
-
-/// Writes a list of fields, stopping at the first failure.
-fn vmwrite_all(fields: &[(u32, u64)]) -> Result<(), LaunchError> {
-    for &(f, v) in fields {
-        vmwrite(f, v).map_err(|e| LaunchError::Vmwrite(f, e))?;
-    }
-    Ok(())
-}
-
 /// The physical address of something inside `state`.
 fn pa_of(state: &CpuState, p: *const u8) -> u64 {
     p as u64 - state.info.page_offset_base
 }
 
 /// A segment register for the guest-state area: selector, base, limit, access rights.
-fn segment(sel: u16, base: u64) -> (u64, u64, u64, u64) {
+fn segment(sel: u16, base: u64) -> (u16, u64, u32, u32) {
     match x86::lar(sel) {
-        Some(lar) if sel & !3 != 0 => (
-            sel.into(),
-            base,
-            x86::lsl(sel).into(),
-            vmcs::ar_from_lar(lar).into(),
-        ),
-        _ => (sel.into(), base, 0, ar::UNUSABLE.into()),
+        Some(lar) if sel & !3 != 0 => (sel, base, x86::lsl(sel), vmcs::ar_from_lar(lar)),
+        _ => (sel, base, 0, ar::UNUSABLE),
     }
-}
-
-/// A VM-execution, VM-exit or VM-entry control field, for [`control`].
-#[derive(Clone, Copy)]
-pub(super) enum Ctl {
-    /// Pin-based VM-execution controls.
-    Pin,
-    /// Primary processor-based VM-execution controls.
-    Proc,
-    /// Secondary processor-based VM-execution controls.
-    Proc2,
-    /// VM-exit controls.
-    Exit,
-    /// VM-entry controls.
-    Entry,
-}
-
-/// Computes a control value from its capability MSR (the TRUE one when IA32_VMX_BASIC[55]
-/// says it exists): the `wanted` bits, which must be allowed, and the `optional` bits the CPU
-/// allows.
-pub(super) fn control(ctl: Ctl, wanted: u32, optional: u32) -> Result<u64, LaunchError> {
-    // SAFETY: IA32_VMX_BASIC exists on every VMX CPU.
-    let true_ctls = unsafe { x86::rdmsr(msr::IA32_VMX_BASIC) } & (1 << 55) != 0;
-    let pick = |plain, tru| if true_ctls { tru } else { plain };
-    let cap_msr = match ctl {
-        Ctl::Pin => pick(
-            msr::IA32_VMX_PINBASED_CTLS,
-            msr::IA32_VMX_TRUE_PINBASED_CTLS,
-        ),
-        Ctl::Proc => pick(
-            msr::IA32_VMX_PROCBASED_CTLS,
-            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
-        ),
-        Ctl::Proc2 => msr::IA32_VMX_PROCBASED_CTLS2,
-        Ctl::Exit => pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
-        Ctl::Entry => pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
-    };
-    // SAFETY: The VMX control capability MSRs exist on every VMX CPU; the TRUE ones exist when
-    // IA32_VMX_BASIC[55] is set, checked above.
-    let cap = unsafe { x86::rdmsr(cap_msr) };
-    let (value, missing) = vmcs::adjust_controls(wanted, cap);
-    if missing != 0 {
-        return Err(LaunchError::Control(cap_msr, missing));
-    }
-    Ok(vmcs::adjust_controls(value | optional, cap).0.into())
 }
 
 /// Enters VMX operation on this CPU and continues as Dom0 in non-root mode.
@@ -255,10 +111,10 @@ pub(crate) unsafe fn launch(
     // have done (Linux does the same at boot).
     unsafe {
         let fc = x86::rdmsr(msr::IA32_FEATURE_CONTROL);
-        if fc & FEATURE_CONTROL_LOCKED == 0 {
+        if fc & feature_control::LOCKED == 0 {
             x86::wrmsr(
                 msr::IA32_FEATURE_CONTROL,
-                fc | FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX,
+                fc | feature_control::LOCKED | feature_control::VMX_OUTSIDE_SMX,
             );
         }
     }
@@ -277,7 +133,7 @@ pub(crate) unsafe fn launch(
         return Err(LaunchError::Cr0Unsupported);
     }
     let dom0_cr4 = x86::read_cr4();
-    let cr4 = (dom0_cr4 | cr4_fixed0 | CR4_VMXE) & cr4_fixed1;
+    let cr4 = (dom0_cr4 | cr4_fixed0 | cr4::VMXE) & cr4_fixed1;
     // SAFETY: Setting VMXE (allowed by the fixed bits) changes nothing Linux relies on; Linux
     // keeps writing its own CR4 value, and from now on VMX masks the bit from it.
     unsafe { x86::write_cr4(cr4) };
@@ -297,28 +153,27 @@ pub(crate) unsafe fn launch(
     }
     // SAFETY: In VMX operation; the VMCS region holds the revision id and lives in `state`.
     let loaded = unsafe { vmclear(vmcs_pa).and_then(|()| vmptrld(vmcs_pa)) };
-    let result = loaded
-        .map_err(LaunchError::Vmptrld)
-        .and_then(|()| setup_vmcs(state, host_cr3, cr4))
-        .and_then(|()| {
-            if corrupt {
-                // RFLAGS bit 1 must be set (SDM 27.3.1.4): this entry fails.
-                vmwrite_all(&[(field::GUEST_RFLAGS, 0)])?;
-            }
-            // SAFETY: The VMCS is current and describes this CPU; `vmx_launch` continues as
-            // the guest at its return point or returns the failure.
-            match unsafe { vmx_launch() } {
-                0 => Ok(()),
-                2 => Err(LaunchError::EntryFailed),
-                // VMLAUNCH with a current VMCS fails with VMfailValid.
-                _ => Err(LaunchError::Vmlaunch(VmFail::Valid(
-                    vmread(field::VM_INSTRUCTION_ERROR) as u32,
-                ))),
-            }
-        });
+    let result = loaded.map_err(LaunchError::Vmptrld).and_then(|vmcs| {
+        setup_vmcs(&vmcs, state, host_cr3, cr4)?;
+        if corrupt {
+            // RFLAGS bit 1 must be set (SDM 27.3.1.4): this entry fails.
+            write_fields!(vmcs, (field::GUEST_RFLAGS, 0));
+        }
+        // SAFETY: The VMCS is current and describes this CPU; `vmx_launch` continues as the
+        // guest at its return point or returns the failure.
+        match unsafe { vmx_launch() } {
+            0 => Ok(()),
+            2 => Err(LaunchError::EntryFailed),
+            // VMLAUNCH with a current VMCS fails with VMfailValid.
+            _ => Err(LaunchError::Vmlaunch(VmFail::Valid(
+                vmcs.read(field::VM_INSTRUCTION_ERROR),
+            ))),
+        }
+    });
     if matches!(result, Err(e) if !matches!(e, LaunchError::EntryFailed)) {
         // SAFETY: Leaves VMX operation entered above; nothing will use the VMCS again.
         unsafe {
+            // A failed VMCLEAR changes nothing here: VMXOFF follows.
             let _ = vmclear(vmcs_pa);
             vmxoff();
             x86::write_cr4(dom0_cr4);
@@ -328,7 +183,12 @@ pub(crate) unsafe fn launch(
 }
 
 /// Fills the current VMCS from the running CPU.
-fn setup_vmcs(state: &mut CpuState, host_cr3: u64, cr4: u64) -> Result<(), LaunchError> {
+fn setup_vmcs(
+    vmcs: &Vmcs,
+    state: &mut CpuState,
+    host_cr3: u64,
+    cr4: u64,
+) -> Result<(), LaunchError> {
     let pin = control(Ctl::Pin, 0, 0)?;
     let proc = control(
         Ctl::Proc,
@@ -402,7 +262,8 @@ fn setup_vmcs(state: &mut CpuState, host_cr3: u64, cr4: u64) -> Result<(), Launc
     state.frame.state = state;
     let cr0 = x86::read_cr0();
 
-    vmwrite_all(&[
+    write_fields!(
+        vmcs,
         (field::PIN_BASED_VM_EXEC_CONTROL, pin),
         (field::CPU_BASED_VM_EXEC_CONTROL, proc),
         (field::SECONDARY_VM_EXEC_CONTROL, proc2),
@@ -419,26 +280,26 @@ fn setup_vmcs(state: &mut CpuState, host_cr3: u64, cr4: u64) -> Result<(), Launc
         (field::MSR_BITMAP, msr_bitmap_pa),
         (field::CR0_GUEST_HOST_MASK, 0),
         (field::CR0_READ_SHADOW, cr0),
-        (field::CR4_GUEST_HOST_MASK, CR4_VMXE),
-        (field::CR4_READ_SHADOW, cr4 & !CR4_VMXE),
+        (field::CR4_GUEST_HOST_MASK, cr4::VMXE),
+        (field::CR4_READ_SHADOW, cr4 & !cr4::VMXE),
         (field::VMCS_LINK_POINTER, u64::MAX),
         // Host: the state root mode runs in.
         (field::HOST_CR0, cr0),
         (field::HOST_CR3, host_cr3),
         (field::HOST_CR4, cr4),
-        (field::HOST_CS_SELECTOR, x86::read_cs().into()),
-        (field::HOST_SS_SELECTOR, x86::read_ss().into()),
+        (field::HOST_CS_SELECTOR, x86::read_cs()),
+        (field::HOST_SS_SELECTOR, x86::read_ss()),
         (field::HOST_DS_SELECTOR, 0),
         (field::HOST_ES_SELECTOR, 0),
         (field::HOST_FS_SELECTOR, 0),
         (field::HOST_GS_SELECTOR, 0),
-        (field::HOST_TR_SELECTOR, tr.into()),
+        (field::HOST_TR_SELECTOR, tr),
         (field::HOST_FS_BASE, fs_base),
         (field::HOST_GS_BASE, gs_base),
         (field::HOST_TR_BASE, tr_base),
         (field::HOST_GDTR_BASE, gdt.base),
         (field::HOST_IDTR_BASE, root_idt),
-        (field::HOST_IA32_SYSENTER_CS, sysenter_cs),
+        (field::HOST_IA32_SYSENTER_CS, sysenter_cs as u32),
         (field::HOST_IA32_SYSENTER_ESP, sysenter_esp),
         (field::HOST_IA32_SYSENTER_EIP, sysenter_eip),
         (field::HOST_IA32_PAT, pat),
@@ -458,13 +319,13 @@ fn setup_vmcs(state: &mut CpuState, host_cr3: u64, cr4: u64) -> Result<(), Launc
         (field::GUEST_IA32_DEBUGCTL, debugctl),
         (field::GUEST_IA32_PAT, pat),
         (field::GUEST_IA32_EFER, efer),
-        (field::GUEST_SYSENTER_CS, sysenter_cs),
+        (field::GUEST_SYSENTER_CS, sysenter_cs as u32),
         (field::GUEST_SYSENTER_ESP, sysenter_esp),
         (field::GUEST_SYSENTER_EIP, sysenter_eip),
         (field::GUEST_ACTIVITY_STATE, 0),
         (field::GUEST_INTERRUPTIBILITY_INFO, 0),
         (field::GUEST_PENDING_DBG_EXCEPTIONS, 0),
-    ])?;
+    );
     let segs = [
         (
             field::GUEST_ES_SELECTOR,
@@ -524,7 +385,13 @@ fn setup_vmcs(state: &mut CpuState, host_cr3: u64, cr4: u64) -> Result<(), Launc
         ),
     ];
     for (fsel, fbase, flimit, far, (sel, base, limit, arv)) in segs {
-        vmwrite_all(&[(fsel, sel), (fbase, base), (flimit, limit), (far, arv)])?;
+        write_fields!(
+            vmcs,
+            (fsel, sel),
+            (fbase, base),
+            (flimit, limit),
+            (far, arv)
+        );
     }
     Ok(())
 }
@@ -568,8 +435,8 @@ unsafe extern "C" fn vmx_launch() -> u64 {
         "pop rbx",
         "pop rbp",
         "ret",
-        guest_rsp = const field::GUEST_RSP,
-        guest_rip = const field::GUEST_RIP,
+        guest_rsp = const field::GUEST_RSP.encoding(),
+        guest_rip = const field::GUEST_RIP.encoding(),
     )
 }
 
@@ -602,98 +469,29 @@ unsafe extern "C" fn vmx_exit() {
         "call {failed}",
         "ud2",
         handler = sym vmx_exit_handler,
-        leave = sym super::root_leave,
+        leave = sym root_leave,
         failed = sym vmx_resume_failed,
         this = sym vmx_exit,
     )
 }
 
-/// Dom0's state during one VMX exit.
-struct Exit<'a> {
-    state: &'a mut CpuState,
-    reason: u32,
+/// What Dom0's side of the VMX HAL needs besides the VMCS.
+pub(crate) struct Dom0Vmx<'a> {
+    /// Dom0's VMCS (physical).
+    vmcs_pa: u64,
+    /// This CPU's pending-NMI flag.
+    nmi_pending: &'a AtomicBool,
 }
 
-impl Dom0Exit for Exit<'_> {
-    fn info(&self) -> &super::CpuInfo {
-        &self.state.info
-    }
-
-    fn regs(&mut self) -> &mut GuestRegs {
-        &mut self.state.frame.regs
-    }
-
-    fn cpl(&self) -> u8 {
-        // SS.DPL is the CPL (SDM 25.4.1).
-        ((vmread(field::GUEST_SS_AR_BYTES) >> 5) & 3) as u8
-    }
-
-    fn cr4(&self) -> u64 {
-        vmread(field::GUEST_CR4) & !CR4_VMXE
-    }
-
-    fn skip(&mut self) -> bool {
-        let len = vmread(field::VM_EXIT_INSTRUCTION_LEN);
-        let _ = vmwrite(field::GUEST_RIP, vmread(field::GUEST_RIP) + len);
-        let blocking = vmread(field::GUEST_INTERRUPTIBILITY_INFO) as u32;
-        if blocking & (interruptibility::STI | interruptibility::MOV_SS) != 0 {
-            let cleared = blocking & !(interruptibility::STI | interruptibility::MOV_SS);
-            let _ = vmwrite(field::GUEST_INTERRUPTIBILITY_INFO, cleared.into());
-        }
-        true
-    }
-
-    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
-        let mut info = u32::from(vector) | intr_info::TYPE_HW_EXCEPTION | intr_info::VALID;
-        if let Some(code) = error_code {
-            info |= intr_info::DELIVER_ERROR_CODE;
-            let _ = vmwrite(field::VM_ENTRY_EXCEPTION_ERROR_CODE, code.into());
-        }
-        let _ = vmwrite(field::VM_ENTRY_INTR_INFO_FIELD, info.into());
-    }
-
-    fn rdmsr(&mut self, index: u32) -> Option<u64> {
-        match index {
-            // VMX is Keel's: Dom0 sees it locked off, as a firmware that disabled it leaves it.
-            msr::IA32_FEATURE_CONTROL => {
-                // SAFETY: The MSR exists on VMX CPUs.
-                let fc = unsafe { x86::rdmsr(index) };
-                Some(fc & !(FEATURE_CONTROL_VMX_OUTSIDE_SMX | FEATURE_CONTROL_VMX_INSIDE_SMX))
-            }
-            _ => None,
-        }
-    }
-
-    fn wrmsr(&mut self, _index: u32, _value: u64) -> bool {
-        // IA32_FEATURE_CONTROL is locked: writes fault, as on the hardware.
-        false
-    }
-
-    fn cr_access(&mut self) -> bool {
-        let q = vmcs::CrAccess::decode(vmread(field::EXIT_QUALIFICATION));
-        if q.cr != 4 || q.access_type != 0 {
-            return false;
-        }
-        let value = if q.gpr == 4 {
-            vmread(field::GUEST_RSP)
-        } else {
-            self.state.frame.regs.gpr[usize::from(q.gpr)]
-        };
-        // SAFETY: The fixed-bit MSRs exist on VMX CPUs.
-        let fixed1 = unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED1) };
-        if value & CR4_VMXE != 0 || value & !fixed1 != 0 {
-            // Setting VMXE on a CPU whose CPUID has no VMX faults; so do unsupported bits.
-            self.inject(GP, Some(0));
-            return true;
-        }
-        let _ = vmwrite(field::GUEST_CR4, value | CR4_VMXE);
-        let _ = vmwrite(field::CR4_READ_SHADOW, value);
-        self.skip();
-        true
+impl Dom0Hal for Vmx<Dom0Vmx<'_>> {
+    unsafe fn run_domu(&mut self, v: &mut VcpuState) {
+        // SAFETY: The caller's contract; Dom0's VMCS is current (this token's) and made
+        // current again before `run` returns.
+        unsafe { super::domu::run(&self.vmcs, self.extra.vmcs_pa, self.extra.nmi_pending, v) };
     }
 
     fn test_intercept(&mut self, on: bool) -> bool {
-        let current = vmread(field::SECONDARY_VM_EXEC_CONTROL) as u32;
+        let current = self.vmcs.read(field::SECONDARY_VM_EXEC_CONTROL);
         let value = if on {
             // `control` refuses the bit when the CPU's capability MSR does not allow it.
             match control(Ctl::Proc2, current | secondary::WBINVD_EXITING, 0) {
@@ -701,41 +499,40 @@ impl Dom0Exit for Exit<'_> {
                 Err(_) => return false,
             }
         } else {
-            u64::from(current & !secondary::WBINVD_EXITING)
+            current & !secondary::WBINVD_EXITING
         };
-        vmwrite(field::SECONDARY_VM_EXEC_CONTROL, value).is_ok()
+        self.vmcs
+            .try_write(field::SECONDARY_VM_EXEC_CONTROL, value)
+            .is_ok()
     }
 
-    fn run_guest(&mut self, vcpu: &mut super::guest::VcpuState) {
-        // SAFETY: Called from Dom0's Run hypercall on this CPU with Dom0's VMCS current; the
-        // Linux side holds the vCPU for the whole call.
-        unsafe { super::vmx_guest::run(self.state, vcpu) };
-    }
-
-    fn prepare_leave(&mut self) {
-        let rsp = vmread(field::GUEST_RSP);
-        let rip = vmread(field::GUEST_RIP);
-        let rflags = vmread(field::GUEST_RFLAGS);
-        let cr3 = vmread(field::GUEST_CR3);
-        let cr4 = vmread(field::GUEST_CR4) & !CR4_VMXE;
+    unsafe fn leave(&mut self) -> LeavePoint {
+        let v = &self.vmcs;
+        let point = LeavePoint {
+            rsp: v.read(field::GUEST_RSP),
+            rip: v.read(field::GUEST_RIP),
+            rflags: v.read(field::GUEST_RFLAGS),
+            cr3: v.read(field::GUEST_CR3),
+        };
+        let cr4 = v.read(field::GUEST_CR4) & !cr4::VMXE;
         let gdt = x86::DescTable {
-            base: vmread(field::GUEST_GDTR_BASE),
-            limit: vmread(field::GUEST_GDTR_LIMIT) as u16,
+            base: v.read(field::GUEST_GDTR_BASE),
+            limit: v.read(field::GUEST_GDTR_LIMIT) as u16,
         };
         let idt = x86::DescTable {
-            base: vmread(field::GUEST_IDTR_BASE),
-            limit: vmread(field::GUEST_IDTR_LIMIT) as u16,
+            base: v.read(field::GUEST_IDTR_BASE),
+            limit: v.read(field::GUEST_IDTR_LIMIT) as u16,
         };
-        let fs_base = vmread(field::GUEST_FS_BASE);
-        let gs_base = vmread(field::GUEST_GS_BASE);
-        let debugctl = vmread(field::GUEST_IA32_DEBUGCTL);
-        let vmcs_pa = pa_of(self.state, self.state.control.0.as_ptr());
-        // SAFETY: Leaving VMX operation for good on this CPU, then giving Dom0 back the state
-        // the exit replaced with host values (SDM 28.5: GDTR/IDTR limits, FS/GS bases,
-        // DEBUGCTL); CR4 becomes Dom0's without VMXE. TR's limit is fixed by the module after
-        // the hypercall returns (it needs Linux's writable GDT).
+        let fs_base = v.read(field::GUEST_FS_BASE);
+        let gs_base = v.read(field::GUEST_GS_BASE);
+        let debugctl = v.read(field::GUEST_IA32_DEBUGCTL);
+        // SAFETY: Leaving VMX operation for good on this CPU (the caller's contract), then
+        // giving Dom0 back the state the exit replaced with host values (SDM 28.5: GDTR/IDTR
+        // limits, FS/GS bases, DEBUGCTL); CR4 becomes Dom0's without VMXE. TR's limit is fixed
+        // by the module after the hypercall returns (it needs Linux's writable GDT).
         unsafe {
-            let _ = vmclear(vmcs_pa);
+            // A failed VMCLEAR changes nothing here: VMXOFF follows.
+            let _ = vmclear(self.extra.vmcs_pa);
             vmxoff();
             x86::write_cr4(cr4);
             x86::lgdt(&gdt);
@@ -744,40 +541,7 @@ impl Dom0Exit for Exit<'_> {
             x86::wrmsr(msr::GS_BASE, gs_base);
             x86::wrmsr(msr::IA32_DEBUGCTL, debugctl);
         }
-        super::push_return(&mut self.state.frame, rsp, rip, rflags, cr3);
-    }
-
-    fn dump(&mut self, why: &str) {
-        let info = &self.state.info;
-        rlog!(
-            info,
-            Err,
-            "CPU {}: {}: exit reason {:#x} qualification {:#x}",
-            info.cpu,
-            why,
-            self.reason,
-            vmread(field::EXIT_QUALIFICATION)
-        );
-        rlog!(
-            info,
-            Err,
-            " rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} ss_ar={:#x}",
-            vmread(field::GUEST_RIP),
-            vmread(field::GUEST_RSP),
-            vmread(field::GUEST_RFLAGS),
-            vmread(field::GUEST_CS_SELECTOR),
-            vmread(field::GUEST_SS_AR_BYTES)
-        );
-        rlog!(
-            info,
-            Err,
-            " cr0={:#x} cr3={:#x} cr4={:#x} idt_vectoring={:#x}",
-            vmread(field::GUEST_CR0),
-            vmread(field::GUEST_CR3),
-            vmread(field::GUEST_CR4),
-            vmread(field::IDT_VECTORING_INFO_FIELD)
-        );
-        super::dump_regs(info, &self.state.frame.regs);
+        point
     }
 }
 
@@ -786,38 +550,72 @@ extern "C" fn vmx_exit_handler(frame: *mut HostFrame) -> u64 {
     // SAFETY: `frame` is this CPU's frame (HOST_RSP), whose `state` points at the CpuState that
     // contains it; root mode on this CPU is the only user of that state while it runs.
     let state = unsafe { &mut *(*frame).state };
-    let reason = vmread(field::VM_EXIT_REASON) as u32;
-    let kind = ExitKind::from_vmx(reason);
-    match kind {
-        ExitKind::EntryFailure if !state.info.launched.load(Ordering::Relaxed) => {
-            // The first entry failed: leave VMX and return 2 at the launch point.
-            let mut exit = Exit { state, reason };
-            exit.dump("the first VM entry failed");
-            exit.state.frame.regs.gpr[RAX] = 2;
-            exit.prepare_leave();
-            1
-        }
-        ExitKind::TripleFault | ExitKind::EntryFailure => {
-            let mut exit = Exit { state, reason };
-            exit.dump("Dom0 cannot continue on this CPU");
-            super::park();
-        }
-        ExitKind::Init => {
-            // An INIT aimed at a launched CPU: Linux sends none to an online CPU (hotplug
-            // hands a CPU back before it goes offline). Count it and go on.
-            let info = &state.info;
-            rlog!(info, Warn, "CPU {}: INIT signal ignored", info.cpu);
+    // SAFETY: A VM exit left Dom0's VMCS current; it stays so while this handler runs (a DomU
+    // run makes it current again before it returns).
+    let vmcs = unsafe { Vmcs::current() };
+    let reason = vmcs.read(field::VM_EXIT_REASON);
+    let decoded = Exit::from_vmx(reason, |f| match f {
+        VmxInfo::Qualification => vmcs.read(field::EXIT_QUALIFICATION),
+        VmxInfo::IntrInfo => vmcs.read(field::VM_EXIT_INTR_INFO).into(),
+        VmxInfo::IntrErrorCode => vmcs.read(field::VM_EXIT_INTR_ERROR_CODE).into(),
+        VmxInfo::GuestPhysical => vmcs.read(field::GUEST_PHYSICAL_ADDRESS),
+    });
+    let vmcs_pa = pa_of(state, state.control.0.as_ptr());
+    let launched = state.info.launched.load(Ordering::Relaxed);
+    let CpuState {
+        frame,
+        view,
+        nmi_pending,
+        info,
+        ..
+    } = state;
+    let mut dom0 = Dom0 {
+        hw: Vmx {
+            vmcs,
+            extra: Dom0Vmx {
+                vmcs_pa,
+                nmi_pending,
+            },
+        },
+        regs: &mut frame.regs,
+        cpu: info,
+        view,
+    };
+    let action = exit::handle(&mut dom0, &decoded);
+    if let Some((encoding, e)) = dom0.hw.vmcs.take_failure() {
+        rlog!(
+            info,
+            Err,
+            "CPU {}: VMCS field {:#x}: {:?} while handling {}",
+            info.cpu,
+            encoding,
+            e,
+            decoded.kind().name()
+        );
+    }
+    match action {
+        Action::Resume | Action::RunLoop | Action::ToUser(_) => {
+            deliver_pending_nmi(&dom0.hw.vmcs, nmi_pending);
             0
         }
-        _ => {
-            let mut exit = Exit { state, reason };
-            match handle(&mut exit, kind, reason.into()) {
-                ExitAction::Resume => {
-                    deliver_pending_nmi(exit.state);
-                    0
-                }
-                ExitAction::Leave => 1,
-            }
+        Action::Leave => {
+            // SAFETY: The Leave hypercall: root mode returns to Dom0 on bare metal next.
+            let p = unsafe { dom0.hw.leave() };
+            push_return(frame, p.rsp, p.rip, p.rflags, p.cr3);
+            1
+        }
+        Action::Crash { .. } if !launched => {
+            // The first entry failed: leave VMX and return 2 at the launch point.
+            dom0.dump("the first VM entry failed");
+            dom0.regs.gpr[RAX] = 2;
+            // SAFETY: The launch is abandoned: root mode returns to the launch point next.
+            let p = unsafe { dom0.hw.leave() };
+            push_return(frame, p.rsp, p.rip, p.rflags, p.cr3);
+            1
+        }
+        Action::Crash { .. } => {
+            dom0.dump("Dom0 cannot continue on this CPU");
+            park();
         }
     }
 }
@@ -826,16 +624,16 @@ extern "C" fn vmx_exit_handler(frame: *mut HostFrame) -> u64 {
 /// event is being injected and nothing blocks it (STI, MOV SS, an NMI being handled).
 /// Otherwise it stays pending until a later exit. (An NMI that arrives after this check and
 /// before VMRESUME also waits for the next exit.)
-fn deliver_pending_nmi(state: &CpuState) {
-    if !state.nmi_pending.load(Ordering::Relaxed) {
+fn deliver_pending_nmi(vmcs: &Vmcs, nmi_pending: &AtomicBool) {
+    if !nmi_pending.load(Ordering::Relaxed) {
         return;
     }
-    let injecting = vmread(field::VM_ENTRY_INTR_INFO_FIELD) as u32 & intr_info::VALID != 0;
-    let blocked = vmread(field::GUEST_INTERRUPTIBILITY_INFO) & 0b1011 != 0;
+    let injecting = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD) & intr_info::VALID != 0;
+    let blocked = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO) & 0b1011 != 0;
     if !injecting && !blocked {
-        state.nmi_pending.store(false, Ordering::Relaxed);
+        nmi_pending.store(false, Ordering::Relaxed);
         let nmi = 2 | intr_info::TYPE_NMI | intr_info::VALID;
-        let _ = vmwrite(field::VM_ENTRY_INTR_INFO_FIELD, nmi.into());
+        vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, nmi);
     }
 }
 
@@ -882,7 +680,7 @@ unsafe extern "C" fn root_nmi() {
         "pop rax",
         "iretq",
         pending = const offset_of!(CpuState, nmi_pending) as isize - offset_of!(CpuState, idt) as isize,
-        count = const (offset_of!(CpuState, info) + offset_of!(super::CpuInfo, counters)
+        count = const (offset_of!(CpuState, info) + offset_of!(CpuInfo, counters)
             + ExitKind::Nmi as usize * 8) as isize - offset_of!(CpuState, idt) as isize,
         this = sym root_nmi,
     )
@@ -892,7 +690,8 @@ unsafe extern "C" fn root_nmi() {
 extern "C" fn vmx_resume_failed(frame: *mut HostFrame) -> ! {
     // SAFETY: As in `vmx_exit_handler`.
     let state = unsafe { &mut *(*frame).state };
-    let error = vmread(field::VM_INSTRUCTION_ERROR);
+    // SAFETY: VMRESUME failed with VMfailValid: Dom0's VMCS is still current.
+    let error = unsafe { Vmcs::current() }.read(field::VM_INSTRUCTION_ERROR);
     let info = &state.info;
     rlog!(
         info,
@@ -901,5 +700,5 @@ extern "C" fn vmx_resume_failed(frame: *mut HostFrame) -> ! {
         info.cpu,
         error
     );
-    super::park()
+    park()
 }

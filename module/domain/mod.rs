@@ -1,0 +1,501 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Domains and vCPUs: the Linux side of `KEEL_CREATE_DOMAIN` and the domain and vCPU file
+//! descriptors. This file is the domain object; `memory.rs` its RAM and tables,
+//! `registry.rs` the live domains by id, `vcpu.rs` the vCPUs, `run.rs` the run loop, `fd.rs`
+//! the fd plumbing.
+//!
+//! A [`Domain`] owns its RAM (allocated here, zeroed, in 2 MiB chunks where the layout allows)
+//! and its second-level page tables (EPT or NPT, built with the core crate's `slat`). Its
+//! guest-physical map is fixed at the first run of any vCPU; until then the builder may mmap
+//! the domain fd (offset = guest-physical address) to load it. A [`Vcpu`] owns the state root
+//! mode runs (`root::vcpu::VcpuState`); `KEEL_VCPU_RUN` enters it on the calling thread
+//! through Keel's `Run` hypercall.
+//!
+//! Each fd holds a reference on its object (the vCPU's holds its domain's), so the domain is
+//! freed when the last fd is closed. The fds' `file_operations` name this module as owner:
+//! `rmmod` is refused while any exists.
+//!
+//! This is Dom0 code: it allocates and takes Linux locks. Root mode sees only `VcpuState`
+//! and the domain's `root::domain::DomainShared`, made at the first run.
+
+mod fd;
+mod memory;
+mod registry;
+mod run;
+mod vcpu;
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use kernel::{
+    bindings,
+    prelude::*,
+    sync::{new_condvar, new_mutex, new_spinlock, Arc, CondVar, Mutex, SpinLock},
+    uaccess::{UserPtr, UserSlice},
+};
+
+use crate::keel_core::{
+    arch::cr4,
+    caps::{flags, Caps},
+    exit::EXIT_KINDS,
+    slat::{Format, LargePages},
+    spinlock,
+};
+use crate::root::domain::{DomainShared, DomainState, Range, RangeKind, MAX_RANGES};
+use crate::root::vcpu::FPU_PAGES;
+use crate::root::x86;
+use crate::uapi;
+use fd::{new_fd, DOMAIN_FOPS, VCPU_FOPS};
+use memory::{build_tables, page_of, page_offset, Chunk, RangeMem, TableSet, PAGE, SIZE_2M};
+pub(crate) use registry::Registration;
+use vcpu::{alloc_vcpu_state, Vcpu};
+
+/// What a domain's lock protects.
+struct DomainInner {
+    ranges: KVec<RangeMem>,
+    tables: Option<TableSet>,
+    /// Root mode's view, made at the first run and fixed from then on.
+    shared: Option<KBox<DomainShared>>,
+    memory_used: u64,
+    vcpu_mask: u64,
+    pause_count: u32,
+    started: bool,
+}
+
+/// A domain.
+#[pin_data]
+pub(crate) struct Domain {
+    domid: u32,
+    name: [u8; 32],
+    max_vcpus: u32,
+    memory_size: u64,
+    caps: Caps,
+    #[pin]
+    inner: Mutex<DomainInner>,
+    #[pin]
+    unpaused: CondVar,
+    /// The tasks inside `KEEL_VCPU_RUN`, per vCPU id (for kicks).
+    #[pin]
+    runners: SpinLock<[usize; 64]>,
+    paused: AtomicU32,
+    /// Open fds of the domain and its vCPUs: the registry lists it while any is open.
+    open_fds: AtomicU32,
+}
+
+impl Domain {
+    /// `KEEL_CREATE_DOMAIN`: makes a domain and returns its fd.
+    pub(crate) fn create(caps: Caps, arg: &mut uapi::keel_domain_create) -> Result<isize> {
+        if arg.flags != 0 || arg.pad != 0 || arg.domid != 0 {
+            return Err(EINVAL);
+        }
+        if arg.max_vcpus == 0 || arg.max_vcpus > uapi::KEEL_MAX_VCPUS {
+            return Err(EINVAL);
+        }
+        if arg.memory_size % PAGE != 0 || arg.memory_size > uapi::KEEL_MAX_DOMAIN_MEMORY {
+            return Err(EINVAL);
+        }
+        let mut name = [0u8; 32];
+        let len = arg.name.iter().position(|&c| c == 0).ok_or(EINVAL)?;
+        if len == 0
+            || arg.name[..len]
+                .iter()
+                .any(|&c| !(0x20..0x7f).contains(&(c as u8)))
+        {
+            return Err(EINVAL);
+        }
+        for (d, s) in name.iter_mut().zip(&arg.name[..len]) {
+            *d = *s as u8;
+        }
+        if !crate::vendor::runs_domains(&caps) {
+            pr_warn!("domains need EPT/NPT and (VMX) unrestricted guest\n");
+            return Err(EOPNOTSUPP);
+        }
+        let (max_vcpus, memory_size) = (arg.max_vcpus, arg.memory_size);
+        let domid = registry::next_domid();
+        let domain = Arc::pin_init(
+            try_pin_init!(Domain {
+                domid,
+                name,
+                max_vcpus,
+                memory_size,
+                caps,
+                inner <- new_mutex!(DomainInner {
+                    ranges: KVec::new(),
+                    tables: Some(TableSet::new()?),
+                    shared: None,
+                    memory_used: 0,
+                    vcpu_mask: 0,
+                    pause_count: 0,
+                    started: false,
+                }),
+                unpaused <- new_condvar!(),
+                runners <- new_spinlock!([0; 64]),
+                paused: AtomicU32::new(0),
+                open_fds: AtomicU32::new(1),
+            }? Error),
+            GFP_KERNEL,
+        )?;
+        registry::insert(domain.clone())?;
+        let fd = new_fd(c"keel-domain", &DOMAIN_FOPS, domain).inspect_err(|_| {
+            registry::remove(domid);
+        })?;
+        arg.domid = domid;
+        Ok(fd)
+    }
+
+    /// One of the domain's fds (its own or a vCPU's) was closed: the last takes the domain
+    /// out of the registry.
+    fn fd_closed(&self) {
+        if self.open_fds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            registry::remove(self.domid);
+        }
+    }
+
+    fn format(&self) -> Format {
+        crate::vendor::slat_format(self.caps.vendor)
+    }
+
+    fn large_pages(&self) -> LargePages {
+        if self.caps.has(flags::SLAT_2M) {
+            LargePages::Upto2M
+        } else {
+            LargePages::None
+        }
+    }
+
+    /// `KEEL_DOMAIN_ADD_RANGE`.
+    fn add_range(&self, r: &uapi::keel_mem_range) -> Result<isize> {
+        let kind = match r.kind {
+            uapi::KEEL_RANGE_RAM => RangeKind::Ram,
+            uapi::KEEL_RANGE_ROM => RangeKind::Rom,
+            uapi::KEEL_RANGE_MMIO => RangeKind::Mmio,
+            _ => return Err(EINVAL),
+        };
+        if r.flags != 0 || r.size == 0 || (r.gpa | r.size) % PAGE != 0 {
+            return Err(EINVAL);
+        }
+        let end = r.gpa.checked_add(r.size).ok_or(EINVAL)?;
+        if end > uapi::KEEL_MAX_GPA {
+            return Err(EINVAL);
+        }
+        let mut inner = self.inner.lock();
+        if inner.started {
+            return Err(EBUSY);
+        }
+        if inner.ranges.len() >= MAX_RANGES {
+            return Err(ENOSPC);
+        }
+        if inner
+            .ranges
+            .iter()
+            .any(|m| r.gpa < m.range.gpa + m.range.size && m.range.gpa < end)
+        {
+            return Err(EEXIST);
+        }
+        let memory = kind != RangeKind::Mmio;
+        if memory && inner.memory_used + r.size > self.memory_size {
+            return Err(ENOSPC);
+        }
+        let mut mem = RangeMem {
+            range: Range {
+                gpa: r.gpa,
+                size: r.size,
+                kind,
+            },
+            chunks: KVec::new(),
+        };
+        if memory {
+            let mut at = r.gpa;
+            while at < end {
+                let big = at % SIZE_2M == 0 && end - at >= SIZE_2M;
+                let chunk = big
+                    .then(|| Chunk::alloc(9))
+                    .flatten()
+                    .or_else(|| Chunk::alloc(0))
+                    .ok_or(ENOMEM)?;
+                at += chunk.pages * PAGE;
+                mem.chunks.push(chunk, GFP_KERNEL)?;
+            }
+        }
+        // Rebuild the tables with the new range: on failure the old ones stay as they were.
+        inner.ranges.push(mem, GFP_KERNEL)?;
+        match build_tables(&inner.ranges, self.format(), self.large_pages()) {
+            Ok(t) => {
+                inner.tables = Some(t);
+                if memory {
+                    inner.memory_used += r.size;
+                }
+                Ok(0)
+            }
+            Err(e) => {
+                inner.ranges.pop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Fixes the map at the first run of any vCPU and returns root mode's view of the domain,
+    /// made then and kept until the domain is freed (after its last vCPU).
+    fn start(&self) -> Result<*const DomainShared> {
+        let mut inner = self.inner.lock();
+        if let Some(shared) = &inner.shared {
+            return Ok(&raw const **shared);
+        }
+        let mut ranges = [Range::default(); MAX_RANGES];
+        for (d, m) in ranges.iter_mut().zip(inner.ranges.iter()) {
+            *d = m.range;
+        }
+        // A guest may enable what both the CPU and Dom0 have enabled: root mode saves and
+        // restores its FPU state under Dom0's XCR0.
+        let xcr0 = if x86::read_cr4() & cr4::OSXSAVE != 0 {
+            let r = x86::cpuid(0xd, 0);
+            ((u64::from(r[3]) << 32) | u64::from(r[0])) & x86::xgetbv0()
+        } else {
+            0
+        };
+        let shared = KBox::new(
+            DomainShared {
+                slat_root: inner.tables.as_ref().ok_or(EINVAL)?.root,
+                format: self.format(),
+                ranges,
+                page_offset_base: page_offset(),
+                xcr0_supported: xcr0,
+                identity: crate::keel_core::cpuid::Identity {
+                    version: crate::VERSION,
+                    abi_version: uapi::KEEL_ABI_VERSION,
+                },
+                state: spinlock::SpinLock::new(DomainState {
+                    exits: [0; EXIT_KINDS],
+                }),
+            },
+            GFP_KERNEL,
+        )?;
+        let p = &raw const *shared;
+        inner.shared = Some(shared);
+        inner.started = true;
+        Ok(p)
+    }
+
+    /// `KEEL_DOMAIN_CREATE_VCPU`.
+    fn create_vcpu(self: &Arc<Self>, arg: &uapi::keel_vcpu_create) -> Result<isize> {
+        if arg.flags != 0 || arg.id >= self.max_vcpus {
+            return Err(EINVAL);
+        }
+        let xsave_size = if x86::read_cr4() & cr4::OSXSAVE != 0 {
+            x86::cpuid(0xd, 0)[2] as usize
+        } else {
+            512
+        };
+        if xsave_size > FPU_PAGES * 4096 {
+            pr_warn!("XSAVE area of {} bytes: too large for Keel\n", xsave_size);
+            return Err(EOPNOTSUPP);
+        }
+        let bit = 1u64 << arg.id;
+        {
+            let mut inner = self.inner.lock();
+            if inner.vcpu_mask & bit != 0 {
+                return Err(EEXIST);
+            }
+            inner.vcpu_mask |= bit;
+        }
+        let release = |e| {
+            self.inner.lock().vcpu_mask &= !bit;
+            e
+        };
+        let state = alloc_vcpu_state(arg.id).map_err(release)?;
+        let vcpu = Arc::pin_init(
+            pin_init!(Vcpu {
+                domain: self.clone(),
+                id: arg.id,
+                state <- new_mutex!(state),
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(release)?;
+        // The vCPU's fd counts as one of the domain's (see `fd_closed`); a failed fd leaves
+        // the domain as it was.
+        self.open_fds.fetch_add(1, Ordering::AcqRel);
+        new_fd(c"keel-vcpu", &VCPU_FOPS, vcpu).map_err(|e| {
+            self.open_fds.fetch_sub(1, Ordering::AcqRel);
+            release(e)
+        })
+    }
+
+    /// `KEEL_DOMAIN_PAUSE`: vCPUs inside a run are kicked out and wait.
+    fn pause(&self) -> Result<isize> {
+        {
+            let mut inner = self.inner.lock();
+            inner.pause_count = inner.pause_count.checked_add(1).ok_or(EINVAL)?;
+            self.paused.store(inner.pause_count, Ordering::SeqCst);
+        }
+        self.kick_all();
+        Ok(0)
+    }
+
+    /// `KEEL_DOMAIN_UNPAUSE`.
+    fn unpause(&self) -> Result<isize> {
+        let mut inner = self.inner.lock();
+        if inner.pause_count == 0 {
+            return Err(EINVAL);
+        }
+        inner.pause_count -= 1;
+        self.paused.store(inner.pause_count, Ordering::SeqCst);
+        if inner.pause_count == 0 {
+            self.unpaused.notify_all();
+        }
+        Ok(0)
+    }
+
+    /// Makes every vCPU inside a run leave the guest (an IPI ends the guest's turn).
+    fn kick_all(&self) {
+        let runners = self.runners.lock();
+        for &t in runners.iter() {
+            if t != 0 {
+                // SAFETY: A runner clears its slot under this lock before its run returns, so
+                // the task is alive while its pointer is here.
+                unsafe { bindings::kick_process(t as *mut bindings::task_struct) };
+            }
+        }
+    }
+
+    /// Fills a `keel_domain_info`.
+    fn info(&self) -> uapi::keel_domain_info {
+        let inner = self.inner.lock();
+        let mut state = 0;
+        if inner.pause_count > 0 {
+            state |= uapi::KEEL_DOMAIN_PAUSED;
+        }
+        if inner.started {
+            state |= uapi::KEEL_DOMAIN_STARTED;
+        }
+        let mut info = uapi::keel_domain_info {
+            domid: self.domid,
+            state,
+            max_vcpus: self.max_vcpus,
+            nr_vcpus: inner.vcpu_mask.count_ones(),
+            memory_size: self.memory_size,
+            memory_used: inner.memory_used,
+            nr_ranges: inner.ranges.len() as u32,
+            vcpu_mask: inner.vcpu_mask,
+            running_mask: self
+                .runners
+                .lock()
+                .iter()
+                .enumerate()
+                .filter(|&(_, &task)| task != 0)
+                .fold(0, |mask, (id, _)| mask | 1 << id),
+            ..Default::default()
+        };
+        for (d, s) in info.name.iter_mut().zip(self.name) {
+            *d = s as core::ffi::c_char;
+        }
+        info
+    }
+
+    /// mmap of the domain fd: the pages of one RAM/ROM range, before the first run.
+    pub(super) fn mmap(&self, vma: *mut bindings::vm_area_struct) -> Result<isize> {
+        // SAFETY: The mmap callback gets a valid VMA that it may set up.
+        let vma_new = unsafe { kernel::mm::virt::VmaNew::from_raw(vma) };
+        // SAFETY: As above.
+        let pgoff = unsafe { (*vma).vm_pgoff };
+        let (start, end) = (vma_new.start(), vma_new.end());
+        let len = (end - start) as u64;
+        let gpa = (pgoff as u64).checked_mul(PAGE).ok_or(EINVAL)?;
+        let inner = self.inner.lock();
+        if inner.started {
+            return Err(EBUSY);
+        }
+        let m = inner
+            .ranges
+            .iter()
+            .find(|m| {
+                m.range.kind != RangeKind::Mmio
+                    && gpa >= m.range.gpa
+                    && gpa
+                        .checked_add(len)
+                        .is_some_and(|e| e <= m.range.gpa + m.range.size)
+            })
+            .ok_or(EINVAL)?;
+        vma_new.set_dontcopy();
+        vma_new.set_dontexpand();
+        let mut off = 0;
+        while off < len {
+            let va = m.page_va(gpa + off).ok_or(EINVAL)?;
+            // SAFETY: The VMA is being set up under the mmap lock; the page is an order-0 page
+            // of the domain, which gets its own reference from the mapping.
+            let r = unsafe { bindings::vm_insert_page(vma, start + off as usize, page_of(va)) };
+            if r != 0 {
+                return Err(Error::from_errno(r));
+            }
+            off += PAGE;
+        }
+        Ok(0)
+    }
+
+    pub(super) fn ioctl(self: &Arc<Self>, cmd: u32, arg: usize) -> Result<isize> {
+        let size = kernel::ioctl::_IOC_SIZE(cmd);
+        let (mut reader, mut writer) =
+            UserSlice::new(UserPtr::from_addr(arg), size).reader_writer();
+        match cmd {
+            uapi::KEEL_DOMAIN_ADD_RANGE => self.add_range(&reader.read()?),
+            uapi::KEEL_DOMAIN_CREATE_VCPU => self.create_vcpu(&reader.read()?),
+            uapi::KEEL_DOMAIN_PAUSE => self.pause(),
+            uapi::KEEL_DOMAIN_UNPAUSE => self.unpause(),
+            uapi::KEEL_DOMAIN_INFO => {
+                writer.write(&self.info())?;
+                Ok(0)
+            }
+            _ => Err(ENOTTY),
+        }
+    }
+}
+
+/// `KEEL_LIST_DOMAINS`.
+pub(crate) fn list(arg: &mut uapi::keel_domain_list) -> Result<isize> {
+    if arg.flags != 0 || arg.pad != 0 {
+        return Err(EINVAL);
+    }
+    let want = arg.count as usize;
+    let size = core::mem::size_of::<uapi::keel_domain_info>();
+    let mut out = UserSlice::new(
+        UserPtr::from_addr(arg.buffer as usize),
+        want.saturating_mul(size),
+    )
+    .writer();
+    let (domains, total) = registry::all(want)?;
+    for d in domains.iter() {
+        out.write(&d.info())?;
+    }
+    arg.count = domains.len() as u32;
+    arg.total = total as u32;
+    Ok(0)
+}
+
+/// Writes every live domain's exit counters (`domain_exits` in debugfs): one line per domain
+/// and exit kind that occurred, `domid kind count`.
+pub(crate) fn write_exits(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    use crate::keel_core::exit::ExitKind;
+    let Ok((domains, _)) = registry::all(usize::MAX) else {
+        return Err(core::fmt::Error);
+    };
+    writeln!(f, "# domid exit count")?;
+    for d in domains.iter() {
+        let exits = match &d.inner.lock().shared {
+            Some(shared) => {
+                // Root mode takes this lock with interrupts off (VMX root mode, or SVM's GIF
+                // clear): so does Dom0, and nothing in between exits to Keel.
+                let flags = x86::irq_save();
+                let exits = shared.state.lock().exits;
+                x86::irq_restore(flags);
+                exits
+            }
+            None => [0; EXIT_KINDS],
+        };
+        for kind in ExitKind::ALL {
+            let n = exits[kind as usize];
+            if n != 0 {
+                writeln!(f, "{} {} {}", d.domid, kind.name(), n)?;
+            }
+        }
+    }
+    Ok(())
+}

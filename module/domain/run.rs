@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `KEEL_VCPU_RUN`: the run loop on the calling thread, and the exit record it returns.
+//!
+//! The loop enters the vCPU through Keel's `Run` hypercall with interrupts off, and goes on
+//! until root mode ends the run with an exit for userspace, a signal arrives (`EINTR`), or
+//! the domain is paused (the thread waits, interruptibly). A run that ends for Dom0's sake
+//! (a host interrupt, an NMI: `Action::RunLoop` in root mode) lets Linux take it, then enters
+//! again.
+
+use core::sync::atomic::Ordering;
+
+use kernel::{bindings, prelude::*, task::Task};
+
+use super::vcpu::Vcpu;
+use crate::root::exit::UserExit;
+use crate::root::vcpu::{Completion, VcpuState};
+use crate::root::x86;
+use crate::uapi;
+
+impl Vcpu {
+    /// `KEEL_VCPU_RUN`.
+    pub(super) fn run(&self, run: &mut uapi::keel_run) -> Result<isize> {
+        let d = &self.domain;
+        let mut s = self.state.lock();
+        // SAFETY: Reading the union's members as plain integers: every bit pattern is valid.
+        let (io, mmio, hc) = unsafe {
+            let e = &run.exit.__bindgen_anon_1;
+            (e.io.data, e.mmio.data, e.hypercall.ret)
+        };
+        s.completion_data = match s.completion {
+            Completion::None => 0,
+            Completion::IoIn { .. } => io,
+            Completion::MmioRead(_) => mmio,
+            Completion::Hypercall { .. } => hc,
+        };
+        if s.domain.is_null() {
+            s.domain = d.start()?;
+        }
+        let vendor = d.caps.vendor;
+        let current = Task::current_raw() as usize;
+        let result = loop {
+            // SAFETY: `current` is the running task.
+            if unsafe { bindings::signal_pending(Task::current_raw()) } != 0 {
+                break Err(EINTR);
+            }
+            if d.paused.load(Ordering::SeqCst) != 0 {
+                let mut inner = d.inner.lock();
+                let mut interrupted = false;
+                while inner.pause_count != 0 && !interrupted {
+                    interrupted = d.unpaused.wait_interruptible(&mut inner);
+                }
+                if interrupted {
+                    break Err(EINTR);
+                }
+                continue;
+            }
+            d.runners.lock()[self.id as usize] = current;
+            let flags = x86::irq_save();
+            // A kick between the pause check and here is an IPI that is now pending: the guest
+            // exits at once.
+            if d.paused.load(Ordering::SeqCst) == 0 {
+                let p: *mut VcpuState = &mut **s;
+                // SAFETY: Interrupts are off; the state is held through `s` and its domain view
+                // is filled in.
+                unsafe { crate::launch::run_vcpu(vendor, p) };
+            }
+            x86::irq_restore(flags);
+            d.runners.lock()[self.id as usize] = 0;
+            if !matches!(s.exit, UserExit::None) {
+                break Ok(0);
+            }
+        };
+        if let UserExit::EntryFailure {
+            reason,
+            qualification,
+        }
+        | UserExit::Unhandled {
+            reason,
+            qualification,
+        } = s.exit
+        {
+            pr_warn!(
+                "domain {} vCPU {}: {} {:#x} ({:#x}) at rip {:#x}\n",
+                d.domid,
+                self.id,
+                if matches!(s.exit, UserExit::EntryFailure { .. }) {
+                    "VM entry failed:"
+                } else {
+                    "unhandled exit"
+                },
+                reason,
+                qualification,
+                s.exit_rip
+            );
+        }
+        run.exit = exit_record(&s, self.id, result.is_err());
+        result
+    }
+}
+
+/// The uapi exit record of the last run.
+fn exit_record(s: &VcpuState, id: u32, interrupted: bool) -> uapi::keel_exit {
+    let mut e = uapi::keel_exit {
+        vcpu: id,
+        rip: s.exit_rip,
+        ..Default::default()
+    };
+    if interrupted {
+        e.reason = uapi::KEEL_EXIT_INTR;
+        e.rip = s.arch.rip;
+        return e;
+    }
+    let u = &mut e.__bindgen_anon_1;
+    e.reason = match s.exit {
+        UserExit::None => uapi::KEEL_EXIT_NONE,
+        UserExit::Hlt => uapi::KEEL_EXIT_HLT,
+        UserExit::Io {
+            port,
+            size,
+            input,
+            data,
+        } => {
+            u.io = uapi::keel_exit_io {
+                port,
+                size,
+                direction: if input {
+                    uapi::KEEL_IO_IN
+                } else {
+                    uapi::KEEL_IO_OUT
+                } as u8,
+                pad: 0,
+                data,
+            };
+            uapi::KEEL_EXIT_IO
+        }
+        UserExit::Mmio {
+            gpa,
+            size,
+            read,
+            data,
+        } => {
+            u.mmio = uapi::keel_exit_mmio {
+                gpa,
+                size,
+                direction: if read {
+                    uapi::KEEL_IO_IN
+                } else {
+                    uapi::KEEL_IO_OUT
+                } as u8,
+                pad: [0; 6],
+                data,
+            };
+            uapi::KEEL_EXIT_MMIO
+        }
+        UserExit::Hypercall {
+            nr,
+            args,
+            long_mode,
+        } => {
+            u.hypercall = uapi::keel_exit_hypercall {
+                nr,
+                args,
+                ret: 0,
+                longmode: long_mode.into(),
+                pad: 0,
+            };
+            uapi::KEEL_EXIT_HYPERCALL
+        }
+        UserExit::Shutdown => {
+            u.shutdown = uapi::keel_exit_shutdown {
+                kind: uapi::KEEL_SHUTDOWN_TRIPLE_FAULT,
+                pad: 0,
+            };
+            uapi::KEEL_EXIT_SHUTDOWN
+        }
+        UserExit::MemoryFault { gpa, access } => {
+            u.fault = uapi::keel_exit_fault {
+                gpa,
+                access,
+                pad: 0,
+            };
+            uapi::KEEL_EXIT_MEMORY_FAULT
+        }
+        UserExit::EntryFailure {
+            reason,
+            qualification,
+        } => {
+            u.fail = uapi::keel_exit_fail {
+                hw_reason: reason,
+                qualification,
+            };
+            uapi::KEEL_EXIT_ENTRY_FAILURE
+        }
+        UserExit::Unhandled {
+            reason,
+            qualification,
+        } => {
+            u.fail = uapi::keel_exit_fail {
+                hw_reason: reason,
+                qualification,
+            };
+            uapi::KEEL_EXIT_UNHANDLED
+        }
+    };
+    e
+}

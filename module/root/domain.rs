@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0
+//! What root mode shares among a domain's vCPUs: one object per domain, allocated and pinned
+//! by the module (`module/domain/`), reached from every vCPU's state by a pointer.
+//!
+//! Its map and settings are fixed before the first vCPU runs and only read afterwards; what
+//! vCPUs running on several CPUs change at once lives behind [`DomainShared::state`], a
+//! root-mode spinlock (the Linux side takes it with interrupts off). That is where the Xen
+//! stage's domain-wide state goes: event channels, grant table frames, the shared_info
+//! location, timers.
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
+
+use crate::keel_core::{
+    cpuid,
+    exit::EXIT_KINDS,
+    slat::{self, Format},
+    spinlock::SpinLock,
+};
+
+/// Guest-physical ranges a domain may have (the uapi's `KEEL_MAX_RANGES`).
+pub(crate) const MAX_RANGES: usize = 64;
+
+/// What a guest-physical range is.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum RangeKind {
+    /// Not a range (an unused slot).
+    #[default]
+    None,
+    /// RAM.
+    Ram,
+    /// Read-only memory.
+    Rom,
+    /// Every access exits to Dom0, decoded.
+    Mmio,
+}
+
+/// One guest-physical range.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Range {
+    /// Start.
+    pub(crate) gpa: u64,
+    /// Bytes.
+    pub(crate) size: u64,
+    /// Kind.
+    pub(crate) kind: RangeKind,
+}
+
+/// What the domain's vCPUs change at once, under [`DomainShared::state`].
+pub(crate) struct DomainState {
+    /// The domain's exits per kind, counted by root mode on every vCPU.
+    pub(crate) exits: [u64; EXIT_KINDS],
+}
+
+/// One domain as root mode sees it.
+pub(crate) struct DomainShared {
+    /// The second-level page tables' root (physical).
+    pub(crate) slat_root: u64,
+    /// EPT or NPT.
+    pub(crate) format: Format,
+    /// The map.
+    pub(crate) ranges: [Range; MAX_RANGES],
+    /// Linux's direct-map offset: root mode reads physical memory at this + address.
+    pub(crate) page_offset_base: u64,
+    /// XCR0 bits the CPU supports and Dom0 enabled (what the guest's XSETBV may set, and what
+    /// the FPU switch moves); 0 without XSAVE (Dom0's CR4.OSXSAVE clear): the FPU then moves
+    /// with FXSAVE and XSETBV raises #UD.
+    pub(crate) xcr0_supported: u64,
+    /// What Keel's CPUID leaves report.
+    pub(crate) identity: cpuid::Identity,
+    /// What vCPUs change at once.
+    pub(crate) state: SpinLock<DomainState>,
+}
+
+impl DomainShared {
+    /// The range holding `gpa`.
+    pub(crate) fn range_of(&self, gpa: u64) -> Option<&Range> {
+        self.ranges
+            .iter()
+            .find(|r| r.kind != RangeKind::None && gpa >= r.gpa && gpa - r.gpa < r.size)
+    }
+
+    /// Reads guest-physical memory through the second-level tables (RAM and ROM only).
+    /// Returns the bytes read: fewer when a page is not memory.
+    pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> usize {
+        let mut t = DirectTables(self.page_offset_base);
+        let mut done = 0;
+        while done < buf.len() {
+            let a = gpa.wrapping_add(done as u64);
+            let Some(m) = slat::translate(&mut t, self.format, self.slat_root, a) else {
+                break;
+            };
+            let hpa = m.hpa;
+            let in_page = (4096 - (a & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            let src = (self.page_offset_base + hpa) as *const u8;
+            for (i, b) in buf[done..done + n].iter_mut().enumerate() {
+                // SAFETY: `hpa` is domain memory (the tables map nothing else), page-sized
+                // pages that the domain owns and Linux's direct map covers.
+                *b = unsafe { src.add(i).read_volatile() };
+            }
+            done += n;
+        }
+        done
+    }
+
+    /// Reads an 8-byte guest-physical value.
+    pub(crate) fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        (self.read(gpa, &mut b) == 8).then(|| u64::from_le_bytes(b))
+    }
+}
+
+/// The second-level tables, read through Linux's direct map (root mode never allocates).
+struct DirectTables(u64);
+
+impl slat::Tables for DirectTables {
+    fn alloc(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn entries(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: Table pages are module allocations in the direct map; root mode only reads
+        // them (`translate` does not write).
+        unsafe { &mut *((self.0 + phys) as *mut [u64; 512]) }
+    }
+}

@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The exit pipeline: one `match` over the decoded [`Exit`] for Dom0 and every DomU.
+//!
+//! The vendor code reads the VMCS or VMCB, decodes it (`keel_core::exit`), and calls
+//! [`handle`] with a [`Ctx`]: the loaded guest's hardware ([`Hal`]) and the domain's policy
+//! (Dom0's in `dom0.rs`, a DomU's in `vcpu.rs`). What is the same for every domain (CPUID's
+//! plumbing, XSETBV, RDMSR/WRMSR, INVD, control-register moves, skipping an instruction) is
+//! written once here; what differs is a [`Ctx`] method. Each handler returns an [`Action`].
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
+
+use super::hal::Hal;
+use super::x86;
+use super::{GuestRegs, RAX, RCX, RDX};
+use crate::keel_core::{
+    arch::{cr4, vector},
+    exit::{CrOp, Exit, ExitKind},
+    xcr,
+};
+
+/// What to do after an exit: the handlers' contract.
+#[derive(Clone, Copy)]
+pub(crate) enum Action {
+    /// Enter the guest again.
+    Resume,
+    /// End the DomU's turn with nothing for its userspace: a host interrupt, an NMI or the
+    /// preemption timer needs Dom0; the module's run loop lets Dom0 run and enters again.
+    /// (For Dom0 itself, the same as `Resume`: the interrupt is taken once Dom0 runs.)
+    RunLoop,
+    /// End the DomU's run with an exit for its userspace, which serves it.
+    ToUser(UserExit),
+    /// The domain cannot go on: a DomU's run ends with the exit reported as unhandled; Dom0's
+    /// CPU is parked (there is nothing to return to).
+    Crash {
+        /// The raw exit reason or code (0 when the exit itself was fine but Keel could not
+        /// complete the instruction).
+        reason: u64,
+        /// The exit qualification, or RIP.
+        qualification: u64,
+    },
+    /// Dom0 only: hand this CPU back (the Leave hypercall).
+    Leave,
+}
+
+/// Why a run ended, for the vCPU's userspace (the uapi's exit record).
+#[derive(Clone, Copy, Default)]
+pub(crate) enum UserExit {
+    /// Nothing for userspace: a host interrupt or a kick took the CPU back; run again.
+    #[default]
+    None,
+    /// HLT.
+    Hlt,
+    /// IN/OUT.
+    Io {
+        port: u16,
+        size: u8,
+        input: bool,
+        data: u64,
+    },
+    /// An access to an MMIO range.
+    Mmio {
+        gpa: u64,
+        size: u8,
+        read: bool,
+        data: u64,
+    },
+    /// A hypercall Keel does not handle.
+    Hypercall {
+        nr: u64,
+        args: [u64; 5],
+        long_mode: bool,
+    },
+    /// Triple fault.
+    Shutdown,
+    /// An access outside the map (or a write to ROM), with `keel_core::exit::access` bits.
+    MemoryFault { gpa: u64, access: u32 },
+    /// The hardware refused the guest state.
+    EntryFailure { reason: u64, qualification: u64 },
+    /// An exit Keel cannot handle.
+    Unhandled { reason: u64, qualification: u64 },
+}
+
+/// An exit's context: the guest's hardware and its domain's policy.
+pub(crate) trait Ctx {
+    /// The loaded guest's hardware.
+    type Hw: Hal;
+    /// The hardware.
+    fn hw(&mut self) -> &mut Self::Hw;
+    /// The hardware, shared.
+    fn hw_ref(&self) -> &Self::Hw;
+    /// The guest's GPRs (RSP lives in the hardware).
+    fn regs(&mut self) -> &mut GuestRegs;
+    /// Counts an exit.
+    fn count(&mut self, kind: ExitKind);
+    /// CPUID as this domain sees it.
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// The XCR0 bits the domain may set; 0 makes XSETBV raise #UD.
+    fn xcr0_supported(&self) -> u64;
+    /// XSETBV set XCR0 to `value` (already live in the processor).
+    fn xcr0_changed(&mut self, _value: u64) {}
+    /// RDMSR of an MSR that exits; `None` raises #GP.
+    fn rdmsr(&mut self, index: u32) -> Option<u64>;
+    /// WRMSR of an MSR that exits; false raises #GP.
+    fn wrmsr(&mut self, index: u32, value: u64) -> bool;
+    /// VMCALL or VMMCALL.
+    fn hypercall(&mut self) -> Action;
+    /// The exiting instruction's length when the hardware does not report it (SVM without
+    /// next-RIP save): read and decoded from the guest's memory.
+    fn decode_len(&mut self, exit: &Exit) -> Option<u64>;
+    /// An instruction Keel completes but whose length it cannot find.
+    fn length_unknown(&mut self, exit: &Exit) -> Action;
+    /// An exit this domain does not expect.
+    fn unexpected(&mut self, exit: &Exit) -> Action;
+    /// An intercepted exception.
+    fn exception(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+    /// A host event (interrupt, NMI, preemption timer) ended the guest's turn.
+    fn host_event(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+    /// An INIT signal.
+    fn init(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+    /// HLT.
+    fn hlt(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+    /// Port I/O.
+    fn io(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+    /// A second-level fault.
+    fn slat_fault(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+    /// A triple fault or an entry failure: the guest cannot run on.
+    fn shutdown(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
+}
+
+/// Handles one exit.
+#[inline]
+pub(crate) fn handle<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
+    c.count(exit.kind());
+    match *exit {
+        Exit::Cpuid => cpuid(c, exit),
+        Exit::Xsetbv => xsetbv(c, exit),
+        Exit::Msr { write } => msr(c, exit, write),
+        Exit::Invd => {
+            // Dropping dirty lines would lose data that is not the guest's alone.
+            x86::wbinvd();
+            complete(c, exit)
+        }
+        Exit::Hypercall => c.hypercall(),
+        Exit::VirtInsn | Exit::MonitorMwait => {
+            // As CPUID says: no VMX/SVM, no MONITOR/MWAIT.
+            c.hw().inject(vector::UD, None);
+            Action::Resume
+        }
+        Exit::CrAccess(access) => match access.op {
+            CrOp::Write(Some(gpr)) if matches!(access.cr, 0 | 3 | 4) => {
+                let value = gpr_value(c, gpr);
+                if c.hw().write_cr(access.cr, value) {
+                    complete(c, exit)
+                } else {
+                    c.hw().inject(vector::GP, Some(0));
+                    Action::Resume
+                }
+            }
+            CrOp::Read(Some(gpr)) if access.cr == 3 => {
+                let value = c.hw_ref().control_regs().cr3;
+                set_gpr(c, gpr, value);
+                complete(c, exit)
+            }
+            _ => c.unexpected(exit),
+        },
+        Exit::Exception { .. } => c.exception(exit),
+        Exit::ExternalInterrupt | Exit::Nmi | Exit::PreemptionTimer => c.host_event(exit),
+        Exit::Init => c.init(exit),
+        Exit::Hlt => c.hlt(exit),
+        Exit::Io { .. } => c.io(exit),
+        Exit::SlatFault { .. } => c.slat_fault(exit),
+        Exit::Shutdown | Exit::EntryFailure { .. } => c.shutdown(exit),
+        Exit::InterruptWindow
+        | Exit::Sipi
+        | Exit::DrAccess
+        | Exit::SlatMisconfig { .. }
+        | Exit::Other { .. } => c.unexpected(exit),
+    }
+}
+
+/// A GPR by its encoding (4 is RSP, kept by the hardware).
+fn gpr_value<C: Ctx>(c: &mut C, n: u8) -> u64 {
+    if n == 4 {
+        c.hw_ref().rsp()
+    } else {
+        c.regs().gpr[usize::from(n & 15)]
+    }
+}
+
+/// Sets a GPR by its encoding.
+fn set_gpr<C: Ctx>(c: &mut C, n: u8, value: u64) {
+    if n == 4 {
+        c.hw().set_rsp(value);
+    } else {
+        c.regs().gpr[usize::from(n & 15)] = value;
+    }
+}
+
+/// EDX:EAX.
+pub(crate) fn edx_eax(regs: &GuestRegs) -> u64 {
+    (regs.gpr[RDX] << 32) | (regs.gpr[RAX] & 0xffff_ffff)
+}
+
+/// Moves RIP past the instruction that exited; false if its length is unknown.
+#[inline]
+pub(crate) fn skip<C: Ctx>(c: &mut C, exit: &Exit) -> bool {
+    let Some(len) = c.hw_ref().insn_len().or_else(|| c.decode_len(exit)) else {
+        return false;
+    };
+    let rip = c.hw_ref().rip().wrapping_add(len);
+    c.hw().set_rip(rip);
+    true
+}
+
+/// Skips the instruction and resumes the guest.
+#[inline]
+pub(crate) fn complete<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
+    if skip(c, exit) {
+        Action::Resume
+    } else {
+        c.length_unknown(exit)
+    }
+}
+
+/// CPUID: the domain's view, into EAX, EBX, ECX, EDX.
+#[inline]
+fn cpuid<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
+    let regs = c.regs();
+    let (leaf, sub) = (regs.gpr[RAX] as u32, regs.gpr[RCX] as u32);
+    let r = c.cpuid(leaf, sub);
+    let regs = c.regs();
+    regs.gpr[RAX] = r[0].into();
+    regs.gpr[super::RBX] = r[1].into();
+    regs.gpr[RCX] = r[2].into();
+    regs.gpr[RDX] = r[3].into();
+    complete(c, exit)
+}
+
+/// XSETBV: checked against the SDM's rules, then executed (the guest's XCR0 is live while it
+/// runs).
+fn xsetbv<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
+    let index = c.regs().gpr[RCX] as u32;
+    let value = edx_eax(c.regs());
+    let supported = c.xcr0_supported();
+    if c.hw_ref().cr4() & cr4::OSXSAVE == 0 || supported == 0 {
+        c.hw().inject(vector::UD, None);
+    } else if c.hw_ref().cpl() != 0 || !xcr::xsetbv_valid(index, value, supported) {
+        c.hw().inject(vector::GP, Some(0));
+    } else {
+        // SAFETY: The host's CR4.OSXSAVE is set (`supported` is non-zero only then) and
+        // `xsetbv_valid` accepted the value for this CPU. A DomU's run gives Dom0 its XCR0
+        // back at its end.
+        unsafe { x86::xsetbv(index, value) };
+        c.xcr0_changed(value);
+        return complete(c, exit);
+    }
+    Action::Resume
+}
+
+/// RDMSR/WRMSR of an MSR that exits: the domain's policy decides; a refusal is #GP.
+fn msr<C: Ctx>(c: &mut C, exit: &Exit, write: bool) -> Action {
+    let index = c.regs().gpr[RCX] as u32;
+    if write {
+        let value = edx_eax(c.regs());
+        if !c.wrmsr(index, value) {
+            c.hw().inject(vector::GP, Some(0));
+            return Action::Resume;
+        }
+    } else {
+        let Some(value) = c.rdmsr(index) else {
+            c.hw().inject(vector::GP, Some(0));
+            return Action::Resume;
+        };
+        let regs = c.regs();
+        regs.gpr[RAX] = value & 0xffff_ffff;
+        regs.gpr[RDX] = value >> 32;
+    }
+    complete(c, exit)
+}

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The one hardware trait: the guest currently loaded on this CPU, Dom0 or a DomU vCPU, as
+//! the exit handlers see it. `vmx/` implements it over the current VMCS, `svm/` over a VMCB;
+//! nothing above it names a VMCS field or a VMCB offset.
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
+
+use super::CpuInfo;
+
+/// The control registers and EFER, as the guest sees them (without the bits Keel owns:
+/// CR4.VMXE, EFER.SVME).
+#[derive(Clone, Copy)]
+pub(crate) struct ControlRegs {
+    pub(crate) cr0: u64,
+    pub(crate) cr3: u64,
+    pub(crate) cr4: u64,
+    pub(crate) efer: u64,
+}
+
+/// The guest currently loaded on this CPU.
+pub(crate) trait Hal {
+    /// RIP.
+    fn rip(&self) -> u64;
+    /// Sets RIP, ending an STI or MOV SS interrupt shadow (the instruction completed).
+    fn set_rip(&mut self, rip: u64);
+    /// RSP (kept by the hardware, not with the other GPRs).
+    fn rsp(&self) -> u64;
+    /// Sets RSP.
+    fn set_rsp(&mut self, rsp: u64);
+    /// The CPL.
+    fn cpl(&self) -> u8;
+    /// CR0, CR3, CR4 and EFER as the guest sees them.
+    fn control_regs(&self) -> ControlRegs;
+    /// CR4 as the guest sees it.
+    fn cr4(&self) -> u64 {
+        self.control_regs().cr4
+    }
+    /// CS base and attributes (VMCB format).
+    fn cs(&self) -> (u64, u16);
+    /// Injects a hardware exception at the next entry.
+    fn inject(&mut self, vector: u8, error_code: Option<u32>);
+    /// The length of the instruction that exited, when the hardware reports it.
+    fn insn_len(&self) -> Option<u64>;
+    /// Sets EFER (checked by the caller; LMA as the processor has it).
+    fn set_efer(&mut self, efer: u64);
+    /// IA32_PAT.
+    fn pat(&self) -> u64;
+    /// Sets IA32_PAT.
+    fn set_pat(&mut self, pat: u64);
+    /// A MOV to CR0, CR3 or CR4 that exited, with the guest's value: false when the value is
+    /// refused (the caller raises #GP).
+    fn write_cr(&mut self, cr: u8, value: u64) -> bool;
+    /// Logs the vendor's exit information and the guest's state, with why.
+    fn dump(&self, cpu: &CpuInfo, why: &str);
+}
+
+/// A borrowed guest is the guest.
+impl<T: Hal> Hal for &mut T {
+    fn rip(&self) -> u64 {
+        (**self).rip()
+    }
+    fn set_rip(&mut self, rip: u64) {
+        (**self).set_rip(rip)
+    }
+    fn rsp(&self) -> u64 {
+        (**self).rsp()
+    }
+    fn set_rsp(&mut self, rsp: u64) {
+        (**self).set_rsp(rsp)
+    }
+    fn cpl(&self) -> u8 {
+        (**self).cpl()
+    }
+    fn control_regs(&self) -> ControlRegs {
+        (**self).control_regs()
+    }
+    fn cr4(&self) -> u64 {
+        (**self).cr4()
+    }
+    fn cs(&self) -> (u64, u16) {
+        (**self).cs()
+    }
+    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        (**self).inject(vector, error_code)
+    }
+    fn insn_len(&self) -> Option<u64> {
+        (**self).insn_len()
+    }
+    fn set_efer(&mut self, efer: u64) {
+        (**self).set_efer(efer)
+    }
+    fn pat(&self) -> u64 {
+        (**self).pat()
+    }
+    fn set_pat(&mut self, pat: u64) {
+        (**self).set_pat(pat)
+    }
+    fn write_cr(&mut self, cr: u8, value: u64) -> bool {
+        (**self).write_cr(cr, value)
+    }
+    fn dump(&self, cpu: &CpuInfo, why: &str) {
+        (**self).dump(cpu, why)
+    }
+}

@@ -1,0 +1,314 @@
+// SPDX-License-Identifier: GPL-2.0
+//! AMD SVM: running a DomU vCPU from Dom0's `Run` hypercall.
+//!
+//! Root mode runs the vCPU's VMCB with VMRUN from inside Dom0's exit handler: VMLOAD/VMSAVE
+//! switch the state VMRUN does not (FS, GS, TR, LDTR, the syscall MSRs), XSAVE/XRSTOR the FPU.
+//! V_INTR_MASKING with the host's IF set at VMRUN makes every host interrupt end the guest's
+//! turn (INTR intercept), while GIF stays clear in root mode so none is taken there; the NMI
+//! intercept likewise leaves the NMI pending for Dom0.
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
+
+use core::arch::naked_asm;
+
+use super::{vmcb_of, Svm};
+use crate::keel_core::{
+    arch::{efer, vector},
+    caps::Vendor,
+    exit::Exit,
+    vmcb::{self as layout, event, misc1, misc2, Vmcb},
+};
+use crate::root::exit::{self, UserExit};
+use crate::root::fpu;
+use crate::root::vcpu::{ArchState, Domu, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::{
+    guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax,
+    GuestRegs, RAX,
+};
+
+/// V_INTR_MASKING (VMCB int_ctl bit 24).
+const V_INTR_MASKING: u32 = 1 << 24;
+/// Nested paging enable (misc_ctl bit 0).
+const NP_ENABLE: u64 = 1;
+/// INTR and NMI intercepts (misc1 bits 0 and 1), HLT (24), IOIO (27), MONITOR/MWAIT (misc2
+/// bits 10, 11).
+const INTERCEPT_INTR: u32 = 1 << 0;
+const INTERCEPT_NMI: u32 = 1 << 1;
+const INTERCEPT_HLT: u32 = 1 << 24;
+const INTERCEPT_IOIO: u32 = 1 << 27;
+const INTERCEPT_MONITOR: u32 = 1 << 10;
+const INTERCEPT_MWAIT: u32 = 1 << 11;
+
+/// Sets up the VMCB controls and maps of a vCPU, once.
+fn setup_controls(v: &mut VcpuState, slat_root: u64) {
+    v.io_map.iter_mut().for_each(|p| p.0.fill(0xff));
+    // SAFETY: `msr_map` is two contiguous pages of the vCPU, 8 KiB in all.
+    let map = unsafe { &mut *v.msr_map.as_mut_ptr().cast::<[u8; layout::MSRPM_SIZE]>() };
+    map.fill(0xff);
+    for m in PASSTHROUGH_MSRS {
+        if let Some((byte, bit)) = layout::msrpm_position(m) {
+            map[byte] &= !(3 << bit);
+        }
+    }
+    let iopm_pa = v.pa_of(v.io_map[0].0.as_ptr());
+    let msrpm_pa = v.pa_of(v.msr_map[0].0.as_ptr());
+    let asid = v.asid;
+    let c = &mut vmcb_of(&mut v.control).control;
+    c.intercept_exceptions = 1 << vector::UD;
+    c.intercept_misc1 = INTERCEPT_INTR
+        | INTERCEPT_NMI
+        | misc1::CPUID
+        | misc1::INVD
+        | INTERCEPT_HLT
+        | INTERCEPT_IOIO
+        | misc1::MSR_PROT
+        | misc1::SHUTDOWN;
+    c.intercept_misc2 = misc2::VMRUN
+        | misc2::VMMCALL
+        | misc2::VMLOAD
+        | misc2::VMSAVE
+        | misc2::STGI
+        | misc2::CLGI
+        | misc2::SKINIT
+        | misc2::XSETBV
+        | INTERCEPT_MONITOR
+        | INTERCEPT_MWAIT;
+    c.iopm_base_pa = iopm_pa;
+    c.msrpm_base_pa = msrpm_pa;
+    c.asid = asid;
+    c.int_ctl = V_INTR_MASKING;
+    c.misc_ctl = NP_ENABLE;
+    c.nested_cr3 = slat_root;
+}
+
+/// Writes `a` into the VMCB.
+fn load_arch(vmcb: &mut Vmcb, a: &ArchState) {
+    let s = &mut vmcb.save;
+    s.rip = a.rip;
+    s.rsp = a.rsp;
+    s.rflags = a.rflags | 2;
+    s.cs = a.cs;
+    s.ds = a.ds;
+    s.es = a.es;
+    s.fs = a.fs;
+    s.gs = a.gs;
+    s.ss = a.ss;
+    s.tr = a.tr;
+    s.ldtr = a.ldt;
+    s.gdtr = a.gdt;
+    s.idtr = a.idt;
+    s.cpl = ((a.ss.attrib >> 5) & 3) as u8;
+    s.cr0 = a.cr0;
+    s.cr2 = a.cr2;
+    s.cr3 = a.cr3;
+    s.cr4 = a.cr4;
+    s.efer = a.efer | efer::SVME;
+    s.g_pat = a.pat;
+    s.dr7 = 0x400;
+    s.dr6 = 0xffff_0ff0;
+    s.star = a.star;
+    s.lstar = a.lstar;
+    s.cstar = a.cstar;
+    s.sfmask = a.sfmask;
+    s.kernel_gs_base = a.kernel_gs_base;
+    s.sysenter_cs = a.sysenter_cs;
+    s.sysenter_esp = a.sysenter_esp;
+    s.sysenter_eip = a.sysenter_eip;
+}
+
+/// Reads the VMCB into `a` (XCR0 is not in the VMCB: it stays).
+fn save_arch(vmcb: &Vmcb, a: &mut ArchState) {
+    let s = &vmcb.save;
+    *a = ArchState {
+        rip: s.rip,
+        rsp: s.rsp,
+        rflags: s.rflags,
+        cs: s.cs,
+        ds: s.ds,
+        es: s.es,
+        fs: s.fs,
+        gs: s.gs,
+        ss: s.ss,
+        tr: s.tr,
+        ldt: s.ldtr,
+        gdt: s.gdtr,
+        idt: s.idtr,
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        efer: s.efer & !efer::SVME,
+        pat: s.g_pat,
+        xcr0: a.xcr0,
+        star: s.star,
+        lstar: s.lstar,
+        cstar: s.cstar,
+        sfmask: s.sfmask,
+        kernel_gs_base: s.kernel_gs_base,
+        sysenter_cs: s.sysenter_cs,
+        sysenter_esp: s.sysenter_esp,
+        sysenter_eip: s.sysenter_eip,
+    };
+}
+
+/// Runs the vCPU `v` on this CPU until an exit for Dom0 (`v.exit` says which).
+///
+/// # Safety
+///
+/// Called from Dom0's exit handler on this CPU (GIF clear, Dom0's VMCB at `dom0_vmcb_pa`);
+/// `v` is not running anywhere else, and its domain (`v.domain`, set) and the domain's tables
+/// stay allocated during the run.
+pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) {
+    // SAFETY: The Linux side sets the domain before the first run and keeps it alive.
+    let domain = unsafe { &*v.domain };
+    if !v.initialized {
+        setup_controls(v, domain.slat_root);
+        v.initialized = true;
+        v.arch_dirty = true;
+    }
+    if v.arch_dirty {
+        load_arch(vmcb_of(&mut v.control), &v.arch);
+        v.arch_dirty = false;
+    }
+    let vmcb_pa = v.pa_of(v.control.0.as_ptr());
+    {
+        let c = &mut vmcb_of(&mut v.control).control;
+        // The vCPU may have run on another CPU, or its ASID been used by another domain.
+        c.tlb_ctl = layout::TLB_CONTROL_FLUSH_ALL;
+        c.event_inj = 0;
+    }
+    let VcpuState {
+        control,
+        regs,
+        arch,
+        completion,
+        completion_data,
+        ..
+    } = v;
+    Domu {
+        hw: Svm {
+            vmcb: vmcb_of(control),
+            nrip_save,
+            extra: (),
+        },
+        regs,
+        xcr0: &mut arch.xcr0,
+        completion,
+        domain,
+        vendor: Vendor::Svm,
+        raw_reason: 0,
+    }
+    .complete_pending(*completion_data);
+    let xcr0_supported = domain.xcr0_supported;
+    let xcr0 = fpu::host_xcr0(xcr0_supported);
+    // SAFETY: The areas are the vCPU's, sized for the domain's XCR0 (the Linux side checked).
+    unsafe { fpu::enter(v, xcr0_supported, xcr0) };
+    loop {
+        let rax = v.regs.gpr[RAX];
+        vmcb_of(&mut v.control).save.rax = rax;
+        // SAFETY: The VMCB is complete; the trampoline saves the guest's GPRs and gives the
+        // processor Dom0's VMLOAD state back before returning.
+        unsafe { svm_guest_enter(&mut v.regs, vmcb_pa, dom0_vmcb_pa) };
+        let vm = vmcb_of(&mut v.control);
+        let c = &mut vm.control;
+        c.tlb_ctl = 0;
+        c.event_inj = 0;
+        // An event whose delivery the exit interrupted is delivered again (NMIs and hardware
+        // exceptions; a software interrupt's instruction simply runs again).
+        let kind = c.exit_int_info & (7 << 8);
+        if c.exit_int_info & event::VALID != 0 && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION)
+        {
+            c.event_inj = c.exit_int_info;
+            c.event_inj_err = c.exit_int_info_err;
+        }
+        let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
+        let raw_reason = c.exit_code;
+        if !matches!(exit, Exit::EntryFailure { .. }) {
+            v.regs.gpr[RAX] = vm.save.rax;
+        }
+        let rip = vm.save.rip;
+        let VcpuState {
+            control,
+            regs,
+            arch,
+            completion,
+            ..
+        } = v;
+        let action = exit::handle(
+            &mut Domu {
+                hw: Svm {
+                    vmcb: vmcb_of(control),
+                    nrip_save,
+                    extra: (),
+                },
+                regs,
+                xcr0: &mut arch.xcr0,
+                completion,
+                domain,
+                vendor: Vendor::Svm,
+                raw_reason,
+            },
+            &exit,
+        );
+        if !v.finish(action, rip) {
+            break;
+        }
+    }
+    vmcb_of(&mut v.control).save.rax = v.regs.gpr[RAX];
+    // SAFETY: As for `fpu::enter`.
+    unsafe { fpu::leave(v, xcr0_supported, xcr0) };
+    if matches!(v.exit, UserExit::EntryFailure { .. }) {
+        // A refused VMRUN may leave the save area half written (QEMU stores the host's state
+        // there): the guest's state is still the one Dom0 gave, loaded again next time.
+        v.arch_dirty = true;
+    } else {
+        save_arch(vmcb_of(&mut v.control), &mut v.arch);
+    }
+}
+
+/// Runs the guest once.
+///
+/// Arguments: RDI = the vCPU's GPRs (RAX and RSP live in the VMCB), RSI = the vCPU's VMCB
+/// (physical), RDX = Dom0's VMCB (physical). VMSAVEs Dom0's state (the processor holds it: the
+/// VMRUN loop does no VMLOAD/VMSAVE), VMLOADs the guest's, sets IF (GIF is
+/// clear, so nothing is taken here: with V_INTR_MASKING, IF at VMRUN lets host interrupts end
+/// the guest's turn), VMRUNs, and after #VMEXIT clears IF, VMSAVEs the guest's state, saves
+/// its GPRs and VMLOADs Dom0's state. The callee-saved registers are preserved; the guest's
+/// values are cleared from the others.
+///
+/// # Safety
+///
+/// In root mode on SVM (GIF clear), the VMCB complete.
+#[unsafe(naked)]
+unsafe extern "C" fn svm_guest_enter(regs: *mut GuestRegs, vmcb_pa: u64, dom0_vmcb_pa: u64) {
+    naked_asm!(
+        objtool_frame_non_standard!(),
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rdi",
+        "push rdx",
+        "push rsi",
+        "mov rax, rdi",
+        load_gprs_from_rax!(),
+        "mov rax, [rsp + 8]",
+        "vmsave rax",
+        "mov rax, [rsp]",
+        "vmload rax",
+        "sti",
+        "vmrun rax",
+        "cli",
+        "vmsave rax",
+        "mov rax, [rsp + 16]",
+        save_gprs_to_rax!(),
+        "mov rax, [rsp + 8]",
+        "vmload rax",
+        "add rsp, 24",
+        "xor eax, eax",
+        guest_run_epilogue!(),
+        this = sym svm_guest_enter,
+    )
+}

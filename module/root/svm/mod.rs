@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: GPL-2.0
+//! AMD SVM: the [`Hal`] over a VMCB (for Dom0 and DomU alike), Dom0's launch and exits
+//! (`dom0.rs`), a DomU vCPU's run (`domu.rs`).
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
+
+pub(crate) mod dom0;
+pub(crate) mod domu;
+
+use super::hal::{ControlRegs, Hal};
+use super::{rlog, CpuInfo, Page};
+use crate::keel_core::{
+    arch::efer,
+    vmcb::{self, event, Vmcb},
+};
+
+/// A 4 KiB control page (a CPU's or a vCPU's) as the VMCB it is on SVM.
+pub(crate) fn vmcb_of(page: &mut Page) -> &mut Vmcb {
+    // SAFETY: `Page` is 4 KiB, 4 KiB-aligned; `Vmcb` is `repr(C)` plain data of that size and
+    // alignment, valid for any bytes.
+    unsafe { &mut *page.0.as_mut_ptr().cast::<Vmcb>() }
+}
+
+/// The guest whose VMCB this is, with what its domain's side needs besides (`X`).
+pub(crate) struct Svm<'a, X> {
+    /// The VMCB.
+    pub(crate) vmcb: &'a mut Vmcb,
+    /// The CPU saves the next RIP on intercepts.
+    pub(crate) nrip_save: bool,
+    /// Dom0's or DomU's extra state.
+    pub(crate) extra: X,
+}
+
+impl<X> Hal for Svm<'_, X> {
+    #[inline]
+    fn rip(&self) -> u64 {
+        self.vmcb.save.rip
+    }
+
+    #[inline]
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcb.save.rip = rip;
+        self.vmcb.control.int_state &= !vmcb::INT_STATE_SHADOW;
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcb.save.rsp
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        self.vmcb.save.rsp = rsp;
+    }
+
+    fn cpl(&self) -> u8 {
+        self.vmcb.save.cpl
+    }
+
+    #[inline]
+    fn control_regs(&self) -> ControlRegs {
+        let s = &self.vmcb.save;
+        ControlRegs {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer & !efer::SVME,
+        }
+    }
+
+    #[inline]
+    fn cs(&self) -> (u64, u16) {
+        (self.vmcb.save.cs.base, self.vmcb.save.cs.attrib)
+    }
+
+    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        let c = &mut self.vmcb.control;
+        c.event_inj = u32::from(vector) | event::TYPE_EXCEPTION | event::VALID;
+        if let Some(code) = error_code {
+            c.event_inj |= event::ERROR_VALID;
+            c.event_inj_err = code;
+        }
+    }
+
+    #[inline]
+    fn insn_len(&self) -> Option<u64> {
+        let (next, rip) = (self.vmcb.control.next_rip, self.vmcb.save.rip);
+        (self.nrip_save && next > rip).then(|| next - rip)
+    }
+
+    fn set_efer(&mut self, value: u64) {
+        self.vmcb.save.efer = value | efer::SVME;
+    }
+
+    fn pat(&self) -> u64 {
+        self.vmcb.save.g_pat
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        self.vmcb.save.g_pat = pat;
+    }
+
+    fn write_cr(&mut self, _cr: u8, _value: u64) -> bool {
+        // Keel intercepts no control-register write on SVM.
+        false
+    }
+
+    fn dump(&self, cpu: &CpuInfo, why: &str) {
+        let v = &*self.vmcb;
+        rlog!(
+            cpu,
+            Err,
+            "CPU {}: {}: exit code {:#x} info1 {:#x} info2 {:#x} intinfo {:#x}",
+            cpu.cpu,
+            why,
+            v.control.exit_code,
+            v.control.exit_info_1,
+            v.control.exit_info_2,
+            v.control.exit_int_info
+        );
+        rlog!(
+            cpu,
+            Err,
+            " rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={}",
+            v.save.rip,
+            v.save.rsp,
+            v.save.rflags,
+            v.save.cs.selector,
+            v.save.cpl
+        );
+        rlog!(
+            cpu,
+            Err,
+            " cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            v.save.cr0,
+            v.save.cr3,
+            v.save.cr4,
+            v.save.efer
+        );
+    }
+}

@@ -1,0 +1,617 @@
+// SPDX-License-Identifier: GPL-2.0
+//! DomU vCPUs in root mode: the state a vCPU keeps between runs, and the DomU policy of the
+//! exit pipeline ([`Domu`]).
+//!
+//! A Dom0 thread runs a vCPU with Keel's `Run` hypercall (see `module/domain/run.rs` for the
+//! Linux side). Root mode then switches this CPU to the vCPU's VMCS/VMCB (`vmx/domu.rs`,
+//! `svm/domu.rs`), runs the guest until it exits for something Dom0 must see (or a host
+//! interrupt arrives), and returns to Dom0. Like everything in `root/`, this calls nothing in
+//! Linux.
+
+use super::domain::{DomainShared, RangeKind};
+use super::exit::{self, Action, Ctx, UserExit};
+use super::hal::Hal;
+use super::{x86, GuestRegs, Page, RAX, RBX, RCX, RDX};
+use crate::keel_core::{
+    arch::{cr0, cr4, efer, msr, seg_attrib, vector},
+    caps::Vendor,
+    cpuid,
+    exit::{access, Exit, ExitKind},
+    insn::{self, Mode},
+    mmio::{self, MmioInsn, MmioOp},
+    paging,
+    vmcb::VmcbSeg,
+};
+
+/// Pages of each XSAVE area.
+pub(crate) const FPU_PAGES: usize = 3;
+
+/// MSRs a guest reads and writes without exits: kept in the VMCS/VMCB (FS/GS base, SYSENTER,
+/// and on SVM the VMLOAD/VMSAVE state) or switched by each VMX run (KERNEL_GS_BASE, STAR,
+/// LSTAR, CSTAR, SFMASK).
+pub(crate) const PASSTHROUGH_MSRS: [u32; 10] = [
+    msr::FS_BASE,
+    msr::GS_BASE,
+    msr::KERNEL_GS_BASE,
+    msr::STAR,
+    msr::LSTAR,
+    msr::CSTAR,
+    msr::SFMASK,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+];
+
+/// The guest's architectural state between runs, vendor-neutral: what `KEEL_VCPU_GET/SET_*`
+/// exchange. Root mode loads it into the VMCS/VMCB when `arch_dirty` and saves it back at the
+/// end of every run.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ArchState {
+    pub(crate) rip: u64,
+    pub(crate) rsp: u64,
+    pub(crate) rflags: u64,
+    pub(crate) cs: VmcbSeg,
+    pub(crate) ds: VmcbSeg,
+    pub(crate) es: VmcbSeg,
+    pub(crate) fs: VmcbSeg,
+    pub(crate) gs: VmcbSeg,
+    pub(crate) ss: VmcbSeg,
+    pub(crate) tr: VmcbSeg,
+    pub(crate) ldt: VmcbSeg,
+    pub(crate) gdt: VmcbSeg,
+    pub(crate) idt: VmcbSeg,
+    pub(crate) cr0: u64,
+    pub(crate) cr2: u64,
+    pub(crate) cr3: u64,
+    pub(crate) cr4: u64,
+    pub(crate) efer: u64,
+    pub(crate) pat: u64,
+    pub(crate) xcr0: u64,
+    pub(crate) star: u64,
+    pub(crate) lstar: u64,
+    pub(crate) cstar: u64,
+    pub(crate) sfmask: u64,
+    pub(crate) kernel_gs_base: u64,
+    pub(crate) sysenter_cs: u64,
+    pub(crate) sysenter_esp: u64,
+    pub(crate) sysenter_eip: u64,
+}
+
+impl ArchState {
+    /// An x86 CPU after INIT (SDM Vol. 3A, 10.1.1): real mode at F000:FFF0.
+    pub(crate) fn reset() -> Self {
+        let seg = |attrib: u16| VmcbSeg {
+            selector: 0,
+            attrib,
+            limit: 0xffff,
+            base: 0,
+        };
+        // Present, S, read/write data accessed (3); code execute/read accessed (0xb).
+        let data = seg(0x93);
+        Self {
+            rip: 0xfff0,
+            rflags: 2,
+            cs: VmcbSeg {
+                selector: 0xf000,
+                base: 0xffff_0000,
+                ..seg(0x9b)
+            },
+            ds: data,
+            es: data,
+            fs: data,
+            gs: data,
+            ss: data,
+            // A busy 16-bit TSS and an LDT (system segments, present).
+            tr: seg(0x8b),
+            ldt: seg(0x82),
+            gdt: VmcbSeg {
+                limit: 0xffff,
+                ..VmcbSeg::default()
+            },
+            idt: VmcbSeg {
+                limit: 0xffff,
+                ..VmcbSeg::default()
+            },
+            cr0: 0x6000_0010,
+            pat: 0x0007_0406_0007_0406,
+            xcr0: 1,
+            ..Self::default()
+        }
+    }
+}
+
+/// What the next run must finish before entering the guest: the exit left an instruction
+/// half done, waiting for Dom0's data.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum Completion {
+    /// Nothing.
+    #[default]
+    None,
+    /// An IN of `size` bytes, `len` bytes long.
+    IoIn { size: u8, len: u8 },
+    /// An MMIO read.
+    MmioRead(MmioInsn),
+    /// A hypercall Dom0 answers (the result goes to RAX), `len` bytes long.
+    Hypercall { len: u8 },
+}
+
+/// One vCPU's state, in one physically contiguous allocation the module owns.
+#[repr(C, align(4096))]
+pub(crate) struct VcpuState {
+    /// VMX: the VMCS. SVM: the VMCB.
+    pub(crate) control: Page,
+    /// VMX: the MSR bitmap (first page). SVM: the MSR permission map.
+    pub(crate) msr_map: [Page; 2],
+    /// SVM: the I/O permission map (12 KiB).
+    pub(crate) io_map: [Page; 3],
+    /// The guest's FPU/SSE/AVX state (XSAVE area) between runs.
+    pub(crate) guest_fpu: [Page; FPU_PAGES],
+    /// Dom0's FPU state while the guest runs.
+    pub(crate) host_fpu: [Page; FPU_PAGES],
+    /// The guest's GPRs (RSP lives in the VMCS/VMCB).
+    pub(crate) regs: GuestRegs,
+    /// The architectural state between runs.
+    pub(crate) arch: ArchState,
+    /// `arch` was changed by Dom0: load it at the next entry.
+    pub(crate) arch_dirty: bool,
+    /// The VMCS/VMCB controls are set up.
+    pub(crate) initialized: bool,
+    /// Set by Dom0 before a run: the completion data for `completion`.
+    pub(crate) completion_data: u64,
+    /// What the next run must finish first.
+    pub(crate) completion: Completion,
+    /// Why the last run ended, and the RIP then.
+    pub(crate) exit: UserExit,
+    /// See `exit`.
+    pub(crate) exit_rip: u64,
+    /// The domain, once the vCPU has run: set by the Linux side before the first run, to an
+    /// object that outlives the vCPU.
+    pub(crate) domain: *const DomainShared,
+    /// The vCPU's id.
+    pub(crate) id: u32,
+    /// SVM: the vCPU's ASID.
+    pub(crate) asid: u32,
+    /// The physical address of this state (computed by the Linux side).
+    pub(crate) pa: u64,
+}
+
+impl VcpuState {
+    /// The physical address of something inside this state.
+    pub(crate) fn pa_of(&self, p: *const u8) -> u64 {
+        self.pa + (p as u64 - core::ptr::from_ref(self) as u64)
+    }
+
+    /// Records how a run ended: `action` from the exit pipeline, `rip` where the guest was
+    /// when it exited. Returns true when the guest should be entered again.
+    pub(crate) fn finish(&mut self, action: Action, rip: u64) -> bool {
+        self.exit = match action {
+            Action::Resume => return true,
+            Action::RunLoop => UserExit::None,
+            Action::ToUser(e) => e,
+            Action::Crash {
+                reason,
+                qualification,
+            } => UserExit::Unhandled {
+                reason,
+                qualification,
+            },
+            // Only Dom0 leaves.
+            Action::Leave => UserExit::Unhandled {
+                reason: 0,
+                qualification: rip,
+            },
+        };
+        self.exit_rip = rip;
+        false
+    }
+}
+
+/// A DomU vCPU during one exit: its hardware and the parts of its state the handlers use.
+pub(crate) struct Domu<'a, H: Hal> {
+    /// The hardware.
+    pub(crate) hw: H,
+    /// The vCPU's GPRs.
+    pub(crate) regs: &'a mut GuestRegs,
+    /// The guest's XCR0.
+    pub(crate) xcr0: &'a mut u64,
+    /// What the next run must finish first.
+    pub(crate) completion: &'a mut Completion,
+    /// The domain.
+    pub(crate) domain: &'a DomainShared,
+    /// The vendor (for CPUID's view).
+    pub(crate) vendor: Vendor,
+    /// The raw exit reason, for exits reported as unhandled.
+    pub(crate) raw_reason: u64,
+}
+
+/// EFER bits a guest may write: SCE, LME, LMA (ignored: the processor's), NXE.
+const EFER_WRITABLE: u64 = efer::SCE | efer::LME | efer::LMA | efer::NXE;
+
+/// Xen's hypercall numbers Keel handles itself.
+const XEN_VERSION: u64 = 17;
+/// xen_version's XENVER_version command.
+const XENVER_VERSION: u64 = 0;
+/// The Xen interface version Keel reports (4.19): the ABI DomUs are offered.
+const XEN_VERSION_VALUE: u64 = (4 << 16) | 19;
+/// -EPERM and -ENOSYS as Xen returns them.
+const EPERM: u64 = (-1i64) as u64;
+const ENOSYS: u64 = (-38i64) as u64;
+
+impl<H: Hal> Domu<'_, H> {
+    /// The guest's code-segment mode.
+    pub(crate) fn mode(&self) -> Mode {
+        let efer = self.hw.control_regs().efer;
+        let (_, attrib) = self.hw.cs();
+        if efer & efer::LMA != 0 && attrib & seg_attrib::L != 0 {
+            Mode::Bits64
+        } else if attrib & seg_attrib::DB != 0 {
+            Mode::Bits32
+        } else {
+            Mode::Bits16
+        }
+    }
+
+    /// Reads guest memory at linear address `la` through the guest's paging (if on) and the
+    /// domain's map. Returns the bytes read.
+    fn read_linear(&self, la: u64, buf: &mut [u8]) -> usize {
+        let c = self.hw.control_regs();
+        let dom = self.domain;
+        let mode = paging::PagingMode::from_control_registers(c.cr0, c.cr4, c.efer);
+        paging::read_linear_in(
+            mode,
+            c.cr3,
+            la,
+            buf,
+            |pa| dom.read_u64(pa),
+            |pa| {
+                let mut b = [0u8];
+                (dom.read(pa, &mut b) == 1).then_some(b[0])
+            },
+        )
+    }
+
+    /// Reads the instruction bytes at CS:RIP; returns how many were read.
+    fn fetch(&self, buf: &mut [u8; insn::MAX_LEN]) -> usize {
+        let (cs_base, _) = self.hw.cs();
+        let mut la = cs_base.wrapping_add(self.hw.rip());
+        if self.mode() != Mode::Bits64 {
+            la &= 0xffff_ffff;
+        }
+        self.read_linear(la, buf)
+    }
+
+    /// Finishes the instruction the previous exit left for Dom0, with Dom0's data.
+    pub(crate) fn complete_pending(&mut self, data: u64) {
+        let len = match core::mem::take(self.completion) {
+            Completion::None => return,
+            Completion::IoIn { size, len } => {
+                let rax = &mut self.regs.gpr[RAX];
+                *rax = match size {
+                    1 => (*rax & !0xff) | (data & 0xff),
+                    2 => (*rax & !0xffff) | (data & 0xffff),
+                    _ => data & 0xffff_ffff,
+                };
+                len
+            }
+            Completion::MmioRead(insn) => {
+                let m = self.mode();
+                mmio::complete_read(&mut self.regs.gpr, &insn, data, m);
+                insn.len
+            }
+            Completion::Hypercall { len } => {
+                self.regs.gpr[RAX] = data;
+                len
+            }
+        };
+        let rip = self.hw.rip().wrapping_add(len.into());
+        self.hw.set_rip(rip);
+    }
+
+    /// A hypercall, `len` bytes long. Xen's convention: 64-bit callers pass the number in
+    /// RAX and arguments in RDI, RSI, RDX, R10, R8; 32-bit callers in EAX and EBX, ECX, EDX,
+    /// ESI, EDI. Numbers Keel handles are answered here; the others go to Dom0, which
+    /// supplies the result.
+    fn xen_hypercall(&mut self, len: u8) -> Action {
+        let long_mode = self.mode() == Mode::Bits64;
+        let cpl = self.hw.cpl();
+        let regs = &mut self.regs.gpr;
+        if cpl != 0 {
+            regs[RAX] = EPERM;
+        } else {
+            let (nr, args) = if long_mode {
+                (regs[RAX], [regs[7], regs[6], regs[RDX], regs[10], regs[8]])
+            } else {
+                let r = |i: usize| regs[i] & 0xffff_ffff;
+                (r(RAX), [r(RBX), r(RCX), r(RDX), r(6), r(7)])
+            };
+            match (nr, args[0]) {
+                (XEN_VERSION, XENVER_VERSION) => regs[RAX] = XEN_VERSION_VALUE,
+                (XEN_VERSION, _) => regs[RAX] = ENOSYS,
+                _ => {
+                    *self.completion = Completion::Hypercall { len };
+                    return Action::ToUser(UserExit::Hypercall {
+                        nr,
+                        args,
+                        long_mode,
+                    });
+                }
+            }
+        }
+        let rip = self.hw.rip().wrapping_add(len.into());
+        self.hw.set_rip(rip);
+        Action::Resume
+    }
+
+    /// Ends the run with the exit reported as unhandled, at RIP.
+    fn crash_at_rip(&self) -> Action {
+        Action::Crash {
+            reason: self.raw_reason,
+            qualification: self.hw.rip(),
+        }
+    }
+}
+
+impl<H: Hal> Ctx for Domu<'_, H> {
+    type Hw = H;
+
+    fn hw(&mut self) -> &mut H {
+        &mut self.hw
+    }
+
+    fn hw_ref(&self) -> &H {
+        &self.hw
+    }
+
+    fn regs(&mut self) -> &mut GuestRegs {
+        self.regs
+    }
+
+    fn count(&mut self, kind: ExitKind) {
+        self.domain.state.lock().exits[kind as usize] += 1;
+    }
+
+    /// Dom0's view of the CPU (the extension hidden, Keel's leaves) with the OSXSAVE and
+    /// OSPKE bits following the guest's own CR4, MONITOR hidden and XCR0 limited to what the
+    /// domain may set.
+    fn cpuid(&mut self, leaf: u32, sub: u32) -> [u32; 4] {
+        let cr4 = self.hw.cr4();
+        let mut r = cpuid::dom0(self.vendor, self.domain.identity, leaf, || {
+            x86::cpuid(leaf, sub)
+        });
+        if leaf == 1 {
+            // ECX.OSXSAVE (27) mirrors CR4.OSXSAVE; ECX.MONITOR (3): MONITOR/MWAIT are refused.
+            r[2] &= !((1 << 27) | (1 << 3));
+            if cr4 & cr4::OSXSAVE != 0 {
+                r[2] |= 1 << 27;
+            }
+        } else if leaf == 0xd && sub == 0 {
+            // EDX:EAX: the XCR0 bits the guest may set.
+            let supported = self.domain.xcr0_supported;
+            r[0] &= supported as u32;
+            r[3] &= (supported >> 32) as u32;
+        } else if leaf == 7 && sub == 0 {
+            // ECX.OSPKE (4) mirrors CR4.PKE.
+            r[2] &= !(1 << 4);
+            if cr4 & cr4::PKE != 0 {
+                r[2] |= 1 << 4;
+            }
+        }
+        r
+    }
+
+    fn xcr0_supported(&self) -> u64 {
+        self.domain.xcr0_supported
+    }
+
+    fn xcr0_changed(&mut self, value: u64) {
+        *self.xcr0 = value;
+    }
+
+    /// EFER and PAT live in the VMCS/VMCB; the TSC reads through; anything else raises #GP,
+    /// as on a CPU without it.
+    fn rdmsr(&mut self, index: u32) -> Option<u64> {
+        match index {
+            msr::EFER => Some(self.hw.control_regs().efer),
+            msr::IA32_PAT => Some(self.hw.pat()),
+            msr::IA32_TSC => Some(x86::rdtsc()),
+            _ => None,
+        }
+    }
+
+    fn wrmsr(&mut self, index: u32, value: u64) -> bool {
+        match index {
+            msr::EFER => {
+                let c = self.hw.control_regs();
+                // LME may not change while paging is on.
+                if value & !EFER_WRITABLE != 0
+                    || (c.cr0 & cr0::PG != 0 && (value ^ c.efer) & efer::LME != 0)
+                {
+                    return false;
+                }
+                self.hw
+                    .set_efer((value & !efer::LMA) | (c.efer & efer::LMA));
+                true
+            }
+            msr::IA32_PAT => {
+                self.hw.set_pat(value);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn hypercall(&mut self) -> Action {
+        // VMCALL and VMMCALL are 3 bytes.
+        let len = self.hw.insn_len().unwrap_or(3) as u8;
+        self.xen_hypercall(len)
+    }
+
+    fn decode_len(&mut self, _exit: &Exit) -> Option<u64> {
+        let mut bytes = [0u8; insn::MAX_LEN];
+        let n = self.fetch(&mut bytes);
+        insn::decode(&bytes[..n], self.mode())
+            .ok()
+            .map(|i| i.len as u64)
+    }
+
+    fn length_unknown(&mut self, _exit: &Exit) -> Action {
+        Action::Crash {
+            reason: 0,
+            qualification: self.hw.rip(),
+        }
+    }
+
+    fn unexpected(&mut self, exit: &Exit) -> Action {
+        match *exit {
+            Exit::Other {
+                reason,
+                qualification,
+            } => Action::Crash {
+                reason,
+                qualification,
+            },
+            _ => self.crash_at_rip(),
+        }
+    }
+
+    /// #UD: the other vendor's hypercall instruction (VMMCALL on Intel, VMCALL on AMD) is a
+    /// hypercall too; any other #UD is the guest's own and is delivered.
+    fn exception(&mut self, exit: &Exit) -> Action {
+        if !matches!(
+            exit,
+            Exit::Exception {
+                vector: vector::UD,
+                ..
+            }
+        ) {
+            return self.unexpected(exit);
+        }
+        let mut bytes = [0u8; insn::MAX_LEN];
+        let n = self.fetch(&mut bytes);
+        if n >= 3 && bytes[0] == 0x0f && bytes[1] == 0x01 && (bytes[2] == 0xc1 || bytes[2] == 0xd9)
+        {
+            return self.xen_hypercall(3);
+        }
+        self.hw.inject(vector::UD, None);
+        Action::Resume
+    }
+
+    /// Host interrupts and NMIs are Dom0's: the run loop lets Dom0 take them.
+    fn host_event(&mut self, _exit: &Exit) -> Action {
+        Action::RunLoop
+    }
+
+    /// INIT: Linux sends none to a CPU it is using; ignore it.
+    fn init(&mut self, _exit: &Exit) -> Action {
+        Action::Resume
+    }
+
+    /// HLT: the guest has nothing to do until an event, and Keel delivers none yet.
+    fn hlt(&mut self, exit: &Exit) -> Action {
+        match exit::complete(self, exit) {
+            Action::Resume => Action::ToUser(UserExit::Hlt),
+            other => other,
+        }
+    }
+
+    /// IN/OUT (not the string forms): OUT is complete when Dom0 sees it; IN completes at the
+    /// next run with Dom0's data.
+    fn io(&mut self, exit: &Exit) -> Action {
+        let Exit::Io {
+            port,
+            size,
+            input,
+            string: false,
+            next_rip,
+            ..
+        } = *exit
+        else {
+            return self.unexpected(exit);
+        };
+        let rip = self.hw.rip();
+        let len = match next_rip {
+            Some(next) => next.wrapping_sub(rip),
+            None => match self.hw.insn_len() {
+                Some(len) => len,
+                None => return self.crash_at_rip(),
+            },
+        } as u8;
+        let mask = if size >= 4 {
+            0xffff_ffff
+        } else {
+            (1u64 << (size * 8)) - 1
+        };
+        let data = if input {
+            *self.completion = Completion::IoIn { size, len };
+            0
+        } else {
+            self.hw.set_rip(rip.wrapping_add(len.into()));
+            self.regs.gpr[RAX] & mask
+        };
+        Action::ToUser(UserExit::Io {
+            port,
+            size,
+            input,
+            data,
+        })
+    }
+
+    /// A second-level fault: an MMIO access comes out decoded; anything else is a memory
+    /// fault.
+    fn slat_fault(&mut self, exit: &Exit) -> Action {
+        let Exit::SlatFault { gpa, access } = *exit else {
+            return self.unexpected(exit);
+        };
+        let kind = self
+            .domain
+            .range_of(gpa)
+            .map_or(RangeKind::None, |r| r.kind);
+        if kind != RangeKind::Mmio || access & access::EXEC != 0 {
+            return Action::ToUser(UserExit::MemoryFault { gpa, access });
+        }
+        let mut bytes = [0u8; insn::MAX_LEN];
+        let n = self.fetch(&mut bytes);
+        let Ok(insn) = mmio::decode(&bytes[..n], self.mode()) else {
+            return Action::Crash {
+                reason: 0,
+                qualification: self.hw.rip(),
+            };
+        };
+        let rip = self.hw.rip();
+        match insn.op {
+            MmioOp::Write { .. } => {
+                let data = mmio::write_data(&self.regs.gpr, &insn);
+                self.hw.set_rip(rip.wrapping_add(insn.len.into()));
+                Action::ToUser(UserExit::Mmio {
+                    gpa,
+                    size: insn.size,
+                    read: false,
+                    data,
+                })
+            }
+            MmioOp::Read { .. } => {
+                *self.completion = Completion::MmioRead(insn);
+                Action::ToUser(UserExit::Mmio {
+                    gpa,
+                    size: insn.size,
+                    read: true,
+                    data: 0,
+                })
+            }
+        }
+    }
+
+    /// A triple fault, or an entry the hardware refused: for the vCPU's userspace.
+    fn shutdown(&mut self, exit: &Exit) -> Action {
+        Action::ToUser(match *exit {
+            Exit::EntryFailure {
+                reason,
+                qualification,
+            } => UserExit::EntryFailure {
+                reason,
+                qualification,
+            },
+            _ => UserExit::Shutdown,
+        })
+    }
+}

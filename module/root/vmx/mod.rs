@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Intel VMX: the [`Hal`] over the current VMCS (for Dom0 and DomU alike), Dom0's launch and
+//! exits (`dom0.rs`), a DomU vCPU's run (`domu.rs`), the VMX instructions below both
+//! (`ops.rs`).
+//!
+//! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
+
+pub(crate) mod dom0;
+pub(crate) mod domu;
+pub(crate) mod ops;
+
+use super::hal::{ControlRegs, Hal};
+use super::{rlog, x86, CpuInfo};
+use crate::keel_core::{
+    arch::{cr0, cr4, efer, msr},
+    vmcs::{self, ar, entry_ctl, field, interruptibility, intr_info},
+};
+use ops::Vmcs;
+
+/// Controls Keel needs that the CPU does not allow: the capability MSR and the bits.
+#[derive(Clone, Copy)]
+pub(crate) struct ControlError {
+    pub(crate) msr: u32,
+    pub(crate) missing: u32,
+}
+
+/// A VM-execution, VM-exit or VM-entry control field, for [`control`].
+#[derive(Clone, Copy)]
+pub(crate) enum Ctl {
+    /// Pin-based VM-execution controls.
+    Pin,
+    /// Primary processor-based VM-execution controls.
+    Proc,
+    /// Secondary processor-based VM-execution controls.
+    Proc2,
+    /// VM-exit controls.
+    Exit,
+    /// VM-entry controls.
+    Entry,
+}
+
+/// Computes a control value from its capability MSR (the TRUE one when IA32_VMX_BASIC[55]
+/// says it exists): the `wanted` bits, which must be allowed, and the `optional` bits the CPU
+/// allows.
+pub(crate) fn control(ctl: Ctl, wanted: u32, optional: u32) -> Result<u32, ControlError> {
+    // SAFETY: IA32_VMX_BASIC exists on every VMX CPU.
+    let true_ctls = unsafe { x86::rdmsr(msr::IA32_VMX_BASIC) } & (1 << 55) != 0;
+    let pick = |plain, tru| if true_ctls { tru } else { plain };
+    let cap_msr = match ctl {
+        Ctl::Pin => pick(
+            msr::IA32_VMX_PINBASED_CTLS,
+            msr::IA32_VMX_TRUE_PINBASED_CTLS,
+        ),
+        Ctl::Proc => pick(
+            msr::IA32_VMX_PROCBASED_CTLS,
+            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+        ),
+        Ctl::Proc2 => msr::IA32_VMX_PROCBASED_CTLS2,
+        Ctl::Exit => pick(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
+        Ctl::Entry => pick(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
+    };
+    // SAFETY: The VMX control capability MSRs exist on every VMX CPU; the TRUE ones exist when
+    // IA32_VMX_BASIC[55] is set, checked above.
+    let cap = unsafe { x86::rdmsr(cap_msr) };
+    let (value, missing) = vmcs::adjust_controls(wanted, cap);
+    if missing != 0 {
+        return Err(ControlError {
+            msr: cap_msr,
+            missing,
+        });
+    }
+    Ok(vmcs::adjust_controls(value | optional, cap).0)
+}
+
+/// The guest whose VMCS is current, with what its domain's side needs besides (`X`).
+pub(crate) struct Vmx<X> {
+    /// The current VMCS.
+    pub(crate) vmcs: Vmcs,
+    /// Dom0's or DomU's extra state.
+    pub(crate) extra: X,
+}
+
+/// VMCB-format segment attributes to VMX access rights (a segment that is not present is
+/// unusable).
+pub(crate) fn ar_from_attrib(attrib: u16) -> u32 {
+    let a = u32::from(attrib);
+    let v = (a & 0xff) | ((a & 0xf00) << 4);
+    if a & 0x80 == 0 {
+        v | ar::UNUSABLE
+    } else {
+        v
+    }
+}
+
+/// VMX access rights to VMCB-format attributes.
+pub(crate) fn attrib_from_ar(ar_bytes: u32) -> u16 {
+    if ar_bytes & ar::UNUSABLE != 0 {
+        return 0;
+    }
+    ((ar_bytes & 0xff) | ((ar_bytes >> 4) & 0xf00)) as u16
+}
+
+/// Sets or clears the "IA-32e mode guest" entry control.
+pub(crate) fn set_long_mode(vmcs: &Vmcs, on: bool) {
+    let entry = vmcs.read(field::VM_ENTRY_CONTROLS);
+    let bit = entry_ctl::IA32E_MODE;
+    vmcs.write(
+        field::VM_ENTRY_CONTROLS,
+        if on { entry | bit } else { entry & !bit },
+    );
+}
+
+impl<X> Vmx<X> {
+    /// The CR0 and CR4 guest/host masks: the bits the guest does not own.
+    fn masks(&self) -> (u64, u64) {
+        (
+            self.vmcs.read(field::CR0_GUEST_HOST_MASK),
+            self.vmcs.read(field::CR4_GUEST_HOST_MASK),
+        )
+    }
+
+    /// A MOV to CR0: the guest's value in the shadow, VMX's fixed bits in hardware but PG,
+    /// which stays the guest's; turning paging on with EFER.LME enters long mode (#GP without
+    /// CR4.PAE), turning it off leaves it.
+    fn write_cr0(&mut self, value: u64) -> bool {
+        let value = value & 0xffff_ffff;
+        let c = self.control_regs();
+        let paging_on = value & cr0::PG != 0 && c.cr0 & cr0::PG == 0;
+        let paging_off = value & cr0::PG == 0 && c.cr0 & cr0::PG != 0;
+        if paging_on && c.efer & efer::LME != 0 {
+            if c.cr4 & cr4::PAE == 0 {
+                return false;
+            }
+            self.vmcs.write(field::GUEST_IA32_EFER, c.efer | efer::LMA);
+            set_long_mode(&self.vmcs, true);
+        } else if paging_off && c.efer & efer::LMA != 0 {
+            self.vmcs.write(field::GUEST_IA32_EFER, c.efer & !efer::LMA);
+            set_long_mode(&self.vmcs, false);
+        }
+        let (m0, _) = self.masks();
+        self.vmcs.write(field::GUEST_CR0, value | (m0 & !cr0::PG));
+        self.vmcs.write(field::CR0_READ_SHADOW, value);
+        true
+    }
+
+    /// A MOV to CR4: VMXE and bits the CPU does not allow fault, as on a CPU whose CPUID has
+    /// no VMX; the guest's value goes in the shadow, with VMX's fixed bits in hardware.
+    fn write_cr4(&mut self, value: u64) -> bool {
+        // SAFETY: The fixed-bit MSRs exist on VMX CPUs.
+        let fixed1 = unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED1) };
+        if value & cr4::VMXE != 0 || value & !fixed1 != 0 {
+            return false;
+        }
+        let (_, m4) = self.masks();
+        self.vmcs.write(field::GUEST_CR4, value | m4);
+        self.vmcs.write(field::CR4_READ_SHADOW, value);
+        true
+    }
+}
+
+impl<X> Hal for Vmx<X> {
+    #[inline]
+    fn rip(&self) -> u64 {
+        self.vmcs.read(field::GUEST_RIP)
+    }
+
+    #[inline]
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcs.write(field::GUEST_RIP, rip);
+        let blocking = self.vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO);
+        let shadow = interruptibility::STI | interruptibility::MOV_SS;
+        if blocking & shadow != 0 {
+            self.vmcs
+                .write(field::GUEST_INTERRUPTIBILITY_INFO, blocking & !shadow);
+        }
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcs.read(field::GUEST_RSP)
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        self.vmcs.write(field::GUEST_RSP, rsp);
+    }
+
+    fn cpl(&self) -> u8 {
+        // SS.DPL is the CPL (SDM 25.4.1).
+        ((self.vmcs.read(field::GUEST_SS_AR_BYTES) >> 5) & 3) as u8
+    }
+
+    fn control_regs(&self) -> ControlRegs {
+        let (m0, m4) = self.masks();
+        let v = &self.vmcs;
+        ControlRegs {
+            cr0: (v.read(field::GUEST_CR0) & !m0) | (v.read(field::CR0_READ_SHADOW) & m0),
+            cr3: v.read(field::GUEST_CR3),
+            cr4: (v.read(field::GUEST_CR4) & !m4) | (v.read(field::CR4_READ_SHADOW) & m4),
+            efer: v.read(field::GUEST_IA32_EFER),
+        }
+    }
+
+    fn cr4(&self) -> u64 {
+        let m4 = self.vmcs.read(field::CR4_GUEST_HOST_MASK);
+        (self.vmcs.read(field::GUEST_CR4) & !m4) | (self.vmcs.read(field::CR4_READ_SHADOW) & m4)
+    }
+
+    fn cs(&self) -> (u64, u16) {
+        (
+            self.vmcs.read(field::GUEST_CS_BASE),
+            attrib_from_ar(self.vmcs.read(field::GUEST_CS_AR_BYTES)),
+        )
+    }
+
+    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        let mut info = u32::from(vector) | intr_info::TYPE_HW_EXCEPTION | intr_info::VALID;
+        if let Some(code) = error_code {
+            info |= intr_info::DELIVER_ERROR_CODE;
+            self.vmcs.write(field::VM_ENTRY_EXCEPTION_ERROR_CODE, code);
+        }
+        self.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info);
+    }
+
+    #[inline]
+    fn insn_len(&self) -> Option<u64> {
+        Some(self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN).into())
+    }
+
+    fn set_efer(&mut self, efer: u64) {
+        self.vmcs.write(field::GUEST_IA32_EFER, efer);
+    }
+
+    fn pat(&self) -> u64 {
+        self.vmcs.read(field::GUEST_IA32_PAT)
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        self.vmcs.write(field::GUEST_IA32_PAT, pat);
+    }
+
+    fn write_cr(&mut self, cr: u8, value: u64) -> bool {
+        match cr {
+            0 => self.write_cr0(value),
+            3 => {
+                self.vmcs.write(field::GUEST_CR3, value);
+                true
+            }
+            4 => self.write_cr4(value),
+            _ => false,
+        }
+    }
+
+    fn dump(&self, cpu: &CpuInfo, why: &str) {
+        let v = &self.vmcs;
+        rlog!(
+            cpu,
+            Err,
+            "CPU {}: {}: exit reason {:#x} qualification {:#x}",
+            cpu.cpu,
+            why,
+            v.read(field::VM_EXIT_REASON),
+            v.read(field::EXIT_QUALIFICATION)
+        );
+        rlog!(
+            cpu,
+            Err,
+            " rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} ss_ar={:#x}",
+            v.read(field::GUEST_RIP),
+            v.read(field::GUEST_RSP),
+            v.read(field::GUEST_RFLAGS),
+            v.read(field::GUEST_CS_SELECTOR),
+            v.read(field::GUEST_SS_AR_BYTES)
+        );
+        rlog!(
+            cpu,
+            Err,
+            " cr0={:#x} cr3={:#x} cr4={:#x} idt_vectoring={:#x}",
+            v.read(field::GUEST_CR0),
+            v.read(field::GUEST_CR3),
+            v.read(field::GUEST_CR4),
+            v.read(field::IDT_VECTORING_INFO_FIELD)
+        );
+    }
+}
