@@ -1209,6 +1209,59 @@ mod tests {
             serde_json::to_value(Stop::HALTED).unwrap()["reason"],
             "halted"
         );
+        // The exact shapes of the exits that take an answer and of the failures.
+        fn text(v: &impl Serialize) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        let hypercall = ExitLine {
+            n: 2,
+            rip: 0x20,
+            exit: VcpuExit::Hypercall {
+                nr: 34,
+                args: [1, 2, 3, 4, 5],
+                longmode: false,
+            },
+            answer: Some(HYPERCALL_ENOSYS as u64),
+        };
+        assert_eq!(
+            text(&hypercall),
+            r#"{"n":2,"rip":32,"kind":"hypercall","nr":34,"args":[1,2,3,4,5],"longmode":false,"ret":-38}"#
+        );
+        let io_in = ExitLine {
+            n: 3,
+            rip: 0x30,
+            exit: VcpuExit::IoIn {
+                port: 0x60,
+                size: 1,
+            },
+            answer: Some(0xff),
+        };
+        assert_eq!(
+            text(&io_in),
+            r#"{"n":3,"rip":48,"kind":"io_in","port":96,"size":1,"answer":255}"#
+        );
+        let fault = VcpuExit::MemoryFault {
+            gpa: GuestAddress(0x1000),
+            access: 2,
+        };
+        let line = ExitLine {
+            n: 4,
+            rip: 0x40,
+            exit: fault,
+            answer: None,
+        };
+        assert_eq!(
+            text(&line),
+            r#"{"n":4,"rip":64,"kind":"memory_fault","gpa":4096,"access":2}"#
+        );
+        assert_eq!(
+            text(&Stop::Exit(fault)),
+            r#"{"reason":"memory_fault","gpa":4096,"access":2}"#
+        );
+        assert_eq!(
+            text(&Stop::Exit(VcpuExit::Unknown(99))),
+            r#"{"reason":"unknown_exit","exit_reason":99}"#
+        );
     }
 
     #[test]
