@@ -1,10 +1,9 @@
 //! `keelctl list`: the live domains, as `KEEL_LIST_DOMAINS` reports them (`xl list`'s place).
 use serde::Serialize;
 
-use crate::{
-    domain::DomainInfo,
-    units::{mib, MIB},
-};
+use keel_sys::DomainInfo;
+
+use crate::units::{mib, MIB};
 
 /// One domain as `list` shows it.
 #[derive(Debug, PartialEq, Serialize)]

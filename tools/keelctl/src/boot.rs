@@ -20,10 +20,8 @@
 //! the GDT and the segment registers are built from the same [`Segment`] values.
 use std::ops::Range;
 
-use keel_uapi as uapi;
+use keel_sys::{uapi, GuestAddress};
 use serde::Serialize;
-
-use crate::domain::GuestAddress;
 
 /// The mode the vCPU starts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -4,9 +4,10 @@
 //! that all of it fits in the guest's RAM.
 use std::{fmt, ops::Range};
 
+use keel_sys::{GuestAddress, GuestMemoryWrite, RamError};
+
 use crate::{
     boot::{self, Blob, Mode},
-    domain::{GuestAddress, GuestMemoryWrite, RamError},
     units::human_size,
 };
 
@@ -458,7 +459,7 @@ impl LoadPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::offset_in;
+    use keel_sys::offset_in;
 
     /// Plain memory standing in for a guest's RAM.
     pub struct TestRam(pub Vec<u8>);

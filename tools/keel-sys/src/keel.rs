@@ -1,6 +1,5 @@
-//! `/dev/keel`: the owner of the device fd and one checked wrapper per ioctl.
+//! `/dev/keel`: the owner of the device fd and one checked wrapper per ioctl on it.
 use std::{
-    fmt,
     fs::File,
     io,
     os::fd::{AsFd, FromRawFd, OwnedFd},
@@ -10,82 +9,43 @@ use std::{
 use keel_uapi as uapi;
 
 use crate::{
-    domain::{Domain, DomainInfo, DomainName, GuestAddress},
-    sys::{self, IoctlError},
+    domain::{Domain, DomainInfo, DomainName},
+    error::Error,
+    ioctl,
 };
 
 /// The default device node.
 pub const DEVICE_PATH: &str = "/dev/keel";
 
-/// Why a `/dev/keel` operation failed, worded for the user.
-#[derive(Debug)]
-pub enum DevError {
-    /// The device node is missing: the module is not loaded.
-    NotLoaded(String),
-    /// The caller may not open the device.
-    Permission(String),
-    /// Opening failed otherwise.
-    Open(String, io::Error),
-    /// An ioctl failed.
-    Ioctl(IoctlError),
-    /// Mapping guest memory (at this address, this many bytes) failed.
-    Mmap(GuestAddress, u64, io::Error),
-    /// The module speaks another version of the interface.
-    AbiMismatch {
-        /// What the module reported.
-        module: u32,
-    },
-}
-
-impl fmt::Display for DevError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NotLoaded(p) => write!(f, "{p} does not exist: the keel module is not loaded (load it with `insmod keel.ko`)"),
-            Self::Permission(p) => write!(f, "permission denied opening {p}: it is root-only (mode 0600); run keelctl as root"),
-            Self::Open(p, e) => write!(f, "cannot open {p}: {e}"),
-            Self::Ioctl(e) => write!(f, "{e}"),
-            Self::Mmap(gpa, size, e) => {
-                write!(f, "mmap of {size:#x} bytes of guest memory at {gpa} failed: {e}")
-            }
-            Self::AbiMismatch { module } => write!(
-                f,
-                "the keel module speaks interface version {module}, this keelctl speaks {}: use the keelctl built with the module",
-                uapi::KEEL_ABI_VERSION
-            ),
-        }
-    }
-}
-
-impl std::error::Error for DevError {}
-
-impl From<IoctlError> for DevError {
-    fn from(e: IoctlError) -> Self {
-        Self::Ioctl(e)
-    }
-}
-
-/// An open `/dev/keel`.
+/// An open `/dev/keel` (rust-vmm's `Kvm`).
 pub struct KeelDev {
     file: File,
 }
 
 impl KeelDev {
     /// Opens the device at `path` and checks that the module speaks this tool's interface.
-    pub fn open(path: &Path) -> Result<Self, DevError> {
+    pub fn open(path: &Path) -> Result<Self, Error> {
         let shown = path.display().to_string();
         let file = File::options()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => DevError::NotLoaded(shown.clone()),
-                io::ErrorKind::PermissionDenied => DevError::Permission(shown.clone()),
-                _ => DevError::Open(shown.clone(), e),
+                io::ErrorKind::NotFound => Error::NotLoaded {
+                    path: shown.clone(),
+                },
+                io::ErrorKind::PermissionDenied => Error::Permission {
+                    path: shown.clone(),
+                },
+                _ => Error::Open {
+                    path: shown.clone(),
+                    error: e,
+                },
             })?;
         let dev = Self { file };
         let v = dev.version()?;
         if v.abi_version != uapi::KEEL_ABI_VERSION {
-            return Err(DevError::AbiMismatch {
+            return Err(Error::AbiMismatch {
                 module: v.abi_version,
             });
         }
@@ -93,12 +53,12 @@ impl KeelDev {
     }
 
     /// `KEEL_GET_VERSION`.
-    pub fn version(&self) -> Result<uapi::keel_version, DevError> {
+    pub fn version(&self) -> Result<uapi::keel_version, Error> {
         let mut v = uapi::keel_version::default();
         // SAFETY: KEEL_GET_VERSION is `iowr::<keel_version>`: the kernel reads and writes that
         // structure (integers only) and nothing else of ours.
         unsafe {
-            sys::ioctl_with_mut(
+            ioctl::ioctl_with_mut(
                 self.file.as_fd(),
                 "KEEL_GET_VERSION",
                 uapi::KEEL_GET_VERSION,
@@ -109,12 +69,12 @@ impl KeelDev {
     }
 
     /// `KEEL_GET_CAPS`.
-    pub fn caps(&self) -> Result<uapi::keel_caps, DevError> {
+    pub fn caps(&self) -> Result<uapi::keel_caps, Error> {
         let mut c = uapi::keel_caps::default();
         // SAFETY: KEEL_GET_CAPS is `iowr::<keel_caps>`: the kernel reads and writes that
         // structure (integers only) and nothing else of ours.
         unsafe {
-            sys::ioctl_with_mut(
+            ioctl::ioctl_with_mut(
                 self.file.as_fd(),
                 "KEEL_GET_CAPS",
                 uapi::KEEL_GET_CAPS,
@@ -131,7 +91,7 @@ impl KeelDev {
         name: &DomainName,
         max_vcpus: u32,
         memory_size: u64,
-    ) -> Result<Domain, DevError> {
+    ) -> Result<Domain, Error> {
         let mut create = uapi::keel_domain_create {
             max_vcpus,
             memory_size,
@@ -141,7 +101,7 @@ impl KeelDev {
         // SAFETY: KEEL_CREATE_DOMAIN is `iowr::<keel_domain_create>`: the kernel reads that
         // structure (no pointers) and writes the domid back into it, nothing else of ours.
         let fd = unsafe {
-            sys::ioctl_with_mut(
+            ioctl::ioctl_with_mut(
                 self.file.as_fd(),
                 "KEEL_CREATE_DOMAIN",
                 uapi::KEEL_CREATE_DOMAIN,
@@ -154,7 +114,7 @@ impl KeelDev {
     }
 
     /// `KEEL_LIST_DOMAINS`: the live domains, in domid order.
-    pub fn list_domains(&self) -> Result<Vec<DomainInfo>, DevError> {
+    pub fn list_domains(&self) -> Result<Vec<DomainInfo>, Error> {
         // Domains may come and go between calls: grow the buffer until it holds them all (a
         // few tries; then the entries the last call wrote).
         let mut capacity = 16usize;
@@ -172,7 +132,7 @@ impl KeelDev {
             // (integers only) at `list.buffer`, which points at `buf`'s `capacity` entries,
             // alive and not otherwise borrowed during the call.
             unsafe {
-                sys::ioctl_with_mut(
+                ioctl::ioctl_with_mut(
                     self.file.as_fd(),
                     "KEEL_LIST_DOMAINS",
                     uapi::KEEL_LIST_DOMAINS,

@@ -1,5 +1,5 @@
 //! `keelctl info`: the module's version and what the hardware offers.
-use keel_uapi as uapi;
+use keel_sys::uapi;
 use serde::Serialize;
 
 /// The capability bits with the names `info` shows them by.

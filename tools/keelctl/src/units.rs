@@ -42,8 +42,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// domain.
 pub fn parse_memory_size(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
-    let page = u64::from(keel_uapi::KEEL_PAGE_SIZE);
-    let max = keel_uapi::KEEL_MAX_DOMAIN_MEMORY;
+    let page = u64::from(keel_sys::uapi::KEEL_PAGE_SIZE);
+    let max = keel_sys::uapi::KEEL_MAX_DOMAIN_MEMORY;
     if size == 0 {
         return Err("the guest memory size must not be zero (e.g. 16M)".into());
     }

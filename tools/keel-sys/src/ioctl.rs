@@ -1,82 +1,19 @@
 //! The raw system-call edge: ioctl helpers that check their result and name the command on
-//! failure, and errno names for the messages. Every other module calls the kernel through these.
+//! failure. Every owner type calls the kernel through these.
 use std::{
-    fmt, io,
+    io,
     os::fd::{AsRawFd, BorrowedFd},
 };
 
 use keel_uapi as uapi;
 
-/// A failed ioctl: which command, and the errno the kernel returned.
-#[derive(Debug)]
-pub struct IoctlError {
-    /// The command's name as the header spells it, e.g. `KEEL_DOMAIN_ADD_RANGE`.
-    pub name: &'static str,
-    /// What the kernel returned.
-    pub error: io::Error,
-}
-
-impl IoctlError {
-    /// The errno, when the error carries one.
-    pub fn errno(&self) -> Option<i32> {
-        self.error.raw_os_error()
-    }
-}
-
-impl fmt::Display for IoctlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: ", self.name)?;
-        match self.errno() {
-            Some(n) => {
-                // io::Error says "Text (os error N)"; the name replaces the number.
-                let text = self.error.to_string();
-                let text = text.split(" (os error").next().unwrap_or_default();
-                write!(f, "{} ({text})", errno_name(n))
-            }
-            None => write!(f, "{}", self.error),
-        }
-    }
-}
-
-impl std::error::Error for IoctlError {}
-
-/// The symbolic name of an errno (`EINVAL`), or `errno N` for the ones keelctl does not expect.
-pub fn errno_name(errno: i32) -> String {
-    let name = match errno {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EINTR => "EINTR",
-        libc::EIO => "EIO",
-        libc::ENXIO => "ENXIO",
-        libc::E2BIG => "E2BIG",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::ENODEV => "ENODEV",
-        libc::EINVAL => "EINVAL",
-        libc::ENFILE => "ENFILE",
-        libc::EMFILE => "EMFILE",
-        libc::ENOTTY => "ENOTTY",
-        libc::ENOSPC => "ENOSPC",
-        libc::ERANGE => "ERANGE",
-        libc::ENOSYS => "ENOSYS",
-        libc::EOVERFLOW => "EOVERFLOW",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::ESRCH => "ESRCH",
-        _ => return format!("errno {errno}"),
-    };
-    name.to_string()
-}
+use crate::error::Error;
 
 /// Checks an ioctl's return value: the value when it is not negative, else the errno named
 /// after the command.
-fn check(name: &'static str, ret: libc::c_int) -> Result<libc::c_int, IoctlError> {
+fn check(name: &'static str, ret: libc::c_int) -> Result<libc::c_int, Error> {
     if ret < 0 {
-        Err(IoctlError {
+        Err(Error::Ioctl {
             name,
             error: io::Error::last_os_error(),
         })
@@ -90,11 +27,11 @@ fn check(name: &'static str, ret: libc::c_int) -> Result<libc::c_int, IoctlError
 /// # Safety
 ///
 /// `cmd` on `fd` must not touch the caller's memory (an `_IO` command).
-pub unsafe fn ioctl(
+pub(crate) unsafe fn ioctl(
     fd: BorrowedFd<'_>,
     name: &'static str,
     cmd: u32,
-) -> Result<libc::c_int, IoctlError> {
+) -> Result<libc::c_int, Error> {
     debug_assert_eq!(uapi::ioc_size(cmd), 0, "{name} takes an argument");
     // SAFETY: the caller vouches that the command touches no memory of ours; `fd` is open for
     // the duration of the call because it is borrowed.
@@ -108,12 +45,12 @@ pub unsafe fn ioctl(
 ///
 /// `cmd` on `fd` must read at most `size_of::<T>()` bytes at the argument and touch no other
 /// memory of the caller (an `_IOW` command built from `T`, without embedded pointers).
-pub unsafe fn ioctl_with_ref<T>(
+pub(crate) unsafe fn ioctl_with_ref<T>(
     fd: BorrowedFd<'_>,
     name: &'static str,
     cmd: u32,
     arg: &T,
-) -> Result<libc::c_int, IoctlError> {
+) -> Result<libc::c_int, Error> {
     assert_eq!(uapi::ioc_size(cmd), size_of::<T>(), "{name}: argument size");
     // SAFETY: `arg` is a valid `T` that outlives the call; the caller vouches that the kernel
     // reads only within it and writes nothing.
@@ -128,12 +65,12 @@ pub unsafe fn ioctl_with_ref<T>(
 /// `cmd` on `fd` must access at most `size_of::<T>()` bytes at the argument, must leave a valid
 /// `T` there (every keel uapi structure is plain integers: any bytes are valid), and must touch
 /// no other memory of the caller unless the caller vouches for it separately.
-pub unsafe fn ioctl_with_mut<T>(
+pub(crate) unsafe fn ioctl_with_mut<T>(
     fd: BorrowedFd<'_>,
     name: &'static str,
     cmd: u32,
     arg: &mut T,
-) -> Result<libc::c_int, IoctlError> {
+) -> Result<libc::c_int, Error> {
     assert_eq!(uapi::ioc_size(cmd), size_of::<T>(), "{name}: argument size");
     // SAFETY: `arg` is a valid, exclusively borrowed `T` that outlives the call; the caller
     // vouches that the kernel stays within it and leaves a valid `T`.
@@ -144,20 +81,6 @@ pub unsafe fn ioctl_with_mut<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_the_command_and_the_errno() {
-        let e = IoctlError {
-            name: "KEEL_DOMAIN_ADD_RANGE",
-            error: io::Error::from_raw_os_error(libc::ENOSPC),
-        };
-        let text = e.to_string();
-        assert_eq!(
-            text,
-            "KEEL_DOMAIN_ADD_RANGE failed: ENOSPC (No space left on device)"
-        );
-        assert_eq!(errno_name(4095), "errno 4095");
-    }
 
     #[test]
     fn a_wrong_fd_is_an_error_not_a_crash() {

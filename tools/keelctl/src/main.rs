@@ -11,14 +11,11 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 mod boot;
-mod dev;
-mod domain;
 mod image;
 mod info;
 mod list;
 mod run;
 mod stats;
-mod sys;
 mod units;
 
 /// Control the Keel hypervisor through /dev/keel.
@@ -26,7 +23,7 @@ mod units;
 #[command(name = "keelctl", version, about, long_about = None)]
 struct Cli {
     /// The Keel device node.
-    #[arg(long, global = true, default_value = dev::DEVICE_PATH)]
+    #[arg(long, global = true, default_value = keel_sys::DEVICE_PATH)]
     device: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -108,7 +105,7 @@ enum Command {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Info { json } => {
-            let dev = dev::KeelDev::open(&cli.device)?;
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
             let info = info::Info::new(&dev.version()?, &dev.caps()?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
@@ -126,7 +123,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Run(args) => return run::run(args, &cli.device),
         Command::List { json } => {
-            let dev = dev::KeelDev::open(&cli.device)?;
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
             let domains = dev.list_domains()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list::rows(&domains))?);
@@ -138,12 +135,73 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An error as keelctl words it: keel-sys's errors about opening the device say what to do
+/// about them with keelctl; every other error says what its `Display` says.
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    use keel_sys::{uapi, Error};
+    match e.downcast_ref::<Error>() {
+        Some(Error::NotLoaded { path }) => format!(
+            "{path} does not exist: the keel module is not loaded (load it with `insmod keel.ko`)"
+        ),
+        Some(Error::Permission { path }) => format!(
+            "permission denied opening {path}: it is root-only (mode 0600); run keelctl as root"
+        ),
+        Some(Error::AbiMismatch { module }) => format!(
+            "the keel module speaks interface version {module}, this keelctl speaks {}: use the \
+             keelctl built with the module",
+            uapi::KEEL_ABI_VERSION
+        ),
+        _ => e.to_string(),
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("keelctl: {e}");
+            eprintln!("keelctl: {}", error_text(&*e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_say_what_to_do() {
+        let text = |e: keel_sys::Error| error_text(&e);
+        assert_eq!(
+            text(keel_sys::Error::NotLoaded {
+                path: "/dev/keel".into()
+            }),
+            "/dev/keel does not exist: the keel module is not loaded (load it with `insmod \
+             keel.ko`)"
+        );
+        assert_eq!(
+            text(keel_sys::Error::Permission {
+                path: "/dev/keel".into()
+            }),
+            "permission denied opening /dev/keel: it is root-only (mode 0600); run keelctl as root"
+        );
+        assert_eq!(
+            text(keel_sys::Error::AbiMismatch { module: 1 }),
+            format!(
+                "the keel module speaks interface version 1, this keelctl speaks {}: use the \
+                 keelctl built with the module",
+                keel_sys::uapi::KEEL_ABI_VERSION
+            )
+        );
+        let e = keel_sys::Error::Ioctl {
+            name: "KEEL_GET_CAPS",
+            error: std::io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert_eq!(
+            error_text(&e),
+            "KEEL_GET_CAPS failed: EINVAL (Invalid argument)"
+        );
+        let boxed: Box<dyn std::error::Error> = "cannot read the image x".into();
+        assert_eq!(error_text(&*boxed), "cannot read the image x");
     }
 }

@@ -17,15 +17,14 @@ use std::{
     time::Duration,
 };
 
-use keel_uapi as uapi;
-use serde::Serialize;
+use keel_sys::{
+    errno_name, uapi, DomainName, Error, GuestAddress, KeelDev, RangeKind, RunExit, Vcpu, VcpuExit,
+};
+use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use crate::{
     boot::{self, Mode},
-    dev::KeelDev,
-    domain::{DomainName, GuestAddress, RangeKind, RunExit, Vcpu, VcpuExit},
     image::{LoadOptions, LoadPlan},
-    sys::{errno_name, IoctlError},
     units::{self, human_size},
 };
 
@@ -90,143 +89,110 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("'{text}' is too long a timeout"))
 }
 
-/// One exit as keelctl saw and answered it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ExitEvent {
-    /// HLT.
-    Hlt,
-    /// OUT.
-    IoOut {
-        /// Port.
-        port: u16,
-        /// Bytes.
-        size: u8,
-        /// Value written.
-        data: u64,
-    },
-    /// IN, and the value keelctl answered.
-    IoIn {
-        /// Port.
-        port: u16,
-        /// Bytes.
-        size: u8,
-        /// Value read.
-        answer: u64,
-    },
-    /// An MMIO read, and the value keelctl answered.
-    MmioRead {
-        /// Address.
-        gpa: u64,
-        /// Bytes.
-        size: u8,
-        /// Value read.
-        answer: u64,
-    },
-    /// An MMIO write.
-    MmioWrite {
-        /// Address.
-        gpa: u64,
-        /// Bytes.
-        size: u8,
-        /// Value written.
-        data: u64,
-    },
-    /// A hypercall, and the result keelctl gave.
-    Hypercall {
-        /// Number.
-        nr: u64,
-        /// Arguments.
-        args: [u64; 5],
-        /// From a 64-bit caller.
-        longmode: bool,
-        /// Result.
-        ret: i64,
-    },
-    /// A triple fault.
-    Shutdown {
-        /// `KEEL_SHUTDOWN_*`.
-        shutdown_kind: u32,
-    },
-    /// An access outside the map.
-    MemoryFault {
-        /// Address.
-        gpa: u64,
-        /// `KEEL_ACCESS_*` bits.
-        access: u32,
-    },
-    /// The hardware refused the state.
-    EntryFailure {
-        /// Hardware reason.
-        hw_reason: u64,
-        /// Qualification.
-        qualification: u64,
-    },
-    /// An exit the module cannot handle.
-    Unhandled {
-        /// Hardware reason.
-        hw_reason: u64,
-        /// Qualification.
-        qualification: u64,
-    },
-    /// A signal interrupted the run.
-    Interrupted,
-    /// A reason this keelctl does not know.
-    Unknown {
-        /// `KEEL_EXIT_*`.
-        reason: u32,
-    },
-}
-
-/// One numbered exit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One numbered exit, and the answer keelctl completed it with.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExitLine {
     /// 1 for the first exit.
     pub n: u64,
     /// The guest's RIP at the exit.
     pub rip: u64,
     /// What happened.
-    #[serde(flatten)]
-    pub event: ExitEvent,
+    pub exit: VcpuExit,
+    /// What keelctl answered: the value an IN or MMIO read reads, a hypercall's result.
+    pub answer: Option<u64>,
+}
+
+/// An exit's kind as the JSON report names it.
+fn exit_kind(exit: &VcpuExit) -> &'static str {
+    match exit {
+        VcpuExit::Hlt => "hlt",
+        VcpuExit::IoOut { .. } => "io_out",
+        VcpuExit::IoIn { .. } => "io_in",
+        VcpuExit::MmioRead { .. } => "mmio_read",
+        VcpuExit::MmioWrite { .. } => "mmio_write",
+        VcpuExit::Hypercall { .. } => "hypercall",
+        VcpuExit::Shutdown { .. } => "shutdown",
+        VcpuExit::MemoryFault { .. } => "memory_fault",
+        VcpuExit::EntryFailure { .. } => "entry_failure",
+        VcpuExit::Unhandled { .. } => "unhandled",
+        VcpuExit::Interrupted => "interrupted",
+        VcpuExit::Unknown(_) => "unknown",
+    }
+}
+
+/// The fields of the exits that end a run, as both the exit lines and the stop reason name
+/// them in JSON.
+fn serialize_failure<M: SerializeMap>(map: &mut M, exit: &VcpuExit) -> Result<(), M::Error> {
+    match *exit {
+        VcpuExit::Shutdown { kind } => map.serialize_entry("shutdown_kind", &kind),
+        VcpuExit::MemoryFault { gpa, access } => {
+            map.serialize_entry("gpa", &gpa.0)?;
+            map.serialize_entry("access", &access)
+        }
+        VcpuExit::EntryFailure {
+            hw_reason,
+            qualification,
+        }
+        | VcpuExit::Unhandled {
+            hw_reason,
+            qualification,
+        } => {
+            map.serialize_entry("hw_reason", &hw_reason)?;
+            map.serialize_entry("qualification", &qualification)
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Serialize for ExitLine {
+    /// `{"n": 1, "rip": 31746, "kind": "io_out", "port": 233, "size": 1, "data": 75}`: the
+    /// number and RIP, the kind, then the kind's fields (values as the guest sees them).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("n", &self.n)?;
+        map.serialize_entry("rip", &self.rip)?;
+        map.serialize_entry("kind", exit_kind(&self.exit))?;
+        let answer = self.answer.unwrap_or_default();
+        match self.exit {
+            VcpuExit::IoOut { port, size, data } => {
+                map.serialize_entry("port", &port)?;
+                map.serialize_entry("size", &size)?;
+                map.serialize_entry("data", &(data & size_mask(size)))?;
+            }
+            VcpuExit::IoIn { port, size } => {
+                map.serialize_entry("port", &port)?;
+                map.serialize_entry("size", &size)?;
+                map.serialize_entry("answer", &answer)?;
+            }
+            VcpuExit::MmioRead { gpa, size } => {
+                map.serialize_entry("gpa", &gpa.0)?;
+                map.serialize_entry("size", &size)?;
+                map.serialize_entry("answer", &answer)?;
+            }
+            VcpuExit::MmioWrite { gpa, size, data } => {
+                map.serialize_entry("gpa", &gpa.0)?;
+                map.serialize_entry("size", &size)?;
+                map.serialize_entry("data", &(data & size_mask(size)))?;
+            }
+            VcpuExit::Hypercall { nr, args, longmode } => {
+                map.serialize_entry("nr", &nr)?;
+                map.serialize_entry("args", &args)?;
+                map.serialize_entry("longmode", &longmode)?;
+                map.serialize_entry("ret", &(answer as i64))?;
+            }
+            VcpuExit::Unknown(reason) => map.serialize_entry("reason", &reason)?,
+            ref other => serialize_failure(&mut map, other)?,
+        }
+        map.end()
+    }
 }
 
 /// Why the run ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Stop {
-    /// The guest executed HLT: the one good ending.
-    Halted,
-    /// The guest triple-faulted.
-    Shutdown {
-        /// `KEEL_SHUTDOWN_*`.
-        shutdown_kind: u32,
-    },
-    /// An access outside the guest's RAM.
-    MemoryFault {
-        /// Address.
-        gpa: u64,
-        /// `KEEL_ACCESS_*` bits.
-        access: u32,
-    },
-    /// The hardware refused the guest state.
-    EntryFailure {
-        /// Hardware reason.
-        hw_reason: u64,
-        /// Qualification.
-        qualification: u64,
-    },
-    /// An exit the module cannot handle.
-    Unhandled {
-        /// Hardware reason.
-        hw_reason: u64,
-        /// Qualification.
-        qualification: u64,
-    },
-    /// An exit reason this keelctl does not know.
-    UnknownExit {
-        /// `KEEL_EXIT_*`.
-        exit_reason: u32,
-    },
+    /// The exit that ended it: HLT (the one good ending), a shutdown, a memory fault, an entry
+    /// failure, an unhandled or an unknown exit.
+    Exit(VcpuExit),
     /// `--max-exits` exits happened.
     MaxExits {
         /// The limit.
@@ -244,36 +210,88 @@ pub enum Stop {
     },
 }
 
+impl Serialize for Stop {
+    /// `{"reason": "memory_fault", "gpa": 1073741824, "access": 1}`: the reason, then its
+    /// fields.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self {
+            Self::Exit(exit) => {
+                let reason = match exit {
+                    VcpuExit::Hlt => "halted",
+                    VcpuExit::Unknown(_) => "unknown_exit",
+                    other => exit_kind(other),
+                };
+                map.serialize_entry("reason", reason)?;
+                if let VcpuExit::Unknown(reason) = exit {
+                    map.serialize_entry("exit_reason", reason)?;
+                }
+                serialize_failure(&mut map, exit)?;
+            }
+            Self::MaxExits { limit } => {
+                map.serialize_entry("reason", "max_exits")?;
+                map.serialize_entry("limit", limit)?;
+            }
+            Self::Timeout { seconds } => {
+                map.serialize_entry("reason", "timeout")?;
+                map.serialize_entry("seconds", seconds)?;
+            }
+            Self::RunFailed { error } => {
+                map.serialize_entry("reason", "run_failed")?;
+                map.serialize_entry("error", error)?;
+            }
+        }
+        map.end()
+    }
+}
+
 impl Stop {
+    /// The guest executed HLT.
+    pub const HALTED: Self = Self::Exit(VcpuExit::Hlt);
+
     /// Whether the guest halted.
     pub fn halted(&self) -> bool {
-        *self == Self::Halted
+        *self == Self::HALTED
+    }
+
+    /// Whether the guest itself failed (the registers are worth showing).
+    fn failed_in_guest(&self) -> bool {
+        matches!(
+            self,
+            Self::Exit(
+                VcpuExit::Shutdown { .. }
+                    | VcpuExit::MemoryFault { .. }
+                    | VcpuExit::EntryFailure { .. }
+                    | VcpuExit::Unhandled { .. }
+            )
+        )
     }
 
     /// The reason in words.
     pub fn describe(&self) -> String {
         match self {
-            Self::Halted => "halted".into(),
-            Self::Shutdown { shutdown_kind } => {
-                format!("shutdown ({})", shutdown_name(*shutdown_kind))
+            Self::Exit(VcpuExit::Hlt) => "halted".into(),
+            Self::Exit(VcpuExit::Shutdown { kind }) => {
+                format!("shutdown ({})", shutdown_name(*kind))
             }
-            Self::MemoryFault { gpa, access } => {
-                format!("memory fault at {gpa:#x} ({})", access_names(*access))
+            Self::Exit(VcpuExit::MemoryFault { gpa, access }) => {
+                format!("memory fault at {gpa} ({})", access_names(*access))
             }
-            Self::EntryFailure {
+            Self::Exit(VcpuExit::EntryFailure {
                 hw_reason,
                 qualification,
-            } => format!(
+            }) => format!(
                 "entry failure: the hardware refused the guest state (hw_reason {hw_reason:#x}, \
                  qualification {qualification:#x})"
             ),
-            Self::Unhandled {
+            Self::Exit(VcpuExit::Unhandled {
                 hw_reason,
                 qualification,
-            } => format!(
+            }) => format!(
                 "unhandled exit (hw_reason {hw_reason:#x}, qualification {qualification:#x})"
             ),
-            Self::UnknownExit { exit_reason } => format!("unknown exit reason {exit_reason}"),
+            Self::Exit(VcpuExit::Unknown(reason)) => format!("unknown exit reason {reason}"),
+            Self::Exit(other) => format!("{} exit", exit_kind(other)),
             Self::MaxExits { limit } => format!("max-exits limit of {limit} reached"),
             Self::Timeout { seconds } => format!("timeout of {seconds} s reached"),
             Self::RunFailed { error } => error.clone(),
@@ -323,106 +341,16 @@ pub enum Next {
     Stop(Stop),
 }
 
-/// Handles one exit: completes it (IN and MMIO reads read all ones, hypercalls return
-/// -ENOSYS) and says whether the run goes on. `timed_out` tells a signal from the timeout
-/// apart from any other (after which the guest just resumes).
-pub fn handle(exit: VcpuExit<'_>, timed_out: bool, timeout: Option<Duration>) -> (ExitEvent, Next) {
-    use ExitEvent as E;
+/// Handles one exit: says how to complete it (IN and MMIO reads read all ones, hypercalls
+/// return -ENOSYS), if it takes a completion, and whether the run goes on. `timed_out` tells a
+/// signal from the timeout apart from any other (after which the guest just resumes).
+pub fn handle(exit: VcpuExit, timed_out: bool, timeout: Option<Duration>) -> (Option<u64>, Next) {
     match exit {
-        VcpuExit::Hlt => (E::Hlt, Next::Stop(Stop::Halted)),
-        VcpuExit::IoOut { port, size, data } => (
-            E::IoOut {
-                port,
-                size,
-                data: data & size_mask(size),
-            },
-            Next::Resume,
-        ),
-        VcpuExit::IoIn { port, size, data } => {
-            *data = size_mask(size);
-            (
-                E::IoIn {
-                    port,
-                    size,
-                    answer: *data,
-                },
-                Next::Resume,
-            )
+        VcpuExit::IoOut { .. } | VcpuExit::MmioWrite { .. } => (None, Next::Resume),
+        VcpuExit::IoIn { size, .. } | VcpuExit::MmioRead { size, .. } => {
+            (Some(size_mask(size)), Next::Resume)
         }
-        VcpuExit::MmioRead { gpa, size, data } => {
-            *data = size_mask(size);
-            (
-                E::MmioRead {
-                    gpa: gpa.0,
-                    size,
-                    answer: *data,
-                },
-                Next::Resume,
-            )
-        }
-        VcpuExit::MmioWrite { gpa, size, data } => (
-            E::MmioWrite {
-                gpa: gpa.0,
-                size,
-                data: data & size_mask(size),
-            },
-            Next::Resume,
-        ),
-        VcpuExit::Hypercall {
-            nr,
-            args,
-            longmode,
-            ret,
-        } => {
-            *ret = HYPERCALL_ENOSYS as u64;
-            (
-                E::Hypercall {
-                    nr,
-                    args,
-                    longmode,
-                    ret: HYPERCALL_ENOSYS,
-                },
-                Next::Resume,
-            )
-        }
-        VcpuExit::Shutdown { kind } => (
-            E::Shutdown {
-                shutdown_kind: kind,
-            },
-            Next::Stop(Stop::Shutdown {
-                shutdown_kind: kind,
-            }),
-        ),
-        VcpuExit::MemoryFault { gpa, access } => (
-            E::MemoryFault { gpa: gpa.0, access },
-            Next::Stop(Stop::MemoryFault { gpa: gpa.0, access }),
-        ),
-        VcpuExit::EntryFailure {
-            hw_reason,
-            qualification,
-        } => (
-            E::EntryFailure {
-                hw_reason,
-                qualification,
-            },
-            Next::Stop(Stop::EntryFailure {
-                hw_reason,
-                qualification,
-            }),
-        ),
-        VcpuExit::Unhandled {
-            hw_reason,
-            qualification,
-        } => (
-            E::Unhandled {
-                hw_reason,
-                qualification,
-            },
-            Next::Stop(Stop::Unhandled {
-                hw_reason,
-                qualification,
-            }),
-        ),
+        VcpuExit::Hypercall { .. } => (Some(HYPERCALL_ENOSYS as u64), Next::Resume),
         VcpuExit::Interrupted => {
             let next = match timeout {
                 Some(t) if timed_out => Next::Stop(Stop::Timeout {
@@ -430,71 +358,70 @@ pub fn handle(exit: VcpuExit<'_>, timed_out: bool, timeout: Option<Duration>) ->
                 }),
                 _ => Next::Resume,
             };
-            (E::Interrupted, next)
+            (None, next)
         }
-        VcpuExit::Unknown(reason) => (
-            E::Unknown { reason },
-            Next::Stop(Stop::UnknownExit {
-                exit_reason: reason,
-            }),
-        ),
+        VcpuExit::Hlt
+        | VcpuExit::Shutdown { .. }
+        | VcpuExit::MemoryFault { .. }
+        | VcpuExit::EntryFailure { .. }
+        | VcpuExit::Unhandled { .. }
+        | VcpuExit::Unknown(_) => (None, Next::Stop(Stop::Exit(exit))),
     }
 }
 
 /// One exit as a line: `exit 3: io out port 0xe9 size 1 data 0x48 rip 0x100012`.
 pub fn format_exit(line: &ExitLine) -> String {
     let mut s = format!("exit {}: ", line.n);
-    let _ = match &line.event {
-        ExitEvent::Hlt => write!(s, "hlt"),
-        ExitEvent::IoOut { port, size, data } => {
-            write!(s, "io out port {port:#x} size {size} data {data:#x}")
-        }
-        ExitEvent::IoIn { port, size, answer } => {
+    let answer = line.answer.unwrap_or_default();
+    let _ = match line.exit {
+        VcpuExit::Hlt => write!(s, "hlt"),
+        VcpuExit::IoOut { port, size, data } => write!(
+            s,
+            "io out port {port:#x} size {size} data {:#x}",
+            data & size_mask(size)
+        ),
+        VcpuExit::IoIn { port, size } => {
             write!(s, "io in port {port:#x} size {size} answered {answer:#x}")
         }
-        ExitEvent::MmioRead { gpa, size, answer } => {
-            write!(s, "mmio read gpa {gpa:#x} size {size} answered {answer:#x}")
+        VcpuExit::MmioRead { gpa, size } => {
+            write!(s, "mmio read gpa {gpa} size {size} answered {answer:#x}")
         }
-        ExitEvent::MmioWrite { gpa, size, data } => {
-            write!(s, "mmio write gpa {gpa:#x} size {size} data {data:#x}")
-        }
-        ExitEvent::Hypercall {
-            nr,
-            args,
-            longmode,
-            ret,
-        } => {
+        VcpuExit::MmioWrite { gpa, size, data } => write!(
+            s,
+            "mmio write gpa {gpa} size {size} data {:#x}",
+            data & size_mask(size)
+        ),
+        VcpuExit::Hypercall { nr, args, longmode } => {
+            let ret = answer as i64;
             let args: Vec<String> = args.iter().map(|a| format!("{a:#x}")).collect();
             write!(
                 s,
                 "hypercall nr {nr:#x} args {} ({}-bit) answered {ret} ({})",
                 args.join(" "),
-                if *longmode { 64 } else { 32 },
-                errno_name(-*ret as i32)
+                if longmode { 64 } else { 32 },
+                errno_name(-ret as i32)
             )
         }
-        ExitEvent::Shutdown { shutdown_kind } => {
-            write!(s, "shutdown ({})", shutdown_name(*shutdown_kind))
+        VcpuExit::Shutdown { kind } => write!(s, "shutdown ({})", shutdown_name(kind)),
+        VcpuExit::MemoryFault { gpa, access } => {
+            write!(s, "memory fault gpa {gpa} {}", access_names(access))
         }
-        ExitEvent::MemoryFault { gpa, access } => {
-            write!(s, "memory fault gpa {gpa:#x} {}", access_names(*access))
-        }
-        ExitEvent::EntryFailure {
+        VcpuExit::EntryFailure {
             hw_reason,
             qualification,
         } => write!(
             s,
             "entry failure hw_reason {hw_reason:#x} qualification {qualification:#x}"
         ),
-        ExitEvent::Unhandled {
+        VcpuExit::Unhandled {
             hw_reason,
             qualification,
         } => write!(
             s,
             "unhandled hw_reason {hw_reason:#x} qualification {qualification:#x}"
         ),
-        ExitEvent::Interrupted => write!(s, "interrupted"),
-        ExitEvent::Unknown { reason } => write!(s, "unknown reason {reason}"),
+        VcpuExit::Interrupted => write!(s, "interrupted"),
+        VcpuExit::Unknown(reason) => write!(s, "unknown reason {reason}"),
     };
     let _ = write!(s, " rip {:#x}", line.rip);
     s
@@ -503,12 +430,18 @@ pub fn format_exit(line: &ExitLine) -> String {
 /// Something that runs a vCPU: the real [`Vcpu`], or a script in tests.
 pub trait RunVcpu {
     /// Runs until the next exit.
-    fn run(&mut self) -> Result<RunExit<'_>, IoctlError>;
+    fn run(&mut self) -> Result<RunExit, Error>;
+    /// Completes the last exit with `value` for the next run.
+    fn complete(&mut self, value: u64) -> Result<(), Error>;
 }
 
 impl RunVcpu for Vcpu {
-    fn run(&mut self) -> Result<RunExit<'_>, IoctlError> {
+    fn run(&mut self) -> Result<RunExit, Error> {
         Vcpu::run(self)
+    }
+
+    fn complete(&mut self, value: u64) -> Result<(), Error> {
+        Vcpu::complete(self, value)
     }
 }
 
@@ -550,7 +483,7 @@ pub fn run_loop(
                 seconds: t.as_secs_f64(),
             };
         }
-        let exit = match vcpu.run() {
+        let RunExit { rip, exit } = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) => {
                 break Stop::RunFailed {
@@ -559,17 +492,29 @@ pub fn run_loop(
             }
         };
         n += 1;
-        let rip = exit.rip;
-        let (event, next) = handle(exit.exit, timed_out.load(Ordering::Acquire), limits.timeout);
-        if let ExitEvent::IoOut {
+        let (answer, next) = handle(exit, timed_out.load(Ordering::Acquire), limits.timeout);
+        if let Some(value) = answer {
+            if let Err(e) = vcpu.complete(value) {
+                break Stop::RunFailed {
+                    error: e.to_string(),
+                };
+            }
+        }
+        if let VcpuExit::IoOut {
             port: DEBUGCON_PORT,
             size,
             data,
-        } = event
+        } = exit
         {
+            let data = data & size_mask(size);
             console.extend_from_slice(&data.to_le_bytes()[..usize::from(size.min(8))]);
         }
-        on_exit(&ExitLine { n, rip, event });
+        on_exit(&ExitLine {
+            n,
+            rip,
+            exit,
+            answer,
+        });
         match next {
             Next::Stop(stop) => break stop,
             Next::Resume if n >= limits.max_exits => {
@@ -885,14 +830,7 @@ pub fn run(args: RunArgs, device: &Path) -> Result<ExitCode, Box<dyn std::error:
     });
     drop(watchdog);
 
-    let failed_in_guest = matches!(
-        outcome.stop,
-        Stop::Shutdown { .. }
-            | Stop::MemoryFault { .. }
-            | Stop::EntryFailure { .. }
-            | Stop::Unhandled { .. }
-    );
-    let regs = if failed_in_guest {
+    let regs = if outcome.stop.failed_in_guest() {
         vcpu.regs().ok()
     } else {
         None
@@ -920,7 +858,7 @@ pub fn run(args: RunArgs, device: &Path) -> Result<ExitCode, Box<dyn std::error:
         if let Some(r) = &regs {
             print!("{}", format_regs(r));
         }
-        if matches!(outcome.stop, Stop::EntryFailure { .. }) {
+        if matches!(outcome.stop, Stop::Exit(VcpuExit::EntryFailure { .. })) {
             if let Ok(s) = vcpu.sregs() {
                 print!("{}", format_sregs(&s));
             }
@@ -938,7 +876,7 @@ pub fn run(args: RunArgs, device: &Path) -> Result<ExitCode, Box<dyn std::error:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::decode_exit;
+    use keel_sys::{complete_exit, decode_exit};
 
     /// A vCPU that replays exit records and keeps what keelctl wrote back into each.
     struct Script {
@@ -961,18 +899,29 @@ mod tests {
     }
 
     impl RunVcpu for Script {
-        fn run(&mut self) -> Result<RunExit<'_>, IoctlError> {
+        fn run(&mut self) -> Result<RunExit, Error> {
             if self.next > 0 {
                 self.answered.push(self.exits[self.next - 1]);
             }
-            let Some(run) = self.exits.get_mut(self.next) else {
-                return Err(IoctlError {
+            let Some(run) = self.exits.get(self.next) else {
+                return Err(Error::Ioctl {
                     name: "KEEL_VCPU_RUN",
                     error: std::io::Error::from_raw_os_error(self.errno_at_end),
                 });
             };
             self.next += 1;
             Ok(decode_exit(run))
+        }
+
+        fn complete(&mut self, value: u64) -> Result<(), Error> {
+            let run = &mut self.exits[self.next - 1];
+            if complete_exit(run, value) {
+                Ok(())
+            } else {
+                Err(Error::NoCompletion {
+                    reason: run.exit.reason,
+                })
+            }
         }
     }
 
@@ -1030,7 +979,7 @@ mod tests {
             exit(uapi::KEEL_EXIT_HLT, 0x10_0019, |_| {}),
         ]);
         let (o, lines) = run_script(&mut s, LIMITS, false);
-        assert_eq!(o.stop, Stop::Halted);
+        assert_eq!(o.stop, Stop::HALTED);
         assert_eq!(o.exits, 5);
         assert_eq!(o.console, b"Hi!\n");
         assert_eq!(
@@ -1075,7 +1024,7 @@ mod tests {
             exit(uapi::KEEL_EXIT_HLT, 0x40, |_| {}),
         ]);
         let (o, lines) = run_script(&mut s, LIMITS, false);
-        assert_eq!(o.stop, Stop::Halted);
+        assert_eq!(o.stop, Stop::HALTED);
         let answers: Vec<u64> = s.answered[..3]
             .iter()
             // SAFETY: the script wrote the io member of these three.
@@ -1131,10 +1080,10 @@ mod tests {
         let (o, lines) = run_script(&mut Script::new(vec![fault]), LIMITS, false);
         assert_eq!(
             o.stop,
-            Stop::MemoryFault {
-                gpa: 0x4000_0000,
+            Stop::Exit(VcpuExit::MemoryFault {
+                gpa: GuestAddress(0x4000_0000),
                 access: 1
-            }
+            })
         );
         assert!(!o.stop.halted());
         assert_eq!(
@@ -1166,7 +1115,7 @@ mod tests {
         assert!(o.stop.describe().contains("entry failure"));
 
         let (o, lines) = run_script(&mut Script::new(vec![exit(99, 0, |_| {})]), LIMITS, false);
-        assert_eq!(o.stop, Stop::UnknownExit { exit_reason: 99 });
+        assert_eq!(o.stop, Stop::Exit(VcpuExit::Unknown(99)));
         assert_eq!(lines[0], "exit 1: unknown reason 99 rip 0x0");
     }
 
@@ -1187,7 +1136,7 @@ mod tests {
         let intr = || exit(uapi::KEEL_EXIT_INTR, 0x10_0000, |_| {});
         let mut s = Script::new(vec![intr(), exit(uapi::KEEL_EXIT_HLT, 1, |_| {})]);
         let (o, lines) = run_script(&mut s, LIMITS, false);
-        assert_eq!(o.stop, Stop::Halted);
+        assert_eq!(o.stop, Stop::HALTED);
         assert_eq!(lines[0], "exit 1: interrupted rip 0x100000");
 
         let limits = Limits {
@@ -1195,8 +1144,8 @@ mod tests {
             timeout: Some(Duration::from_millis(1500)),
         };
         // Timed out while in the guest: the interrupted exit ends the run.
-        let (event, next) = handle(VcpuExit::Interrupted, true, limits.timeout);
-        assert_eq!(event, ExitEvent::Interrupted);
+        let (answer, next) = handle(VcpuExit::Interrupted, true, limits.timeout);
+        assert_eq!(answer, None);
         assert_eq!(next, Next::Stop(Stop::Timeout { seconds: 1.5 }));
         // Timed out between runs: the loop does not go back in.
         let (o, lines) = run_script(&mut Script::new(vec![intr()]), limits, true);
@@ -1243,11 +1192,12 @@ mod tests {
         let line = ExitLine {
             n: 1,
             rip: 0x7c02,
-            event: ExitEvent::IoOut {
+            exit: VcpuExit::IoOut {
                 port: 0xe9,
                 size: 1,
                 data: 0x4b,
             },
+            answer: None,
         };
         let v = serde_json::to_value(&line).unwrap();
         assert_eq!(v["kind"], "io_out");
@@ -1256,8 +1206,61 @@ mod tests {
         let v = serde_json::to_value(Stop::MaxExits { limit: 5 }).unwrap();
         assert_eq!(v["reason"], "max_exits");
         assert_eq!(
-            serde_json::to_value(Stop::Halted).unwrap()["reason"],
+            serde_json::to_value(Stop::HALTED).unwrap()["reason"],
             "halted"
+        );
+        // The exact shapes of the exits that take an answer and of the failures.
+        fn text(v: &impl Serialize) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        let hypercall = ExitLine {
+            n: 2,
+            rip: 0x20,
+            exit: VcpuExit::Hypercall {
+                nr: 34,
+                args: [1, 2, 3, 4, 5],
+                longmode: false,
+            },
+            answer: Some(HYPERCALL_ENOSYS as u64),
+        };
+        assert_eq!(
+            text(&hypercall),
+            r#"{"n":2,"rip":32,"kind":"hypercall","nr":34,"args":[1,2,3,4,5],"longmode":false,"ret":-38}"#
+        );
+        let io_in = ExitLine {
+            n: 3,
+            rip: 0x30,
+            exit: VcpuExit::IoIn {
+                port: 0x60,
+                size: 1,
+            },
+            answer: Some(0xff),
+        };
+        assert_eq!(
+            text(&io_in),
+            r#"{"n":3,"rip":48,"kind":"io_in","port":96,"size":1,"answer":255}"#
+        );
+        let fault = VcpuExit::MemoryFault {
+            gpa: GuestAddress(0x1000),
+            access: 2,
+        };
+        let line = ExitLine {
+            n: 4,
+            rip: 0x40,
+            exit: fault,
+            answer: None,
+        };
+        assert_eq!(
+            text(&line),
+            r#"{"n":4,"rip":64,"kind":"memory_fault","gpa":4096,"access":2}"#
+        );
+        assert_eq!(
+            text(&Stop::Exit(fault)),
+            r#"{"reason":"memory_fault","gpa":4096,"access":2}"#
+        );
+        assert_eq!(
+            text(&Stop::Exit(VcpuExit::Unknown(99))),
+            r#"{"reason":"unknown_exit","exit_reason":99}"#
         );
     }
 
