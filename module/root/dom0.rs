@@ -53,7 +53,7 @@ pub(crate) trait Dom0Hal: Hal {
     /// # Safety
     ///
     /// Only for the hand-back of this CPU, in root mode: nothing enters a guest after it.
-    unsafe fn leave(&mut self) -> LeavePoint;
+    unsafe fn leave(&mut self, view: &Dom0View) -> LeavePoint;
 }
 
 /// The slow path of Dom0's `decode_len`: reads up to 15 bytes at CS:RIP in Dom0's paging
@@ -238,12 +238,12 @@ impl<H: Dom0Hal> Ctx for Dom0<'_, H> {
     /// page tables (SVM without next-RIP save). The common case, a 64-bit Dom0 whose bytes
     /// are exactly the exit's plain encoding within one page, costs one page walk and a
     /// compare; everything else is decoded in full ([`decode_len_slow`]).
-    #[inline]
+    #[inline(always)]
     fn decode_len(&mut self, exit: &Exit) -> Option<u64> {
         let base = self.cpu.page_offset_base;
         let (cs_base, _) = self.hw.cs();
         let la = cs_base.wrapping_add(self.hw.rip());
-        if let Some(plain) = exit.kind().plain_encoding() {
+        if let Some(plain) = exit.plain_encoding() {
             let c = self.hw.control_regs();
             if c.efer & efer::LMA != 0 && la & 0xfff <= 0x1000 - plain.len() as u64 {
                 // Physical memory is read through Linux's direct map, which root mode's page
@@ -304,17 +304,7 @@ impl<H: Dom0Hal> Ctx for Dom0<'_, H> {
         Action::Resume
     }
 
-    fn shutdown(&mut self, exit: &Exit) -> Action {
-        let (reason, qualification) = match *exit {
-            Exit::EntryFailure {
-                reason,
-                qualification,
-            } => (reason, qualification),
-            _ => (0, 0),
-        };
-        Action::Crash {
-            reason,
-            qualification,
-        }
+    fn shutdown(&mut self, _exit: &Exit) -> Action {
+        Action::Crash
     }
 }

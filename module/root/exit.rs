@@ -18,8 +18,10 @@ use crate::keel_core::{
     xcr,
 };
 
-/// What to do after an exit: the handlers' contract.
-#[derive(Clone, Copy)]
+/// What to do after an exit: the handlers' contract. It is a plain tag, small enough to come
+/// back in a register on the hot path; what a DomU's userspace is told (`ToUser`, `Crash`)
+/// the handler has written into the vCPU's [`UserExit`] record.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
     /// Enter the guest again.
     Resume,
@@ -27,17 +29,11 @@ pub(crate) enum Action {
     /// preemption timer needs Dom0; the module's run loop lets Dom0 run and enters again.
     /// (For Dom0 itself, the same as `Resume`: the interrupt is taken once Dom0 runs.)
     RunLoop,
-    /// End the DomU's run with an exit for its userspace, which serves it.
-    ToUser(UserExit),
-    /// The domain cannot go on: a DomU's run ends with the exit reported as unhandled; Dom0's
-    /// CPU is parked (there is nothing to return to).
-    Crash {
-        /// The raw exit reason or code (0 when the exit itself was fine but Keel could not
-        /// complete the instruction).
-        reason: u64,
-        /// The exit qualification, or RIP.
-        qualification: u64,
-    },
+    /// End the DomU's run with the exit record the handler wrote, for its userspace to serve.
+    ToUser,
+    /// The domain cannot go on: a DomU's run ends with the exit the handler recorded as
+    /// unhandled; Dom0's CPU is parked (there is nothing to return to).
+    Crash,
     /// Dom0 only: hand this CPU back (the Leave hypercall).
     Leave,
 }
@@ -141,20 +137,46 @@ pub(crate) trait Ctx {
     }
 }
 
-/// Handles one exit.
-#[inline]
+/// Handles one exit. Each arm counts its exit under a constant kind, so that the hot ones
+/// (CPUID above all: Dom0's exit without next-RIP save) pay for one dispatch only.
+#[inline(always)]
 pub(crate) fn handle<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
+    match *exit {
+        Exit::Cpuid => {
+            c.count(ExitKind::Cpuid);
+            cpuid(c, exit)
+        }
+        Exit::Msr { write } => {
+            c.count(if write {
+                ExitKind::Wrmsr
+            } else {
+                ExitKind::Rdmsr
+            });
+            msr(c, exit, write)
+        }
+        Exit::Hypercall => {
+            c.count(ExitKind::Hypercall);
+            c.hypercall()
+        }
+        _ => handle_rest(c, exit),
+    }
+}
+
+/// [`handle`] for the exits that are not on a hot path.
+#[cold]
+#[inline(never)]
+fn handle_rest<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
     c.count(exit.kind());
     match *exit {
         Exit::Cpuid => cpuid(c, exit),
-        Exit::Xsetbv => xsetbv(c, exit),
         Exit::Msr { write } => msr(c, exit, write),
+        Exit::Hypercall => c.hypercall(),
+        Exit::Xsetbv => xsetbv(c, exit),
         Exit::Invd => {
             // Dropping dirty lines would lose data that is not the guest's alone.
             x86::wbinvd();
             complete(c, exit)
         }
-        Exit::Hypercall => c.hypercall(),
         Exit::VirtInsn | Exit::MonitorMwait => {
             // As CPUID says: no VMX/SVM, no MONITOR/MWAIT.
             c.hw().inject(vector::UD, None);
@@ -216,10 +238,14 @@ pub(crate) fn edx_eax(regs: &GuestRegs) -> u64 {
 }
 
 /// Moves RIP past the instruction that exited; false if its length is unknown.
-#[inline]
+#[inline(always)]
 pub(crate) fn skip<C: Ctx>(c: &mut C, exit: &Exit) -> bool {
-    let Some(len) = c.hw_ref().insn_len().or_else(|| c.decode_len(exit)) else {
-        return false;
+    let len = match c.hw_ref().insn_len() {
+        Some(len) => len,
+        None => match c.decode_len(exit) {
+            Some(len) => len,
+            None => return false,
+        },
     };
     let rip = c.hw_ref().rip().wrapping_add(len);
     c.hw().set_rip(rip);
@@ -227,7 +253,7 @@ pub(crate) fn skip<C: Ctx>(c: &mut C, exit: &Exit) -> bool {
 }
 
 /// Skips the instruction and resumes the guest.
-#[inline]
+#[inline(always)]
 pub(crate) fn complete<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
     if skip(c, exit) {
         Action::Resume
@@ -237,7 +263,7 @@ pub(crate) fn complete<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
 }
 
 /// CPUID: the domain's view, into EAX, EBX, ECX, EDX.
-#[inline]
+#[inline(always)]
 fn cpuid<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
     let regs = c.regs();
     let (leaf, sub) = (regs.gpr[RAX] as u32, regs.gpr[RCX] as u32);

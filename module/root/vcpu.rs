@@ -181,26 +181,51 @@ impl VcpuState {
         self.pa + (p as u64 - core::ptr::from_ref(self) as u64)
     }
 
+    /// The vCPU as the exit pipeline sees it: `hw` makes the hardware view from the vCPU's
+    /// control page (SVM: its VMCB) or brings its own (VMX: the current VMCS).
+    pub(crate) fn domu<'a, H: Hal>(
+        &'a mut self,
+        hw: impl FnOnce(&'a mut Page) -> H,
+        domain: &'a DomainShared,
+        vendor: Vendor,
+        raw_reason: u64,
+    ) -> Domu<'a, H> {
+        let VcpuState {
+            control,
+            regs,
+            arch,
+            completion,
+            exit,
+            ..
+        } = self;
+        Domu {
+            hw: hw(control),
+            regs,
+            xcr0: &mut arch.xcr0,
+            completion,
+            exit,
+            domain,
+            vendor,
+            raw_reason,
+        }
+    }
+
     /// Records how a run ended: `action` from the exit pipeline, `rip` where the guest was
     /// when it exited. Returns true when the guest should be entered again.
     pub(crate) fn finish(&mut self, action: Action, rip: u64) -> bool {
-        self.exit = match action {
+        match action {
             Action::Resume => return true,
-            Action::RunLoop => UserExit::None,
-            Action::ToUser(e) => e,
-            Action::Crash {
-                reason,
-                qualification,
-            } => UserExit::Unhandled {
-                reason,
-                qualification,
-            },
+            Action::RunLoop => self.exit = UserExit::None,
+            // The handler wrote the record.
+            Action::ToUser | Action::Crash => {}
             // Only Dom0 leaves.
-            Action::Leave => UserExit::Unhandled {
-                reason: 0,
-                qualification: rip,
-            },
-        };
+            Action::Leave => {
+                self.exit = UserExit::Unhandled {
+                    reason: 0,
+                    qualification: rip,
+                }
+            }
+        }
         self.exit_rip = rip;
         false
     }
@@ -216,6 +241,8 @@ pub(crate) struct Domu<'a, H: Hal> {
     pub(crate) xcr0: &'a mut u64,
     /// What the next run must finish first.
     pub(crate) completion: &'a mut Completion,
+    /// The exit record for userspace, when a handler ends the run.
+    pub(crate) exit: &'a mut UserExit,
     /// The domain.
     pub(crate) domain: &'a DomainShared,
     /// The vendor (for CPUID's view).
@@ -329,7 +356,7 @@ impl<H: Hal> Domu<'_, H> {
                 (XEN_VERSION, _) => regs[RAX] = ENOSYS,
                 _ => {
                     *self.completion = Completion::Hypercall { len };
-                    return Action::ToUser(UserExit::Hypercall {
+                    return self.exit_to_user(UserExit::Hypercall {
                         nr,
                         args,
                         long_mode,
@@ -342,12 +369,25 @@ impl<H: Hal> Domu<'_, H> {
         Action::Resume
     }
 
+    /// Ends the run with an exit for userspace.
+    fn exit_to_user(&mut self, exit: UserExit) -> Action {
+        *self.exit = exit;
+        Action::ToUser
+    }
+
+    /// Ends the run with the exit reported as unhandled.
+    fn crash(&mut self, reason: u64, qualification: u64) -> Action {
+        *self.exit = UserExit::Unhandled {
+            reason,
+            qualification,
+        };
+        Action::Crash
+    }
+
     /// Ends the run with the exit reported as unhandled, at RIP.
-    fn crash_at_rip(&self) -> Action {
-        Action::Crash {
-            reason: self.raw_reason,
-            qualification: self.hw.rip(),
-        }
+    fn crash_at_rip(&mut self) -> Action {
+        let rip = self.hw.rip();
+        self.crash(self.raw_reason, rip)
     }
 }
 
@@ -455,10 +495,8 @@ impl<H: Hal> Ctx for Domu<'_, H> {
     }
 
     fn length_unknown(&mut self, _exit: &Exit) -> Action {
-        Action::Crash {
-            reason: 0,
-            qualification: self.hw.rip(),
-        }
+        let rip = self.hw.rip();
+        self.crash(0, rip)
     }
 
     fn unexpected(&mut self, exit: &Exit) -> Action {
@@ -466,10 +504,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             Exit::Other {
                 reason,
                 qualification,
-            } => Action::Crash {
-                reason,
-                qualification,
-            },
+            } => self.crash(reason, qualification),
             _ => self.crash_at_rip(),
         }
     }
@@ -509,7 +544,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
     /// HLT: the guest has nothing to do until an event, and Keel delivers none yet.
     fn hlt(&mut self, exit: &Exit) -> Action {
         match exit::complete(self, exit) {
-            Action::Resume => Action::ToUser(UserExit::Hlt),
+            Action::Resume => self.exit_to_user(UserExit::Hlt),
             other => other,
         }
     }
@@ -548,7 +583,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             self.hw.set_rip(rip.wrapping_add(len.into()));
             self.regs.gpr[RAX] & mask
         };
-        Action::ToUser(UserExit::Io {
+        self.exit_to_user(UserExit::Io {
             port,
             size,
             input,
@@ -567,22 +602,20 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             .range_of(gpa)
             .map_or(RangeKind::None, |r| r.kind);
         if kind != RangeKind::Mmio || access & access::EXEC != 0 {
-            return Action::ToUser(UserExit::MemoryFault { gpa, access });
+            return self.exit_to_user(UserExit::MemoryFault { gpa, access });
         }
         let mut bytes = [0u8; insn::MAX_LEN];
         let n = self.fetch(&mut bytes);
         let Ok(insn) = mmio::decode(&bytes[..n], self.mode()) else {
-            return Action::Crash {
-                reason: 0,
-                qualification: self.hw.rip(),
-            };
+            let rip = self.hw.rip();
+            return self.crash(0, rip);
         };
         let rip = self.hw.rip();
         match insn.op {
             MmioOp::Write { .. } => {
                 let data = mmio::write_data(&self.regs.gpr, &insn);
                 self.hw.set_rip(rip.wrapping_add(insn.len.into()));
-                Action::ToUser(UserExit::Mmio {
+                self.exit_to_user(UserExit::Mmio {
                     gpa,
                     size: insn.size,
                     read: false,
@@ -591,7 +624,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             }
             MmioOp::Read { .. } => {
                 *self.completion = Completion::MmioRead(insn);
-                Action::ToUser(UserExit::Mmio {
+                self.exit_to_user(UserExit::Mmio {
                     gpa,
                     size: insn.size,
                     read: true,
@@ -603,7 +636,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
 
     /// A triple fault, or an entry the hardware refused: for the vCPU's userspace.
     fn shutdown(&mut self, exit: &Exit) -> Action {
-        Action::ToUser(match *exit {
+        self.exit_to_user(match *exit {
             Exit::EntryFailure {
                 reason,
                 qualification,

@@ -18,7 +18,7 @@ use crate::root::exit::{self, Action};
 use crate::root::vcpu::VcpuState;
 use crate::root::{
     load_gprs_but_rax, objtool_frame_non_standard, park, push_return, root_leave,
-    save_gprs_but_rax, x86, CpuState, HostFrame, RAX,
+    save_gprs_but_rax, x86, CpuState, Dom0View, HostFrame, RAX,
 };
 
 /// The ASID Dom0 runs with (0 is the host's).
@@ -219,7 +219,7 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
 ///
 /// No VMLOAD/VMSAVE: the state they move (FS, GS, TR, LDTR, KernelGsBase, the syscall and
 /// SYSENTER MSRs) stays Dom0's in the processor across VMRUN and #VMEXIT, and root mode does
-/// not change it; a DomU run saves it first and puts it back after (`svm_guest.rs`).
+/// not change it; a DomU run saves it first and puts it back after (`svm/domu.rs`).
 ///
 /// # Safety
 ///
@@ -265,8 +265,6 @@ unsafe fn svm_off(efer: u64, dom0_hsave_pa: u64) {
 pub(crate) struct Dom0Svm {
     /// Dom0's VMCB (physical), for the DomU runs' VMSAVE/VMLOAD.
     vmcb_pa: u64,
-    /// VM_HSAVE_PA as Dom0 last wrote it, restored at the hand-back.
-    hsave_pa: u64,
 }
 
 impl Dom0Hal for Svm<'_, Dom0Svm> {
@@ -286,7 +284,7 @@ impl Dom0Hal for Svm<'_, Dom0Svm> {
         true
     }
 
-    unsafe fn leave(&mut self) -> LeavePoint {
+    unsafe fn leave(&mut self, view: &Dom0View) -> LeavePoint {
         let s = &self.vmcb.save;
         let (cr4, cr2, dr7) = (s.cr4, s.cr2, s.dr7);
         let point = LeavePoint {
@@ -296,7 +294,7 @@ impl Dom0Hal for Svm<'_, Dom0Svm> {
             cr3: s.cr3,
         };
         // SAFETY: The hand-back of this CPU (the caller's contract).
-        unsafe { svm_off(s.efer, self.extra.hsave_pa) };
+        unsafe { svm_off(s.efer, view.hsave_pa) };
         // SAFETY: SVM is off; these restore Dom0's own values of registers VMRUN's host state
         // does not cover (it already matched Dom0's in everything else).
         unsafe {
@@ -314,7 +312,6 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
     // SAFETY: `frame` is this CPU's frame (the VMRUN loop's RSP), whose `state` points at the
     // CpuState that contains it; root mode on this CPU is its only user while it runs.
     let state = unsafe { &mut *(*frame).state };
-    let launched = state.info.launched.load(Ordering::Relaxed);
     let vmcb_pa = state.frame.vmcb_pa;
     let CpuState {
         control,
@@ -329,27 +326,26 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
     let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
     // Guest RAX lives in the VMCB; the common code works on the frame.
     frame.regs.gpr[RAX] = vmcb.save.rax;
-    let hsave_pa = view.hsave_pa;
     let mut dom0 = Dom0 {
         hw: Svm {
             vmcb,
             nrip_save: info.nrip_save,
-            extra: Dom0Svm { vmcb_pa, hsave_pa },
+            extra: Dom0Svm { vmcb_pa },
         },
         regs: &mut frame.regs,
         cpu: info,
         view,
     };
     let result = match exit::handle(&mut dom0, &exit) {
-        Action::Resume | Action::RunLoop | Action::ToUser(_) => 0,
+        Action::Resume | Action::RunLoop | Action::ToUser => 0,
         Action::Leave => {
             // SAFETY: The Leave hypercall: root mode returns to Dom0 on bare metal next.
-            let p = unsafe { dom0.hw.leave() };
+            let p = unsafe { dom0.hw.leave(dom0.view) };
             dom0.hw.vmcb.save.rax = dom0.regs.gpr[RAX];
             push_return(frame, p.rsp, p.rip, p.rflags, p.cr3);
             return 1;
         }
-        Action::Crash { .. } if !launched => {
+        Action::Crash if !dom0.cpu.launched.load(Ordering::Relaxed) => {
             // The first VMRUN failed: hand the CPU back at the launch point with RAX = 1. The
             // VMCB's save area may hold host state by now: the launch point is in the frame,
             // and the control registers are still the launch's.
@@ -362,7 +358,7 @@ extern "C" fn svm_exit_handler(frame: *mut HostFrame) -> u64 {
             push_return(frame, rsp, rip, x86::read_rflags(), cr3);
             return 1;
         }
-        Action::Crash { .. } => {
+        Action::Crash => {
             dom0.dump("Dom0 cannot continue on this CPU");
             park();
         }

@@ -20,10 +20,10 @@ use crate::keel_core::{
 };
 use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{ArchState, Domu, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax,
-    GuestRegs, RAX,
+    GuestRegs, Page, RAX,
 };
 
 /// V_INTR_MASKING (VMCB int_ctl bit 24).
@@ -151,6 +151,15 @@ fn save_arch(vmcb: &Vmcb, a: &mut ArchState) {
     };
 }
 
+/// A DomU vCPU's hardware view: its VMCB.
+fn svm_hw(page: &mut Page, nrip_save: bool) -> Svm<'_, ()> {
+    Svm {
+        vmcb: vmcb_of(page),
+        nrip_save,
+        extra: (),
+    }
+}
+
 /// Runs the vCPU `v` on this CPU until an exit for Dom0 (`v.exit` says which).
 ///
 /// # Safety
@@ -177,28 +186,9 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         c.tlb_ctl = layout::TLB_CONTROL_FLUSH_ALL;
         c.event_inj = 0;
     }
-    let VcpuState {
-        control,
-        regs,
-        arch,
-        completion,
-        completion_data,
-        ..
-    } = v;
-    Domu {
-        hw: Svm {
-            vmcb: vmcb_of(control),
-            nrip_save,
-            extra: (),
-        },
-        regs,
-        xcr0: &mut arch.xcr0,
-        completion,
-        domain,
-        vendor: Vendor::Svm,
-        raw_reason: 0,
-    }
-    .complete_pending(*completion_data);
+    let data = v.completion_data;
+    v.domu(|page| svm_hw(page, nrip_save), domain, Vendor::Svm, 0)
+        .complete_pending(data);
     let xcr0_supported = domain.xcr0_supported;
     let xcr0 = fpu::host_xcr0(xcr0_supported);
     // SAFETY: The areas are the vCPU's, sized for the domain's XCR0 (the Linux side checked).
@@ -227,27 +217,13 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
             v.regs.gpr[RAX] = vm.save.rax;
         }
         let rip = vm.save.rip;
-        let VcpuState {
-            control,
-            regs,
-            arch,
-            completion,
-            ..
-        } = v;
         let action = exit::handle(
-            &mut Domu {
-                hw: Svm {
-                    vmcb: vmcb_of(control),
-                    nrip_save,
-                    extra: (),
-                },
-                regs,
-                xcr0: &mut arch.xcr0,
-                completion,
+            &mut v.domu(
+                |page| svm_hw(page, nrip_save),
                 domain,
-                vendor: Vendor::Svm,
+                Vendor::Svm,
                 raw_reason,
-            },
+            ),
             &exit,
         );
         if !v.finish(action, rip) {

@@ -22,7 +22,7 @@ use crate::root::exit::{self, Action};
 use crate::root::vcpu::VcpuState;
 use crate::root::{
     load_gprs_but_rax, objtool_frame_non_standard, park, push_return, rlog, root_leave,
-    save_gprs_but_rax, x86, CpuInfo, CpuState, HostFrame, RAX,
+    save_gprs_but_rax, x86, CpuInfo, CpuState, Dom0View, HostFrame, RAX,
 };
 
 /// Writes fields into the current VMCS, stopping at the first failure (a launch error).
@@ -506,7 +506,7 @@ impl Dom0Hal for Vmx<Dom0Vmx<'_>> {
             .is_ok()
     }
 
-    unsafe fn leave(&mut self) -> LeavePoint {
+    unsafe fn leave(&mut self, _view: &Dom0View) -> LeavePoint {
         let v = &self.vmcs;
         let point = LeavePoint {
             rsp: v.read(field::GUEST_RSP),
@@ -561,7 +561,6 @@ extern "C" fn vmx_exit_handler(frame: *mut HostFrame) -> u64 {
         VmxInfo::GuestPhysical => vmcs.read(field::GUEST_PHYSICAL_ADDRESS),
     });
     let vmcs_pa = pa_of(state, state.control.0.as_ptr());
-    let launched = state.info.launched.load(Ordering::Relaxed);
     let CpuState {
         frame,
         view,
@@ -594,26 +593,26 @@ extern "C" fn vmx_exit_handler(frame: *mut HostFrame) -> u64 {
         );
     }
     match action {
-        Action::Resume | Action::RunLoop | Action::ToUser(_) => {
+        Action::Resume | Action::RunLoop | Action::ToUser => {
             deliver_pending_nmi(&dom0.hw.vmcs, nmi_pending);
             0
         }
         Action::Leave => {
             // SAFETY: The Leave hypercall: root mode returns to Dom0 on bare metal next.
-            let p = unsafe { dom0.hw.leave() };
+            let p = unsafe { dom0.hw.leave(dom0.view) };
             push_return(frame, p.rsp, p.rip, p.rflags, p.cr3);
             1
         }
-        Action::Crash { .. } if !launched => {
+        Action::Crash if !dom0.cpu.launched.load(Ordering::Relaxed) => {
             // The first entry failed: leave VMX and return 2 at the launch point.
             dom0.dump("the first VM entry failed");
             dom0.regs.gpr[RAX] = 2;
             // SAFETY: The launch is abandoned: root mode returns to the launch point next.
-            let p = unsafe { dom0.hw.leave() };
+            let p = unsafe { dom0.hw.leave(dom0.view) };
             push_return(frame, p.rsp, p.rip, p.rflags, p.cr3);
             1
         }
-        Action::Crash { .. } => {
+        Action::Crash => {
             dom0.dump("Dom0 cannot continue on this CPU");
             park();
         }

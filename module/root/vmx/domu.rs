@@ -25,7 +25,7 @@ use crate::keel_core::{
 };
 use crate::root::exit::{self, Action, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{ArchState, Domu, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax, x86,
     GuestRegs,
@@ -408,25 +408,9 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         v.arch_dirty = false;
     }
     let mut vmx = Vmx { vmcs, extra: () };
-    {
-        let VcpuState {
-            regs,
-            arch,
-            completion,
-            completion_data,
-            ..
-        } = v;
-        Domu {
-            hw: &mut vmx,
-            regs,
-            xcr0: &mut arch.xcr0,
-            completion,
-            domain,
-            vendor: Vendor::Vmx,
-            raw_reason: 0,
-        }
-        .complete_pending(*completion_data);
-    }
+    let data = v.completion_data;
+    v.domu(|_| &mut vmx, domain, Vendor::Vmx, 0)
+        .complete_pending(data);
     vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
     // SAFETY: In VMX root operation with EPT (domains need it). A new domain may reuse a freed
     // domain's table pages: drop cached translations.
@@ -493,22 +477,8 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         }
         let rip = vmx.vmcs.read(field::GUEST_RIP);
         reinject_vectoring(&vmx.vmcs);
-        let VcpuState {
-            regs,
-            arch,
-            completion,
-            ..
-        } = v;
         let action = exit::handle(
-            &mut Domu {
-                hw: &mut vmx,
-                regs,
-                xcr0: &mut arch.xcr0,
-                completion,
-                domain,
-                vendor: Vendor::Vmx,
-                raw_reason: reason.into(),
-            },
+            &mut v.domu(|_| &mut vmx, domain, Vendor::Vmx, reason.into()),
             &exit,
         );
         if !v.finish(action, rip) {
