@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * keel_domain_test: guest domains through /dev/keel. Real-mode, 32-bit protected-mode and
- * long-mode guests (keel_guest.h), their exits (I/O, MMIO, hypercalls, memory faults,
+ * long-mode guests (lib/x86.h), their exits (I/O, MMIO, hypercalls, memory faults,
  * shutdown, signals), the guest-physical map, isolation between domains, SMP guests, pausing,
  * the argument checks of every domain and vCPU ioctl, and domain lifetime.
  * Runs inside the test VM, as root, after keel.ko is loaded.
@@ -21,9 +21,7 @@
 #include <unistd.h>
 
 #include "kselftest_harness.h"
-#include "keel_guest.h"
-
-typedef unsigned long long ull;
+#include "guest.h"
 
 /* ---------------------------------------------------------------------------------------
  * Guest code: real-mode and 32-bit blobs (copied into guest RAM), long-mode C functions. */
