@@ -17,7 +17,7 @@
 #include "domain_test.h"
 
 /* ---------------------------------------------------------------------------------------
- * Guest code: real-mode and 32-bit blobs (copied into guest RAM), long-mode C functions. */
+ * Guest code: a real-mode blob (copied into guest RAM), a long-mode C function. */
 
 asm(".pushsection .rodata\n"
     ".code16\n"
