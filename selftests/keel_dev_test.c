@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "kselftest_harness.h"
-#include "keel_util.h"
+#include "util.h"
 
 TEST(device_node_is_root_only)
 {

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "kselftest_harness.h"
-#include "keel_util.h"
+#include "util.h"
 
 #define STATS "/sys/kernel/debug/keel/stats"
 

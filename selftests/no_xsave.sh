@@ -7,5 +7,8 @@ if grep -qw xsave /proc/cpuinfo; then
     echo "ok 1 no_xsave # SKIP this CPU has XSAVE (run under scripts/run-vm --no-xsave)"
     exit 0
 fi
-exec /selftests/keel_domain_test -t fpu_state_is_per_vcpu -t long_mode_sync_assert_done \
-    -t smp_lock_xadd
+status=0
+/selftests/domain_modes_test -t long_mode_sync_assert_done || status=1
+/selftests/domain_vcpu_state_test -t fpu_state_is_per_vcpu || status=1
+/selftests/domain_smp_test -t smp_lock_xadd || status=1
+exit $status

@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * domain_exits_test: the exits a guest makes to Dom0, and their completion: I/O
+ * (from real-mode guests; an IN completes on the next run) and HLT, MMIO, hypercalls (64- and
+ * 32-bit callers, VMCALL and VMMCALL, refused at CPL 3), and a triple fault (shutdown).
+ * Runs inside the test VM, as root, after keel.ko is loaded.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "kselftest_harness.h"
+#include "domain_test.h"
+
+/* ---------------------------------------------------------------------------------------
+ * Guest code: real-mode and 32-bit blobs (copied into guest RAM), long-mode C functions. */
+
+/* I/O ports and hypercall results the blobs and the host agree on (literals: the blobs
+ * stringify them). */
+#define PORT_IN       0x511
+#define PORT_ECHO8    0x80
+#define PORT_IN32     0x82
+#define PORT_ECHO32   0x84
+#define HC32_RESULTS  0x3000
+#define XEN_VERSION_4_19 ((4ULL << 16) | 19)
+
+asm(".pushsection .rodata\n"
+    ".code16\n"
+    /* IN a byte and a dword, echo each with an OUT, HLT. */
+    "blob_real_in_start:\n"
+    "	mov $" KEEL_STR(PORT_IN) ", %dx\n"
+    "	in %dx, %al\n"
+    "	out %al, $" KEEL_STR(PORT_ECHO8) "\n"
+    "	in $" KEEL_STR(PORT_IN32) ", %eax\n"
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "	hlt\n"
+    "blob_real_in_end:\n"
+    ".code32\n"
+    /* 32-bit hypercalls: an unknown number with VMCALL and with VMMCALL, then xen_version
+     * with both; each result stored at HC32_RESULTS. */
+    "blob_hc32_start:\n"
+    "	mov $" KEEL_STR(KEEL_HC_TEST) ", %eax\n"
+    "	.byte 0x0f, 0x01, 0xc1\n" /* vmcall */
+    "	mov %eax, " KEEL_STR(HC32_RESULTS) "\n"
+    "	mov $" KEEL_STR(KEEL_HC_TEST) " + 1, %eax\n"
+    "	.byte 0x0f, 0x01, 0xd9\n" /* vmmcall */
+    "	mov %eax, " KEEL_STR(HC32_RESULTS) " + 4\n"
+    "	mov $" KEEL_STR(KEEL_HC_XEN_VERSION) ", %eax\n"
+    "	xor %ebx, %ebx\n"
+    "	.byte 0x0f, 0x01, 0xc1\n"
+    "	mov %eax, " KEEL_STR(HC32_RESULTS) " + 8\n"
+    "	mov $" KEEL_STR(KEEL_HC_XEN_VERSION) ", %eax\n"
+    "	xor %ebx, %ebx\n"
+    "	.byte 0x0f, 0x01, 0xd9\n"
+    "	mov %eax, " KEEL_STR(HC32_RESULTS) " + 12\n"
+    "	hlt\n"
+    "blob_hc32_end:\n"
+    /* At CPL 3 (IOPL 3): hypercalls, each result reported with an OUT. */
+    "blob_cpl3_start:\n"
+    "	mov $" KEEL_STR(KEEL_HC_TEST) ", %eax\n"
+    "	.byte 0x0f, 0x01, 0xc1\n" /* vmcall */
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "	mov $" KEEL_STR(KEEL_HC_XEN_VERSION) ", %eax\n"
+    "	xor %ebx, %ebx\n"
+    "	.byte 0x0f, 0x01, 0xd9\n" /* vmmcall */
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "1:	jmp 1b\n"
+    "blob_cpl3_end:\n"
+    /* An invalid opcode with no IDT. */
+    "blob_ud2_start:\n"
+    "	ud2\n"
+    "blob_ud2_end:\n"
+    ".code64\n"
+    ".popsection\n");
+
+BLOB(real_in);
+BLOB(hc32);
+BLOB(cpl3);
+BLOB(ud2);
+
+#define MMIO_W8  0x11
+#define MMIO_W16 0x2233
+#define MMIO_W32 0x44556677U
+#define MMIO_W64 0x8899aabbccddeeffULL
+#define MMIO_R8  0x5a
+#define MMIO_R16 0xbeef
+#define MMIO_R32 0xdeadbeefU
+#define MMIO_R64 0x0123456789abcdefULL
+
+static GUEST_CODE void guest_mmio(uint64_t base)
+{
+	*(volatile uint8_t *)(base + 0x0) = MMIO_W8;
+	*(volatile uint16_t *)(base + 0x2) = MMIO_W16;
+	*(volatile uint32_t *)(base + 0x4) = MMIO_W32;
+	*(volatile uint64_t *)(base + 0x8) = MMIO_W64;
+	GUEST_ASSERT_EQ(*(volatile uint8_t *)(base + 0x10), MMIO_R8);
+	GUEST_ASSERT_EQ(*(volatile uint16_t *)(base + 0x12), MMIO_R16);
+	GUEST_ASSERT_EQ(*(volatile uint32_t *)(base + 0x14), MMIO_R32);
+	GUEST_ASSERT_EQ(*(volatile uint64_t *)(base + 0x18), MMIO_R64);
+	GUEST_DONE();
+}
+
+#define HC_ARG(i) (0x1111111111111111ULL * ((i) + 1) + 0xa0)
+#define HC_RET1   0x123456789abcdef0ULL
+#define HC_RET2   0xfedcba9876543210ULL
+
+static GUEST_CODE void guest_hypercalls64(void)
+{
+	/* Handled by Keel: no exit. */
+	GUEST_ASSERT_EQ(guest_vmcall(KEEL_HC_XEN_VERSION, XENVER_version, 0, 0, 0, 0),
+			XEN_VERSION_4_19);
+	GUEST_ASSERT_EQ(guest_vmmcall(KEEL_HC_XEN_VERSION, XENVER_version, 0, 0, 0, 0),
+			XEN_VERSION_4_19);
+	/* Unknown: Dom0 answers. */
+	GUEST_ASSERT_EQ(guest_vmcall(KEEL_HC_TEST, HC_ARG(0), HC_ARG(1), HC_ARG(2), HC_ARG(3),
+				     HC_ARG(4)), HC_RET1);
+	GUEST_ASSERT_EQ(guest_vmmcall(KEEL_HC_TEST + 1, HC_ARG(0), HC_ARG(1), HC_ARG(2), HC_ARG(3),
+				      HC_ARG(4)), HC_RET2);
+	GUEST_DONE();
+}
+
+/* ---------------------------------------------------------------------------------------
+ * I/O and HLT, from real mode. */
+
+TEST_F(domain, real_mode_out_then_hlt)
+{
+	struct keel_vm *vm = REAL_VM("real-out", 1, SZ_64K, real_out);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_regs regs;
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(0, vcpu->run.exit.vcpu);
+	EXPECT_EQ(PORT_OUT, vcpu->run.exit.io.port);
+	EXPECT_EQ(2, vcpu->run.exit.io.size);
+	EXPECT_EQ(KEEL_IO_OUT, vcpu->run.exit.io.direction);
+	EXPECT_EQ(0x1234, vcpu->run.exit.io.data);
+	EXPECT_EQ(BLOB_OFF(real_out, out), vcpu->run.exit.rip);
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	EXPECT_EQ(BLOB_OFF(real_out, hlt), vcpu->run.exit.rip);
+	vcpu_get_regs(vcpu, &regs);
+	EXPECT_EQ(BLOB_OFF(real_out, hlt) + 1, regs.rip) TH_LOG("RIP is not past the HLT");
+	EXPECT_EQ(0x1234, regs.rax & 0xffff);
+	EXPECT_EQ(PORT_OUT, regs.rdx & 0xffff);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, real_mode_in_completes_on_next_run)
+{
+	struct keel_vm *vm = REAL_VM("real-in", 1, SZ_64K, real_in);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_regs regs;
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(PORT_IN, vcpu->run.exit.io.port);
+	EXPECT_EQ(1, vcpu->run.exit.io.size);
+	EXPECT_EQ(KEEL_IO_IN, vcpu->run.exit.io.direction);
+	vcpu->run.exit.io.data = 0xab;
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(PORT_ECHO8, vcpu->run.exit.io.port);
+	EXPECT_EQ(KEEL_IO_OUT, vcpu->run.exit.io.direction);
+	EXPECT_EQ(1, vcpu->run.exit.io.size);
+	EXPECT_EQ(0xab, vcpu->run.exit.io.data);
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(PORT_IN32, vcpu->run.exit.io.port);
+	EXPECT_EQ(4, vcpu->run.exit.io.size);
+	EXPECT_EQ(KEEL_IO_IN, vcpu->run.exit.io.direction);
+	vcpu->run.exit.io.data = 0xdeadbeef;
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(PORT_ECHO32, vcpu->run.exit.io.port);
+	EXPECT_EQ(4, vcpu->run.exit.io.size);
+	EXPECT_EQ(0xdeadbeef, vcpu->run.exit.io.data);
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	vcpu_get_regs(vcpu, &regs);
+	EXPECT_EQ(0xdeadbeef, regs.rax & 0xffffffff);
+	vm_destroy(vm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * MMIO. */
+
+TEST_F(domain, mmio_exits_and_completes)
+{
+	const uint64_t mmio = 0xc0000000;
+	const struct {
+		uint64_t off;
+		uint8_t size;
+		uint8_t dir;
+		uint64_t data;
+	} expect[] = {
+		{ 0x0, 1, KEEL_IO_OUT, MMIO_W8 },
+		{ 0x2, 2, KEEL_IO_OUT, MMIO_W16 },
+		{ 0x4, 4, KEEL_IO_OUT, MMIO_W32 },
+		{ 0x8, 8, KEEL_IO_OUT, MMIO_W64 },
+		{ 0x10, 1, KEEL_IO_IN, MMIO_R8 },
+		{ 0x12, 2, KEEL_IO_IN, MMIO_R16 },
+		{ 0x14, 4, KEEL_IO_IN, MMIO_R32 },
+		{ 0x18, 8, KEEL_IO_IN, MMIO_R64 },
+	};
+	struct keel_vm *vm = vm_create("mmio", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_exit *e = &vcpu->run.exit;
+
+	vm_add_range(vm, mmio, SZ_4K, KEEL_RANGE_MMIO);
+	vcpu_setup_long64(vm, vcpu, GUEST_FN(guest_mmio), 0);
+	vcpu_args_set(vcpu, 1, mmio);
+	for (size_t i = 0; i < ARRAY_SIZE(expect); i++) {
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_MMIO);
+		EXPECT_EQ(mmio + expect[i].off, e->mmio.gpa) TH_LOG("access %zu", i);
+		EXPECT_EQ(expect[i].size, e->mmio.size) TH_LOG("access %zu", i);
+		EXPECT_EQ(expect[i].dir, e->mmio.direction) TH_LOG("access %zu", i);
+		if (expect[i].dir == KEEL_IO_OUT) {
+			EXPECT_EQ(expect[i].data, e->mmio.data) TH_LOG("access %zu", i);
+		} else {
+			e->mmio.data = expect[i].data;
+		}
+	}
+	/* The guest checked every value it read. */
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vcpu, NULL));
+	vm_destroy(vm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Hypercalls. */
+
+TEST_F(domain, hypercalls_64bit)
+{
+	struct keel_vm *vm = vm_create("hc64", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_exit *e = &vcpu->run.exit;
+
+	vcpu_setup_long64(vm, vcpu, GUEST_FN(guest_hypercalls64), 0);
+	for (int call = 0; call < 2; call++) {
+		/* xen_version is answered inside: the first exit is the unknown number. */
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_HYPERCALL);
+		EXPECT_EQ(KEEL_HC_TEST + call, e->hypercall.nr)
+			TH_LOG("%s", keel_exit_str(e));
+		EXPECT_EQ(1, e->hypercall.longmode);
+		for (int i = 0; i < 5; i++) {
+			EXPECT_EQ(HC_ARG(i), e->hypercall.args[i])
+				TH_LOG("%s call, argument %d", call ? "VMMCALL" : "VMCALL", i);
+		}
+		e->hypercall.ret = call ? HC_RET2 : HC_RET1;
+	}
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vcpu, NULL));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, hypercalls_32bit)
+{
+	struct keel_vm *vm = vm_create("hc32", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_exit *e = &vcpu->run.exit;
+	uint32_t *results = gpa_hva(vm, HC32_RESULTS, 16);
+	const uint64_t args[5] = { 0x0b0b0b0b, 0x0c0c0c0c, 0x0d0d0d0d, 0x05050505, 0x0d1d1d1d };
+	struct keel_regs regs;
+
+	LOAD_BLOB(vm, CODE_GPA, hc32);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_get_regs(vcpu, &regs);
+	/* Bits 63:32 are not the 32-bit caller's: they must not show in the arguments. */
+	regs.rbx = 0xdead000000000000ULL | args[0];
+	regs.rcx = 0xdead000100000000ULL | args[1];
+	regs.rdx = 0xdead000200000000ULL | args[2];
+	regs.rsi = 0xdead000300000000ULL | args[3];
+	regs.rdi = 0xdead000400000000ULL | args[4];
+	/* And the 64-bit convention's registers must not be read. */
+	regs.r10 = 0xa10a10a1;
+	regs.r8 = 0x8888;
+	vcpu_set_regs(vcpu, &regs);
+
+	for (int call = 0; call < 2; call++) {
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_HYPERCALL);
+		EXPECT_EQ(KEEL_HC_TEST + call, e->hypercall.nr) TH_LOG("%s", keel_exit_str(e));
+		EXPECT_EQ(0, e->hypercall.longmode);
+		for (int i = 0; i < 5; i++) {
+			EXPECT_EQ(args[i], e->hypercall.args[i])
+				TH_LOG("%s call, argument %d: %s", call ? "VMMCALL" : "VMCALL", i,
+				       keel_exit_str(e));
+		}
+		e->hypercall.ret = 0xcafe0001 + call;
+	}
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	EXPECT_EQ(0xcafe0001, results[0]);
+	EXPECT_EQ(0xcafe0002, results[1]);
+	EXPECT_EQ(XEN_VERSION_4_19, results[2]) TH_LOG("xen_version with VMCALL");
+	EXPECT_EQ(XEN_VERSION_4_19, results[3]) TH_LOG("xen_version with VMMCALL");
+	vm_destroy(vm);
+}
+
+/* A hypercall from CPL 3 gets -EPERM (-1) without an exit. */
+TEST_F(domain, hypercall_from_cpl3_is_refused)
+{
+	struct keel_vm *vm = vm_create("hc-cpl3", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs s;
+	struct keel_regs regs;
+
+	LOAD_BLOB(vm, CODE_GPA, cpl3);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_get_sregs(vcpu, &s);
+	s.cs.selector = KEEL_SEL_CODE | 3;
+	s.cs.attrib |= KEEL_SEG_DPL(3);
+	s.ds.selector = s.es.selector = s.fs.selector = s.gs.selector = s.ss.selector =
+		KEEL_SEL_DATA | 3;
+	s.ds.attrib |= KEEL_SEG_DPL(3);
+	s.es.attrib |= KEEL_SEG_DPL(3);
+	s.fs.attrib |= KEEL_SEG_DPL(3);
+	s.gs.attrib |= KEEL_SEG_DPL(3);
+	s.ss.attrib |= KEEL_SEG_DPL(3);
+	vcpu_set_sregs(vcpu, &s);
+	vcpu_get_regs(vcpu, &regs);
+	regs.rflags = X86_RFLAGS_FIXED | X86_RFLAGS_IOPL3; /* OUT allowed at CPL 3 */
+	vcpu_set_regs(vcpu, &regs);
+
+	for (int call = 0; call < 2; call++) {
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+		EXPECT_EQ(PORT_ECHO32, vcpu->run.exit.io.port);
+		EXPECT_EQ(0xffffffff, vcpu->run.exit.io.data)
+			TH_LOG("%s from CPL 3 returned %#llx, expected -1 (-EPERM)",
+			       call ? "xen_version with VMMCALL" : "an unknown VMCALL",
+			       (ull)vcpu->run.exit.io.data);
+	}
+	vm_destroy(vm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Triple fault. */
+
+TEST_F(domain, triple_fault_is_shutdown)
+{
+	struct keel_vm *vm = vm_create("triple-fault", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+
+	LOAD_BLOB(vm, CODE_GPA, ud2);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_SHUTDOWN);
+	EXPECT_EQ(KEEL_SHUTDOWN_TRIPLE_FAULT, vcpu->run.exit.shutdown.kind);
+	vm_destroy(vm);
+}
+
+TEST_HARNESS_MAIN
