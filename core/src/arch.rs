@@ -6,6 +6,8 @@
 pub mod cr0 {
     /// Protection enable.
     pub const PE: u64 = 1 << 0;
+    /// Extension type: hardwired to 1 on every CPU since the Pentium.
+    pub const ET: u64 = 1 << 4;
     /// Numeric error: native x87 error reporting; VMX requires it set.
     pub const NE: u64 = 1 << 5;
     /// Not write-through.

@@ -86,17 +86,10 @@ const PTE_P: u64 = 1 << 0;
 const PTE_RW: u64 = 1 << 1;
 const PTE_PS: u64 = 1 << 7;
 
-/// CR0 (SDM vol. 3, 2.5): protection, extension type (hardwired on every CPU since the
-/// Pentium), numeric error (VMX requires it set), paging.
-const CR0_PE: u64 = 1 << 0;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-/// RFLAGS bit 1 is always set; IF stays clear.
-const RFLAGS_FIXED: u64 = 1 << 1;
+// The control-register, EFER and RFLAGS bits are the core crate's (`keel_core::arch`): CR0
+// PE, ET (hardwired on every CPU since the Pentium), NE (VMX requires it), PG; RFLAGS bit 1
+// is always set and IF stays clear.
+use keel_core::arch::{cr0, cr4, efer, rflags};
 
 /// Segment attributes (`KEEL_SEG_*`).
 const fn seg_type(t: u16) -> u16 {
@@ -309,7 +302,7 @@ pub fn initial_regs(mode: Mode, entry: u64, memory: u64) -> uapi::keel_regs {
     uapi::keel_regs {
         rip: entry,
         rsp: stack_top(mode, memory),
-        rflags: RFLAGS_FIXED,
+        rflags: rflags::FIXED,
         rbx: 0,
         ..Default::default()
     }
@@ -331,13 +324,13 @@ pub fn initial_sregs(mode: Mode, reset: &uapi::keel_sregs) -> uapi::keel_sregs {
         _ => ((GDT_ADDR, GDT_SIZE as u16 - 1), (0, 0)),
     };
     let (cr0, cr3, cr4, efer) = match mode {
-        Mode::Real => (CR0_ET | CR0_NE, 0, 0, 0),
-        Mode::Prot32 => (CR0_PE | CR0_ET | CR0_NE, 0, 0, 0),
+        Mode::Real => (cr0::ET | cr0::NE, 0, 0, 0),
+        Mode::Prot32 => (cr0::PE | cr0::ET | cr0::NE, 0, 0, 0),
         Mode::Long64 => (
-            CR0_PE | CR0_ET | CR0_NE | CR0_PG,
+            cr0::PE | cr0::ET | cr0::NE | cr0::PG,
             PML4_ADDR,
-            CR4_PAE,
-            EFER_LME | EFER_LMA,
+            cr4::PAE,
+            efer::LME | efer::LMA,
         ),
     };
     uapi::keel_sregs {
@@ -453,7 +446,7 @@ mod tests {
         assert_eq!(s.cs.attrib, 0xc9b);
         assert_eq!(s.ss.attrib, 0xc93);
         assert_eq!((s.cs.base, s.cs.limit), (0, u32::MAX));
-        assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE);
+        assert_eq!(s.cr0 & (cr0::PE | cr0::PG), cr0::PE);
         assert_eq!((s.cr4, s.efer), (0, 0));
         assert_eq!(s.tr.limit, 0x67);
         let r = initial_regs(Mode::Prot32, 0x10_0000, 8 << 30);
@@ -467,7 +460,7 @@ mod tests {
         assert_eq!((s.cs.selector, s.cs.base, s.cs.limit), (0, 0, 0xffff));
         assert_eq!(s.cs.attrib, 0x9b);
         assert_eq!(s.ds.attrib, 0x93);
-        assert_eq!(s.cr0 & (CR0_PE | CR0_PG), 0);
+        assert_eq!(s.cr0 & (cr0::PE | cr0::PG), 0);
         assert_eq!(s.tr.attrib, 0x8b);
         assert_eq!(s.ldt.attrib, 0);
         assert_eq!((s.idt.base, s.idt.limit), (0, 0x3ff));
