@@ -34,6 +34,17 @@ asm(".pushsection .rodata\n"
     "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
     "	hlt\n"
     "blob_real_in_end:\n"
+    /* RDMSR of an MSR Keel refuses: #GP, delivered through the IVT to the handler, which
+     * reports with an OUT. */
+    "blob_real_gp_start:\n"
+    "	mov $0x3a, %ecx\n"
+    "blob_real_gp_rdmsr:\n"
+    "	rdmsr\n"
+    "	hlt\n"
+    "blob_real_gp_handler:\n"
+    "	out %al, $" KEEL_STR(PORT_ECHO8) "\n"
+    "	hlt\n"
+    "blob_real_gp_end:\n"
     ".code32\n"
     /* 32-bit hypercalls: an unknown number with VMCALL and with VMMCALL, then xen_version
      * with both; each result stored at HC32_RESULTS. */
@@ -73,6 +84,8 @@ asm(".pushsection .rodata\n"
     ".popsection\n");
 
 BLOB(real_in);
+BLOB(real_gp);
+extern const uint8_t blob_real_gp_rdmsr[], blob_real_gp_handler[];
 BLOB(hc32);
 BLOB(cpl3);
 BLOB(ud2);
@@ -143,6 +156,34 @@ TEST_F(domain, real_mode_out_then_hlt)
 	EXPECT_EQ(BLOB_OFF(real_out, hlt) + 1, regs.rip) TH_LOG("RIP is not past the HLT");
 	EXPECT_EQ(0x1234, regs.rax & 0xffff);
 	EXPECT_EQ(PORT_OUT, regs.rdx & 0xffff);
+	vm_destroy(vm);
+}
+
+/* A #GP Keel raises in a real-mode guest (here for an MSR it refuses) is delivered through
+ * the IVT without an error code, as real mode has none: the frame is IP, CS, FLAGS (VMX
+ * refuses to enter with an error code in real mode: the run failed forever). */
+TEST_F(domain, real_mode_gp_has_no_error_code)
+{
+	struct keel_vm *vm = REAL_VM("real-gp", 1, SZ_64K, real_gp);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	const uint16_t ivt[2] = { BLOB_OFF(real_gp, handler), CODE_GPA >> 4 };
+	const uint64_t sp = 0x8000;
+	struct keel_regs regs;
+	uint16_t frame[3];
+
+	vm_write(vm, 13 * 4, ivt, sizeof(ivt));
+	vcpu_get_regs(vcpu, &regs);
+	regs.rsp = sp;
+	vcpu_set_regs(vcpu, &regs);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(PORT_ECHO8, vcpu->run.exit.io.port);
+	EXPECT_EQ(BLOB_OFF(real_gp, handler), vcpu->run.exit.rip);
+	vcpu_get_regs(vcpu, &regs);
+	EXPECT_EQ(sp - 6, regs.rsp & 0xffff) TH_LOG("the frame is not IP, CS, FLAGS");
+	memcpy(frame, gpa_hva(vm, sp - 6, sizeof(frame)), sizeof(frame));
+	EXPECT_EQ(BLOB_OFF(real_gp, rdmsr), frame[0]);
+	EXPECT_EQ(CODE_GPA >> 4, frame[1]);
 	vm_destroy(vm);
 }
 

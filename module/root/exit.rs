@@ -13,7 +13,7 @@ use super::hal::Hal;
 use super::x86;
 use super::{GuestRegs, RAX, RCX, RDX};
 use crate::keel_core::{
-    arch::{cr4, vector},
+    arch::{cr0, cr4, vector},
     exit::{CrOp, Exit, ExitKind},
     xcr,
 };
@@ -188,7 +188,7 @@ fn handle_rest<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
                 if c.hw().write_cr(access.cr, value) {
                     complete(c, exit)
                 } else {
-                    c.hw().inject(vector::GP, Some(0));
+                    general_protection(c);
                     Action::Resume
                 }
             }
@@ -230,6 +230,14 @@ fn set_gpr<C: Ctx>(c: &mut C, n: u8, value: u64) {
     } else {
         c.regs().gpr[usize::from(n & 15)] = value;
     }
+}
+
+/// Raises #GP(0) in the guest. A real-mode guest (CR0.PE clear) gets it without the error
+/// code: real-mode exceptions push none, and VMX's checks on VM-entry event injection refuse
+/// "deliver error code" while CR0.PE is clear (SDM Vol. 3C, VM-entry control checks).
+fn general_protection<C: Ctx>(c: &mut C) {
+    let protected = c.hw_ref().control_regs().cr0 & cr0::PE != 0;
+    c.hw().inject(vector::GP, protected.then_some(0));
 }
 
 /// EDX:EAX.
@@ -285,7 +293,7 @@ fn xsetbv<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
     if c.hw_ref().cr4() & cr4::OSXSAVE == 0 || supported == 0 {
         c.hw().inject(vector::UD, None);
     } else if c.hw_ref().cpl() != 0 || !xcr::xsetbv_valid(index, value, supported) {
-        c.hw().inject(vector::GP, Some(0));
+        general_protection(c);
     } else {
         // SAFETY: The host's CR4.OSXSAVE is set (`supported` is non-zero only then) and
         // `xsetbv_valid` accepted the value for this CPU. A DomU's run gives Dom0 its XCR0
@@ -303,12 +311,12 @@ fn msr<C: Ctx>(c: &mut C, exit: &Exit, write: bool) -> Action {
     if write {
         let value = edx_eax(c.regs());
         if !c.wrmsr(index, value) {
-            c.hw().inject(vector::GP, Some(0));
+            general_protection(c);
             return Action::Resume;
         }
     } else {
         let Some(value) = c.rdmsr(index) else {
-            c.hw().inject(vector::GP, Some(0));
+            general_protection(c);
             return Action::Resume;
         };
         let regs = c.regs();
