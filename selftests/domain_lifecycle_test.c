@@ -272,6 +272,43 @@ TEST_F(domain, spinning_guest_is_preempted_and_interrupted)
 	vm_destroy(vm);
 }
 
+/* A refused entry must not cost the host a CPU afterwards: after two failed entries (an
+ * invalid CR0 from Dom0), the same vCPU spins with interrupts off (real mode, IF clear) and a
+ * signal still ends its run. (Under QEMU's SVM a failed VMRUN wrote int_ctl back without
+ * V_INTR_MASKING, so host interrupts no longer left the guest: the run never returned.) */
+TEST_F(domain, failed_entry_then_spin_with_if_clear_is_interrupted)
+{
+	struct keel_vm *vm = REAL_VM("fail-spin", 1, SZ_64K, real_spin);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs good, bad;
+	struct keel_regs regs;
+	struct vcpu_thread t;
+
+	install_sigusr1();
+	vcpu_get_sregs(vcpu, &good);
+	vcpu_get_regs(vcpu, &regs);
+	EXPECT_EQ(0, regs.rflags & X86_RFLAGS_IF) TH_LOG("the guest must spin with IF clear");
+	bad = good;
+	bad.cr0 |= X86_CR0_NW; /* NW without CD: both vendors' entry checks refuse it */
+	vcpu_set_sregs(vcpu, &bad);
+	for (int i = 0; i < 2; i++) {
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_ENTRY_FAILURE);
+	}
+	vcpu_set_sregs(vcpu, &good);
+	vcpu_thread_start(&t, vcpu, run_once_fn);
+	ASSERT_TRUE(WAIT_FOR(running_mask(vm) & 1, 5000)) TH_LOG("the vCPU never ran");
+	usleep(100000);
+	EXPECT_FALSE(vcpu_thread_done(&t))
+		TH_LOG("the run ended: %s", keel_exit_str(&vcpu->run.exit));
+	ASSERT_EQ(0, pthread_kill(t.tid, SIGUSR1));
+	ASSERT_TRUE(vcpu_thread_join(&t, 5000)) TH_LOG("the signal did not end the run");
+	EXPECT_EQ(-1, t.ret);
+	EXPECT_EQ(EINTR, t.err) TH_LOG("errno %s", strerrorname_np(t.err));
+	EXPECT_EXIT(vcpu, KEEL_EXIT_INTR);
+	vm_destroy(vm);
+}
+
 /* Progress stops while paused. */
 
 TEST_F(domain, pause_stops_progress)

@@ -35,6 +35,7 @@ struct keel_vcpu;
 #define X86_CR0_MP (1ULL << 1)
 #define X86_CR0_ET (1ULL << 4)
 #define X86_CR0_NE (1ULL << 5)
+#define X86_CR0_NW (1ULL << 29)
 #define X86_CR0_PG (1ULL << 31)
 #define X86_CR4_PAE        (1ULL << 5)
 #define X86_CR4_OSFXSR     (1ULL << 9)
@@ -42,6 +43,7 @@ struct keel_vcpu;
 #define X86_EFER_LME (1ULL << 8)
 #define X86_EFER_LMA (1ULL << 10)
 #define X86_RFLAGS_FIXED (1ULL << 1)
+#define X86_RFLAGS_IF    (1ULL << 9)
 #define X86_RFLAGS_IOPL3 (3ULL << 12)
 
 /* Where the long-mode support state lives in guest-physical (and, identity-mapped, virtual)

@@ -39,6 +39,16 @@ const INTERCEPT_IOIO: u32 = 1 << 27;
 const INTERCEPT_MONITOR: u32 = 1 << 10;
 const INTERCEPT_MWAIT: u32 = 1 << 11;
 
+/// The controls that give the CPU back to Dom0 whatever the guest does: V_INTR_MASKING
+/// (with the host's IF set at VMRUN, a host interrupt exits even while the guest runs with IF
+/// clear) and the INTR and NMI intercepts. Written before every VMRUN: a refused VMRUN may
+/// write the VMCB back changed (QEMU's early checks store int_ctl = 0), and a guest must never
+/// keep a host CPU.
+fn keep_exits(c: &mut layout::VmcbControl) {
+    c.int_ctl |= V_INTR_MASKING;
+    c.intercept_misc1 |= INTERCEPT_INTR | INTERCEPT_NMI;
+}
+
 /// Sets up the VMCB controls and maps of a vCPU, once.
 fn setup_controls(v: &mut VcpuState, slat_root: u64) {
     v.io_map.iter_mut().for_each(|p| p.0.fill(0xff));
@@ -195,7 +205,9 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
     unsafe { fpu::enter(v, xcr0_supported, xcr0) };
     loop {
         let rax = v.regs.gpr[RAX];
-        vmcb_of(&mut v.control).save.rax = rax;
+        let vm = vmcb_of(&mut v.control);
+        vm.save.rax = rax;
+        keep_exits(&mut vm.control);
         // SAFETY: The VMCB is complete; the trampoline saves the guest's GPRs and gives the
         // processor Dom0's VMLOAD state back before returning.
         unsafe { svm_guest_enter(&mut v.regs, vmcb_pa, dom0_vmcb_pa) };

@@ -168,6 +168,31 @@ fn initial_cr4_mask() -> u64 {
     fixed0 | cr4::VMXE
 }
 
+/// The VMX-preemption timer's start value: a backstop for the host's interrupts, which end the
+/// guest's turn on their own but some emulators (Bochs) hold while the guest runs with IF
+/// clear. 2^19 TSC ticks per entry (under 0.2 ms at 3 GHz; Bochs's TSC is slower); the timer
+/// counts at the TSC's rate >> IA32_VMX_MISC[4:0].
+fn preemption_ticks() -> u32 {
+    // SAFETY: IA32_VMX_MISC exists on VMX CPUs.
+    let rate = unsafe { x86::rdmsr(msr::IA32_VMX_MISC) } & 0x1f;
+    ((1u64 << 19) >> rate) as u32
+}
+
+/// The controls that give the CPU back to Dom0 whatever the guest does: external-interrupt
+/// and NMI exiting, and the preemption timer (where the CPU has it) with its start value.
+/// Written at every run, so that nothing a failed or refused entry left behind lets a guest
+/// keep a host CPU.
+fn keep_exits(vmcs: &Vmcs) {
+    let pin = vmcs.read(field::PIN_BASED_VM_EXEC_CONTROL);
+    vmcs.write(
+        field::PIN_BASED_VM_EXEC_CONTROL,
+        pin | pin_based::EXT_INTR_EXITING | pin_based::NMI_EXITING,
+    );
+    if pin & pin_based::PREEMPTION_TIMER != 0 {
+        vmcs.write(field::VMX_PREEMPTION_TIMER_VALUE, preemption_ticks());
+    }
+}
+
 /// Sets up the VMCS controls of a vCPU, once.
 fn setup_controls(vmcs: &Vmcs, v: &mut VcpuState, slat_root: u64) -> Result<(), VmFail> {
     let ctl = |c, wanted, optional| control(c, wanted, optional).map_err(|_| VmFail::Invalid);
@@ -218,18 +243,6 @@ fn setup_controls(vmcs: &Vmcs, v: &mut VcpuState, slat_root: u64) -> Result<(), 
         for half in [0, 2048] {
             bitmap[half + base + index / 8] &= !(1 << (index % 8));
         }
-    }
-    if pin & pin_based::PREEMPTION_TIMER != 0 {
-        // A backstop for the host's interrupts, which end the guest's turn on their own: some
-        // emulators (Bochs) hold them while the guest runs with IF clear. 2^19 TSC ticks per
-        // entry (under 0.2 ms at 3 GHz; Bochs's TSC is slower); the timer counts at the TSC's
-        // rate >> IA32_VMX_MISC[4:0].
-        // SAFETY: IA32_VMX_MISC exists on VMX CPUs.
-        let rate = unsafe { x86::rdmsr(msr::IA32_VMX_MISC) } & 0x1f;
-        vmcs.try_write(
-            field::VMX_PREEMPTION_TIMER_VALUE,
-            ((1u64 << 19) >> rate) as u32,
-        )?;
     }
     let bitmap_pa = v.pa_of(v.msr_map[0].0.as_ptr());
     for (f, val) in [
@@ -403,6 +416,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     };
     host.write(&vmcs);
     vmcs.write(field::HOST_RIP, vmx_guest_exit as *const () as u64);
+    keep_exits(&vmcs);
     if v.arch_dirty {
         load_arch(&vmcs, &mut v.arch);
         v.arch_dirty = false;
