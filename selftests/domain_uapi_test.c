@@ -6,6 +6,7 @@
  * Runs inside the test VM, as root, after keel.ko is loaded.
  */
 #include <stdint.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -202,6 +203,36 @@ TEST_F(domain, create_vcpu_bad_args)
 	EXPECT_EQ(2, before.vcpu_mask);
 	EXPECT_ERRNO(EEXIST, __keel_create_vcpu(vm->fd, 1));
 	EXPECT_INFO_UNCHANGED(vm, before);
+	close(fd);
+	vm_destroy(vm);
+}
+
+/* A vCPU whose fd cannot be made (EMFILE: no fd number left) leaves the domain as it was:
+ * the id stays free and can be created once an fd is. */
+TEST_F(domain, create_vcpu_emfile_leaves_the_domain_unchanged)
+{
+	struct keel_vm *vm = vm_create_empty("vcpu-emfile", 2, SZ_1M);
+	struct keel_domain_info before;
+	struct rlimit old, lim;
+	int low, fd;
+
+	vm_info(vm, &before);
+	low = dup(0);
+	ASSERT_LE(0, low);
+	close(low); /* the lowest free fd number: none is free at or above the limit */
+	ASSERT_EQ(0, getrlimit(RLIMIT_NOFILE, &old));
+	lim = old;
+	lim.rlim_cur = low;
+	ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &lim));
+	fd = __keel_create_vcpu(vm->fd, 1);
+	int err = errno;
+
+	ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &old));
+	EXPECT_EQ(-1, fd);
+	EXPECT_EQ(EMFILE, err) TH_LOG("errno %s", strerrorname_np(err));
+	EXPECT_INFO_UNCHANGED(vm, before);
+	fd = __keel_create_vcpu(vm->fd, 1);
+	ASSERT_LE(0, fd) TH_LOG("vCPU 1 after the failed call: %s", strerror(errno));
 	close(fd);
 	vm_destroy(vm);
 }
