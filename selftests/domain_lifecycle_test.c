@@ -272,10 +272,11 @@ TEST_F(domain, spinning_guest_is_preempted_and_interrupted)
 	vm_destroy(vm);
 }
 
-/* A refused entry must not cost the host a CPU afterwards: after two failed entries (an
- * invalid CR0 from Dom0), the same vCPU spins with interrupts off (real mode, IF clear) and a
- * signal still ends its run. (Under QEMU's SVM a failed VMRUN wrote int_ctl back without
- * V_INTR_MASKING, so host interrupts no longer left the guest: the run never returned.) */
+/* A refused entry must not cost the host a CPU afterwards: after two failed entries (a state
+ * from Dom0 that both vendors refuse), the same vCPU spins with interrupts off (real mode, IF
+ * clear) and a signal still ends its run. (Under QEMU's SVM a failed VMRUN wrote int_ctl back
+ * without V_INTR_MASKING, so host interrupts no longer left the guest: the run never
+ * returned.) */
 TEST_F(domain, failed_entry_then_spin_with_if_clear_is_interrupted)
 {
 	struct keel_vm *vm = REAL_VM("fail-spin", 1, SZ_64K, real_spin);
@@ -288,8 +289,12 @@ TEST_F(domain, failed_entry_then_spin_with_if_clear_is_interrupted)
 	vcpu_get_sregs(vcpu, &good);
 	vcpu_get_regs(vcpu, &regs);
 	EXPECT_EQ(0, regs.rflags & X86_RFLAGS_IF) TH_LOG("the guest must spin with IF clear");
+	/* Paging with EFER.LME but neither PAE nor LMA, and CR0.NW without CD: VMX refuses the
+	 * first (LME must match the IA-32e mode control), SVM's VMRUN the second. */
 	bad = good;
-	bad.cr0 |= X86_CR0_NW; /* NW without CD: both vendors' entry checks refuse it */
+	bad.cr0 = X86_CR0_PE | X86_CR0_PG | X86_CR0_ET | X86_CR0_NE | X86_CR0_NW;
+	bad.cr4 = 0;
+	bad.efer = X86_EFER_LME;
 	vcpu_set_sregs(vcpu, &bad);
 	for (int i = 0; i < 2; i++) {
 		vcpu_run(vcpu);
