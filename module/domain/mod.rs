@@ -54,7 +54,8 @@ struct DomainInner {
     ranges: KVec<RangeMem>,
     tables: Option<TableSet>,
     /// Root mode's view, made at the first run and fixed from then on.
-    shared: Option<KBox<DomainShared>>,
+    /// Pinned: every vCPU's state points at it.
+    shared: Option<Pin<KBox<DomainShared>>>,
     memory_used: u64,
     vcpu_mask: u64,
     pause_count: u32,
@@ -252,7 +253,7 @@ impl Domain {
         } else {
             0
         };
-        let shared = KBox::new(
+        let shared = KBox::pin(
             DomainShared {
                 slat_root: inner.tables.as_ref().ok_or(EINVAL)?.root,
                 format: self.format(),
