@@ -3,7 +3,8 @@
  * domain_modes_test: the modes a vCPU starts in: the reset state (real mode at
  * the reset vector), the Xen PVH entry (32-bit protected mode), and long mode with C guest
  * code that reports through ucalls (GUEST_SYNC, GUEST_ASSERT, GUEST_DONE, a guest function
- * that returns).
+ * that returns); and 32-bit protected mode with rings: an exception at CPL 3 switches to
+ * the ring-0 stack of the TSS.
  * Runs inside the test VM, as root, after keel.ko is loaded.
  */
 #include <stdint.h>
@@ -173,6 +174,73 @@ TEST_F(domain, prot32_pvh_entry)
 
 /* ---------------------------------------------------------------------------------------
  * Long mode with C guest code and its reports. */
+
+/* A 32-bit guest IRETs to ring 3 and takes #UD there: the CPU switches to the ring-0 stack the
+ * TSS names (TR as Keel's PVH-style entry sets it: a busy 32-bit TSS) and the handler runs.
+ * (QEMU's TCG aborted the whole emulator on a busy type in the cached TR; on SVM Keel gives the
+ * VMCB the available type, and the vCPU state keeps the busy one.) */
+TEST_F(domain, ring3_exception_takes_the_tss_stack)
+{
+	/* push $0x23 (SS); push $0x9000 (ESP); push $2 (EFLAGS); push $0x1b (CS);
+	 * push $0x1020 (EIP); iret. At 0x1020: ud2. The #UD handler at 0x3000: hlt. */
+	static const uint8_t code[] = { 0x6a, 0x23, 0x68, 0x00, 0x90, 0, 0, 0x6a, 0x02, 0x6a, 0x1b,
+					0x68, 0x20, 0x10, 0, 0, 0xcf };
+	static const uint8_t ud2[] = { 0x0f, 0x0b }, hlt[] = { 0xf4 };
+	const uint64_t gdt[] = {
+		0,
+		0x00cf9b000000ffffULL, /* 0x08: code, DPL 0 */
+		0x00cf93000000ffffULL, /* 0x10: data, DPL 0 */
+		0x00cffb000000ffffULL, /* 0x18: code, DPL 3 */
+		0x00cff3000000ffffULL, /* 0x20: data, DPL 3 */
+		0x00008b0009000067ULL, /* 0x28: the TSS at 0x900, busy */
+	};
+	const uint32_t esp0 = 0x7000, ss0 = KEEL_SEL_DATA;
+	struct keel_vm *vm = vm_create("tss-ring3", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs s;
+	struct keel_regs regs;
+	uint32_t frame[5];
+
+	vm_write(vm, 0x800, gdt, sizeof(gdt));
+	vm_write(vm, 0x904, &esp0, 4);
+	vm_write(vm, 0x908, &ss0, 4);
+	for (int v = 0; v < 32; v++) {
+		/* A 32-bit interrupt gate, DPL 0, to 0x08:0x3000. */
+		const uint64_t gate = 0x00008e0000083000ULL;
+
+		vm_write(vm, 0x2000 + 8 * v, &gate, 8);
+	}
+	vm_write(vm, 0x1000, code, sizeof(code));
+	vm_write(vm, 0x1020, ud2, sizeof(ud2));
+	vm_write(vm, 0x3000, hlt, sizeof(hlt));
+	vcpu_setup_prot32(vcpu, 0x1000);
+	vcpu_get_sregs(vcpu, &s);
+	s.gdt.base = 0x800;
+	s.gdt.limit = sizeof(gdt) - 1;
+	s.idt.base = 0x2000;
+	s.idt.limit = 32 * 8 - 1;
+	s.tr.base = 0x900;
+	s.tr.limit = 0x67;
+	s.tr.selector = 0x28;
+	vcpu_set_sregs(vcpu, &s);
+	vcpu_get_regs(vcpu, &regs);
+	regs.rsp = 0x8000;
+	vcpu_set_regs(vcpu, &regs);
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	EXPECT_EQ(0x3000, vcpu->run.exit.rip);
+	vcpu_get_regs(vcpu, &regs);
+	EXPECT_EQ(esp0 - sizeof(frame), regs.rsp) TH_LOG("not on the TSS's ring-0 stack");
+	memcpy(frame, gpa_hva(vm, esp0 - sizeof(frame), sizeof(frame)), sizeof(frame));
+	EXPECT_EQ(0x1020, frame[0]) TH_LOG("EIP of the ud2");
+	EXPECT_EQ(0x1b, frame[1]);
+	EXPECT_EQ(0x9000, frame[3]) TH_LOG("ring 3's ESP");
+	EXPECT_EQ(0x23, frame[4]);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_EQ(0xb, s.tr.attrib & 0xf) TH_LOG("TR is reported busy");
+	vm_destroy(vm);
+}
 
 TEST_F(domain, long_mode_sync_assert_done)
 {

@@ -16,7 +16,7 @@ use crate::keel_core::{
     arch::{efer, vector},
     caps::Vendor,
     exit::Exit,
-    vmcb::{self as layout, event, misc1, misc2, Vmcb},
+    vmcb::{self as layout, event, misc1, misc2, Vmcb, VmcbSeg},
 };
 use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
@@ -91,6 +91,35 @@ fn setup_controls(v: &mut VcpuState, slat_root: u64) {
     c.nested_cr3 = slat_root;
 }
 
+/// The TSS types (the low 4 attribute bits): 16-bit available 1, busy 3; 32/64-bit available
+/// 9, busy 0xb. Bit 1 is the busy bit.
+const TSS_BUSY: u16 = 1 << 1;
+
+/// TR as the VMCB gets it: with an available TSS type. Real CPUs use the cached TR whatever its
+/// type, but QEMU's TCG aborts the whole emulator when an interrupt needs the TSS and the
+/// cached type is busy ("invalid tss type"), which any guest could make happen. VMX, in turn,
+/// requires the busy type at entry, so the vCPU state keeps it busy (see [`tr_from_vmcb`]).
+fn tr_for_vmcb(tr: VmcbSeg) -> VmcbSeg {
+    let tss = matches!(tr.attrib & 0x1f, 0x03 | 0x0b);
+    VmcbSeg {
+        attrib: if tss {
+            tr.attrib & !TSS_BUSY
+        } else {
+            tr.attrib
+        },
+        ..tr
+    }
+}
+
+/// TR from the VMCB, as the vCPU state keeps it: a loaded TSS is busy (LTR marks it so).
+fn tr_from_vmcb(tr: VmcbSeg) -> VmcbSeg {
+    let tss = matches!(tr.attrib & 0x1f, 0x01 | 0x09);
+    VmcbSeg {
+        attrib: if tss { tr.attrib | TSS_BUSY } else { tr.attrib },
+        ..tr
+    }
+}
+
 /// Writes `a` into the VMCB.
 fn load_arch(vmcb: &mut Vmcb, a: &ArchState) {
     let s = &mut vmcb.save;
@@ -103,7 +132,7 @@ fn load_arch(vmcb: &mut Vmcb, a: &ArchState) {
     s.fs = a.fs;
     s.gs = a.gs;
     s.ss = a.ss;
-    s.tr = a.tr;
+    s.tr = tr_for_vmcb(a.tr);
     s.ldtr = a.ldt;
     s.gdtr = a.gdt;
     s.idtr = a.idt;
@@ -139,7 +168,7 @@ fn save_arch(vmcb: &Vmcb, a: &mut ArchState) {
         fs: s.fs,
         gs: s.gs,
         ss: s.ss,
-        tr: s.tr,
+        tr: tr_from_vmcb(s.tr),
         ldt: s.ldtr,
         gdt: s.gdtr,
         idt: s.idtr,
