@@ -126,11 +126,31 @@ macro_rules! save_gprs_to_rax {
 }
 pub(crate) use save_gprs_to_rax;
 
+/// Assembly text: the trampolines' prologue, which saves the callee-saved GPRs.
+macro_rules! push_callee_saved {
+    () => {
+        "push rbp\npush rbx\npush r12\npush r13\npush r14\npush r15"
+    };
+}
+pub(crate) use push_callee_saved;
+
+/// Assembly text: restores what [`push_callee_saved`] saved, and returns.
+macro_rules! pop_callee_saved_ret {
+    () => {
+        "pop r15\npop r14\npop r13\npop r12\npop rbx\npop rbp\nret"
+    };
+}
+pub(crate) use pop_callee_saved_ret;
+
 /// Assembly text: clears the caller-saved GPRs a guest left values in, and restores the
 /// callee-saved ones a guest-run trampoline pushed, before its `ret`.
 macro_rules! guest_run_epilogue {
     () => {
-        "xor ecx, ecx\nxor edx, edx\nxor esi, esi\nxor edi, edi\nxor r8d, r8d\nxor r9d, r9d\nxor r10d, r10d\nxor r11d, r11d\npop r15\npop r14\npop r13\npop r12\npop rbx\npop rbp\nret"
+        concat!(
+            "xor ecx, ecx\nxor edx, edx\nxor esi, esi\nxor edi, edi\nxor r8d, r8d\n",
+            "xor r9d, r9d\nxor r10d, r10d\nxor r11d, r11d\n",
+            pop_callee_saved_ret!()
+        )
     };
 }
 pub(crate) use guest_run_epilogue;

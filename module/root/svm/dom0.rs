@@ -17,8 +17,8 @@ use crate::root::dom0::{Dom0, Dom0Hal, LeavePoint};
 use crate::root::exit::{self, Action};
 use crate::root::vcpu::VcpuState;
 use crate::root::{
-    load_gprs_but_rax, objtool_frame_non_standard, park, push_return, root_leave,
-    save_gprs_but_rax, x86, CpuState, Dom0View, HostFrame, RAX,
+    load_gprs_but_rax, objtool_frame_non_standard, park, pop_callee_saved_ret, push_callee_saved,
+    push_return, root_leave, save_gprs_but_rax, x86, CpuState, Dom0View, HostFrame, RAX,
 };
 
 /// The ASID Dom0 runs with (0 is the host's).
@@ -181,12 +181,7 @@ pub(crate) unsafe fn launch(
 unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3: u64) -> u64 {
     naked_asm!(
         objtool_frame_non_standard!(),
-        "push rbp",
-        "push rbx",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_callee_saved!(),
         "mov [rsi + {rsp}], rsp",
         "mov [rdi + {launch_rsp}], rsp",
         "lea rax, [rip + 2f]",
@@ -197,13 +192,7 @@ unsafe extern "C" fn svm_launch(frame: *mut HostFrame, vmcb: *mut Vmcb, host_cr3
         "jmp {run}",
         "2:",
         // The guest starts here (or the failed launch returns here), RAX holding the result.
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_callee_saved_ret!(),
         rsp = const offset_of!(Vmcb, save) + offset_of!(VmcbSave, rsp),
         rip = const offset_of!(Vmcb, save) + offset_of!(VmcbSave, rip),
         launch_rsp = const offset_of!(HostFrame, launch_rsp),

@@ -22,8 +22,8 @@ use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
 use crate::root::vcpu::{ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
-    guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax,
-    GuestRegs, Page, RAX,
+    guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
+    push_callee_saved, save_gprs_to_rax, GuestRegs, Page, RAX,
 };
 
 /// V_INTR_MASKING (VMCB int_ctl bit 24).
@@ -300,12 +300,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
 unsafe extern "C" fn svm_guest_enter(regs: *mut GuestRegs, vmcb_pa: u64, dom0_vmcb_pa: u64) {
     naked_asm!(
         objtool_frame_non_standard!(),
-        "push rbp",
-        "push rbx",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_callee_saved!(),
         "push rdi",
         "push rdx",
         "push rsi",

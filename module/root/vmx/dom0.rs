@@ -21,8 +21,9 @@ use crate::root::dom0::{Dom0, Dom0Hal, LeavePoint};
 use crate::root::exit::{self, Action};
 use crate::root::vcpu::VcpuState;
 use crate::root::{
-    load_gprs_but_rax, objtool_frame_non_standard, park, push_return, rlog, root_leave,
-    save_gprs_but_rax, x86, CpuInfo, CpuState, Dom0View, HostFrame, RAX,
+    load_gprs_but_rax, objtool_frame_non_standard, park, pop_callee_saved_ret, push_callee_saved,
+    push_return, rlog, root_leave, save_gprs_but_rax, x86, CpuInfo, CpuState, Dom0View, HostFrame,
+    RAX,
 };
 
 /// Writes fields into the current VMCS, stopping at the first failure (a launch error).
@@ -410,12 +411,7 @@ fn setup_vmcs(
 #[unsafe(naked)]
 unsafe extern "C" fn vmx_launch() -> u64 {
     naked_asm!(
-        "push rbp",
-        "push rbx",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_callee_saved!(),
         "mov rax, {guest_rsp}",
         "vmwrite rax, rsp",
         "mov rax, {guest_rip}",
@@ -428,13 +424,7 @@ unsafe extern "C" fn vmx_launch() -> u64 {
         "2:",
         // The guest starts here, with the stack as it was at the VMWRITE of GUEST_RSP and
         // RAX = 0 (or 2 if the exit handler rejected the first entry and left).
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_callee_saved_ret!(),
         guest_rsp = const field::GUEST_RSP.encoding(),
         guest_rip = const field::GUEST_RIP.encoding(),
     )

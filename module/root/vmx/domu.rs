@@ -27,8 +27,8 @@ use crate::root::exit::{self, Action, UserExit};
 use crate::root::fpu;
 use crate::root::vcpu::{ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
-    guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, save_gprs_to_rax, x86,
-    GuestRegs,
+    guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
+    push_callee_saved, save_gprs_to_rax, x86, GuestRegs,
 };
 
 /// MSRs each run switches between Dom0's and the guest's values.
@@ -561,12 +561,7 @@ fn back_to_dom0(v: &mut VcpuState, vmcs_pa: u64, dom0_pa: u64) {
 unsafe extern "C" fn vmx_guest_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
     naked_asm!(
         objtool_frame_non_standard!(),
-        "push rbp",
-        "push rbx",
-        "push r12",
-        "push r13",
-        "push r14",
-        "push r15",
+        push_callee_saved!(),
         "push rdi",
         "mov rax, {host_rsp}",
         "vmwrite rax, rsp",
@@ -583,13 +578,7 @@ unsafe extern "C" fn vmx_guest_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
         // The entry failed: nothing of the guest's was loaded but GPRs; RSP is unchanged.
         "pop rdi",
         "mov eax, 1",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_callee_saved_ret!(),
         host_rsp = const field::HOST_RSP.encoding(),
         this = sym vmx_guest_enter,
     )
