@@ -86,6 +86,26 @@ impl debugfs::Reader for RootSpin {
     }
 }
 
+/// `fail_entries` in debugfs (testing only): writing N makes the hardware refuse the next N
+/// DomU entries, on any vCPU (see `root::vcpu::FORCED_ENTRY_FAILURES`): the entry-failure path
+/// cannot be reached otherwise, since Keel enters only valid states.
+struct FailEntries;
+
+impl debugfs::Reader for FailEntries {
+    fn read_from_slice(&self, reader: &mut kernel::uaccess::UserSliceReader) -> Result {
+        let mut buf = [0u8; 12];
+        let n = reader.len();
+        if n > buf.len() {
+            return Err(EINVAL);
+        }
+        reader.read_slice(&mut buf[..n])?;
+        let s = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
+        let count = s.trim().parse::<u32>().map_err(|_| EINVAL)?;
+        root::vcpu::FORCED_ENTRY_FAILURES.store(count, core::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// `dom0_insn` in debugfs (testing only): writing `xsetbv`, `xsetbv-bad`, `invd`, `virt`
 /// (VMXON or VMRUN) or `unexpected` (WBINVD, intercepted for the test only, which makes an exit
 /// Keel has no handler for) runs that instruction in Dom0 on the writing CPU (see
@@ -127,6 +147,8 @@ pub struct Keel {
     root_spin: debugfs::File<RootSpin>,
     #[pin]
     dom0_insn: debugfs::File<Dom0InsnFile>,
+    #[pin]
+    fail_entries: debugfs::File<FailEntries>,
     debugfs_dir: debugfs::Dir,
     launched: launch::Launched,
     domains: domain::Registration,
@@ -155,6 +177,7 @@ impl kernel::InPlaceModule for Keel {
             domain_exits <- dir.read_only_file(c"domain_exits", DomainExits),
             root_spin <- dir.write_only_file(c"root_spin", RootSpin(vendor)),
             dom0_insn <- dir.write_only_file(c"dom0_insn", Dom0InsnFile(vendor)),
+            fail_entries <- dir.write_only_file(c"fail_entries", FailEntries),
             debugfs_dir: dir,
             domains,
         })

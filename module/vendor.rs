@@ -10,6 +10,7 @@ use crate::keel_core::{
     caps::{self, Caps, SvmLeaf, Unusable, Vendor, VmxMsrs},
     hypercall::Call,
     slat::Format,
+    state,
 };
 use crate::root::{self, x86, CpuState};
 use crate::uapi;
@@ -33,10 +34,29 @@ pub(crate) fn uapi_number(vendor: Vendor) -> u32 {
 /// Probes this CPU's extension: whether Keel can use it, and what it offers (the decoding
 /// and the decision are the core crate's).
 pub(crate) fn probe(vendor: Vendor) -> core::result::Result<Caps, Unusable> {
-    match vendor {
+    let mut caps = match vendor {
         Vendor::Vmx => probe_vmx(),
         Vendor::Svm => probe_svm(),
+    }?;
+    caps.limits = guest_limits(vendor);
+    Ok(caps)
+}
+
+/// What a guest's state may hold on this CPU: the CR4 bits of its features that Keel lets
+/// guests use (on VMX, also those IA32_VMX_CR4_FIXED1 allows in VMX operation) and the
+/// physical-address width.
+fn guest_limits(vendor: Vendor) -> state::Limits {
+    let mut cr4 = state::cr4_supported(x86::cpuid);
+    if vendor == Vendor::Vmx {
+        // SAFETY: IA32_VMX_CR4_FIXED1 exists on every VMX CPU (SDM A.8); the caller probed VMX.
+        cr4 &= unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED1) };
     }
+    let phys_bits = if x86::cpuid(0x8000_0000, 0)[0] >= 0x8000_0008 {
+        (x86::cpuid(0x8000_0008, 0)[0] & 0xff) as u8
+    } else {
+        36
+    };
+    state::Limits { cr4, phys_bits }
 }
 
 /// Reads the VMX capability MSRs (SDM Vol. 3D, Appendix A). The caller checked CPUID.1:ECX.VMX.

@@ -2,8 +2,9 @@
 /*
  * domain_vcpu_state_test: a vCPU's state: its FPU/SSE state is its own (and Dom0's
  * stays Dom0's), the guest goes on where it was when the thread running it moves between CPUs,
- * and a state the hardware refuses ends the run (KEEL_EXIT_ENTRY_FAILURE) while a valid one
- * runs again.
+ * the architecture's rules on the state (SET_SREGS/SET_REGS refuse an invalid one; the guest's
+ * own control-register and EFER writes follow the CPU's #GP rules), and a refused entry ends
+ * the run (KEEL_EXIT_ENTRY_FAILURE) while the next one enters.
  * Runs inside the test VM, as root, after keel.ko is loaded.
  */
 #include <pthread.h>
@@ -144,30 +145,282 @@ TEST_F(domain, vcpu_moves_between_cpus)
 }
 
 /* A state the hardware refuses ends the run with its reason; a valid one runs again. */
-TEST_F(domain, invalid_state_is_entry_failure)
-{
-	struct keel_vm *vm = REAL_VM("bad-state", 1, SZ_64K, real_hlt);
-	struct keel_vcpu *vcpu = vm->vcpus[0];
-	struct keel_sregs good, bad;
+/* ---------------------------------------------------------------------------------------
+ * The architecture's rules on a vCPU's state (keel_core::state): KEEL_VCPU_SET_SREGS and
+ * SET_REGS refuse what a CPU could not be in, and the guest's own MOV to CR0/CR4 and WRMSR
+ * to EFER follow the CPU's #GP rules. Each of ../shared/repro/sregs-case.c's host-harming
+ * states is here. */
 
+/* Each case changes a valid 32-bit flat state into one the architecture does not allow. */
+static void bad_lma_16(struct keel_sregs *s)
+{
+	/* EFER.LMA without paging, in a 16-bit segment (sregs-case lme-lma-16). */
+	s->cr0 = X86_CR0_ET;
+	s->efer = X86_EFER_LME | X86_EFER_LMA;
+	s->cs.attrib &= ~(KEEL_SEG_DB | KEEL_SEG_G);
+	s->cs.limit = 0xffff;
+}
+static void bad_lma_pe(struct keel_sregs *s) { s->efer = X86_EFER_LME | X86_EFER_LMA; }
+static void bad_nw(struct keel_sregs *s) { s->cr0 |= X86_CR0_NW; }
+static void bad_pg_no_pe(struct keel_sregs *s) { s->cr0 = X86_CR0_PG | X86_CR0_ET; }
+static void bad_lme_pg_no_pae(struct keel_sregs *s)
+{
+	s->cr0 |= X86_CR0_PG;
+	s->efer = X86_EFER_LME | X86_EFER_LMA;
+}
+static void bad_lme_pg_no_lma(struct keel_sregs *s)
+{
+	s->cr0 |= X86_CR0_PG;
+	s->cr4 = X86_CR4_PAE;
+	s->efer = X86_EFER_LME;
+}
+static void bad_cs_l(struct keel_sregs *s) { s->cs.attrib = (s->cs.attrib & ~KEEL_SEG_DB) | KEEL_SEG_L; }
+static void bad_cr0_high(struct keel_sregs *s) { s->cr0 |= 1ULL << 32; }
+static void bad_cr4_vmxe(struct keel_sregs *s) { s->cr4 |= 1ULL << 13; }
+static void bad_efer_svme(struct keel_sregs *s) { s->efer |= 1ULL << 12; }
+static void bad_cr3_high(struct keel_sregs *s) { s->cr3 = 1ULL << 63; }
+static void bad_tr_available(struct keel_sregs *s) { s->tr.attrib = KEEL_SEG_TYPE(0x9) | KEEL_SEG_P; }
+static void bad_tr_unusable(struct keel_sregs *s) { s->tr.attrib = 0; }
+static void bad_cs_data(struct keel_sregs *s) { s->cs.attrib = (s->cs.attrib & ~0xf) | 0x2; }
+static void bad_ss_code(struct keel_sregs *s) { s->ss.attrib = s->cs.attrib; }
+static void bad_ds_granularity(struct keel_sregs *s) { s->ds.attrib &= ~KEEL_SEG_G; }
+static void bad_ldt_type(struct keel_sregs *s) { s->ldt.attrib = KEEL_SEG_TYPE(0x9) | KEEL_SEG_P; }
+static void bad_gdt_base(struct keel_sregs *s) { s->gdt.base = 1ULL << 50; }
+static void bad_fs_base(struct keel_sregs *s) { s->fs.base = 1ULL << 60; }
+
+static const struct {
+	const char *name;
+	void (*make)(struct keel_sregs *s);
+} bad_sregs[] = {
+	{ "EFER.LMA without paging, 16-bit CS", bad_lma_16 },
+	{ "EFER.LMA without paging, protected mode", bad_lma_pe },
+	{ "CR0.NW without CD", bad_nw },
+	{ "CR0.PG without PE", bad_pg_no_pe },
+	{ "long mode without CR4.PAE", bad_lme_pg_no_pae },
+	{ "LME and PG without LMA", bad_lme_pg_no_lma },
+	{ "CS.L outside long mode", bad_cs_l },
+	{ "CR0 bit 32", bad_cr0_high },
+	{ "CR4.VMXE", bad_cr4_vmxe },
+	{ "EFER.SVME", bad_efer_svme },
+	{ "CR3 beyond the address width", bad_cr3_high },
+	{ "TR an available TSS", bad_tr_available },
+	{ "TR unusable", bad_tr_unusable },
+	{ "CS a data segment", bad_cs_data },
+	{ "SS a code segment", bad_ss_code },
+	{ "DS limit above 1 MiB without G", bad_ds_granularity },
+	{ "LDTR not an LDT", bad_ldt_type },
+	{ "GDTR base not canonical", bad_gdt_base },
+	{ "FS base not canonical", bad_fs_base },
+};
+
+static bool sregs_equal(const struct keel_sregs *a, const struct keel_sregs *b)
+{
+	return !memcmp(a, b, sizeof(*a));
+}
+
+TEST_F(domain, set_sregs_refuses_invalid_states)
+{
+	struct keel_vm *vm = vm_create("bad-sregs", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs good, bad, now;
+	struct keel_regs regs, regs_now;
+
+	LOAD_BLOB(vm, CODE_GPA, real_hlt);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
 	vcpu_get_sregs(vcpu, &good);
-	bad = good;
-	/*
-	 * Paging with EFER.LME but without PAE or LMA, and CR0.NW without CD: VMX's entry checks
-	 * (EFER.LME must match the IA-32e mode control when CR0.PG is set) and SVM's VMRUN checks
-	 * (NW without CD) both refuse it.
-	 */
-	bad.cr0 = X86_CR0_PE | X86_CR0_PG | X86_CR0_ET | X86_CR0_NE | (1ULL << 29);
-	bad.cr4 = 0;
-	bad.efer = X86_EFER_LME;
-	vcpu_set_sregs(vcpu, &bad);
+	for (size_t i = 0; i < ARRAY_SIZE(bad_sregs); i++) {
+		bad = good;
+		bad_sregs[i].make(&bad);
+		errno = 0;
+		EXPECT_EQ(-1, __vcpu_set_sregs(vcpu, &bad))
+			TH_LOG("%s was accepted", bad_sregs[i].name);
+		EXPECT_EQ(EINVAL, errno) TH_LOG("%s: errno %s", bad_sregs[i].name,
+						strerrorname_np(errno) ?: "0");
+		vcpu_get_sregs(vcpu, &now);
+		EXPECT_TRUE(sregs_equal(&good, &now))
+			TH_LOG("the refused state (%s) changed the vCPU", bad_sregs[i].name);
+	}
+
+	/* SET_REGS: RFLAGS' reserved bits, and RIP above 4 GiB outside 64-bit mode. */
+	vcpu_get_regs(vcpu, &regs);
+	struct keel_regs r = regs;
+	r.rflags |= 1ULL << 15;
+	EXPECT_ERRNO(EINVAL, __vcpu_set_regs(vcpu, &r));
+	r = regs;
+	r.rflags |= 1ULL << 17; /* VM: virtual-8086 mode needs real-mode-like segments */
+	EXPECT_ERRNO(EINVAL, __vcpu_set_regs(vcpu, &r));
+	r = regs;
+	r.rip = 1ULL << 32;
+	EXPECT_ERRNO(EINVAL, __vcpu_set_regs(vcpu, &r));
+	vcpu_get_regs(vcpu, &regs_now);
+	EXPECT_EQ(0, memcmp(&regs, &regs_now, sizeof(regs))) TH_LOG("a refused SET_REGS changed the vCPU");
+
+	/* The vCPU runs on, unharmed. */
+	vcpu_run(vcpu);
+	EXPECT_EXIT(vcpu, KEEL_EXIT_HLT);
+	vm_destroy(vm);
+}
+
+/* Real mode with EFER.LME set is legal (paging is off): it runs, and stays what was set
+ * (sregs-case lme-real; under QEMU it left the host CPU without paging at the next exit). */
+TEST_F(domain, real_mode_with_lme_runs)
+{
+	struct keel_vm *vm = REAL_VM("lme-real", 1, SZ_64K, real_hlt);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs s;
+	struct keel_regs regs;
+
+	vcpu_get_sregs(vcpu, &s);
+	s.efer = X86_EFER_LME;
+	vcpu_set_sregs(vcpu, &s);
+	for (int i = 0; i < 3; i++) {
+		vcpu_get_regs(vcpu, &regs);
+		regs.rip = 0;
+		vcpu_set_regs(vcpu, &regs);
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	}
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_EQ(X86_EFER_LME, s.efer);
+	EXPECT_EQ(0, s.cr0 & X86_CR0_PG);
+	vm_destroy(vm);
+}
+
+#define MSR_EFER_STR "0xc0000080"
+#define PT_GPA       0x10000 /* PML4; the PDPT and PD follow */
+
+asm(".pushsection .rodata\n"
+    ".code16\n"
+    /* Real mode: EFER.LME by WRMSR, HLT (sregs-case guest-wrmsr-lme). */
+    "blob_real_lme_start:\n"
+    "	mov $" MSR_EFER_STR ", %ecx\n"
+    "	rdmsr\n"
+    "	or $0x100, %eax\n"
+    "	wrmsr\n"
+    "	hlt\n"
+    "blob_real_lme_end:\n"
+    ".code32\n"
+    /* Protected mode to long mode the way the SDM describes (10.8.5), but with LME first:
+     * EFER.LME, HLT, then CR3, CR4.PAE, CR0.PG, HLT. */
+    "blob_to_long_start:\n"
+    "	mov $" MSR_EFER_STR ", %ecx\n"
+    "	rdmsr\n"
+    "	or $0x100, %eax\n"
+    "	wrmsr\n"
+    "	hlt\n"
+    "	mov $" KEEL_STR(PT_GPA) ", %eax\n"
+    "	mov %eax, %cr3\n"
+    "	mov %cr4, %eax\n"
+    "	or $0x20, %eax\n"
+    "	mov %eax, %cr4\n"
+    "	mov %cr0, %eax\n"
+    "	or $0x80000000, %eax\n"
+    "	mov %eax, %cr0\n"
+    "blob_to_long_hlt:\n"
+    "	hlt\n"
+    "blob_to_long_end:\n"
+    /* EFER.LME, then CR0.PG without CR4.PAE: #GP (no IDT: a triple fault). */
+    "blob_pg_no_pae_start:\n"
+    "	mov $" MSR_EFER_STR ", %ecx\n"
+    "	rdmsr\n"
+    "	or $0x100, %eax\n"
+    "	wrmsr\n"
+    "	mov %cr0, %eax\n"
+    "	or $0x80000000, %eax\n"
+    "	mov %eax, %cr0\n"
+    "	hlt\n"
+    "blob_pg_no_pae_end:\n"
+    ".code64\n"
+    ".popsection\n");
+
+BLOB(real_lme);
+BLOB(to_long);
+BLOB(pg_no_pae);
+extern const uint8_t blob_to_long_hlt[];
+
+/* A real-mode guest sets EFER.LME itself: the run returns on its HLT, with LME set. */
+TEST_F(domain, real_mode_guest_sets_lme)
+{
+	struct keel_vm *vm = REAL_VM("wrmsr-lme", 1, SZ_64K, real_lme);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs s;
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_EQ(X86_EFER_LME, s.efer);
+	vm_destroy(vm);
+}
+
+/* A 32-bit guest enters long mode itself, LME before PAE: each step is what a CPU does. */
+TEST_F(domain, guest_enters_long_mode_itself)
+{
+	struct keel_vm *vm = vm_create("to-long", 1, SZ_1M);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	uint64_t *pt = gpa_hva(vm, PT_GPA, 3 * SZ_4K);
+	struct keel_sregs s;
+
+	/* Identity-map the first 2 MiB. */
+	pt[0] = (PT_GPA + 0x1000) | 3;
+	pt[512] = (PT_GPA + 0x2000) | 3;
+	pt[1024] = 0x83;
+	LOAD_BLOB(vm, CODE_GPA, to_long);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_EQ(X86_EFER_LME, s.efer) TH_LOG("EFER %#llx after WRMSR", (ull)s.efer);
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	EXPECT_EQ(CODE_GPA + BLOB_OFF(to_long, hlt), vcpu->run.exit.rip);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_EQ(X86_EFER_LME | X86_EFER_LMA, s.efer);
+	EXPECT_TRUE(s.cr0 & X86_CR0_PG);
+	EXPECT_TRUE(s.cr4 & X86_CR4_PAE);
+	EXPECT_EQ(PT_GPA, s.cr3);
+	/* Compatibility mode: the 32-bit code segment runs on. */
+	EXPECT_FALSE(s.cs.attrib & KEEL_SEG_L);
+	vm_destroy(vm);
+}
+
+/* CR0.PG with EFER.LME but without CR4.PAE raises #GP, as on a CPU: the guest (no IDT)
+ * triple-faults and paging stays off. */
+TEST_F(domain, paging_with_lme_without_pae_faults)
+{
+	struct keel_vm *vm = vm_create("pg-no-pae", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs s;
+
+	LOAD_BLOB(vm, CODE_GPA, pg_no_pae);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_SHUTDOWN);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_FALSE(s.cr0 & X86_CR0_PG);
+	EXPECT_EQ(X86_EFER_LME, s.efer);
+	vm_destroy(vm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * A refused entry (forced through debugfs fail_entries: Keel enters no invalid state) ends
+ * the run with KEEL_EXIT_ENTRY_FAILURE; the next run enters. */
+
+TEST_F(domain, refused_entry_is_reported)
+{
+	struct keel_vm *vm = REAL_VM("refused", 1, SZ_64K, real_hlt);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+
+	if (!force_entry_failures(1))
+		SKIP(goto out, "cannot write %s", FAIL_ENTRIES);
 	vcpu_run(vcpu);
 	ASSERT_EXIT(vcpu, KEEL_EXIT_ENTRY_FAILURE);
 	EXPECT_NE(0, vcpu->run.exit.fail.hw_reason);
-
-	vcpu_set_sregs(vcpu, &good);
 	vcpu_run(vcpu);
 	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+out:
+	force_entry_failures(0);
 	vm_destroy(vm);
 }
 

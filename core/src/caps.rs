@@ -74,7 +74,16 @@ pub struct Caps {
     pub revision: u32,
     /// Size in bytes of the VMXON region and of a VMCS (VMX); 4096 on SVM (VMCB, host-save area).
     pub region_size: u32,
+    /// What a guest's state may hold on this CPU: the decoders give the least every x86-64
+    /// CPU has; the prober widens it from CPUID (and VMX's CR4 fixed bits).
+    pub limits: super::state::Limits,
 }
+
+/// The guest-state limits every x86-64 CPU allows.
+pub const BASE_LIMITS: super::state::Limits = super::state::Limits {
+    cr4: super::state::cr4_bits::BASE,
+    phys_bits: 36,
+};
 
 impl Caps {
     /// Whether every bit of `f` is set.
@@ -211,6 +220,7 @@ impl VmxMsrs {
             nr_tags: if vpid { 0xffff } else { 0 },
             revision: (self.basic & 0x7fff_ffff) as u32,
             region_size: ((self.basic >> 32) & 0x1fff) as u32,
+            limits: BASE_LIMITS,
         })
     }
 }
@@ -262,6 +272,7 @@ impl SvmLeaf {
             nr_tags,
             revision: self.eax & 0xff,
             region_size: 4096,
+            limits: BASE_LIMITS,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod mmio;
 pub mod paging;
 pub mod slat;
 pub mod spinlock;
+pub mod state;
 pub mod uart;
 pub mod vmcb;
 pub mod vmcs;

@@ -190,6 +190,26 @@ pub const TLB_CONTROL_FLUSH_ASID: u8 = 3;
 /// TLB control: flush the whole TLB on the next VMRUN.
 pub const TLB_CONTROL_FLUSH_ALL: u8 = 1;
 
+/// The EFER a VMCB holds for a guest whose architectural control registers are `ctl`, and
+/// whether EFER.LME is held back from it. A guest may set EFER.LME while paging is off
+/// (real or protected mode, with or without CR4.PAE); with PAE also clear, the VMCB gets LME
+/// only once the guest sets PAE, and Keel (which intercepts MOV to CR0 and CR4 on SVM) applies
+/// the architectural LME itself. QEMU's #VMEXIT reloads the host's CR0 before its CR4 and
+/// EFER and silently drops the host's CR0.PG while the guest's EFER.LME is set and its
+/// CR4.PAE clear (`cpu_x86_update_cr0`), leaving the host without paging; no VMCB Keel
+/// enters has that combination. The architectural state is the same either way: with
+/// paging off, LME has no effect until CR0.PG is set, which Keel emulates.
+pub fn hardware_efer(ctl: &super::state::Ctl) -> (u64, bool) {
+    use super::arch::{cr0, cr4, efer};
+    let held = ctl.efer & efer::LME != 0 && ctl.cr0 & cr0::PG == 0 && ctl.cr4 & cr4::PAE == 0;
+    let e = if held {
+        ctl.efer & !efer::LME
+    } else {
+        ctl.efer
+    };
+    (e | efer::SVME, held)
+}
+
 /// Interrupt shadow bit of `int_state`.
 pub const INT_STATE_SHADOW: u32 = 1 << 0;
 
@@ -278,5 +298,31 @@ mod tests {
         assert_eq!(attrib_from_lar(0x0020_9b00), 0x029b);
         // Flat 32-bit data with G and D/B.
         assert_eq!(attrib_from_lar(0x00cf_9300), 0x0c93);
+    }
+
+    #[test]
+    fn lme_is_held_back_only_without_paging_and_pae() {
+        use crate::arch::{cr0, cr4, efer};
+        use crate::state::Ctl;
+        let real = Ctl {
+            efer: efer::LME,
+            ..Ctl::default()
+        };
+        assert_eq!(hardware_efer(&real), (efer::SVME, true));
+        let pae = Ctl {
+            cr4: cr4::PAE,
+            ..real
+        };
+        assert_eq!(hardware_efer(&pae), (efer::LME | efer::SVME, false));
+        let long = Ctl {
+            cr0: cr0::PE | cr0::PG,
+            efer: efer::LME | efer::LMA,
+            ..pae
+        };
+        assert_eq!(
+            hardware_efer(&long),
+            (efer::LME | efer::LMA | efer::SVME, false)
+        );
+        assert_eq!(hardware_efer(&Ctl::default()), (efer::SVME, false));
     }
 }

@@ -264,6 +264,7 @@ impl Domain {
                     version: crate::VERSION,
                     abi_version: uapi::KEEL_ABI_VERSION,
                 },
+                limits: self.caps.limits,
                 state: spinlock::SpinLock::new(DomainState {
                     exits: [0; EXIT_KINDS],
                 }),

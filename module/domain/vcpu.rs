@@ -10,7 +10,11 @@ use kernel::{
 
 use super::memory::page_offset;
 use super::Domain;
-use crate::keel_core::vmcb::VmcbSeg;
+use crate::keel_core::{
+    arch::{efer, seg_attrib},
+    state,
+    vmcb::VmcbSeg,
+};
 use crate::root::exit::UserExit;
 use crate::root::vcpu::{ArchState, Completion, VcpuState};
 use crate::uapi;
@@ -51,6 +55,28 @@ pub(super) fn alloc_vcpu_state(id: u32) -> Result<KBox<VcpuState>> {
 }
 
 impl Vcpu {
+    /// Checks a state before it replaces the vCPU's: `EINVAL` for one the architecture does
+    /// not allow (`keel_core::state`), and the vCPU stays as it was.
+    fn check(&self, a: &ArchState) -> Result {
+        let s = state::State {
+            rip: a.rip,
+            rflags: a.rflags,
+            ctl: state::Ctl {
+                cr0: a.cr0,
+                cr3: a.cr3,
+                cr4: a.cr4,
+                efer: a.efer,
+            },
+            cs: a.cs,
+            ss: a.ss,
+            data: [a.ds, a.es, a.fs, a.gs],
+            tr: a.tr,
+            ldt: a.ldt,
+            table_bases: [a.gdt.base, a.idt.base],
+        };
+        state::check(&s, &self.domain.caps.limits).map_err(|_| EINVAL)
+    }
+
     pub(super) fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize> {
         let size = kernel::ioctl::_IOC_SIZE(cmd);
         let (mut reader, mut writer) =
@@ -64,6 +90,10 @@ impl Vcpu {
             uapi::KEEL_VCPU_SET_REGS => {
                 let r: uapi::keel_regs = reader.read()?;
                 let mut s = self.state.lock();
+                let mut arch = s.arch;
+                arch.rip = r.rip;
+                arch.rflags = r.rflags | 2;
+                self.check(&arch)?;
                 set_regs(&mut s, &r);
                 Ok(0)
             }
@@ -81,7 +111,15 @@ impl Vcpu {
                     return Err(EINVAL);
                 }
                 let mut s = self.state.lock();
-                set_sregs(&mut s.arch, &r);
+                let mut arch = s.arch;
+                set_sregs(&mut arch, &r);
+                // Outside 64-bit mode RIP is EIP: a mode switch truncates it, as leaving long
+                // mode does on a CPU.
+                if arch.efer & efer::LMA == 0 || arch.cs.attrib & seg_attrib::L == 0 {
+                    arch.rip &= 0xffff_ffff;
+                }
+                self.check(&arch)?;
+                s.arch = arch;
                 s.arch_dirty = true;
                 Ok(0)
             }

@@ -15,11 +15,13 @@ use super::vcpu::VcpuState;
 use super::{rlog, x86, CpuInfo, Dom0View, GuestRegs, RAX, RDI};
 use crate::keel_core::{
     arch::{cr4, efer, feature_control, msr, seg_attrib, vector},
+    caps::Vendor,
     cpuid,
     exit::{Exit, ExitKind},
     hypercall::{self, Call},
     insn::{self, Mode},
     paging::{self, PagingMode},
+    state::{Ctl, Limits},
 };
 
 /// EFER bits Dom0 may write (APM Vol. 2, 3.1.7): SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE,
@@ -165,8 +167,11 @@ impl<H: Dom0Hal> Ctx for Dom0<'_, H> {
                     return false;
                 }
                 self.view.efer_svme = value & efer::SVME != 0;
-                let lma = self.hw.control_regs().efer & efer::LMA;
-                self.hw.set_efer((value & !(efer::LMA | efer::SVME)) | lma);
+                let c = self.hw.control_regs();
+                self.hw.set_control_regs(&Ctl {
+                    efer: (value & !(efer::LMA | efer::SVME)) | (c.efer & efer::LMA),
+                    ..c
+                });
                 true
             }
             msr::VM_HSAVE_PA => {
@@ -274,6 +279,17 @@ impl<H: Dom0Hal> Ctx for Dom0<'_, H> {
         self.dump("cannot find the length of the instruction");
         self.hw.inject(vector::UD, None);
         Action::Resume
+    }
+
+    /// Dom0's control registers are its own: only VMX's fixed bits and VMXE (hidden) bound
+    /// them. (Only VMX intercepts Dom0's CR writes: those toggling a bit Keel owns.)
+    fn limits(&self) -> Limits {
+        let cr4 = match self.cpu.vendor {
+            // SAFETY: IA32_VMX_CR4_FIXED1 exists on VMX CPUs.
+            Vendor::Vmx => (unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED1) }) & !cr4::VMXE,
+            Vendor::Svm => !0,
+        };
+        Limits { cr4, phys_bits: 52 }
     }
 
     #[cold]

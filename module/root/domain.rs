@@ -15,6 +15,7 @@ use crate::keel_core::{
     exit::EXIT_KINDS,
     slat::{self, Format},
     spinlock::SpinLock,
+    state,
 };
 
 /// Guest-physical ranges a domain may have (the uapi's `KEEL_MAX_RANGES`).
@@ -67,6 +68,8 @@ pub(crate) struct DomainShared {
     pub(crate) xcr0_supported: u64,
     /// What Keel's CPUID leaves report.
     pub(crate) identity: cpuid::Identity,
+    /// What the vCPUs' control registers may hold (`keel_core::state`).
+    pub(crate) limits: state::Limits,
     /// What vCPUs change at once.
     pub(crate) state: SpinLock<DomainState>,
 }

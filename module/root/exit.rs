@@ -13,8 +13,10 @@ use super::hal::Hal;
 use super::x86;
 use super::{GuestRegs, RAX, RCX, RDX};
 use crate::keel_core::{
-    arch::{cr0, cr4, vector},
-    exit::{CrOp, Exit, ExitKind},
+    arch::{cr0, cr4, seg_attrib, vector},
+    exit::{CrAccess, CrOp, Exit, ExitKind},
+    insn,
+    state::{self, Limits},
     xcr,
 };
 
@@ -105,6 +107,14 @@ pub(crate) trait Ctx {
     fn decode_len(&mut self, exit: &Exit) -> Option<u64>;
     /// An instruction Keel completes but whose length it cannot find.
     fn length_unknown(&mut self, exit: &Exit) -> Action;
+    /// What the domain's control registers may hold: the CR4 bits it may set and the
+    /// physical-address width.
+    fn limits(&self) -> Limits;
+    /// The instruction at CS:RIP, decoded, for exits whose hardware information does not say
+    /// enough (SVM without decode assists); `None` when it cannot be read or decoded.
+    fn fetch_insn(&mut self) -> Option<insn::Insn> {
+        None
+    }
     /// An exit this domain does not expect.
     fn unexpected(&mut self, exit: &Exit) -> Action;
     /// An intercepted exception.
@@ -182,23 +192,7 @@ fn handle_rest<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
             c.hw().inject(vector::UD, None);
             Action::Resume
         }
-        Exit::CrAccess(access) => match access.op {
-            CrOp::Write(Some(gpr)) if matches!(access.cr, 0 | 3 | 4) => {
-                let value = gpr_value(c, gpr);
-                if c.hw().write_cr(access.cr, value) {
-                    complete(c, exit)
-                } else {
-                    general_protection(c);
-                    Action::Resume
-                }
-            }
-            CrOp::Read(Some(gpr)) if access.cr == 3 => {
-                let value = c.hw_ref().control_regs().cr3;
-                set_gpr(c, gpr, value);
-                complete(c, exit)
-            }
-            _ => c.unexpected(exit),
-        },
+        Exit::CrAccess(access) => cr_access(c, exit, access),
         Exit::Exception { .. } => c.exception(exit),
         Exit::ExternalInterrupt | Exit::Nmi | Exit::PreemptionTimer => c.host_event(exit),
         Exit::Init => c.init(exit),
@@ -213,6 +207,93 @@ fn handle_rest<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
         | Exit::Other { .. } => c.unexpected(exit),
     }
 }
+
+/// What a control-register write does, once known.
+enum CrWrite {
+    /// MOV to CR`cr` from a GPR.
+    Mov { cr: u8, gpr: u8 },
+    /// CLTS.
+    Clts,
+    /// LMSW from a GPR.
+    Lmsw { gpr: u8 },
+}
+
+/// The write the instruction at CS:RIP makes, when the exit does not say (SVM without decode
+/// assists: MOV to CR, and CLTS and LMSW, which SVM's CR0 write intercept takes too). An
+/// LMSW from memory is not decoded.
+fn decode_cr_write<C: Ctx>(c: &mut C) -> Option<CrWrite> {
+    let i = c.fetch_insn()?;
+    if i.map != insn::Map::Map0F {
+        return None;
+    }
+    let modrm = i.modrm.unwrap_or(0);
+    let reg = (modrm >> 3) & 7;
+    let rm = (modrm & 7) | ((i.rex & 1) << 3);
+    match i.opcode {
+        0x22 => Some(CrWrite::Mov {
+            cr: reg | ((i.rex & 4) << 1),
+            gpr: rm,
+        }),
+        0x06 => Some(CrWrite::Clts),
+        0x01 if reg == 6 && modrm >> 6 == 3 => Some(CrWrite::Lmsw { gpr: rm }),
+        _ => None,
+    }
+}
+
+/// A control-register access: writes to CR0, CR3 and CR4 follow the architecture's rules
+/// (`keel_core::state`: #GP for what a CPU refuses), reads of CR3 are served.
+fn cr_access<C: Ctx>(c: &mut C, exit: &Exit, access: CrAccess) -> Action {
+    let write = match access.op {
+        CrOp::Write(Some(gpr)) => CrWrite::Mov { cr: access.cr, gpr },
+        CrOp::Clts => CrWrite::Clts,
+        CrOp::Write(None) | CrOp::Lmsw => match decode_cr_write(c) {
+            Some(w) => w,
+            None => return c.unexpected(exit),
+        },
+        CrOp::Read(Some(gpr)) if access.cr == 3 => {
+            let value = c.hw_ref().control_regs().cr3;
+            set_gpr(c, gpr, value);
+            return complete(c, exit);
+        }
+        CrOp::Read(_) => return c.unexpected(exit),
+    };
+    let old = c.hw_ref().control_regs();
+    let (_, attrib) = c.hw_ref().cs();
+    let cs_long = old.efer & crate::keel_core::arch::efer::LMA != 0 && attrib & seg_attrib::L != 0;
+    let limits = c.limits();
+    let new = match write {
+        CrWrite::Mov { cr, gpr } => {
+            let value = gpr_value(c, gpr);
+            // Outside 64-bit mode the operand is 32 bits.
+            let value = if cs_long { value } else { value & 0xffff_ffff };
+            match cr {
+                0 => state::mov_cr0(&old, value, cs_long),
+                3 => state::mov_cr3(&old, value, &limits),
+                4 => state::mov_cr4(&old, value, &limits),
+                _ => return c.unexpected(exit),
+            }
+        }
+        CrWrite::Clts => state::mov_cr0(&old, old.cr0 & !CR0_TS, cs_long),
+        // LMSW writes PE (which it cannot clear), MP, EM and TS.
+        CrWrite::Lmsw { gpr } => {
+            let low = gpr_value(c, gpr) & 0xf;
+            state::mov_cr0(&old, (old.cr0 & !0xe) | low, cs_long)
+        }
+    };
+    match new {
+        Some(n) => {
+            c.hw().set_control_regs(&n);
+            complete(c, exit)
+        }
+        None => {
+            general_protection(c);
+            Action::Resume
+        }
+    }
+}
+
+/// CR0.TS.
+const CR0_TS: u64 = 1 << 3;
 
 /// A GPR by its encoding (4 is RSP, kept by the hardware).
 fn gpr_value<C: Ctx>(c: &mut C, n: u8) -> u64 {

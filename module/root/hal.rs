@@ -6,16 +6,7 @@
 //! Root-mode code: calls nothing in Linux (see `root/mod.rs`).
 
 use super::CpuInfo;
-
-/// The control registers and EFER, as the guest sees them (without the bits Keel owns:
-/// CR4.VMXE, EFER.SVME).
-#[derive(Clone, Copy)]
-pub(crate) struct ControlRegs {
-    pub(crate) cr0: u64,
-    pub(crate) cr3: u64,
-    pub(crate) cr4: u64,
-    pub(crate) efer: u64,
-}
+use crate::keel_core::state::Ctl;
 
 /// The guest currently loaded on this CPU.
 pub(crate) trait Hal {
@@ -29,8 +20,9 @@ pub(crate) trait Hal {
     fn set_rsp(&mut self, rsp: u64);
     /// The CPL.
     fn cpl(&self) -> u8;
-    /// CR0, CR3, CR4 and EFER as the guest sees them.
-    fn control_regs(&self) -> ControlRegs;
+    /// CR0, CR3, CR4 and EFER as the guest sees them (without the bits Keel owns: CR4.VMXE,
+    /// EFER.SVME).
+    fn control_regs(&self) -> Ctl;
     /// CR4 as the guest sees it.
     fn cr4(&self) -> u64 {
         self.control_regs().cr4
@@ -41,15 +33,14 @@ pub(crate) trait Hal {
     fn inject(&mut self, vector: u8, error_code: Option<u32>);
     /// The length of the instruction that exited, when the hardware reports it.
     fn insn_len(&self) -> Option<u64>;
-    /// Sets EFER (checked by the caller; LMA as the processor has it).
-    fn set_efer(&mut self, efer: u64);
+    /// Sets CR0, CR3, CR4 and EFER as the guest sees them, after a guest's MOV to CR or
+    /// WRMSR to EFER that the caller checked (`keel_core::state`): long mode follows EFER.LMA,
+    /// and the guest's TLB is flushed.
+    fn set_control_regs(&mut self, ctl: &Ctl);
     /// IA32_PAT.
     fn pat(&self) -> u64;
     /// Sets IA32_PAT.
     fn set_pat(&mut self, pat: u64);
-    /// A MOV to CR0, CR3 or CR4 that exited, with the guest's value: false when the value is
-    /// refused (the caller raises #GP).
-    fn write_cr(&mut self, cr: u8, value: u64) -> bool;
     /// Logs the vendor's exit information and the guest's state, with why.
     fn dump(&self, cpu: &CpuInfo, why: &str);
 }
@@ -71,7 +62,7 @@ impl<T: Hal> Hal for &mut T {
     fn cpl(&self) -> u8 {
         (**self).cpl()
     }
-    fn control_regs(&self) -> ControlRegs {
+    fn control_regs(&self) -> Ctl {
         (**self).control_regs()
     }
     fn cr4(&self) -> u64 {
@@ -86,17 +77,14 @@ impl<T: Hal> Hal for &mut T {
     fn insn_len(&self) -> Option<u64> {
         (**self).insn_len()
     }
-    fn set_efer(&mut self, efer: u64) {
-        (**self).set_efer(efer)
+    fn set_control_regs(&mut self, ctl: &Ctl) {
+        (**self).set_control_regs(ctl)
     }
     fn pat(&self) -> u64 {
         (**self).pat()
     }
     fn set_pat(&mut self, pat: u64) {
         (**self).set_pat(pat)
-    }
-    fn write_cr(&mut self, cr: u8, value: u64) -> bool {
-        (**self).write_cr(cr, value)
     }
     fn dump(&self, cpu: &CpuInfo, why: &str) {
         (**self).dump(cpu, why)

@@ -8,20 +8,34 @@
 //! interrupt arrives), and returns to Dom0. Like everything in `root/`, this calls nothing in
 //! Linux.
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use super::domain::{DomainShared, RangeKind};
 use super::exit::{self, Action, Ctx, UserExit};
 use super::hal::Hal;
 use super::{x86, GuestRegs, Page, RAX, RBX, RCX, RDX};
 use crate::keel_core::{
-    arch::{cr0, cr4, efer, msr, seg_attrib, vector},
+    arch::{cr4, efer, msr, seg_attrib, vector},
     caps::Vendor,
     cpuid,
     exit::{access, Exit, ExitKind},
     insn::{self, Mode},
     mmio::{self, MmioInsn, MmioOp},
-    paging,
+    paging, state,
     vmcb::VmcbSeg,
 };
+
+/// Testing only: how many of the next DomU entries (on any vCPU) root mode makes the hardware
+/// refuse, to exercise the entry-failure path with states Keel would never enter otherwise
+/// (`KEEL_VCPU_SET_SREGS` refuses invalid states). Set through debugfs `fail_entries`.
+pub(crate) static FORCED_ENTRY_FAILURES: AtomicU32 = AtomicU32::new(0);
+
+/// Takes one forced entry failure, if any is left.
+pub(crate) fn take_forced_failure() -> bool {
+    FORCED_ENTRY_FAILURES
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
 
 /// Pages of each XSAVE area.
 pub(crate) const FPU_PAGES: usize = 3;
@@ -156,6 +170,8 @@ pub(crate) struct VcpuState {
     pub(crate) arch_dirty: bool,
     /// The VMCS/VMCB controls are set up.
     pub(crate) initialized: bool,
+    /// SVM: the guest's EFER.LME is held back from the VMCB (`vmcb::hardware_efer`).
+    pub(crate) lme_held: bool,
     /// Set by Dom0 before a run: the completion data for `completion`.
     pub(crate) completion_data: u64,
     /// What the next run must finish first.
@@ -182,16 +198,17 @@ impl VcpuState {
     }
 
     /// The vCPU as the exit pipeline sees it: `hw` makes the hardware view from the vCPU's
-    /// control page (SVM: its VMCB) or brings its own (VMX: the current VMCS).
+    /// control page and `lme_held` (SVM: its VMCB) or brings its own (VMX: the current VMCS).
     pub(crate) fn domu<'a, H: Hal>(
         &'a mut self,
-        hw: impl FnOnce(&'a mut Page) -> H,
+        hw: impl FnOnce(&'a mut Page, &'a mut bool) -> H,
         domain: &'a DomainShared,
         vendor: Vendor,
         raw_reason: u64,
     ) -> Domu<'a, H> {
         let VcpuState {
             control,
+            lme_held,
             regs,
             arch,
             completion,
@@ -199,7 +216,7 @@ impl VcpuState {
             ..
         } = self;
         Domu {
-            hw: hw(control),
+            hw: hw(control, lme_held),
             regs,
             xcr0: &mut arch.xcr0,
             completion,
@@ -250,9 +267,6 @@ pub(crate) struct Domu<'a, H: Hal> {
     /// The raw exit reason, for exits reported as unhandled.
     pub(crate) raw_reason: u64,
 }
-
-/// EFER bits a guest may write: SCE, LME, LMA (ignored: the processor's), NXE.
-const EFER_WRITABLE: u64 = efer::SCE | efer::LME | efer::LMA | efer::NXE;
 
 /// Xen's hypercall numbers Keel handles itself.
 const XEN_VERSION: u64 = 17;
@@ -460,18 +474,13 @@ impl<H: Hal> Ctx for Domu<'_, H> {
 
     fn wrmsr(&mut self, index: u32, value: u64) -> bool {
         match index {
-            msr::EFER => {
-                let c = self.hw.control_regs();
-                // LME may not change while paging is on.
-                if value & !EFER_WRITABLE != 0
-                    || (c.cr0 & cr0::PG != 0 && (value ^ c.efer) & efer::LME != 0)
-                {
-                    return false;
+            msr::EFER => match state::wrmsr_efer(&self.hw.control_regs(), value) {
+                Some(c) => {
+                    self.hw.set_control_regs(&c);
+                    true
                 }
-                self.hw
-                    .set_efer((value & !efer::LMA) | (c.efer & efer::LMA));
-                true
-            }
+                None => false,
+            },
             msr::IA32_PAT => {
                 self.hw.set_pat(value);
                 true
@@ -487,16 +496,22 @@ impl<H: Hal> Ctx for Domu<'_, H> {
     }
 
     fn decode_len(&mut self, _exit: &Exit) -> Option<u64> {
-        let mut bytes = [0u8; insn::MAX_LEN];
-        let n = self.fetch(&mut bytes);
-        insn::decode(&bytes[..n], self.mode())
-            .ok()
-            .map(|i| i.len as u64)
+        self.fetch_insn().map(|i| i.len as u64)
     }
 
     fn length_unknown(&mut self, _exit: &Exit) -> Action {
         let rip = self.hw.rip();
         self.crash(0, rip)
+    }
+
+    fn limits(&self) -> state::Limits {
+        self.domain.limits
+    }
+
+    fn fetch_insn(&mut self) -> Option<insn::Insn> {
+        let mut bytes = [0u8; insn::MAX_LEN];
+        let n = self.fetch(&mut bytes);
+        insn::decode(&bytes[..n], self.mode()).ok()
     }
 
     fn unexpected(&mut self, exit: &Exit) -> Action {

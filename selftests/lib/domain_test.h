@@ -10,10 +10,14 @@
 #define KEEL_DOMAIN_TEST_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <unistd.h>
 
 #include "guest.h"
 
@@ -107,6 +111,29 @@ static inline bool pin_thread(pthread_t tid, int cpu)
 	CPU_ZERO(&set);
 	CPU_SET(cpu, &set);
 	return pthread_setaffinity_np(tid, sizeof(set), &set) == 0;
+}
+
+/* debugfs fail_entries (testing only): the hardware refuses the next N DomU entries. */
+#define FAIL_ENTRIES "/sys/kernel/debug/keel/fail_entries"
+
+/* Makes the hardware refuse the next n DomU entries (Keel itself enters no invalid state, so
+ * this is how the entry-failure path is reached); false when debugfs cannot be written. */
+static inline bool force_entry_failures(unsigned int n)
+{
+	char buf[16];
+	int fd, len;
+	bool ok;
+
+	if (access(FAIL_ENTRIES, W_OK) && mount("none", "/sys/kernel/debug", "debugfs", 0, NULL) &&
+	    errno != EBUSY)
+		return false;
+	fd = open(FAIL_ENTRIES, O_WRONLY);
+	if (fd < 0)
+		return false;
+	len = snprintf(buf, sizeof(buf), "%u", n);
+	ok = write(fd, buf, len) == len;
+	close(fd);
+	return ok;
 }
 
 /* A real-mode domain: RAM [0, ram_size), `blob` at CODE_GPA, every vCPU at its start. */

@@ -256,6 +256,15 @@ pub(crate) struct Dom0Svm {
     vmcb_pa: u64,
 }
 
+/// Dom0 runs in long mode: its EFER.LME is never held back.
+impl super::SvmGuest for Dom0Svm {
+    fn lme_held(&self) -> bool {
+        false
+    }
+
+    fn set_lme_held(&mut self, _held: bool) {}
+}
+
 impl Dom0Hal for Svm<'_, Dom0Svm> {
     unsafe fn run_domu(&mut self, v: &mut VcpuState) {
         // SAFETY: The caller's contract; called from Dom0's exit on this CPU with GIF clear

@@ -16,11 +16,12 @@ use crate::keel_core::{
     arch::{efer, vector},
     caps::Vendor,
     exit::Exit,
+    state::Ctl,
     vmcb::{self as layout, event, misc1, misc2, Vmcb, VmcbSeg},
 };
 use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{ArchState, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
     push_callee_saved, save_gprs_to_rax, GuestRegs, Page, RAX,
@@ -38,6 +39,9 @@ const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_IOIO: u32 = 1 << 27;
 const INTERCEPT_MONITOR: u32 = 1 << 10;
 const INTERCEPT_MWAIT: u32 = 1 << 11;
+/// Writes to CR0 and CR4 (intercept_cr bits 16 + n).
+const INTERCEPT_CR0_WRITE: u32 = 1 << 16;
+const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
 
 /// The controls that give the CPU back to Dom0 whatever the guest does: V_INTR_MASKING
 /// (with the host's IF set at VMRUN, a host interrupt exits even while the guest runs with IF
@@ -64,6 +68,10 @@ fn setup_controls(v: &mut VcpuState, slat_root: u64) {
     let msrpm_pa = v.pa_of(v.msr_map[0].0.as_ptr());
     let asid = v.asid;
     let c = &mut vmcb_of(&mut v.control).control;
+    // MOV to CR0 and CR4 (and CLTS, LMSW): Keel applies the architecture's rules itself
+    // (`keel_core::state`), whatever the CPU or an emulator checks, and keeps EFER.LME out of
+    // the VMCB while the guest's paging and PAE are off (`layout::hardware_efer`).
+    c.intercept_cr = INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE;
     c.intercept_exceptions = 1 << vector::UD;
     c.intercept_misc1 = INTERCEPT_INTR
         | INTERCEPT_NMI
@@ -120,8 +128,8 @@ fn tr_from_vmcb(tr: VmcbSeg) -> VmcbSeg {
     }
 }
 
-/// Writes `a` into the VMCB.
-fn load_arch(vmcb: &mut Vmcb, a: &ArchState) {
+/// Writes `a` into the VMCB; returns whether EFER.LME is held back from it.
+fn load_arch(vmcb: &mut Vmcb, a: &ArchState) -> bool {
     let s = &mut vmcb.save;
     s.rip = a.rip;
     s.rsp = a.rsp;
@@ -141,7 +149,13 @@ fn load_arch(vmcb: &mut Vmcb, a: &ArchState) {
     s.cr2 = a.cr2;
     s.cr3 = a.cr3;
     s.cr4 = a.cr4;
-    s.efer = a.efer | efer::SVME;
+    let (efer, lme_held) = layout::hardware_efer(&Ctl {
+        cr0: a.cr0,
+        cr3: a.cr3,
+        cr4: a.cr4,
+        efer: a.efer,
+    });
+    s.efer = efer;
     s.g_pat = a.pat;
     s.dr7 = 0x400;
     s.dr6 = 0xffff_0ff0;
@@ -153,10 +167,12 @@ fn load_arch(vmcb: &mut Vmcb, a: &ArchState) {
     s.sysenter_cs = a.sysenter_cs;
     s.sysenter_esp = a.sysenter_esp;
     s.sysenter_eip = a.sysenter_eip;
+    lme_held
 }
 
-/// Reads the VMCB into `a` (XCR0 is not in the VMCB: it stays).
-fn save_arch(vmcb: &Vmcb, a: &mut ArchState) {
+/// Reads the VMCB into `a` (XCR0 is not in the VMCB: it stays), with the guest's EFER.LME if
+/// `lme_held`.
+fn save_arch(vmcb: &Vmcb, lme_held: bool, a: &mut ArchState) {
     let s = &vmcb.save;
     *a = ArchState {
         rip: s.rip,
@@ -176,7 +192,7 @@ fn save_arch(vmcb: &Vmcb, a: &mut ArchState) {
         cr2: s.cr2,
         cr3: s.cr3,
         cr4: s.cr4,
-        efer: s.efer & !efer::SVME,
+        efer: (s.efer & !efer::SVME) | if lme_held { efer::LME } else { 0 },
         pat: s.g_pat,
         xcr0: a.xcr0,
         star: s.star,
@@ -190,12 +206,16 @@ fn save_arch(vmcb: &Vmcb, a: &mut ArchState) {
     };
 }
 
-/// A DomU vCPU's hardware view: its VMCB.
-fn svm_hw(page: &mut Page, nrip_save: bool) -> Svm<'_, ()> {
+/// A DomU vCPU's hardware view: its VMCB and whether EFER.LME is held back from it.
+fn svm_hw<'a>(
+    page: &'a mut Page,
+    lme_held: &'a mut bool,
+    nrip_save: bool,
+) -> Svm<'a, &'a mut bool> {
     Svm {
         vmcb: vmcb_of(page),
         nrip_save,
-        extra: (),
+        extra: lme_held,
     }
 }
 
@@ -215,7 +235,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         v.arch_dirty = true;
     }
     if v.arch_dirty {
-        load_arch(vmcb_of(&mut v.control), &v.arch);
+        v.lme_held = load_arch(vmcb_of(&mut v.control), &v.arch);
         v.arch_dirty = false;
     }
     let vmcb_pa = v.pa_of(v.control.0.as_ptr());
@@ -226,8 +246,13 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         c.event_inj = 0;
     }
     let data = v.completion_data;
-    v.domu(|page| svm_hw(page, nrip_save), domain, Vendor::Svm, 0)
-        .complete_pending(data);
+    v.domu(
+        |page, held| svm_hw(page, held, nrip_save),
+        domain,
+        Vendor::Svm,
+        0,
+    )
+    .complete_pending(data);
     let xcr0_supported = domain.xcr0_supported;
     let xcr0 = fpu::host_xcr0(xcr0_supported);
     // SAFETY: The areas are the vCPU's, sized for the domain's XCR0 (the Linux side checked).
@@ -237,11 +262,17 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         let vm = vmcb_of(&mut v.control);
         vm.save.rax = rax;
         keep_exits(&mut vm.control);
+        // Testing: VMRUN refuses a VMCB without the VMRUN intercept (APM 15.5.1).
+        let forced = take_forced_failure();
+        if forced {
+            vm.control.intercept_misc2 &= !misc2::VMRUN;
+        }
         // SAFETY: The VMCB is complete; the trampoline saves the guest's GPRs and gives the
         // processor Dom0's VMLOAD state back before returning.
         unsafe { svm_guest_enter(&mut v.regs, vmcb_pa, dom0_vmcb_pa) };
         let vm = vmcb_of(&mut v.control);
         let c = &mut vm.control;
+        c.intercept_misc2 |= misc2::VMRUN;
         c.tlb_ctl = 0;
         c.event_inj = 0;
         // An event whose delivery the exit interrupted is delivered again (NMIs and hardware
@@ -257,10 +288,15 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         if !matches!(exit, Exit::EntryFailure { .. }) {
             v.regs.gpr[RAX] = vm.save.rax;
         }
-        let rip = vm.save.rip;
+        // A refused VMRUN may leave the host's state in the save area (QEMU does).
+        let rip = if matches!(exit, Exit::EntryFailure { .. }) {
+            v.arch.rip
+        } else {
+            vm.save.rip
+        };
         let action = exit::handle(
             &mut v.domu(
-                |page| svm_hw(page, nrip_save),
+                |page, held| svm_hw(page, held, nrip_save),
                 domain,
                 Vendor::Svm,
                 raw_reason,
@@ -279,7 +315,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         // there): the guest's state is still the one Dom0 gave, loaded again next time.
         v.arch_dirty = true;
     } else {
-        save_arch(vmcb_of(&mut v.control), &mut v.arch);
+        save_arch(vmcb_of(&mut v.control), v.lme_held, &mut v.arch);
     }
 }
 

@@ -7,10 +7,11 @@
 pub(crate) mod dom0;
 pub(crate) mod domu;
 
-use super::hal::{ControlRegs, Hal};
+use super::hal::Hal;
 use super::{rlog, CpuInfo, Page};
 use crate::keel_core::{
     arch::efer,
+    state::Ctl,
     vmcb::{self, event, Vmcb},
 };
 
@@ -19,6 +20,25 @@ pub(crate) fn vmcb_of(page: &mut Page) -> &mut Vmcb {
     // SAFETY: `Page` is 4 KiB, 4 KiB-aligned; `Vmcb` is `repr(C)` plain data of that size and
     // alignment, valid for any bytes.
     unsafe { &mut *page.0.as_mut_ptr().cast::<Vmcb>() }
+}
+
+/// What the SVM [`Hal`] keeps for a guest outside its VMCB.
+pub(crate) trait SvmGuest {
+    /// The guest's EFER.LME is held back from the VMCB (see `vmcb::hardware_efer`).
+    fn lme_held(&self) -> bool;
+    /// Records whether it is.
+    fn set_lme_held(&mut self, held: bool);
+}
+
+/// A DomU vCPU keeps the flag in its state.
+impl SvmGuest for &mut bool {
+    fn lme_held(&self) -> bool {
+        **self
+    }
+
+    fn set_lme_held(&mut self, held: bool) {
+        **self = held;
+    }
 }
 
 /// The guest whose VMCB this is, with what its domain's side needs besides (`X`).
@@ -31,7 +51,7 @@ pub(crate) struct Svm<'a, X> {
     pub(crate) extra: X,
 }
 
-impl<X> Hal for Svm<'_, X> {
+impl<X: SvmGuest> Hal for Svm<'_, X> {
     #[inline]
     fn rip(&self) -> u64 {
         self.vmcb.save.rip
@@ -56,13 +76,14 @@ impl<X> Hal for Svm<'_, X> {
     }
 
     #[inline]
-    fn control_regs(&self) -> ControlRegs {
+    fn control_regs(&self) -> Ctl {
         let s = &self.vmcb.save;
-        ControlRegs {
+        let held = if self.extra.lme_held() { efer::LME } else { 0 };
+        Ctl {
             cr0: s.cr0,
             cr3: s.cr3,
             cr4: s.cr4,
-            efer: s.efer & !efer::SVME,
+            efer: (s.efer & !efer::SVME) | held,
         }
     }
 
@@ -86,8 +107,18 @@ impl<X> Hal for Svm<'_, X> {
         (self.nrip_save && next > rip).then(|| next - rip)
     }
 
-    fn set_efer(&mut self, value: u64) {
-        self.vmcb.save.efer = value | efer::SVME;
+    fn set_control_regs(&mut self, ctl: &Ctl) {
+        let s = &mut self.vmcb.save;
+        if s.cr0 != ctl.cr0 || s.cr4 != ctl.cr4 {
+            self.vmcb.control.tlb_ctl = vmcb::TLB_CONTROL_FLUSH_ASID;
+        }
+        let (efer, held) = vmcb::hardware_efer(ctl);
+        let s = &mut self.vmcb.save;
+        s.cr0 = ctl.cr0;
+        s.cr3 = ctl.cr3;
+        s.cr4 = ctl.cr4;
+        s.efer = efer;
+        self.extra.set_lme_held(held);
     }
 
     fn pat(&self) -> u64 {
@@ -96,11 +127,6 @@ impl<X> Hal for Svm<'_, X> {
 
     fn set_pat(&mut self, pat: u64) {
         self.vmcb.save.g_pat = pat;
-    }
-
-    fn write_cr(&mut self, _cr: u8, _value: u64) -> bool {
-        // Keel intercepts no control-register write on SVM.
-        false
     }
 
     fn dump(&self, cpu: &CpuInfo, why: &str) {

@@ -14,18 +14,18 @@ use core::{
 };
 
 use super::ops::{invept, vmclear, vmptrld, VmFail, Vmcs};
-use super::{ar_from_attrib, attrib_from_ar, control, set_long_mode, Ctl, Vmx};
+use super::{ar_from_attrib, attrib_from_ar, control, write_control_regs, Ctl, Vmx};
 use crate::keel_core::{
-    arch::{cr0, cr4, efer, msr, vector},
+    arch::{cr0, msr, vector},
     caps::Vendor,
     exit::{Exit, VmxInfo},
-    slat,
+    slat, state,
     vmcb::VmcbSeg,
     vmcs::{cpu_based, entry_ctl, exit_ctl, field, intr_info, pin_based, secondary, Field},
 };
 use crate::root::exit::{self, Action, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{ArchState, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
     push_callee_saved, save_gprs_to_rax, x86, GuestRegs,
@@ -161,11 +161,12 @@ fn initial_cr0_mask() -> u64 {
     (fixed0 & 0xffff_ffff & !cr0::PE) | cr0::NE | cr0::PG
 }
 
-/// The CR4 bits the guest does not own: VMXE and the other fixed-1 bits.
-fn initial_cr4_mask() -> u64 {
+/// The CR4 bits the guest does not own: VMX's fixed-1 bits and every bit the guest may not
+/// set (VMXE among them), so that setting one exits and gets #GP (`keel_core::state`).
+fn initial_cr4_mask(limits: &state::Limits) -> u64 {
     // SAFETY: As above.
     let fixed0 = unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED0) };
-    fixed0 | cr4::VMXE
+    fixed0 | !limits.cr4
 }
 
 /// The VMX-preemption timer's start value: a backstop for the host's interrupts, which end the
@@ -193,8 +194,16 @@ fn keep_exits(vmcs: &Vmcs) {
     }
 }
 
+/// An activity state beyond the four the SDM defines: see `take_forced_failure`.
+const FORCED_FAILURE_ACTIVITY: u32 = 0xff;
+
 /// Sets up the VMCS controls of a vCPU, once.
-fn setup_controls(vmcs: &Vmcs, v: &mut VcpuState, slat_root: u64) -> Result<(), VmFail> {
+fn setup_controls(
+    vmcs: &Vmcs,
+    v: &mut VcpuState,
+    slat_root: u64,
+    limits: &state::Limits,
+) -> Result<(), VmFail> {
     let ctl = |c, wanted, optional| control(c, wanted, optional).map_err(|_| VmFail::Invalid);
     let pin = ctl(
         Ctl::Pin,
@@ -269,7 +278,7 @@ fn setup_controls(vmcs: &Vmcs, v: &mut VcpuState, slat_root: u64) -> Result<(), 
         (field::MSR_BITMAP, bitmap_pa),
         (field::EPT_POINTER, slat::eptp(slat_root)),
         (field::CR0_GUEST_HOST_MASK, initial_cr0_mask()),
-        (field::CR4_GUEST_HOST_MASK, initial_cr4_mask()),
+        (field::CR4_GUEST_HOST_MASK, initial_cr4_mask(limits)),
         (field::VMCS_LINK_POINTER, u64::MAX),
         (field::GUEST_DR7, 0x400),
         (field::GUEST_IA32_DEBUGCTL, 0),
@@ -286,7 +295,6 @@ fn load_arch(vmcs: &Vmcs, a: &mut ArchState) {
     w(field::GUEST_RIP, a.rip);
     w(field::GUEST_RSP, a.rsp);
     w(field::GUEST_RFLAGS, a.rflags | 2);
-    let (cr0, cr4, efer) = (a.cr0, a.cr4, a.efer);
     for (seg, (fsel, fbase, flimit, far)) in segments_mut(a).into_iter().zip(SEGMENTS) {
         vmcs.write(fsel, seg.selector);
         vmcs.write(fbase, seg.base);
@@ -297,15 +305,15 @@ fn load_arch(vmcs: &Vmcs, a: &mut ArchState) {
     vmcs.write(field::GUEST_GDTR_LIMIT, a.gdt.limit);
     w(field::GUEST_IDTR_BASE, a.idt.base);
     vmcs.write(field::GUEST_IDTR_LIMIT, a.idt.limit);
-    let m0 = vmcs.read(field::CR0_GUEST_HOST_MASK);
-    let m4 = vmcs.read(field::CR4_GUEST_HOST_MASK);
-    w(field::GUEST_CR0, cr0 | (m0 & !cr0::PG));
-    w(field::CR0_READ_SHADOW, cr0);
-    w(field::GUEST_CR3, a.cr3);
-    w(field::GUEST_CR4, cr4 | m4);
-    w(field::CR4_READ_SHADOW, cr4);
-    w(field::GUEST_IA32_EFER, efer);
-    set_long_mode(vmcs, efer & efer::LMA != 0);
+    write_control_regs(
+        vmcs,
+        &state::Ctl {
+            cr0: a.cr0,
+            cr3: a.cr3,
+            cr4: a.cr4,
+            efer: a.efer,
+        },
+    );
     w(field::GUEST_IA32_PAT, a.pat);
     vmcs.write(field::GUEST_SYSENTER_CS, a.sysenter_cs as u32);
     w(field::GUEST_SYSENTER_ESP, a.sysenter_esp);
@@ -397,7 +405,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     let loaded = unsafe { vmclear(vmcs_pa).and_then(|()| vmptrld(vmcs_pa)) };
     let ok = loaded.and_then(|vmcs| {
         if !v.initialized {
-            setup_controls(&vmcs, v, domain.slat_root)?;
+            setup_controls(&vmcs, v, domain.slat_root, &domain.limits)?;
             v.initialized = true;
             v.arch_dirty = true;
         }
@@ -423,7 +431,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     }
     let mut vmx = Vmx { vmcs, extra: () };
     let data = v.completion_data;
-    v.domu(|_| &mut vmx, domain, Vendor::Vmx, 0)
+    v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, 0)
         .complete_pending(data);
     vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
     // SAFETY: In VMX root operation with EPT (domains need it). A new domain may reuse a freed
@@ -471,9 +479,19 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             v.exit_rip = vmx.vmcs.read(field::GUEST_RIP);
             break;
         }
+        // Testing: an activity state no CPU has fails the entry's guest-state checks (SDM
+        // Vol. 3C, 27.3.1.5).
+        let forced = take_forced_failure();
+        if forced {
+            vmx.vmcs
+                .write(field::GUEST_ACTIVITY_STATE, FORCED_FAILURE_ACTIVITY);
+        }
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
         let failed = unsafe { vmx_guest_enter(&mut v.regs, u64::from(launched)) };
+        if forced {
+            vmx.vmcs.write(field::GUEST_ACTIVITY_STATE, 0);
+        }
         if failed != 0 {
             let error: u64 = vmx.vmcs.read(field::VM_INSTRUCTION_ERROR).into();
             v.exit = UserExit::EntryFailure {
@@ -492,7 +510,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         let rip = vmx.vmcs.read(field::GUEST_RIP);
         reinject_vectoring(&vmx.vmcs);
         let action = exit::handle(
-            &mut v.domu(|_| &mut vmx, domain, Vendor::Vmx, reason.into()),
+            &mut v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, reason.into()),
             &exit,
         );
         if !v.finish(action, rip) {

@@ -9,10 +9,11 @@ pub(crate) mod dom0;
 pub(crate) mod domu;
 pub(crate) mod ops;
 
-use super::hal::{ControlRegs, Hal};
+use super::hal::Hal;
 use super::{rlog, x86, CpuInfo};
 use crate::keel_core::{
-    arch::{cr0, cr4, efer, msr},
+    arch::{cr0, efer, msr},
+    state,
     vmcs::{self, ar, entry_ctl, field, interruptibility, intr_info},
 };
 use ops::Vmcs;
@@ -110,6 +111,23 @@ pub(crate) fn set_long_mode(vmcs: &Vmcs, on: bool) {
     );
 }
 
+/// Writes the guest's CR0, CR3, CR4 and EFER into the current VMCS. CR0 and CR4 go in the
+/// read shadows; in hardware, the bits Keel owns (the guest/host masks) hold VMX's fixed-1
+/// bits, except CR0.PG, which stays the guest's (unrestricted guest). Long mode follows
+/// EFER.LMA.
+pub(crate) fn write_control_regs(v: &Vmcs, ctl: &state::Ctl) {
+    let m0 = v.read(field::CR0_GUEST_HOST_MASK);
+    // SAFETY: IA32_VMX_CR4_FIXED0 exists on VMX CPUs.
+    let cr4_fixed1_bits = unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED0) };
+    v.write(field::GUEST_CR0, ctl.cr0 | (m0 & !cr0::PG));
+    v.write(field::CR0_READ_SHADOW, ctl.cr0);
+    v.write(field::GUEST_CR3, ctl.cr3);
+    v.write(field::GUEST_CR4, ctl.cr4 | cr4_fixed1_bits);
+    v.write(field::CR4_READ_SHADOW, ctl.cr4);
+    v.write(field::GUEST_IA32_EFER, ctl.efer);
+    set_long_mode(v, ctl.efer & efer::LMA != 0);
+}
+
 impl<X> Vmx<X> {
     /// The CR0 and CR4 guest/host masks: the bits the guest does not own.
     fn masks(&self) -> (u64, u64) {
@@ -117,44 +135,6 @@ impl<X> Vmx<X> {
             self.vmcs.read(field::CR0_GUEST_HOST_MASK),
             self.vmcs.read(field::CR4_GUEST_HOST_MASK),
         )
-    }
-
-    /// A MOV to CR0: the guest's value in the shadow, VMX's fixed bits in hardware but PG,
-    /// which stays the guest's; turning paging on with EFER.LME enters long mode (#GP without
-    /// CR4.PAE), turning it off leaves it.
-    fn write_cr0(&mut self, value: u64) -> bool {
-        let value = value & 0xffff_ffff;
-        let c = self.control_regs();
-        let paging_on = value & cr0::PG != 0 && c.cr0 & cr0::PG == 0;
-        let paging_off = value & cr0::PG == 0 && c.cr0 & cr0::PG != 0;
-        if paging_on && c.efer & efer::LME != 0 {
-            if c.cr4 & cr4::PAE == 0 {
-                return false;
-            }
-            self.vmcs.write(field::GUEST_IA32_EFER, c.efer | efer::LMA);
-            set_long_mode(&self.vmcs, true);
-        } else if paging_off && c.efer & efer::LMA != 0 {
-            self.vmcs.write(field::GUEST_IA32_EFER, c.efer & !efer::LMA);
-            set_long_mode(&self.vmcs, false);
-        }
-        let (m0, _) = self.masks();
-        self.vmcs.write(field::GUEST_CR0, value | (m0 & !cr0::PG));
-        self.vmcs.write(field::CR0_READ_SHADOW, value);
-        true
-    }
-
-    /// A MOV to CR4: VMXE and bits the CPU does not allow fault, as on a CPU whose CPUID has
-    /// no VMX; the guest's value goes in the shadow, with VMX's fixed bits in hardware.
-    fn write_cr4(&mut self, value: u64) -> bool {
-        // SAFETY: The fixed-bit MSRs exist on VMX CPUs.
-        let fixed1 = unsafe { x86::rdmsr(msr::IA32_VMX_CR4_FIXED1) };
-        if value & cr4::VMXE != 0 || value & !fixed1 != 0 {
-            return false;
-        }
-        let (_, m4) = self.masks();
-        self.vmcs.write(field::GUEST_CR4, value | m4);
-        self.vmcs.write(field::CR4_READ_SHADOW, value);
-        true
     }
 }
 
@@ -188,10 +168,10 @@ impl<X> Hal for Vmx<X> {
         ((self.vmcs.read(field::GUEST_SS_AR_BYTES) >> 5) & 3) as u8
     }
 
-    fn control_regs(&self) -> ControlRegs {
+    fn control_regs(&self) -> state::Ctl {
         let (m0, m4) = self.masks();
         let v = &self.vmcs;
-        ControlRegs {
+        state::Ctl {
             cr0: (v.read(field::GUEST_CR0) & !m0) | (v.read(field::CR0_READ_SHADOW) & m0),
             cr3: v.read(field::GUEST_CR3),
             cr4: (v.read(field::GUEST_CR4) & !m4) | (v.read(field::CR4_READ_SHADOW) & m4),
@@ -225,8 +205,8 @@ impl<X> Hal for Vmx<X> {
         Some(self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN).into())
     }
 
-    fn set_efer(&mut self, efer: u64) {
-        self.vmcs.write(field::GUEST_IA32_EFER, efer);
+    fn set_control_regs(&mut self, ctl: &state::Ctl) {
+        write_control_regs(&self.vmcs, ctl);
     }
 
     fn pat(&self) -> u64 {
@@ -235,18 +215,6 @@ impl<X> Hal for Vmx<X> {
 
     fn set_pat(&mut self, pat: u64) {
         self.vmcs.write(field::GUEST_IA32_PAT, pat);
-    }
-
-    fn write_cr(&mut self, cr: u8, value: u64) -> bool {
-        match cr {
-            0 => self.write_cr0(value),
-            3 => {
-                self.vmcs.write(field::GUEST_CR3, value);
-                true
-            }
-            4 => self.write_cr4(value),
-            _ => false,
-        }
     }
 
     fn dump(&self, cpu: &CpuInfo, why: &str) {
