@@ -327,7 +327,13 @@ impl Exit {
                 let q = q();
                 Self::Io {
                     port: (q >> 16) as u16,
-                    size: (q & 7) as u8 + 1,
+                    // Bits 2:0 are the size minus one: 0, 1 or 3; the others are not used, and
+                    // are taken as 4 so that `size` stays 1, 2 or 4 whatever the field holds.
+                    size: match q & 7 {
+                        0 => 1,
+                        1 => 2,
+                        _ => 4,
+                    },
                     input: q & (1 << 3) != 0,
                     string: q & (1 << 4) != 0,
                     rep: q & (1 << 5) != 0,
@@ -624,6 +630,18 @@ mod tests {
                 next_rip: None
             }
         );
+        // Size codes the SDM leaves unused still give a size of 1, 2 or 4 (found by
+        // keel-fuzz's exit target: 2 gave 3, 7 gave 8).
+        for code in 0..8 {
+            let Exit::Io { size, .. } = vmx(30, code, 0, 0) else {
+                panic!("not I/O");
+            };
+            assert_eq!(
+                size,
+                [1, 2, 4, 4, 4, 4, 4, 4][code as usize],
+                "size code {code}"
+            );
+        }
         // EPT violations: a write, a fetch, a read.
         let gpa = 0xfee0_0000;
         let w = Exit::SlatFault {

@@ -159,10 +159,14 @@ fn map0f_has_modrm(op: u8) -> bool {
     )
 }
 
-/// The immediate of a 0F-map opcode.
-fn map0f_imm(op: u8) -> Imm {
+/// The immediate of a 0F-map opcode; `prefix` is the mandatory prefix in effect (66, F2, F3
+/// or none), for the opcodes it changes.
+fn map0f_imm(op: u8, prefix: Option<u8>) -> Imm {
     match op {
         0x0f | 0x70..=0x73 | 0xa4 | 0xac | 0xba | 0xc2 | 0xc4..=0xc6 => Imm::Bytes(1),
+        // AMD's SSE4a EXTRQ (66 0F 78 /0 ib ib) and INSERTQ (F2 0F 78 /r ib ib) take two
+        // immediates; without a prefix 0F 78 is VMREAD, which has none (APM Vol. 4).
+        0x78 if matches!(prefix, Some(0x66 | 0xf2)) => Imm::Bytes(2),
         0x80..=0x8f => Imm::Z,
         _ => Imm::None,
     }
@@ -348,7 +352,20 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Result<Insn, DecodeError> {
 
     let imm = match map {
         Map::Primary => primary_imm(opcode, modrm.map_or(0, |m| (m >> 3) & 7)),
-        Map::Map0F => map0f_imm(opcode),
+        Map::Map0F => {
+            // F2 and F3 select the instruction over 66 (SDM Vol. 2A, 2.1.2); of F2 and F3 the
+            // last one counts, as `rep`/`repne` record.
+            let mandatory = if repne {
+                Some(0xf2)
+            } else if rep {
+                Some(0xf3)
+            } else if opsize_prefix {
+                Some(0x66)
+            } else {
+                None
+            };
+            map0f_imm(opcode, mandatory)
+        }
         Map::Map0F38 => Imm::None,
         Map::Map0F3A => Imm::Bytes(1),
     };
@@ -465,6 +482,17 @@ mod tests {
         assert_eq!(len(&[0x66, 0x0f, 0x3a, 0x0f, 0xc1, 0x08], M), 6); // palignr xmm0, xmm1, 8
         assert_eq!(len(&[0x66, 0x0f, 0x38, 0x00, 0xc1], M), 5); // pshufb xmm0, xmm1
         assert_eq!(len(&[0xf0, 0x48, 0x0f, 0xb1, 0x0a], M), 5); // lock cmpxchg [rdx], rcx
+    }
+
+    #[test]
+    fn sse4a_extrq_insertq_have_two_immediates() {
+        // Found by keel-fuzz's insn target against iced-x86: 0F 78 was taken for VMREAD alone.
+        use Mode::*;
+        assert_eq!(len(&[0x66, 0x0f, 0x78, 0xc1, 4, 8], Bits64), 6); // extrq xmm1, 4, 8
+        assert_eq!(len(&[0xf2, 0x0f, 0x78, 0xca, 4, 8], Bits64), 6); // insertq xmm1, xmm2, 4, 8
+        assert_eq!(len(&[0xf2, 0x67, 0x0f, 0x78, 0xdd, 0x55, 0x69], Bits32), 7);
+        assert_eq!(len(&[0x0f, 0x78, 0xc1], Bits64), 3); // vmread rcx, rax
+        assert_eq!(len(&[0x66, 0x0f, 0x79, 0xc1], Bits64), 4); // extrq xmm0, xmm1
     }
 
     #[test]

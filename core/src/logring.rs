@@ -74,6 +74,11 @@ impl fmt::Write for Writer<'_> {
         self.rec.msg[used..used + n].copy_from_slice(&s.as_bytes()[..n]);
         // n <= MSG_LEN < 256.
         self.rec.len += n as u8;
+        // Once a piece is cut, the text is full: a shorter piece after it must not follow
+        // (the record would then skip text, not end early). The error stops `fmt::write`.
+        if n < s.len() {
+            return Err(fmt::Error);
+        }
         Ok(())
     }
 }
@@ -136,7 +141,8 @@ impl<const N: usize> LogRing<N> {
         let rec = unsafe { &mut *slot.get() };
         rec.level = level;
         rec.len = 0;
-        // Writer::write_str never fails; a Display impl that does just leaves the text short.
+        // Writer::write_str fails only once the text is full; a Display impl that fails just
+        // leaves the text short.
         let _ = fmt::write(&mut Writer { rec }, args);
         // INVARIANT: the slot is complete before `head` publishes it.
         self.head.store(head.wrapping_add(1), Ordering::Release);
@@ -206,6 +212,16 @@ mod tests {
         let r = ring.read().unwrap();
         assert_eq!(r.msg().len(), MSG_LEN);
         assert!(r.msg().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn text_after_a_cut_piece_is_dropped() {
+        // Found by keel-fuzz's logring target: with 1 byte of room left, "€" (3 bytes) was cut
+        // to nothing and the "z" after it still fitted, so the text skipped the "€".
+        let ring = LogRing::<2>::new();
+        let fill = "a".repeat(MSG_LEN - 1);
+        ring.write(Level::Info, format_args!("{fill}{}{}", "€", "z"));
+        assert_eq!(ring.read().unwrap().msg(), fill);
     }
 
     #[test]
