@@ -12,6 +12,7 @@ mod insn;
 mod misc;
 mod mmio;
 mod paging;
+mod state;
 
 use std::panic;
 use std::process::ExitCode;
@@ -65,6 +66,12 @@ const TARGETS: &[Target] = &[
         what: "what Dom0 passes in registers: hypercall::Call::decode (RAX), cpuid::dom0 \
                (leaf), xcr::xsetbv_valid (ECX, EDX:EAX)",
         run: misc::run_guest_values,
+    },
+    Target {
+        name: "state",
+        what: "state::mov_cr0/mov_cr3/mov_cr4/wrmsr_efer keep every accepted state valid; \
+               vmcb::hardware_efer never gives the VMCB LME without PG and PAE",
+        run: state::run,
     },
     Target {
         name: "logring",
