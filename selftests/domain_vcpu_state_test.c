@@ -330,12 +330,21 @@ asm(".pushsection .rodata\n"
     "	mov %eax, %cr0\n"
     "	hlt\n"
     "blob_pg_no_pae_end:\n"
+    /* CR0.NW without CD: #GP (no IDT: a triple fault) (intctl-case guest). */
+    "blob_nw_start:\n"
+    "	mov %cr0, %eax\n"
+    "	and $0xbfffffff, %eax\n"
+    "	or $0x20000000, %eax\n"
+    "	mov %eax, %cr0\n"
+    "	hlt\n"
+    "blob_nw_end:\n"
     ".code64\n"
     ".popsection\n");
 
 BLOB(real_lme);
 BLOB(to_long);
 BLOB(pg_no_pae);
+BLOB(nw);
 extern const uint8_t blob_to_long_hlt[];
 
 /* A real-mode guest sets EFER.LME itself: the run returns on its HLT, with LME set. */
@@ -400,6 +409,23 @@ TEST_F(domain, paging_with_lme_without_pae_faults)
 	vcpu_get_sregs(vcpu, &s);
 	EXPECT_FALSE(s.cr0 & X86_CR0_PG);
 	EXPECT_EQ(X86_EFER_LME, s.efer);
+	vm_destroy(vm);
+}
+
+/* CR0.NW without CR0.CD raises #GP, as on a CPU (QEMU's TCG lets the MOV through and its
+ * next VMRUN refuses the state: Keel checks the write itself on SVM). */
+TEST_F(domain, guest_nw_without_cd_faults)
+{
+	struct keel_vm *vm = vm_create("nw", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_sregs s;
+
+	LOAD_BLOB(vm, CODE_GPA, nw);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_SHUTDOWN);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_FALSE(s.cr0 & X86_CR0_NW);
 	vm_destroy(vm);
 }
 

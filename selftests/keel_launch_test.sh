@@ -83,28 +83,8 @@ veth_traffic() {
 }
 check launch.veth_traffic veth_traffic
 
-# 50 unload/load cycles while a CPU-bound loop and a fork/exec loop run on every CPU; no
-# warning in the kernel log.
-cycles_under_load() {
-    dmesg -c >/dev/null
-    pids=
-    for cpu in $(seq 0 $last_cpu); do
-        taskset -c $cpu sh -c 'while :; do :; done' & pids="$pids $!"
-        taskset -c $cpu sh -c 'while :; do /bin/true; done' & pids="$pids $!"
-    done
-    i=0; fail=
-    while [ $i -lt 50 ]; do
-        i=$((i + 1))
-        rmmod keel || { fail="rmmod failed in cycle $i"; break; }
-        load_keel || { fail="insmod failed in cycle $i"; break; }
-        keel_cpuid >/dev/null || { fail="leaf missing on a CPU in cycle $i"; break; }
-        [ $((i % 10)) = 0 ] && echo "# cycle $i" >&2
-    done
-    kill $pids; wait $pids 2>/dev/null
-    ensure_loaded
-    [ -z "$fail" ] || { echo "$fail"; return 1; }
-    if dmesg | grep -E "WARNING|BUG|Oops|Call Trace"; then return 1; fi
-}
+# 50 unload/load cycles under load (load_cycles in tap.sh; `scripts/test --cycles N` runs more).
+cycles_under_load() { load_cycles 50; }
 check launch.cycles_under_load cycles_under_load
 
 # NMIs reach Dom0 while Keel runs, also those that arrive while a CPU is in root mode (busy

@@ -28,3 +28,28 @@ tap_done() { [ $tap_failed = 0 ]; }
 # load_keel [PARAMS...]: loads keel.ko with the options the test VM loaded it with at boot
 # (/etc/keel.options, e.g. log_port) and PARAMS.
 load_keel() { insmod /lib/modules/keel.ko $(cat /etc/keel.options 2>/dev/null) "$@"; }
+
+# load_cycles N: N unload/load cycles of keel.ko while a CPU-bound loop and a fork/exec loop
+# run on every CPU; after each load every CPU shows Keel's leaf, and at the end the kernel log
+# has no warning. Progress every 100 cycles on stderr; fails naming the cycle that failed.
+load_cycles() {
+    dmesg -c >/dev/null
+    _last=$(($(grep -c ^processor /proc/cpuinfo) - 1))
+    _pids=
+    for _cpu in $(seq 0 $_last); do
+        taskset -c $_cpu sh -c 'while :; do :; done' & _pids="$_pids $!"
+        taskset -c $_cpu sh -c 'while :; do /bin/true; done' & _pids="$_pids $!"
+    done
+    _i=0; _fail=
+    while [ $_i -lt "$1" ]; do
+        _i=$((_i + 1))
+        rmmod keel || { _fail="rmmod failed in cycle $_i"; break; }
+        load_keel || { _fail="insmod failed in cycle $_i"; break; }
+        keel_cpuid >/dev/null || { _fail="leaf missing on a CPU in cycle $_i"; break; }
+        [ $((_i % 100)) = 0 ] && echo "# cycle $_i" >&2
+    done
+    kill $_pids; wait $_pids 2>/dev/null
+    grep -q '^keel ' /proc/modules || load_keel
+    [ -z "$_fail" ] || { echo "$_fail"; return 1; }
+    if dmesg | grep -E "WARNING|BUG|Oops|Call Trace|rcu.*stall"; then return 1; fi
+}

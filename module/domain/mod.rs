@@ -317,7 +317,7 @@ impl Domain {
         // the domain as it was.
         self.open_fds.fetch_add(1, Ordering::AcqRel);
         new_fd(c"keel-vcpu", &VCPU_FOPS, vcpu).map_err(|e| {
-            self.open_fds.fetch_sub(1, Ordering::AcqRel);
+            self.fd_closed();
             release(e)
         })
     }

@@ -157,8 +157,15 @@ struct keel_domain_list {
  * A new vCPU starts as an x86 CPU after INIT: real mode at f000:fff0. KEEL_VCPU_SET_SREGS can
  * put it in 32-bit protected mode (the PVH entry: CR0.PE, flat 32-bit segments) or in 64-bit
  * long mode (CR0.PG|PE, CR4.PAE, EFER.LME|LMA, a 64-bit CS, CR3 pointing at page tables in the
- * guest's memory). The hardware's own checks judge the state at the next entry: an
- * inconsistent one ends the run with KEEL_EXIT_ENTRY_FAILURE.
+ * guest's memory). Keel checks every state it is given against the architecture's rules, on
+ * both vendors alike (what a CPU could be in: CR0/CR4/EFER combinations such as EFER.LMA only
+ * with CR0.PG, CR4 bits the CPU has and Keel allows, CR3 within the address width, segment
+ * caches a descriptor load could have made, a busy TSS in TR, RFLAGS' reserved bits, RIP
+ * canonical in 64-bit mode): KEEL_VCPU_SET_SREGS and SET_REGS refuse an invalid one with
+ * EINVAL and leave the vCPU as it was. Outside 64-bit mode RIP is EIP: SET_SREGS truncates
+ * it, SET_REGS refuses a RIP above 4 GiB. The guest's own writes to CR0, CR3, CR4 and EFER
+ * follow the CPU's #GP rules. KEEL_EXIT_ENTRY_FAILURE therefore only reports what the
+ * hardware refuses beyond those rules (testing: debugfs keel/fail_entries forces it).
  */
 struct keel_regs {
 	__u64 rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
