@@ -23,3 +23,4 @@ pub mod uart;
 pub mod vmcb;
 pub mod vmcs;
 pub mod xcr;
+pub mod xen;
