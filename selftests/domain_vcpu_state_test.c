@@ -330,6 +330,22 @@ asm(".pushsection .rodata\n"
     "	mov %eax, %cr0\n"
     "	hlt\n"
     "blob_pg_no_pae_end:\n"
+    /* PAE paging (no long mode) entered by the guest, then a jump through a mapping that is
+     * not the identity: linear 0x40000000 -> physical 0. */
+    "blob_pae_start:\n"
+    "	mov $" KEEL_STR(PT_GPA) ", %eax\n"
+    "	mov %eax, %cr3\n"
+    "	mov %cr4, %eax\n"
+    "	or $0x20, %eax\n"
+    "	mov %eax, %cr4\n"
+    "	mov %cr0, %eax\n"
+    "	or $0x80000000, %eax\n"
+    "	mov %eax, %cr0\n"
+    "	mov $(0x40000000 + " KEEL_STR(CODE_GPA) " + blob_pae_high - blob_pae_start), %eax\n"
+    "	jmp *%eax\n"
+    "blob_pae_high:\n"
+    "	hlt\n"
+    "blob_pae_end:\n"
     /* CR0.NW without CD: #GP (no IDT: a triple fault) (intctl-case guest). */
     "blob_nw_start:\n"
     "	mov %cr0, %eax\n"
@@ -345,6 +361,8 @@ BLOB(real_lme);
 BLOB(to_long);
 BLOB(pg_no_pae);
 BLOB(nw);
+BLOB(pae);
+extern const uint8_t blob_pae_high[];
 extern const uint8_t blob_to_long_hlt[];
 
 /* A real-mode guest sets EFER.LME itself: the run returns on its HLT, with LME set. */
@@ -409,6 +427,35 @@ TEST_F(domain, paging_with_lme_without_pae_faults)
 	vcpu_get_sregs(vcpu, &s);
 	EXPECT_FALSE(s.cr0 & X86_CR0_PG);
 	EXPECT_EQ(X86_EFER_LME, s.efer);
+	vm_destroy(vm);
+}
+
+/* A 32-bit guest turns on PAE paging itself: with EPT, VMX takes the four PDPTEs from the
+ * VMCS at entry, so Keel loads them from the guest's memory when it completes the MOV to CR0
+ * (stale ones made the first fetch fault). */
+TEST_F(domain, guest_enters_pae_paging_itself)
+{
+	struct keel_vm *vm = vm_create("pae", 1, SZ_1M);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	uint64_t *pdpt = gpa_hva(vm, PT_GPA, SZ_4K);
+	uint64_t *pd_low = gpa_hva(vm, PT_GPA + 0x1000, SZ_4K);
+	uint64_t *pd_high = gpa_hva(vm, PT_GPA + 0x2000, SZ_4K);
+	struct keel_sregs s;
+
+	/* PDPTEs: present, nothing else (R/W is reserved in them). 2 MiB pages. */
+	pdpt[0] = (PT_GPA + 0x1000) | 1;
+	pdpt[1] = (PT_GPA + 0x2000) | 1;
+	pd_low[0] = 0x83;
+	pd_high[0] = 0x83;
+	LOAD_BLOB(vm, CODE_GPA, pae);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	EXPECT_EQ(0x40000000 + CODE_GPA + BLOB_OFF(pae, high), vcpu->run.exit.rip);
+	vcpu_get_sregs(vcpu, &s);
+	EXPECT_TRUE(s.cr0 & X86_CR0_PG);
+	EXPECT_TRUE(s.cr4 & X86_CR4_PAE);
+	EXPECT_EQ(0, s.efer);
 	vm_destroy(vm);
 }
 

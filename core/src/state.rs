@@ -381,6 +381,41 @@ pub fn check(s: &State, lim: &Limits) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Whether `c` is PAE paging (not long mode): the CPU then uses the four PDPTEs it loaded from
+/// CR3 when CR3, or one of CR0.CD/NW/PG or CR4.PAE/PGE/PSE/SMEP, last changed (SDM Vol. 3A,
+/// 4.4.1). VMX with EPT takes them from the VMCS at entry.
+pub fn pae_paging(c: &Ctl) -> bool {
+    c.cr0 & cr0::PG != 0 && c.cr4 & cr4::PAE != 0 && !long_mode(c)
+}
+
+/// Whether a write from `old` to `new` makes the CPU load the PDPTEs from memory (and raise
+/// #GP when one has a reserved bit set): PAE paging is in use after it and it changed CR3,
+/// CR0.CD, NW or PG, or CR4.PAE, PGE, PSE or SMEP.
+pub fn loads_pdptes(old: &Ctl, new: &Ctl) -> bool {
+    const CR0_BITS: u64 = cr0::CD | cr0::NW | cr0::PG;
+    const CR4_BITS: u64 = cr4::PAE | cr4::PSE | (1 << 7) | cr4_bits::SMEP;
+    pae_paging(new)
+        && (old.cr3 != new.cr3
+            || (old.cr0 ^ new.cr0) & CR0_BITS != 0
+            || (old.cr4 ^ new.cr4) & CR4_BITS != 0)
+}
+
+/// The PDPT address in CR3 under PAE paging (32-byte aligned).
+pub fn pdpt_address(cr3: u64) -> u64 {
+    cr3 & 0xffff_ffe0
+}
+
+/// Whether a PAE PDPTE may be loaded: not present, or present without reserved bits (2:1,
+/// 8:5, 63 and those beyond the physical-address width).
+pub fn pdpte_valid(e: u64, lim: &Limits) -> bool {
+    let beyond = if lim.phys_bits < 63 {
+        !0u64 << lim.phys_bits
+    } else {
+        1 << 63
+    };
+    e & 1 == 0 || e & (0x1e6 | (1 << 63) | beyond) == 0
+}
+
 /// A guest's MOV to CR0 with `value` (zero-extended from 32 bits outside 64-bit mode), with
 /// `cs_long` when CS.L is set: the new CR0 and EFER (long mode is entered or left here), or
 /// `None` for #GP.
@@ -713,6 +748,39 @@ mod tests {
         for c in [prot, lme, pae, on, off] {
             assert_eq!(check_ctl(&c, &LIM), Ok(()), "{c:?}");
         }
+    }
+
+    #[test]
+    fn pae_pdptes() {
+        let pae = Ctl {
+            cr0: cr0::PE | cr0::PG,
+            cr3: 0x1234_5060,
+            cr4: cr4::PAE,
+            efer: 0,
+        };
+        assert!(pae_paging(&pae));
+        assert_eq!(pdpt_address(pae.cr3), 0x1234_5060);
+        let off = Ctl {
+            cr0: cr0::PE,
+            ..pae
+        };
+        assert!(loads_pdptes(&off, &pae));
+        assert!(!loads_pdptes(&pae, &pae));
+        assert!(loads_pdptes(&pae, &Ctl { cr3: 0x2000, ..pae }));
+        assert!(!loads_pdptes(
+            &off,
+            &Ctl {
+                efer: efer::LME | efer::LMA,
+                ..pae
+            }
+        ));
+        assert!(pdpte_valid(0, &LIM));
+        assert!(pdpte_valid(0xffff_ffff_ffff_fffe, &LIM));
+        assert!(pdpte_valid(0x1234_5001, &LIM));
+        assert!(!pdpte_valid(0x1234_5003, &LIM));
+        assert!(!pdpte_valid(0x1234_5021, &LIM));
+        assert!(!pdpte_valid((1 << 40) | 1, &LIM));
+        assert!(!pdpte_valid((1 << 63) | 1, &LIM));
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub mod field {
     pub const GUEST_IA32_DEBUGCTL: Field<u64> = f64(0x2802);
     pub const GUEST_IA32_PAT: Field<u64> = f64(0x2804);
     pub const GUEST_IA32_EFER: Field<u64> = f64(0x2806);
+    pub const GUEST_PDPTE0: Field<u64> = f64(0x280a);
+    pub const GUEST_PDPTE1: Field<u64> = f64(0x280c);
+    pub const GUEST_PDPTE2: Field<u64> = f64(0x280e);
+    pub const GUEST_PDPTE3: Field<u64> = f64(0x2810);
     // 64-bit host-state fields.
     pub const HOST_IA32_PAT: Field<u64> = f64(0x2c00);
     pub const HOST_IA32_EFER: Field<u64> = f64(0x2c02);

@@ -61,12 +61,7 @@ impl Vcpu {
         let s = state::State {
             rip: a.rip,
             rflags: a.rflags,
-            ctl: state::Ctl {
-                cr0: a.cr0,
-                cr3: a.cr3,
-                cr4: a.cr4,
-                efer: a.efer,
-            },
+            ctl: a.ctl(),
             cs: a.cs,
             ss: a.ss,
             data: [a.ds, a.es, a.fs, a.gs],

@@ -106,6 +106,15 @@ impl DomainShared {
         done
     }
 
+    /// The four PAE PDPTEs at `pdpt` (32-byte aligned, so in one page).
+    pub(crate) fn pdptes(&self, pdpt: u64) -> Option<[u64; 4]> {
+        let mut p = [0u64; 4];
+        for (i, e) in p.iter_mut().enumerate() {
+            *e = self.read_u64(pdpt + 8 * i as u64)?;
+        }
+        Some(p)
+    }
+
     /// Reads an 8-byte guest-physical value.
     pub(crate) fn read_u64(&self, gpa: u64) -> Option<u64> {
         let mut b = [0u8; 8];

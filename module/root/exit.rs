@@ -110,6 +110,11 @@ pub(crate) trait Ctx {
     /// What the domain's control registers may hold: the CR4 bits it may set and the
     /// physical-address width.
     fn limits(&self) -> Limits;
+    /// The four PAE PDPTEs at guest-physical `pdpt`, when they can be read (Dom0 never uses
+    /// PAE paging).
+    fn pdptes(&self, _pdpt: u64) -> Option<[u64; 4]> {
+        None
+    }
     /// The instruction at CS:RIP, decoded, for exits whose hardware information does not say
     /// enough (SVM without decode assists); `None` when it cannot be read or decoded.
     fn fetch_insn(&mut self) -> Option<insn::Insn> {
@@ -282,6 +287,18 @@ fn cr_access<C: Ctx>(c: &mut C, exit: &Exit, access: CrAccess) -> Action {
     };
     match new {
         Some(n) => {
+            // Entering (or changing) PAE paging loads the PDPTEs; a reserved bit in one is
+            // #GP, as on a CPU.
+            if state::loads_pdptes(&old, &n) {
+                let pdptes = c
+                    .pdptes(state::pdpt_address(n.cr3))
+                    .filter(|p| p.iter().all(|&e| state::pdpte_valid(e, &limits)));
+                let Some(p) = pdptes else {
+                    general_protection(c);
+                    return Action::Resume;
+                };
+                c.hw().set_pdptes(&p);
+            }
             c.hw().set_control_regs(&n);
             complete(c, exit)
         }

@@ -37,6 +37,9 @@ pub(crate) trait Hal {
     /// WRMSR to EFER that the caller checked (`keel_core::state`): long mode follows EFER.LMA,
     /// and the guest's TLB is flushed.
     fn set_control_regs(&mut self, ctl: &Ctl);
+    /// The four PAE PDPTEs the CPU uses from the next entry (VMX with EPT keeps them in the
+    /// VMCS; SVM reads them from guest memory and has nothing to set).
+    fn set_pdptes(&mut self, pdptes: &[u64; 4]);
     /// IA32_PAT.
     fn pat(&self) -> u64;
     /// Sets IA32_PAT.
@@ -79,6 +82,9 @@ impl<T: Hal> Hal for &mut T {
     }
     fn set_control_regs(&mut self, ctl: &Ctl) {
         (**self).set_control_regs(ctl)
+    }
+    fn set_pdptes(&mut self, pdptes: &[u64; 4]) {
+        (**self).set_pdptes(pdptes)
     }
     fn pat(&self) -> u64 {
         (**self).pat()

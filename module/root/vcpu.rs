@@ -92,6 +92,16 @@ pub(crate) struct ArchState {
 }
 
 impl ArchState {
+    /// CR0, CR3, CR4 and EFER.
+    pub(crate) fn ctl(&self) -> state::Ctl {
+        state::Ctl {
+            cr0: self.cr0,
+            cr3: self.cr3,
+            cr4: self.cr4,
+            efer: self.efer,
+        }
+    }
+
     /// An x86 CPU after INIT (SDM Vol. 3A, 10.1.1): real mode at F000:FFF0.
     pub(crate) fn reset() -> Self {
         let seg = |attrib: u16| VmcbSeg {
@@ -506,6 +516,10 @@ impl<H: Hal> Ctx for Domu<'_, H> {
 
     fn limits(&self) -> state::Limits {
         self.domain.limits
+    }
+
+    fn pdptes(&self, pdpt: u64) -> Option<[u64; 4]> {
+        self.domain.pdptes(pdpt)
     }
 
     fn fetch_insn(&mut self) -> Option<insn::Insn> {

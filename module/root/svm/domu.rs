@@ -16,7 +16,6 @@ use crate::keel_core::{
     arch::{efer, vector},
     caps::Vendor,
     exit::Exit,
-    state::Ctl,
     vmcb::{self as layout, event, misc1, misc2, Vmcb, VmcbSeg},
 };
 use crate::root::exit::{self, UserExit};
@@ -149,12 +148,7 @@ fn load_arch(vmcb: &mut Vmcb, a: &ArchState) -> bool {
     s.cr2 = a.cr2;
     s.cr3 = a.cr3;
     s.cr4 = a.cr4;
-    let (efer, lme_held) = layout::hardware_efer(&Ctl {
-        cr0: a.cr0,
-        cr3: a.cr3,
-        cr4: a.cr4,
-        efer: a.efer,
-    });
+    let (efer, lme_held) = layout::hardware_efer(&a.ctl());
     s.efer = efer;
     s.g_pat = a.pat;
     s.dr7 = 0x400;

@@ -121,6 +121,9 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
         self.extra.set_lme_held(held);
     }
 
+    /// With nested paging the CPU reads the PDPTEs from guest memory.
+    fn set_pdptes(&mut self, _pdptes: &[u64; 4]) {}
+
     fn pat(&self) -> u64 {
         self.vmcb.save.g_pat
     }

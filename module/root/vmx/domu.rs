@@ -14,7 +14,9 @@ use core::{
 };
 
 use super::ops::{invept, vmclear, vmptrld, VmFail, Vmcs};
-use super::{ar_from_attrib, attrib_from_ar, control, write_control_regs, Ctl, Vmx};
+use super::{
+    ar_from_attrib, attrib_from_ar, control, write_control_regs, write_pdptes, Ctl, Vmx,
+};
 use crate::keel_core::{
     arch::{cr0, msr, vector},
     caps::Vendor,
@@ -305,15 +307,7 @@ fn load_arch(vmcs: &Vmcs, a: &mut ArchState) {
     vmcs.write(field::GUEST_GDTR_LIMIT, a.gdt.limit);
     w(field::GUEST_IDTR_BASE, a.idt.base);
     vmcs.write(field::GUEST_IDTR_LIMIT, a.idt.limit);
-    write_control_regs(
-        vmcs,
-        &state::Ctl {
-            cr0: a.cr0,
-            cr3: a.cr3,
-            cr4: a.cr4,
-            efer: a.efer,
-        },
-    );
+    write_control_regs(vmcs, &a.ctl());
     w(field::GUEST_IA32_PAT, a.pat);
     vmcs.write(field::GUEST_SYSENTER_CS, a.sysenter_cs as u32);
     w(field::GUEST_SYSENTER_ESP, a.sysenter_esp);
@@ -427,6 +421,15 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     keep_exits(&vmcs);
     if v.arch_dirty {
         load_arch(&vmcs, &mut v.arch);
+        // PAE paging: the entry takes the PDPTEs from the VMCS (with EPT), so they come from
+        // the guest's memory now (what a CPU loaded at the last CR3 write; the guest cannot
+        // have changed them since without Keel seeing a new state).
+        let ctl = v.arch.ctl();
+        if state::pae_paging(&ctl) {
+            if let Some(p) = domain.pdptes(state::pdpt_address(ctl.cr3)) {
+                write_pdptes(&vmcs, &p);
+            }
+        }
         v.arch_dirty = false;
     }
     let mut vmx = Vmx { vmcs, extra: () };

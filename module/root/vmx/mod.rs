@@ -128,6 +128,19 @@ pub(crate) fn write_control_regs(v: &Vmcs, ctl: &state::Ctl) {
     set_long_mode(v, ctl.efer & efer::LMA != 0);
 }
 
+/// Writes the PAE PDPTEs the next entry loads (with EPT, VM entry takes them from the VMCS).
+pub(crate) fn write_pdptes(v: &Vmcs, pdptes: &[u64; 4]) {
+    let fields = [
+        field::GUEST_PDPTE0,
+        field::GUEST_PDPTE1,
+        field::GUEST_PDPTE2,
+        field::GUEST_PDPTE3,
+    ];
+    for (f, &e) in fields.into_iter().zip(pdptes) {
+        v.write(f, e);
+    }
+}
+
 impl<X> Vmx<X> {
     /// The CR0 and CR4 guest/host masks: the bits the guest does not own.
     fn masks(&self) -> (u64, u64) {
@@ -207,6 +220,10 @@ impl<X> Hal for Vmx<X> {
 
     fn set_control_regs(&mut self, ctl: &state::Ctl) {
         write_control_regs(&self.vmcs, ctl);
+    }
+
+    fn set_pdptes(&mut self, pdptes: &[u64; 4]) {
+        write_pdptes(&self.vmcs, pdptes);
     }
 
     fn pat(&self) -> u64 {
