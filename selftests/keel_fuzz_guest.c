@@ -715,7 +715,7 @@ static void *canary_fn(void *arg)
 		struct keel_exit *e = &vcpu->run.exit;
 		int ret, err;
 
-		fuzz_run_enter(slot, UINT64_MAX, "the canary");
+		fuzz_run_enter(slot, UINT64_MAX, "the canary, not a case");
 		fuzz_timer_arm(&timer, opt_run_ms * 1000);
 		ret = __vcpu_run(vcpu);
 		err = errno;

@@ -205,13 +205,13 @@ static void *fuzz_watchdog_fn(void *arg)
 {
 	(void)arg;
 	while (!atomic_load(&fuzz_wd.stop)) {
-		uint64_t now = fuzz_now_ns();
-
 		for (int i = 0; i < FUZZ_SLOTS; i++) {
 			struct fuzz_slot *s = &fuzz_wd.slots[i];
 			uint64_t since = atomic_load(&s->since);
+			/* Read after `since`: a run that starts meanwhile is not older than now. */
+			uint64_t now = fuzz_now_ns();
 
-			if (!since || now - since < fuzz_wd.limit_ns)
+			if (!since || since > now || now - since < fuzz_wd.limit_ns)
 				continue;
 			/* A run that never returns: report it and leave (the stuck thread cannot be
 			 * killed; exiting is all a process can do). */
