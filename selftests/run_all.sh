@@ -6,7 +6,9 @@
 # The C tests in name order, then the shell tests, except that the tests in $last run after
 # the other C tests: their guests never exit by themselves, and a hypervisor that fails to
 # take the CPU back from them wedges the machine, so everything before has reported by then.
+# The fuzzers (fuzz_test.sh) run after every other test, for the same reason.
 last="domain_lifecycle_test"
+last_sh="fuzz_test.sh"
 status=0
 run() {
     [ -x "$1" ] || return 0
@@ -18,5 +20,9 @@ for t in /selftests/*_test; do
     run "$t"
 done
 for t in $last; do run "/selftests/$t"; done
-for t in /selftests/*_test.sh; do run "$t"; done
+for t in /selftests/*_test.sh; do
+    case " $last_sh " in *" ${t##*/} "*) continue ;; esac
+    run "$t"
+done
+for t in $last_sh; do run "/selftests/$t"; done
 exit $status
