@@ -11,6 +11,8 @@
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <linux/hw_breakpoint.h>
+#include <linux/perf_event.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -346,6 +348,18 @@ asm(".pushsection .rodata\n"
     "blob_pae_high:\n"
     "	hlt\n"
     "blob_pae_end:\n"
+    /* The debug registers: breakpoint addresses in DR0-DR3, DR7 with all of them enabled as
+     * write watchpoints (on the code, which nothing writes), HLT. */
+    "blob_drs_start:\n"
+    "	mov $0x1000, %eax\n"
+    "	mov %eax, %dr0\n"
+    "	mov %eax, %dr1\n"
+    "	mov %eax, %dr2\n"
+    "	mov %eax, %dr3\n"
+    "	mov $0x111104ff, %eax\n"
+    "	mov %eax, %dr7\n"
+    "	hlt\n"
+    "blob_drs_end:\n"
     /* CR0.NW without CD: #GP (no IDT: a triple fault) (intctl-case guest). */
     "blob_nw_start:\n"
     "	mov %cr0, %eax\n"
@@ -362,6 +376,7 @@ BLOB(to_long);
 BLOB(pg_no_pae);
 BLOB(nw);
 BLOB(pae);
+BLOB(drs);
 extern const uint8_t blob_pae_high[];
 extern const uint8_t blob_to_long_hlt[];
 
@@ -456,6 +471,57 @@ TEST_F(domain, guest_enters_pae_paging_itself)
 	EXPECT_TRUE(s.cr0 & X86_CR0_PG);
 	EXPECT_TRUE(s.cr4 & X86_CR4_PAE);
 	EXPECT_EQ(0, s.efer);
+	vm_destroy(vm);
+}
+
+/* Dom0's hardware breakpoints survive a DomU run: no VM entry or exit switches DR0-DR3 (nor,
+ * on VMX, DR6), so Keel does, around each run; a guest that writes them must not move Dom0's
+ * breakpoints. A write watchpoint on a variable counts the writes before and after runs of a
+ * guest that points every breakpoint elsewhere. */
+static volatile uint32_t watched;
+
+TEST_F(domain, dom0_breakpoints_survive_domu_runs)
+{
+	struct perf_event_attr attr = {
+		.type = PERF_TYPE_BREAKPOINT,
+		.size = sizeof(attr),
+		.bp_type = HW_BREAKPOINT_W,
+		.bp_addr = (uintptr_t)&watched,
+		.bp_len = HW_BREAKPOINT_LEN_4,
+		.exclude_kernel = 1,
+		.exclude_hv = 1,
+	};
+	struct keel_vm *vm = vm_create("drs", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	uint64_t count = 0;
+	int fd;
+
+	LOAD_BLOB(vm, CODE_GPA, drs);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	fd = syscall(__NR_perf_event_open, &attr, 0, -1, -1, 0);
+	if (fd < 0)
+		SKIP(goto out, "no hardware breakpoint: %s", strerror(errno));
+	ASSERT_TRUE(pin_thread(pthread_self(), 0));
+	watched++;
+	ASSERT_EQ(sizeof(count), read(fd, &count, sizeof(count)));
+	if (count != 1)
+		SKIP(goto close, "the CPU delivered %llu of 1 data breakpoints before any DomU ran",
+		     (ull)count);
+	for (int i = 0; i < 5; i++) {
+		struct keel_regs regs;
+
+		vcpu_get_regs(vcpu, &regs);
+		regs.rip = CODE_GPA;
+		vcpu_set_regs(vcpu, &regs);
+		vcpu_run(vcpu);
+		ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+		watched++;
+	}
+	ASSERT_EQ(sizeof(count), read(fd, &count, sizeof(count)));
+	EXPECT_EQ(6, count) TH_LOG("Dom0's watchpoint fired %llu times for 6 writes", (ull)count);
+close:
+	close(fd);
+out:
 	vm_destroy(vm);
 }
 

@@ -603,6 +603,17 @@ static void *vcpu_job_fn(void *arg)
 			break;
 		if (opt_verbose)
 			printf("#   case %llu: %s\n", (ull)j->kase, keel_exit_str(e));
+		if (opt_verbose && e->reason == KEEL_EXIT_ENTRY_FAILURE) {
+			struct keel_sregs s;
+			struct keel_regs regs;
+
+			vcpu_get_sregs(vcpu, &s);
+			vcpu_get_regs(vcpu, &regs);
+			printf("#     state: rip %#llx rflags %#llx cr0 %#llx cr3 %#llx cr4 %#llx efer %#llx cs %#x/%#llx/%#x ss %#x tr %#x\n",
+			       (ull)regs.rip, (ull)regs.rflags, (ull)s.cr0, (ull)s.cr3, (ull)s.cr4,
+			       (ull)s.efer, s.cs.selector, (ull)s.cs.base, s.cs.attrib, s.ss.attrib,
+			       s.tr.attrib);
+		}
 		/* Answer with random data; the kernel must cut it to the access size. */
 		switch (e->reason) {
 		case KEEL_EXIT_IO:

@@ -182,6 +182,10 @@ pub(crate) struct VcpuState {
     pub(crate) initialized: bool,
     /// SVM: the guest's EFER.LME is held back from the VMCB (`vmcb::hardware_efer`).
     pub(crate) lme_held: bool,
+    /// The guest's DR0-DR3 between runs (no VM entry or exit switches them).
+    pub(crate) guest_dr: [u64; 4],
+    /// VMX: the guest's DR6 between runs (SVM keeps it in the VMCB).
+    pub(crate) guest_dr6: u64,
     /// Set by Dom0 before a run: the completion data for `completion`.
     pub(crate) completion_data: u64,
     /// What the next run must finish first.

@@ -69,6 +69,43 @@ read_reg! {
     read_dr7 = "mov {}, dr7";
 }
 
+/// DR0-DR3, the breakpoint addresses: no VM entry or exit switches them.
+pub(crate) fn read_dr0_3() -> [u64; 4] {
+    let (a, b, c, d): (u64, u64, u64, u64);
+    // SAFETY: Reading debug registers at CPL0 has no side effects.
+    unsafe {
+        asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+             out(reg) a, out(reg) b, out(reg) c, out(reg) d,
+             options(nomem, nostack, preserves_flags));
+    }
+    [a, b, c, d]
+}
+
+/// Writes DR0-DR3.
+///
+/// # Safety
+///
+/// DR7 must not enable a breakpoint that the new addresses would make fire in this context
+/// (root mode runs with DR7's breakpoints off: VM exits clear them).
+pub(crate) unsafe fn write_dr0_3(v: &[u64; 4]) {
+    // SAFETY: The caller's contract.
+    unsafe {
+        asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+             in(reg) v[0], in(reg) v[1], in(reg) v[2], in(reg) v[3],
+             options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Writes DR6.
+///
+/// # Safety
+///
+/// Only restores a value DR6 held (Linux reads it in its #DB handler).
+pub(crate) unsafe fn write_dr6(v: u64) {
+    // SAFETY: The caller vouches for the value.
+    unsafe { asm!("mov dr6, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
 /// Writes CR4.
 ///
 /// # Safety

@@ -23,7 +23,7 @@ use crate::root::fpu;
 use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
-    push_callee_saved, save_gprs_to_rax, GuestRegs, Page, RAX,
+    push_callee_saved, save_gprs_to_rax, x86, GuestRegs, Page, RAX,
 };
 
 /// V_INTR_MASKING (VMCB int_ctl bit 24).
@@ -251,6 +251,11 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
     let xcr0 = fpu::host_xcr0(xcr0_supported);
     // SAFETY: The areas are the vCPU's, sized for the domain's XCR0 (the Linux side checked).
     unsafe { fpu::enter(v, xcr0_supported, xcr0) };
+    // The breakpoint addresses are the guest's while it runs, Dom0's after (VMRUN and #VMEXIT
+    // switch DR6 and DR7, not these). Root mode's DR7 has every breakpoint off.
+    let dom0_dr = x86::read_dr0_3();
+    // SAFETY: As above: no breakpoint is enabled here.
+    unsafe { x86::write_dr0_3(&v.guest_dr) };
     loop {
         let rax = v.regs.gpr[RAX];
         let vm = vmcb_of(&mut v.control);
@@ -302,6 +307,9 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         }
     }
     vmcb_of(&mut v.control).save.rax = v.regs.gpr[RAX];
+    v.guest_dr = x86::read_dr0_3();
+    // SAFETY: Dom0's own values, back before it runs.
+    unsafe { x86::write_dr0_3(&dom0_dr) };
     // SAFETY: As for `fpu::enter`.
     unsafe { fpu::leave(v, xcr0_supported, xcr0) };
     if matches!(v.exit, UserExit::EntryFailure { .. }) {

@@ -14,9 +14,7 @@ use core::{
 };
 
 use super::ops::{invept, vmclear, vmptrld, VmFail, Vmcs};
-use super::{
-    ar_from_attrib, attrib_from_ar, control, write_control_regs, write_pdptes, Ctl, Vmx,
-};
+use super::{ar_from_attrib, attrib_from_ar, control, write_control_regs, write_pdptes, Ctl, Vmx};
 use crate::keel_core::{
     arch::{cr0, msr, vector},
     caps::Vendor,
@@ -230,6 +228,7 @@ fn setup_controls(
     let exit = ctl(
         Ctl::Exit,
         exit_ctl::HOST_ADDR_SPACE_SIZE
+            | exit_ctl::SAVE_DEBUG_CONTROLS
             | exit_ctl::SAVE_IA32_PAT
             | exit_ctl::LOAD_IA32_PAT
             | exit_ctl::SAVE_IA32_EFER
@@ -453,6 +452,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     let xcr0_supported = domain.xcr0_supported;
     let xcr0 = fpu::host_xcr0(xcr0_supported);
     let dom0_cr2 = x86::read_cr2();
+    let (dom0_dr, dom0_dr6) = (x86::read_dr0_3(), x86::read_dr6());
     // SAFETY: These MSRs exist on every x86-64 CPU; the guest's values are the guest's own
     // and only matter in the guest (root mode does not use them). Dom0's are restored below,
     // before it runs. CR2 likewise. The FPU areas are the vCPU's.
@@ -463,6 +463,10 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         }
         x86::write_cr2(v.arch.cr2);
         fpu::enter(v, xcr0_supported, xcr0);
+        // The breakpoint addresses and DR6 are the guest's while it runs (VM entry and exit
+        // switch only DR7; VM exits turn its breakpoints off, so none fires in root mode).
+        x86::write_dr0_3(&v.guest_dr);
+        x86::write_dr6(v.guest_dr6);
     }
 
     let mut launched = false;
@@ -526,6 +530,9 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         fpu::leave(v, xcr0_supported, xcr0);
         v.arch.cr2 = x86::read_cr2();
         x86::write_cr2(dom0_cr2);
+        (v.guest_dr, v.guest_dr6) = (x86::read_dr0_3(), x86::read_dr6());
+        x86::write_dr0_3(&dom0_dr);
+        x86::write_dr6(dom0_dr6);
         let mut saved = [0u64; SWITCHED_MSRS.len()];
         for ((m, d), s) in SWITCHED_MSRS.iter().zip(dom0_msrs).zip(&mut saved) {
             *s = x86::rdmsr(*m);
