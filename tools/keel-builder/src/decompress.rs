@@ -1,13 +1,15 @@
 //! Decompressing a bzImage payload, chosen by its magic bytes.
 //!
-//! Every format Linux builds (scripts/Makefile.lib `cmd_*_with_size`) is the compressor's
-//! output followed by the decompressed size as a little-endian u32 (`size_append`). The
-//! builder hands the compressed stream without those 4 bytes to the decoder, reads at most
-//! the recorded size plus one byte, and checks the size it got.
+//! Every payload ends with the decompressed size as a little-endian u32: gzip's own trailer
+//! ends with it (ISIZE), and for every other format Linux appends it to the compressor's
+//! output (arch/x86/boot/compressed/Makefile: `cmd_gzip`, but `cmd_*_with_size` with
+//! scripts/Makefile.lib `size_append` for the others; mkpiggy.c reads it). The builder hands
+//! the decoder the compressed stream (without the appended 4 bytes), reads at most the
+//! recorded size plus one byte, and checks the size it got.
 //!
 //! | format | Linux's command | magic | decoder |
 //! | --- | --- | --- | --- |
-//! | gzip | `gzip -n -f -9` | `1f 8b` | flate2 (miniz_oxide) |
+//! | gzip | `gzip -n -f -9` (no size appended) | `1f 8b` | flate2 (miniz_oxide) |
 //! | bzip2 | `bzip2 -9` | `BZh` | bzip2 (libbz2-rs-sys, pure Rust) |
 //! | lzma | `lzma -9` (.lzma "alone") | `5d 00 00` | lzma-rust2 |
 //! | xz | `xz --check=crc32 --x86 --lzma2=...` (scripts/xz_wrap.sh) | `fd 37 7a 58 5a 00` | lzma-rust2 (BCJ x86) |
@@ -46,8 +48,8 @@ pub fn detect(payload: &[u8]) -> Option<Compression> {
         .map(|(_, c)| *c)
 }
 
-/// Decompresses a bzImage payload (compressed stream + u32 size), returning what it was
-/// compressed with and the decompressed bytes.
+/// Decompresses a bzImage payload (compressed stream ending with the u32 size), returning what
+/// it was compressed with and the decompressed bytes.
 pub fn payload(payload: &[u8]) -> Result<(Compression, Vec<u8>)> {
     let mut magic = [0; 4];
     let n = payload.len().min(4);
@@ -64,7 +66,13 @@ pub fn payload(payload: &[u8]) -> Result<(Compression, Vec<u8>)> {
             what: "bzImage payload",
         });
     }
-    let (stream, size) = payload.split_at(payload.len() - 4);
+    let (appended, size) = payload.split_at(payload.len() - 4);
+    // gzip's ISIZE is part of its stream; the other formats' size is not.
+    let stream = if compression == Compression::Gzip {
+        payload
+    } else {
+        appended
+    };
     let expected = u64::from(u32::from_le_bytes(size.try_into().expect("4 bytes")));
     if expected > MAX_DECOMPRESSED {
         return Err(Error::Decompress(

@@ -306,3 +306,6 @@ pub fn build(cfg: &Config) -> Result<Image> {
         compression: kernel.compression,
     })
 }
+
+#[cfg(test)]
+mod tests;
