@@ -88,7 +88,12 @@ pub enum Error {
     /// The memory size is not supported; the string says why.
     Memory(String),
     /// The vCPU count is not supported.
-    Vcpus(u32),
+    Vcpus {
+        /// The count asked for.
+        count: u32,
+        /// The most supported.
+        max: u32,
+    },
     /// The command line cannot be passed (too long, or it holds a NUL byte).
     Cmdline(String),
     /// The initrd does not fit (the string says where it would go).
@@ -170,10 +175,9 @@ impl fmt::Display for Error {
                 )
             }
             Self::Memory(why) => write!(f, "unsupported memory size: {why}"),
-            Self::Vcpus(n) => write!(
+            Self::Vcpus { count, max } => write!(
                 f,
-                "unsupported vCPU count {n}: between 1 and {} (Xen's HVM_MAX_VCPUS)",
-                crate::layout::MAX_VCPUS
+                "unsupported vCPU count {count}: between 1 and {max} (Xen's HVM_MAX_VCPUS)"
             ),
             Self::Cmdline(why) => write!(f, "bad command line: {why}"),
             Self::Initrd(why) => write!(f, "the initrd does not fit: {why}"),

@@ -177,7 +177,10 @@ fn boot_info_len(cmdline_len: usize, modules: usize, memmap_entries: usize) -> u
 /// Builds a PVH domain (see the crate's doc).
 pub fn build(cfg: &Config) -> Result<Image> {
     if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
-        return Err(Error::Vcpus(cfg.vcpus));
+        return Err(Error::Vcpus {
+            count: cfg.vcpus,
+            max: MAX_VCPUS,
+        });
     }
     if cfg.cmdline.len() > MAX_CMDLINE {
         return Err(Error::Cmdline(format!(
