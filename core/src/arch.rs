@@ -86,6 +86,7 @@ pub mod feature_control {
 )]
 pub mod msr {
     pub const IA32_TSC: u32 = 0x10;
+    pub const IA32_APIC_BASE: u32 = 0x1b;
     pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
     pub const IA32_SYSENTER_CS: u32 = 0x174;
     pub const IA32_SYSENTER_ESP: u32 = 0x175;
@@ -108,6 +109,11 @@ pub mod msr {
     pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
     pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
     pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
+    pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+    /// The first x2APIC register MSR (the APIC's register at MMIO offset 0 would be here).
+    pub const X2APIC_FIRST: u32 = 0x800;
+    /// The last MSR of the range Keel's local APIC answers for (`X2APIC_FIRST` + 0xff).
+    pub const X2APIC_LAST: u32 = 0x8ff;
     pub const EFER: u32 = 0xc000_0080;
     pub const STAR: u32 = 0xc000_0081;
     pub const LSTAR: u32 = 0xc000_0082;

@@ -13,6 +13,7 @@ pub mod cpuid;
 pub mod exit;
 pub mod hypercall;
 pub mod insn;
+pub mod lapic;
 pub mod logring;
 pub mod mmio;
 pub mod paging;
