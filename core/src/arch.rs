@@ -10,6 +10,8 @@ pub mod cr0 {
     pub const ET: u64 = 1 << 4;
     /// Numeric error: native x87 error reporting; VMX requires it set.
     pub const NE: u64 = 1 << 5;
+    /// Write protect: supervisor writes honour read-only pages.
+    pub const WP: u64 = 1 << 16;
     /// Not write-through.
     pub const NW: u64 = 1 << 29;
     /// Cache disable.

@@ -111,7 +111,7 @@ impl Domain {
             return Err(EOPNOTSUPP);
         }
         let (max_vcpus, memory_size) = (arg.max_vcpus, arg.memory_size);
-        let domid = registry::next_domid();
+        let domid = registry::next_domid()?;
         let domain = Arc::pin_init(
             try_pin_init!(Domain {
                 domid,
@@ -255,6 +255,7 @@ impl Domain {
         };
         let shared = KBox::pin(
             DomainShared {
+                domid: self.domid as u16,
                 slat_root: inner.tables.as_ref().ok_or(EINVAL)?.root,
                 format: self.format(),
                 ranges,

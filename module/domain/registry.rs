@@ -11,7 +11,7 @@ use super::Domain;
 /// The live domains.
 struct Registry {
     next_domid: u32,
-    /// Live domains, in domid order (ids only grow).
+    /// Live domains, in domid order.
     list: KVec<Arc<Domain>>,
 }
 
@@ -44,17 +44,37 @@ impl Drop for Registration {
     }
 }
 
-/// A new domain id.
-pub(super) fn next_domid() -> u32 {
+/// The highest domain id: Xen's ids for domains are 1..=0x7fef (0 is Dom0; 0x7ff0 and up
+/// are reserved: DOMID_SELF, DOMID_IO, ...). Ids are handed out in turn and wrap around,
+/// skipping live ones.
+pub(super) const MAX_DOMID: u32 = 0x7fef;
+
+/// A new domain id: `ENOSPC` when every id is live.
+pub(super) fn next_domid() -> Result<u32> {
     let mut reg = REGISTRY.lock();
-    let id = reg.next_domid;
-    reg.next_domid += 1;
-    id
+    for _ in 0..MAX_DOMID {
+        let id = reg.next_domid;
+        reg.next_domid = if id >= MAX_DOMID { 1 } else { id + 1 };
+        if !reg.list.iter().any(|d| d.domid == id) {
+            return Ok(id);
+        }
+    }
+    Err(ENOSPC)
 }
 
-/// Registers a domain (its first fd is about to be made).
+/// Registers a domain (its first fd is about to be made), in domid order.
 pub(super) fn insert(domain: Arc<Domain>) -> Result {
-    REGISTRY.lock().list.push(domain, GFP_KERNEL)?;
+    let mut reg = REGISTRY.lock();
+    let at = reg
+        .list
+        .iter()
+        .position(|d| d.domid > domain.domid)
+        .unwrap_or(reg.list.len());
+    // Room first, so that placing it cannot fail.
+    reg.list.reserve(1, GFP_KERNEL)?;
+    reg.list
+        .insert_within_capacity(at, domain)
+        .map_err(|_| ENOMEM)?;
     Ok(())
 }
 

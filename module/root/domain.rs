@@ -54,6 +54,8 @@ pub(crate) struct DomainState {
 
 /// One domain as root mode sees it.
 pub(crate) struct DomainShared {
+    /// The domain id.
+    pub(crate) domid: u16,
     /// The second-level page tables' root (physical).
     pub(crate) slat_root: u64,
     /// EPT or NPT.
@@ -100,6 +102,33 @@ impl DomainShared {
                 // SAFETY: `hpa` is domain memory (the tables map nothing else), page-sized
                 // pages that the domain owns and Linux's direct map covers.
                 *b = unsafe { src.add(i).read_volatile() };
+            }
+            done += n;
+        }
+        done
+    }
+
+    /// Writes guest-physical RAM (not ROM, not MMIO) through the second-level tables. Returns
+    /// the bytes written: fewer when a page is not RAM.
+    pub(crate) fn write(&self, gpa: u64, buf: &[u8]) -> usize {
+        let mut t = DirectTables(self.page_offset_base);
+        let mut done = 0;
+        while done < buf.len() {
+            let a = gpa.wrapping_add(done as u64);
+            if self.range_of(a).map(|r| r.kind) != Some(RangeKind::Ram) {
+                break;
+            }
+            let Some(m) = slat::translate(&mut t, self.format, self.slat_root, a) else {
+                break;
+            };
+            let in_page = (4096 - (a & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            let dst = (self.page_offset_base + m.hpa) as *mut u8;
+            for (i, b) in buf[done..done + n].iter().enumerate() {
+                // SAFETY: `hpa` is a RAM page of the domain (checked above), which the domain
+                // owns and Linux's direct map covers; the guest may access it concurrently,
+                // as on a CPU.
+                unsafe { dst.add(i).write_volatile(*b) };
             }
             done += n;
         }

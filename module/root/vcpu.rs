@@ -15,7 +15,7 @@ use super::exit::{self, Action, Ctx, UserExit};
 use super::hal::Hal;
 use super::{x86, GuestRegs, Page, RAX, RBX, RCX, RDX};
 use crate::keel_core::{
-    arch::{cr4, efer, msr, seg_attrib, vector},
+    arch::{cr0, cr4, efer, msr, seg_attrib, vector},
     caps::Vendor,
     cpuid,
     exit::{access, Exit, ExitKind},
@@ -23,6 +23,10 @@ use crate::keel_core::{
     mmio::{self, MmioInsn, MmioOp},
     paging, state,
     vmcb::VmcbSeg,
+    xen::{
+        self,
+        abi::{hypercall, xenfeat, xenver, Errno},
+    },
 };
 
 /// Testing only: how many of the next DomU entries (on any vCPU) root mode makes the hardware
@@ -227,9 +231,11 @@ impl VcpuState {
             arch,
             completion,
             exit,
+            id,
             ..
         } = self;
         Domu {
+            vcpu_id: *id,
             hw: hw(control, lme_held),
             regs,
             xcr0: &mut arch.xcr0,
@@ -264,6 +270,8 @@ impl VcpuState {
 
 /// A DomU vCPU during one exit: its hardware and the parts of its state the handlers use.
 pub(crate) struct Domu<'a, H: Hal> {
+    /// The vCPU's id.
+    pub(crate) vcpu_id: u32,
     /// The hardware.
     pub(crate) hw: H,
     /// The vCPU's GPRs.
@@ -282,15 +290,15 @@ pub(crate) struct Domu<'a, H: Hal> {
     pub(crate) raw_reason: u64,
 }
 
-/// Xen's hypercall numbers Keel handles itself.
-const XEN_VERSION: u64 = 17;
-/// xen_version's XENVER_version command.
-const XENVER_VERSION: u64 = 0;
-/// The Xen interface version Keel reports (4.19): the ABI DomUs are offered.
-const XEN_VERSION_VALUE: u64 = (4 << 16) | 19;
-/// -EPERM and -ENOSYS as Xen returns them.
-const EPERM: u64 = (-1i64) as u64;
-const ENOSYS: u64 = (-38i64) as u64;
+/// The XENFEAT bits of submap 0 Keel offers (xen_version get_features): what a PVH DomU's
+/// memory model is (page tables and descriptor tables are the guest's own, the physical map
+/// translated by EPT/NPT).
+const FEATURES: u32 = (1 << xenfeat::WRITABLE_PAGE_TABLES)
+    | (1 << xenfeat::WRITABLE_DESCRIPTOR_TABLES)
+    | (1 << xenfeat::AUTO_TRANSLATED_PHYSMAP);
+
+/// A guest-virtual access that failed (EFAULT to the guest).
+struct Fault;
 
 impl<H: Hal> Domu<'_, H> {
     /// The guest's code-segment mode.
@@ -335,6 +343,145 @@ impl<H: Hal> Domu<'_, H> {
         self.read_linear(la, buf)
     }
 
+    /// The guest-physical address of guest-virtual `gva` for a supervisor access (hypercall
+    /// arguments: the caller is at CPL 0), through the guest's paging; `None` where a CPU
+    /// would fault (not present, a write to a read-only page with CR0.WP, not canonical).
+    fn gva_to_gpa(&self, gva: u64, write: bool) -> Option<u64> {
+        let c = self.hw.control_regs();
+        let mode = paging::PagingMode::from_control_registers(c.cr0, c.cr4, c.efer);
+        if c.efer & efer::LMA != 0 && !state::canonical(gva, c.cr4 & cr4::LA57 != 0) {
+            return None;
+        }
+        let dom = self.domain;
+        let t = paging::walk(mode, c.cr3, gva, |pa| dom.read_u64(pa))?;
+        (!write || t.write || c.cr0 & cr0::WP == 0).then_some(t.pa)
+    }
+
+    /// The guest-virtual address of the `done`th byte of an argument at `gva` (wrapping as
+    /// the vCPU's address size does).
+    fn gva_at(&self, gva: u64, done: usize) -> u64 {
+        let a = gva.wrapping_add(done as u64);
+        if self.mode() == Mode::Bits64 {
+            a
+        } else {
+            a & 0xffff_ffff
+        }
+    }
+
+    /// Copies a hypercall argument in from guest-virtual `gva` (it may cross pages).
+    fn copy_from_guest(&self, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = self.gva_at(gva, done);
+            let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
+            let gpa = self.gva_to_gpa(a, false).ok_or(Fault)?;
+            if self.domain.read(gpa, &mut buf[done..done + n]) != n {
+                return Err(Fault);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies a hypercall result out to guest-virtual `gva` (it may cross pages). Every page is
+    /// checked before the first byte is written, so a fault writes nothing.
+    fn copy_to_guest(&self, gva: u64, buf: &[u8]) -> Result<(), Fault> {
+        for pass in [false, true] {
+            let mut done = 0;
+            while done < buf.len() {
+                let a = self.gva_at(gva, done);
+                let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
+                let gpa = self.gva_to_gpa(a, true).ok_or(Fault)?;
+                if !pass {
+                    if self.domain.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
+                        return Err(Fault);
+                    }
+                } else if self.domain.write(gpa, &buf[done..done + n]) != n {
+                    return Err(Fault);
+                }
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a result: 0, or -EFAULT.
+    fn put(&self, gva: u64, bytes: &[u8]) -> u64 {
+        match self.copy_to_guest(gva, bytes) {
+            Ok(()) => 0,
+            Err(Fault) => Errno::EFAULT.rax(),
+        }
+    }
+
+    /// `xen_version(cmd, arg)`: Xen's answers for an HVM/PVH DomU (xen/common/kernel.c).
+    fn xen_version(&self, cmd: u64, arg: u64) -> u64 {
+        /// A NUL-padded string field of `N` bytes.
+        fn field<const N: usize>(s: &[u8]) -> [u8; N] {
+            let mut f = [0u8; N];
+            let n = s.len().min(N - 1);
+            f[..n].copy_from_slice(&s[..n]);
+            f
+        }
+        let Ok(cmd) = u32::try_from(cmd) else {
+            return Errno::ENOSYS.rax();
+        };
+        let long = self.mode() == Mode::Bits64;
+        match cmd {
+            xenver::VERSION => u64::from((xen::cpuid::VERSION.0 << 16) | xen::cpuid::VERSION.1),
+            xenver::PAGESIZE => 4096,
+            xenver::EXTRAVERSION => {
+                self.put(arg, &field::<{ xenver::EXTRAVERSION_LEN }>(b".0-keel"))
+            }
+            xenver::CHANGESET => self.put(arg, &field::<{ xenver::CHANGESET_LEN }>(b"keel")),
+            xenver::CAPABILITIES => self.put(
+                arg,
+                &field::<{ xenver::CAPABILITIES_LEN }>(
+                    b"hvm-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p",
+                ),
+            ),
+            xenver::COMPILE_INFO => {
+                let mut info = [0u8; 144];
+                info[..64].copy_from_slice(&field::<64>(b"rustc"));
+                info[64..80].copy_from_slice(&field::<16>(b"keel"));
+                self.put(arg, &info)
+            }
+            // virt_start: nothing of the guest's address space is the hypervisor's.
+            xenver::PLATFORM_PARAMETERS => {
+                self.put(arg, if long { &[0u8; 8][..] } else { &[0u8; 4][..] })
+            }
+            // The domain's handle (its UUID): none yet.
+            xenver::GUEST_HANDLE => self.put(arg, &[0u8; 16]),
+            xenver::GET_FEATURES => {
+                let mut info = [0u8; 8];
+                if self.copy_from_guest(arg, &mut info).is_err() {
+                    return Errno::EFAULT.rax();
+                }
+                let idx = u32::from_le_bytes([info[0], info[1], info[2], info[3]]);
+                if idx != 0 {
+                    return Errno::EINVAL.rax();
+                }
+                info[4..].copy_from_slice(&FEATURES.to_le_bytes());
+                self.put(arg, &info)
+            }
+            // Xen keeps its command line and build id from unprivileged domains.
+            xenver::COMMANDLINE | xenver::BUILD_ID => Errno::EPERM.rax(),
+            _ => Errno::ENOSYS.rax(),
+        }
+    }
+
+    /// Fills the hypercall page the guest asked for at `value` (its guest-physical address;
+    /// the low 12 bits pick the page: there is one). False (#GP) when it is not a RAM page.
+    fn install_hypercall_page(&self, value: u64) -> bool {
+        if value & 0xfff != 0 {
+            return false;
+        }
+        let amd = self.vendor == Vendor::Svm;
+        (0..xen::cpuid::HYPERCALL_STUBS as u32).all(|n| {
+            let stub = xen::cpuid::hypercall_stub(n, amd);
+            self.domain.write(value + 32 * u64::from(n), &stub) == stub.len()
+        })
+    }
+
     /// Finishes the instruction the previous exit left for Dom0, with Dom0's data.
     pub(crate) fn complete_pending(&mut self, data: u64) {
         let len = match core::mem::take(self.completion) {
@@ -371,7 +518,7 @@ impl<H: Hal> Domu<'_, H> {
         let cpl = self.hw.cpl();
         let regs = &mut self.regs.gpr;
         if cpl != 0 {
-            regs[RAX] = EPERM;
+            regs[RAX] = Errno::EPERM.rax();
         } else {
             let (nr, args) = if long_mode {
                 (regs[RAX], [regs[7], regs[6], regs[RDX], regs[10], regs[8]])
@@ -379,9 +526,11 @@ impl<H: Hal> Domu<'_, H> {
                 let r = |i: usize| regs[i] & 0xffff_ffff;
                 (r(RAX), [r(RBX), r(RCX), r(RDX), r(6), r(7)])
             };
-            match (nr, args[0]) {
-                (XEN_VERSION, XENVER_VERSION) => regs[RAX] = XEN_VERSION_VALUE,
-                (XEN_VERSION, _) => regs[RAX] = ENOSYS,
+            match nr {
+                hypercall::XEN_VERSION => {
+                    let r = self.xen_version(args[0], args[1]);
+                    self.regs.gpr[RAX] = r;
+                }
                 _ => {
                     *self.completion = Completion::Hypercall { len };
                     return self.exit_to_user(UserExit::Hypercall {
@@ -438,11 +587,18 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         self.domain.state.lock().exits[kind as usize] += 1;
     }
 
-    /// Dom0's view of the CPU (the extension hidden, Keel's leaves) with the OSXSAVE and
-    /// OSPKE bits following the guest's own CR4, MONITOR hidden and XCR0 limited to what the
-    /// domain may set.
+    /// Xen's hypervisor leaves (`keel_core::xen::cpuid`); otherwise Dom0's view of the CPU (the
+    /// extension hidden) with the OSXSAVE and OSPKE bits following the guest's own CR4,
+    /// MONITOR hidden and XCR0 limited to what the domain may set.
     fn cpuid(&mut self, leaf: u32, sub: u32) -> [u32; 4] {
         let cr4 = self.hw.cr4();
+        let ids = xen::cpuid::Ids {
+            domid: self.domain.domid,
+            vcpu: self.vcpu_id,
+        };
+        if let Some(r) = xen::cpuid::hypervisor_leaf(leaf, sub, ids) {
+            return r;
+        }
         let mut r = cpuid::dom0(self.vendor, self.domain.identity, leaf, || {
             x86::cpuid(leaf, sub)
         });
@@ -499,6 +655,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
                 self.hw.set_pat(value);
                 true
             }
+            xen::cpuid::HYPERCALL_PAGE_MSR => self.install_hypercall_page(value),
             _ => false,
         }
     }

@@ -5,6 +5,7 @@
 //! (`include/xen/interface/`); the code is Keel's own.
 
 pub mod abi;
+pub mod cpuid;
 pub mod evtchn;
 pub mod start_info;
 pub mod time;
