@@ -166,10 +166,16 @@ fn exit_record(s: &VcpuState, id: u32, interrupted: bool) -> uapi::keel_exit {
             };
             uapi::KEEL_EXIT_HYPERCALL
         }
-        UserExit::Shutdown => {
-            u.shutdown = uapi::keel_exit_shutdown {
-                kind: uapi::KEEL_SHUTDOWN_TRIPLE_FAULT,
-                pad: 0,
+        UserExit::Shutdown { xen_reason } => {
+            u.shutdown = match xen_reason {
+                None => uapi::keel_exit_shutdown {
+                    kind: uapi::KEEL_SHUTDOWN_TRIPLE_FAULT,
+                    reason: 0,
+                },
+                Some(reason) => uapi::keel_exit_shutdown {
+                    kind: uapi::KEEL_SHUTDOWN_XEN,
+                    reason,
+                },
             };
             uapi::KEEL_EXIT_SHUTDOWN
         }

@@ -68,8 +68,8 @@ pub(crate) enum UserExit {
         args: [u64; 5],
         long_mode: bool,
     },
-    /// Triple fault.
-    Shutdown,
+    /// A triple fault (`None`), or the guest's `SCHEDOP_shutdown` with Xen's reason.
+    Shutdown { xen_reason: Option<u32> },
     /// An access outside the map (or a write to ROM), with `keel_core::exit::access` bits.
     MemoryFault { gpa: u64, access: u32 },
     /// The hardware refused the guest state.

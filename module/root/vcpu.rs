@@ -25,7 +25,7 @@ use crate::keel_core::{
     vmcb::VmcbSeg,
     xen::{
         self,
-        abi::{hypercall, xenfeat, xenver, Errno},
+        abi::{hypercall, schedop, shutdown, xenfeat, xenver, Errno},
     },
 };
 
@@ -469,6 +469,40 @@ impl<H: Hal> Domu<'_, H> {
         }
     }
 
+    /// `sched_op(cmd, arg)` for the sub-ops Keel serves in root mode: `SCHEDOP_yield` (the run
+    /// loop lets Dom0's scheduler run, then the guest goes on) and `SCHEDOP_shutdown`, which
+    /// ends the run with the reason for the vCPU's userspace (the toolstack applies
+    /// on_poweroff/on_reboot/on_crash). The hypercall completes (RAX = 0, RIP past it) before
+    /// the guest is entered again; a bad argument gets Xen's errno.
+    fn sched_op(&mut self, cmd: u32, arg: u64, len: u8) -> Action {
+        let result = if cmd == schedop::YIELD {
+            Ok(Action::RunLoop)
+        } else {
+            let mut b = [0u8; 4];
+            match self
+                .copy_from_guest(arg, &mut b)
+                .map(|()| u32::from_le_bytes(b))
+            {
+                Err(Fault) => Err(Errno::EFAULT),
+                Ok(reason) if reason > shutdown::MAX => Err(Errno::EINVAL),
+                Ok(reason) => {
+                    *self.exit = UserExit::Shutdown {
+                        xen_reason: Some(reason),
+                    };
+                    Ok(Action::ToUser)
+                }
+            }
+        };
+        let (rax, action) = match result {
+            Ok(a) => (0, a),
+            Err(e) => (e.rax(), Action::Resume),
+        };
+        self.regs.gpr[RAX] = rax;
+        let rip = self.hw.rip().wrapping_add(len.into());
+        self.hw.set_rip(rip);
+        action
+    }
+
     /// Fills the hypercall page the guest asked for at `value` (its guest-physical address;
     /// the low 12 bits pick the page: there is one). False (#GP) when it is not a RAM page.
     fn install_hypercall_page(&self, value: u64) -> bool {
@@ -530,6 +564,9 @@ impl<H: Hal> Domu<'_, H> {
                 hypercall::XEN_VERSION => {
                     let r = self.xen_version(args[0], args[1]);
                     self.regs.gpr[RAX] = r;
+                }
+                hypercall::SCHED_OP if matches!(args[0], 0 | 2) => {
+                    return self.sched_op(args[0] as u32, args[1], len);
                 }
                 _ => {
                     *self.completion = Completion::Hypercall { len };
@@ -834,7 +871,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
                 reason,
                 qualification,
             },
-            _ => UserExit::Shutdown,
+            _ => UserExit::Shutdown { xen_reason: None },
         })
     }
 }

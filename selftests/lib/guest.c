@@ -68,7 +68,7 @@ const char *keel_exit_str(const struct keel_exit *e)
 			 (ull)e->hypercall.args[4], e->hypercall.longmode ? "64-bit" : "32-bit");
 		break;
 	case KEEL_EXIT_SHUTDOWN:
-		snprintf(p, left, ": kind %u", e->shutdown.kind);
+		snprintf(p, left, ": kind %u reason %u", e->shutdown.kind, e->shutdown.reason);
 		break;
 	case KEEL_EXIT_MEMORY_FAULT:
 		snprintf(p, left, ": gpa %#llx, access %#x%s%s%s", (ull)e->fault.gpa, e->fault.access,

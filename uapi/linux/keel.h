@@ -223,7 +223,7 @@ struct keel_sregs {
 #define KEEL_EXIT_IO            2  /* IN/OUT on a port: exit.io */
 #define KEEL_EXIT_MMIO          3  /* an access to a KEEL_RANGE_MMIO range: exit.mmio */
 #define KEEL_EXIT_HYPERCALL     4  /* a hypercall Keel does not handle itself: exit.hypercall */
-#define KEEL_EXIT_SHUTDOWN      5  /* the guest triple-faulted: exit.shutdown */
+#define KEEL_EXIT_SHUTDOWN      5  /* a triple fault, or the guest's SCHEDOP_shutdown: exit.shutdown */
 #define KEEL_EXIT_MEMORY_FAULT  6  /* an access outside the map or a write to ROM: exit.fault */
 #define KEEL_EXIT_ENTRY_FAILURE 7  /* the hardware refused the guest state: exit.fail */
 #define KEEL_EXIT_INTR          8  /* a signal is pending (the ioctl fails with EINTR) */
@@ -238,6 +238,16 @@ struct keel_sregs {
 #define KEEL_ACCESS_EXEC  (1U << 2)
 
 #define KEEL_SHUTDOWN_TRIPLE_FAULT 1
+#define KEEL_SHUTDOWN_XEN          2  /* sched_op(SCHEDOP_shutdown): exit.shutdown.reason */
+
+/* Xen's shutdown reasons (exit.shutdown.reason with KEEL_SHUTDOWN_XEN). The hypercall has
+ * returned 0 when the exit is seen: running the vCPU again goes on after it. */
+#define KEEL_XEN_SHUTDOWN_POWEROFF   0
+#define KEEL_XEN_SHUTDOWN_REBOOT     1
+#define KEEL_XEN_SHUTDOWN_SUSPEND    2
+#define KEEL_XEN_SHUTDOWN_CRASH      3
+#define KEEL_XEN_SHUTDOWN_WATCHDOG   4
+#define KEEL_XEN_SHUTDOWN_SOFT_RESET 5
 
 struct keel_exit_io {
 	__u16 port;
@@ -274,7 +284,7 @@ struct keel_exit_fault {
 
 struct keel_exit_shutdown {
 	__u32 kind;      /* KEEL_SHUTDOWN_* */
-	__u32 pad;
+	__u32 reason;    /* KEEL_SHUTDOWN_XEN: KEEL_XEN_SHUTDOWN_*; else 0 */
 };
 
 struct keel_exit_fail {

@@ -64,6 +64,8 @@ pub enum VcpuExit {
     Shutdown {
         /// `KEEL_SHUTDOWN_*`.
         kind: u32,
+        /// With `KEEL_SHUTDOWN_XEN`: Xen's reason (`KEEL_XEN_SHUTDOWN_*`).
+        reason: u32,
     },
     /// An access outside the map, or a write to ROM.
     MemoryFault {
@@ -151,10 +153,14 @@ pub fn decode_exit(run: &uapi::keel_run) -> RunExit {
                 longmode: hc.longmode != 0,
             }
         }
-        uapi::KEEL_EXIT_SHUTDOWN => VcpuExit::Shutdown {
+        uapi::KEEL_EXIT_SHUTDOWN => {
             // SAFETY: see above.
-            kind: unsafe { u.shutdown.kind },
-        },
+            let s = unsafe { u.shutdown };
+            VcpuExit::Shutdown {
+                kind: s.kind,
+                reason: s.reason,
+            }
+        }
         uapi::KEEL_EXIT_MEMORY_FAULT => {
             // SAFETY: see above.
             let fault = unsafe { u.fault };

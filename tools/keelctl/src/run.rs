@@ -124,7 +124,10 @@ fn exit_kind(exit: &VcpuExit) -> &'static str {
 /// them in JSON.
 fn serialize_failure<M: SerializeMap>(map: &mut M, exit: &VcpuExit) -> Result<(), M::Error> {
     match *exit {
-        VcpuExit::Shutdown { kind } => map.serialize_entry("shutdown_kind", &kind),
+        VcpuExit::Shutdown { kind, reason } => {
+            map.serialize_entry("shutdown_kind", &kind)?;
+            map.serialize_entry("shutdown_reason", &reason)
+        }
         VcpuExit::MemoryFault { gpa, access } => {
             map.serialize_entry("gpa", &gpa.0)?;
             map.serialize_entry("access", &access)
@@ -271,8 +274,8 @@ impl Stop {
     pub fn describe(&self) -> String {
         match self {
             Self::Exit(VcpuExit::Hlt) => "halted".into(),
-            Self::Exit(VcpuExit::Shutdown { kind }) => {
-                format!("shutdown ({})", shutdown_name(*kind))
+            Self::Exit(VcpuExit::Shutdown { kind, reason }) => {
+                format!("shutdown ({})", shutdown_name(*kind, *reason))
             }
             Self::Exit(VcpuExit::MemoryFault { gpa, access }) => {
                 format!("memory fault at {gpa} ({})", access_names(*access))
@@ -299,11 +302,19 @@ impl Stop {
     }
 }
 
-fn shutdown_name(kind: u32) -> String {
-    if kind == uapi::KEEL_SHUTDOWN_TRIPLE_FAULT {
-        "triple fault".into()
-    } else {
-        format!("kind {kind}")
+fn shutdown_name(kind: u32, reason: u32) -> String {
+    match kind {
+        uapi::KEEL_SHUTDOWN_TRIPLE_FAULT => "triple fault".into(),
+        uapi::KEEL_SHUTDOWN_XEN => match reason {
+            uapi::KEEL_XEN_SHUTDOWN_POWEROFF => "poweroff".into(),
+            uapi::KEEL_XEN_SHUTDOWN_REBOOT => "reboot".into(),
+            uapi::KEEL_XEN_SHUTDOWN_SUSPEND => "suspend".into(),
+            uapi::KEEL_XEN_SHUTDOWN_CRASH => "crash".into(),
+            uapi::KEEL_XEN_SHUTDOWN_WATCHDOG => "watchdog".into(),
+            uapi::KEEL_XEN_SHUTDOWN_SOFT_RESET => "soft reset".into(),
+            r => format!("xen reason {r}"),
+        },
+        k => format!("kind {k}"),
     }
 }
 
@@ -402,7 +413,9 @@ pub fn format_exit(line: &ExitLine) -> String {
                 errno_name(-ret as i32)
             )
         }
-        VcpuExit::Shutdown { kind } => write!(s, "shutdown ({})", shutdown_name(kind)),
+        VcpuExit::Shutdown { kind, reason } => {
+            write!(s, "shutdown ({})", shutdown_name(kind, reason))
+        }
         VcpuExit::MemoryFault { gpa, access } => {
             write!(s, "memory fault gpa {gpa} {}", access_names(access))
         }
@@ -1098,7 +1111,7 @@ mod tests {
         let shutdown = exit(uapi::KEEL_EXIT_SHUTDOWN, 0x10_0000, |e| {
             e.__bindgen_anon_1.shutdown = uapi::keel_exit_shutdown {
                 kind: uapi::KEEL_SHUTDOWN_TRIPLE_FAULT,
-                pad: 0,
+                reason: 0,
             }
         });
         let (o, lines) = run_script(&mut Script::new(vec![shutdown]), LIMITS, false);
