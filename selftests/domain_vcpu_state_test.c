@@ -360,6 +360,15 @@ asm(".pushsection .rodata\n"
     "	mov %eax, %dr7\n"
     "	hlt\n"
     "blob_drs_end:\n"
+    /* DR7 set, HLT, then DR7 read back and written to port 0x84. */
+    "blob_dr7_start:\n"
+    "	mov $0x111104ff, %eax\n"
+    "	mov %eax, %dr7\n"
+    "	hlt\n"
+    "	mov %dr7, %eax\n"
+    "	out %eax, $0x84\n"
+    "	hlt\n"
+    "blob_dr7_end:\n"
     /* CR0.NW without CD: #GP (no IDT: a triple fault) (intctl-case guest). */
     "blob_nw_start:\n"
     "	mov %cr0, %eax\n"
@@ -377,6 +386,7 @@ BLOB(pg_no_pae);
 BLOB(nw);
 BLOB(pae);
 BLOB(drs);
+BLOB(dr7);
 extern const uint8_t blob_pae_high[];
 extern const uint8_t blob_to_long_hlt[];
 
@@ -522,6 +532,27 @@ TEST_F(domain, dom0_breakpoints_survive_domu_runs)
 close:
 	close(fd);
 out:
+	vm_destroy(vm);
+}
+
+/* The guest's DR7 is its own across Dom0's changes to the vCPU's state (SET_REGS reloads the
+ * state: on SVM that reset DR7 to 0x400). */
+TEST_F(domain, guest_dr7_survives_set_regs)
+{
+	struct keel_vm *vm = vm_create("dr7", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_regs regs;
+
+	LOAD_BLOB(vm, CODE_GPA, dr7);
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+	vcpu_get_regs(vcpu, &regs);
+	vcpu_set_regs(vcpu, &regs);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(0x84, vcpu->run.exit.io.port);
+	EXPECT_EQ(0x111104ff, vcpu->run.exit.io.data);
 	vm_destroy(vm);
 }
 

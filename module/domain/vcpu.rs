@@ -42,8 +42,6 @@ pub(super) fn alloc_vcpu_state(id: u32) -> Result<KBox<VcpuState>> {
         (&raw mut (*p).completion).write(Completion::None);
         (&raw mut (*p).domain).write(core::ptr::null());
         (*p).id = id;
-        // DR6 at reset (SDM Vol. 3B, 19.2.3).
-        (*p).guest_dr6 = 0xffff_0ff0;
         // One ASID for every DomU vCPU: each run flushes the TLB at entry.
         (*p).asid = 2;
         (*p).pa = p as u64 - page_offset();

@@ -93,6 +93,9 @@ pub(crate) struct ArchState {
     pub(crate) sysenter_cs: u64,
     pub(crate) sysenter_esp: u64,
     pub(crate) sysenter_eip: u64,
+    /// DR6 and DR7 (not in the uapi: the guest's own, kept across Dom0's state changes).
+    pub(crate) dr6: u64,
+    pub(crate) dr7: u64,
 }
 
 impl ArchState {
@@ -142,6 +145,9 @@ impl ArchState {
             },
             cr0: 0x6000_0010,
             pat: 0x0007_0406_0007_0406,
+            // SDM Vol. 3B, 19.2.3-4.
+            dr6: 0xffff_0ff0,
+            dr7: 0x400,
             xcr0: 1,
             ..Self::default()
         }
@@ -188,8 +194,6 @@ pub(crate) struct VcpuState {
     pub(crate) lme_held: bool,
     /// The guest's DR0-DR3 between runs (no VM entry or exit switches them).
     pub(crate) guest_dr: [u64; 4],
-    /// VMX: the guest's DR6 between runs (SVM keeps it in the VMCB).
-    pub(crate) guest_dr6: u64,
     /// Set by Dom0 before a run: the completion data for `completion`.
     pub(crate) completion_data: u64,
     /// What the next run must finish first.

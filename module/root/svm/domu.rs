@@ -151,8 +151,8 @@ fn load_arch(vmcb: &mut Vmcb, a: &ArchState) -> bool {
     let (efer, lme_held) = layout::hardware_efer(&a.ctl());
     s.efer = efer;
     s.g_pat = a.pat;
-    s.dr7 = 0x400;
-    s.dr6 = 0xffff_0ff0;
+    s.dr7 = a.dr7;
+    s.dr6 = a.dr6;
     s.star = a.star;
     s.lstar = a.lstar;
     s.cstar = a.cstar;
@@ -197,6 +197,8 @@ fn save_arch(vmcb: &Vmcb, lme_held: bool, a: &mut ArchState) {
         sysenter_cs: s.sysenter_cs,
         sysenter_esp: s.sysenter_esp,
         sysenter_eip: s.sysenter_eip,
+        dr6: s.dr6,
+        dr7: s.dr7,
     };
 }
 

@@ -308,6 +308,7 @@ fn load_arch(vmcs: &Vmcs, a: &mut ArchState) {
     vmcs.write(field::GUEST_IDTR_LIMIT, a.idt.limit);
     write_control_regs(vmcs, &a.ctl());
     w(field::GUEST_IA32_PAT, a.pat);
+    w(field::GUEST_DR7, a.dr7);
     vmcs.write(field::GUEST_SYSENTER_CS, a.sysenter_cs as u32);
     w(field::GUEST_SYSENTER_ESP, a.sysenter_esp);
     w(field::GUEST_SYSENTER_EIP, a.sysenter_eip);
@@ -320,6 +321,7 @@ fn save_arch(vmx: &Vmx<()>, a: &mut ArchState) {
     a.rip = vmcs.read(field::GUEST_RIP);
     a.rsp = vmcs.read(field::GUEST_RSP);
     a.rflags = vmcs.read(field::GUEST_RFLAGS);
+    a.dr7 = vmcs.read(field::GUEST_DR7);
     for (seg, (fsel, fbase, flimit, far)) in segments_mut(a).into_iter().zip(SEGMENTS) {
         seg.selector = vmcs.read(fsel);
         seg.base = vmcs.read(fbase);
@@ -466,7 +468,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         // The breakpoint addresses and DR6 are the guest's while it runs (VM entry and exit
         // switch only DR7; VM exits turn its breakpoints off, so none fires in root mode).
         x86::write_dr0_3(&v.guest_dr);
-        x86::write_dr6(v.guest_dr6);
+        x86::write_dr6(v.arch.dr6);
     }
 
     let mut launched = false;
@@ -530,7 +532,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         fpu::leave(v, xcr0_supported, xcr0);
         v.arch.cr2 = x86::read_cr2();
         x86::write_cr2(dom0_cr2);
-        (v.guest_dr, v.guest_dr6) = (x86::read_dr0_3(), x86::read_dr6());
+        (v.guest_dr, v.arch.dr6) = (x86::read_dr0_3(), x86::read_dr6());
         x86::write_dr0_3(&dom0_dr);
         x86::write_dr6(dom0_dr6);
         let mut saved = [0u64; SWITCHED_MSRS.len()];
