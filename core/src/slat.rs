@@ -476,6 +476,24 @@ pub fn remap(
     Ok(old)
 }
 
+/// How many tables [`remap`] of the page at `gpa` would allocate now: 0 when a 4 KiB entry
+/// for it exists (or when clearing a page that is not mapped), 1 or 2 to split a 2 MiB or
+/// 1 GiB page, up to 3 to fill a hole; never more than 3. A caller that cannot allocate
+/// where it changes the tree (under a spinlock, in root mode) reserves this many zeroed pages
+/// beforehand and hands them out through its [`Tables::alloc`]; the answer holds as long as
+/// no other change happens in between (the writer lock).
+pub fn tables_needed(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64, clear: bool) -> usize {
+    if gpa >= GPA_LIMIT {
+        return 0;
+    }
+    let slot = walk(t, fmt, root, gpa & !PAGE_MASK);
+    if slot.shift == PAGE_SHIFT || (clear && !fmt.is_present(slot.entry)) {
+        0
+    } else {
+        ((slot.shift - PAGE_SHIFT) / 9) as usize
+    }
+}
+
 /// Clears the mappings of `[gpa, gpa + size)` in a tree that may be live (the contract of
 /// [`remap`]), calling `f(gpa, hpa, size)` for each piece it unmaps: a whole leaf inside the
 /// range is cleared with one store and reported whole (4 KiB, 2 MiB or 1 GiB), a large leaf
@@ -1441,6 +1459,8 @@ mod tests {
         for fmt in [Format::Ept, Format::Npt] {
             let (mut t, root) = TestTables::with_root(16);
             // Clearing what is not mapped allocates and writes nothing.
+            assert_eq!(tables_needed(&mut t, fmt, root, 0x1234_5000, true), 0);
+            assert_eq!(tables_needed(&mut t, fmt, root, 0x1234_5000, false), 3);
             assert_eq!(remap(&mut t, fmt, root, 0x1234_5000, None), Ok(None));
             assert_eq!(t.tables.len(), 1);
             assert!(t.tables[0].iter().all(|&e| e == 0));
@@ -1624,6 +1644,7 @@ mod tests {
                 for extra in 0..=needed {
                     let (mut t, root) = TestTables::with_root(64);
                     setup(&mut t, fmt, root);
+                    assert_eq!(tables_needed(&mut t, fmt, root, gpa, new.is_none()), needed);
                     let expect = translate(&mut t, fmt, root, gpa);
                     let snap = snapshot(&mut t, fmt, root);
                     t.cap = t.tables.len() + extra;
@@ -1804,7 +1825,12 @@ mod tests {
                 if starve {
                     t.cap = t.tables.len() + rng.below(2) as usize;
                 }
+                let needed = tables_needed(&mut t, fmt, root, gpa, new.is_none());
+                let before = t.tables.len();
                 let r = remap(&mut t, fmt, root, gpa, new);
+                if r.is_ok() {
+                    assert_eq!(t.tables.len() - before, needed, "step {step}");
+                }
                 t.cap = usize::MAX;
                 match r {
                     Err(SlatError::OutOfMemory) if starve => {
