@@ -14,8 +14,33 @@
 //!
 //! The caller owns the table memory through [`Tables`]; this module only reads and writes
 //! entries. Tables are never freed here: [`for_each_table`] lists them for the caller to free.
-//! Nothing here invalidates TLBs: the builder is meant for a tree that is not in use yet; a
-//! caller that changes a live tree flushes (INVEPT, or the VMCB's TLB control) itself.
+//!
+//! [`map`] builds a tree that is not in use yet. [`remap`] and [`unmap_range`] change a live
+//! one, which other CPUs may be walking while it changes (a vCPU of the domain running
+//! elsewhere); their contract:
+//!
+//! - **Every gfn translates to its old or its new mapping at every instant.** New tables are
+//!   filled completely while nothing points at them, then linked in with one aligned 8-byte
+//!   store ([`Tables::store`]) after a release fence; a leaf is changed or cleared with one
+//!   such store. Splitting a large page keeps every other page's address, rights and memory
+//!   type bits, so a walker that sees the old large leaf or the new table translates them
+//!   alike. (Accessed/dirty bits that an NPT walk sets in the old leaf while it is being
+//!   copied may be lost; Keel uses neither, and EPT accessed/dirty flags are off in [`eptp`].)
+//! - **The caller serializes writers**: one lock per tree, held across each call (walkers are
+//!   the CPUs' page walks and [`translate`], which never write).
+//! - **The caller flushes**: CPUs cache translations (TLB, paging-structure caches) for as
+//!   long as they like. After a change and before relying on it (freeing or reusing a page
+//!   that was unmapped or replaced, telling the guest its change is done), the caller
+//!   invalidates on every CPU that may have run the domain: INVEPT (single-context, this
+//!   tree's [`eptp`]) on Intel; a new ASID or a TLB_CONTROL flush of the domain's ASID before
+//!   its next VMRUN on AMD, with an IPI to CPUs running it now. Until then a CPU may go on
+//!   using the old page, including through the old large page a split replaced.
+//! - Nothing here frees memory: a table that a change empties stays in the tree, the pages a
+//!   change unmaps are returned for the caller to free after the flush, and tables allocated
+//!   by a call that then fails for lack of memory are not linked anywhere (they stay owned by
+//!   the [`Tables`] implementation, which frees them with the rest of its set).
+
+use core::sync::atomic::{fence, Ordering};
 
 /// Which second-level table format to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,9 +112,19 @@ pub trait Tables {
     /// The entries of the table at physical address `phys`, which is the root passed to this
     /// module's functions or an address [`Tables::alloc`] returned.
     fn entries(&mut self, phys: u64) -> &mut [u64; 512];
+
+    /// Writes entry `index` of the table at `phys` in a tree that CPUs may be walking: the
+    /// store must be one aligned 8-byte write, so that no walker sees half of the old entry
+    /// and half of the new. [`remap`] and [`unmap_range`] write live entries only through
+    /// this, after a release fence. The default is a plain store, which is one `mov` on
+    /// x86-64; an implementation may make that a language guarantee with an atomic store
+    /// (`AtomicU64::from_ptr(..).store(entry, Ordering::Release)`).
+    fn store(&mut self, phys: u64, index: usize, entry: u64) {
+        self.entries(phys)[index] = entry;
+    }
 }
 
-/// Why [`map`] failed.
+/// Why [`map`], [`remap`] or [`unmap_range`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlatError {
     /// The guest-physical address, host-physical address or size is not a multiple of 4 KiB.
@@ -97,7 +132,7 @@ pub enum SlatError {
     /// The guest range reaches 2^48 (the limit of a 4-level walk), or the host range 2^52 (the
     /// architectural physical-address limit).
     OutOfRange,
-    /// Part of the range is already mapped, or a larger page covers it.
+    /// Part of the range is already mapped, or a larger page covers it ([`map`] only).
     AlreadyMapped,
     /// [`Tables::alloc`] returned `None`.
     OutOfMemory,
@@ -137,6 +172,10 @@ mod npt {
     pub(super) const US: u64 = 1 << 2;
     pub(super) const PS: u64 = 1 << 7;
     pub(super) const NX: u64 = 1 << 63;
+    /// The PAT bit of a 4 KiB page (the PS position).
+    pub(super) const PAT_4K: u64 = 1 << 7;
+    /// The PAT bit of a 2 MiB or 1 GiB page.
+    pub(super) const PAT_LARGE: u64 = 1 << 12;
 }
 
 impl Format {
@@ -201,6 +240,29 @@ impl Format {
     fn is_leaf(self, entry: u64, shift: u32) -> bool {
         // Bit 7 is EPT's "large page" and NPT's PS alike.
         shift == PAGE_SHIFT || (shift <= LARGE_1G_SHIFT && entry & npt::PS != 0)
+    }
+
+    /// Entry `j` of the table that replaces the large leaf `entry` at level `shift` (2 MiB or
+    /// 1 GiB): a leaf one level down for the `j`-th part of the page, with every other bit of
+    /// `entry` (rights, memory type, ignore-PAT, accessed/dirty, NX, ...) unchanged.
+    fn split_leaf(self, entry: u64, shift: u32, j: usize) -> u64 {
+        let child_shift = shift - 9;
+        let base = entry & ADDR_MASK & !((1u64 << shift) - 1);
+        // `j` is below 512, so the cast is lossless.
+        let addr = base + ((j as u64) << child_shift);
+        let mut bits = entry & !ADDR_MASK;
+        let pat = self == Self::Npt && entry & npt::PAT_LARGE != 0;
+        if child_shift == PAGE_SHIFT {
+            // Bit 7 is EPT's "large page" and NPT's PS in a large leaf; in an NPT 4 KiB leaf it
+            // is the PAT bit, which a large leaf keeps in bit 12 instead.
+            bits &= !npt::PS;
+            if pat {
+                bits |= npt::PAT_4K;
+            }
+        } else if pat {
+            bits |= npt::PAT_LARGE;
+        }
+        addr | bits
     }
 
     /// The rights an entry grants (a table entry's rights limit everything below it).
@@ -361,6 +423,205 @@ pub fn translate(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> Optio
         table = entry & ADDR_MASK;
         shift -= 9;
     }
+}
+
+/// Whether `gpa` is mapped by a 2 MiB or 1 GiB page (a [`remap`] of any page in it splits
+/// that page, allocating tables).
+pub fn in_large_page(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> bool {
+    translate(t, fmt, root, gpa).is_some_and(|m| m.page_size > 1 << PAGE_SHIFT)
+}
+
+/// Sets (`new` is the host page and its rights) or clears (`new` is `None`) the 4 KiB mapping
+/// of the guest page at `gpa` in a tree that may be live (see the module documentation for
+/// what the caller must do: serialize writers, flush TLBs after). Returns what mapped `gpa`
+/// before: [`translate`]'s answer, whose `page_size` says whether it was part of a large page
+/// (the page at `hpa` is still the domain's then: only the 4 KiB at `gpa` left the mapping).
+///
+/// A large page covering `gpa` is split: a 2 MiB leaf becomes a table of 512 4 KiB leaves, a
+/// 1 GiB leaf a table of 512 2 MiB leaves of which the one holding `gpa` is split again; every
+/// page but `gpa` keeps its host address, rights and memory type. Missing tables on the way
+/// to `gpa` are allocated (none when clearing: a page that is not mapped stays so). The new
+/// leaf is write-back, as [`map`]'s.
+///
+/// Everything is allocated before anything is written: on error (validation, or
+/// [`SlatError::OutOfMemory`]) the tree is unchanged, byte for byte.
+pub fn remap(
+    t: &mut impl Tables,
+    fmt: Format,
+    root: u64,
+    gpa: u64,
+    new: Option<(u64, Perms)>,
+) -> Result<Option<Mapping>, SlatError> {
+    if gpa & PAGE_MASK != 0 {
+        return Err(SlatError::Misaligned);
+    }
+    if gpa >= GPA_LIMIT {
+        return Err(SlatError::OutOfRange);
+    }
+    let leaf = match new {
+        Some((hpa, perms)) => {
+            fmt.check(perms)?;
+            if hpa & PAGE_MASK != 0 {
+                return Err(SlatError::Misaligned);
+            }
+            if hpa >= HPA_LIMIT {
+                return Err(SlatError::OutOfRange);
+            }
+            fmt.leaf_entry(hpa, perms, false)
+        }
+        None => 0,
+    };
+    let old = translate(t, fmt, root, gpa);
+    set_leaf(t, fmt, root, gpa, leaf)?;
+    Ok(old)
+}
+
+/// How many tables [`remap`] of the page at `gpa` would allocate now: 0 when a 4 KiB entry
+/// for it exists (or when clearing a page that is not mapped), 1 or 2 to split a 2 MiB or
+/// 1 GiB page, up to 3 to fill a hole; never more than 3. A caller that cannot allocate
+/// where it changes the tree (under a spinlock, in root mode) reserves this many zeroed pages
+/// beforehand and hands them out through its [`Tables::alloc`]; the answer holds as long as
+/// no other change happens in between (the writer lock).
+pub fn tables_needed(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64, clear: bool) -> usize {
+    if gpa >= GPA_LIMIT {
+        return 0;
+    }
+    let slot = walk(t, fmt, root, gpa & !PAGE_MASK);
+    if slot.shift == PAGE_SHIFT || (clear && !fmt.is_present(slot.entry)) {
+        0
+    } else {
+        ((slot.shift - PAGE_SHIFT) / 9) as usize
+    }
+}
+
+/// Clears the mappings of `[gpa, gpa + size)` in a tree that may be live (the contract of
+/// [`remap`]), calling `f(gpa, hpa, size)` for each piece it unmaps: a whole leaf inside the
+/// range is cleared with one store and reported whole (4 KiB, 2 MiB or 1 GiB), a large leaf
+/// that reaches beyond the range is split and the 4 KiB pages inside reported one by one.
+/// Unmapped parts are skipped.
+///
+/// Validation errors come before any change. [`SlatError::OutOfMemory`] (a split) stops the
+/// walk: the pieces reported so far are unmapped, the rest is as it was.
+pub fn unmap_range(
+    t: &mut impl Tables,
+    fmt: Format,
+    root: u64,
+    gpa: u64,
+    size: u64,
+    mut f: impl FnMut(u64, u64, u64),
+) -> Result<(), SlatError> {
+    if (gpa | size) & PAGE_MASK != 0 {
+        return Err(SlatError::Misaligned);
+    }
+    let end = gpa
+        .checked_add(size)
+        .filter(|&e| e <= GPA_LIMIT)
+        .ok_or(SlatError::OutOfRange)?;
+    let mut a = gpa;
+    while a < end {
+        let slot = walk(t, fmt, root, a);
+        let page = 1u64 << slot.shift;
+        let next = (a & !(page - 1)) + page;
+        if !fmt.is_present(slot.entry) {
+            a = next;
+        } else if a & (page - 1) == 0 && next <= end {
+            t.store(slot.table, index(a, slot.shift), 0);
+            f(a, slot.entry & ADDR_MASK & !(page - 1), page);
+            a = next;
+        } else {
+            // The range covers part of a large page: split it, clearing the page at `a`.
+            let hpa = (slot.entry & ADDR_MASK & !(page - 1)) | (a & (page - 1));
+            set_leaf(t, fmt, root, a, 0)?;
+            f(a, hpa, 1 << PAGE_SHIFT);
+            a += 1 << PAGE_SHIFT;
+        }
+    }
+    Ok(())
+}
+
+/// Where the walk for an address ends: at a leaf, a non-present entry or the last level.
+struct Slot {
+    /// The table holding the entry.
+    table: u64,
+    /// The level of the table, as the lowest address bit it indexes.
+    shift: u32,
+    /// The entry.
+    entry: u64,
+}
+
+fn walk(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> Slot {
+    let mut table = root;
+    let mut shift = ROOT_SHIFT;
+    loop {
+        let entry = t.entries(table)[index(gpa, shift)];
+        if !fmt.is_present(entry) || fmt.is_leaf(entry, shift) {
+            return Slot {
+                table,
+                shift,
+                entry,
+            };
+        }
+        table = entry & ADDR_MASK;
+        shift -= 9;
+    }
+}
+
+/// Makes `leaf` (a 4 KiB leaf, or 0) the last-level entry of the aligned, in-range `gpa`,
+/// splitting a large leaf or adding the missing tables on the way; the tree is unchanged when
+/// this fails.
+fn set_leaf(
+    t: &mut impl Tables,
+    fmt: Format,
+    root: u64,
+    gpa: u64,
+    leaf: u64,
+) -> Result<(), SlatError> {
+    let slot = walk(t, fmt, root, gpa);
+    let slot_index = index(gpa, slot.shift);
+    let present = fmt.is_present(slot.entry);
+    if slot.shift == PAGE_SHIFT {
+        if slot.entry != leaf {
+            t.store(slot.table, slot_index, leaf);
+        }
+        return Ok(());
+    }
+    if !present && !fmt.is_present(leaf) {
+        return Ok(());
+    }
+    // One new table per level below the slot's, top down: 1 under a PD entry, 3 under a
+    // root entry. All of them before any write, so running out changes nothing.
+    let levels = ((slot.shift - PAGE_SHIFT) / 9) as usize;
+    let mut new = [0u64; 3];
+    for n in new.iter_mut().take(levels) {
+        *n = t.alloc().ok_or(SlatError::OutOfMemory)?;
+    }
+    // Fill them while nothing points at them: the split of the large leaf above (zeroed
+    // tables already stand for a hole), the entry towards `gpa` pointing one level down, and
+    // `leaf` at the bottom.
+    let mut above = slot.entry;
+    let mut shift = slot.shift;
+    for k in 0..levels {
+        let table = new[k];
+        let child = shift - 9;
+        if present {
+            for (j, e) in t.entries(table).iter_mut().enumerate() {
+                *e = fmt.split_leaf(above, shift, j);
+            }
+        }
+        let i = index(gpa, child);
+        above = t.entries(table)[i];
+        t.entries(table)[i] = if k + 1 < levels {
+            fmt.table_entry(new[k + 1])
+        } else {
+            leaf
+        };
+        shift = child;
+    }
+    // The new tables' contents become visible before the entry that links them (on x86 the
+    // stores are not reordered by the CPU; the fence keeps the compiler from doing it).
+    fence(Ordering::Release);
+    t.store(slot.table, slot_index, fmt.table_entry(new[0]));
+    Ok(())
 }
 
 /// Calls `f` with the physical address of every table in the tree rooted at `root`, `root`
@@ -1032,5 +1293,577 @@ mod tests {
     fn eptp_encoding() {
         assert_eq!(eptp(0x1234_5000), 0x1234_5000 | 6 | 3 << 3);
         assert_eq!(eptp(0x000f_ffff_ffff_f000), 0x000f_ffff_ffff_f01e);
+    }
+
+    /// Every table of the tree and its contents, in walk order.
+    fn snapshot(t: &mut TestTables, fmt: Format, root: u64) -> Vec<(u64, [u64; 512])> {
+        let mut phys = Vec::new();
+        for_each_table(t, fmt, root, |p| phys.push(p));
+        phys.into_iter().map(|p| (p, *t.entries(p))).collect()
+    }
+
+    /// Every leaf of the tree: (gpa, entry, page size).
+    fn leaves(t: &mut TestTables, fmt: Format, root: u64) -> Vec<(u64, u64, u64)> {
+        fn go(
+            t: &mut TestTables,
+            fmt: Format,
+            table: u64,
+            shift: u32,
+            base: u64,
+            out: &mut Vec<(u64, u64, u64)>,
+        ) {
+            for i in 0..512u64 {
+                let e = t.entries(table)[i as usize];
+                let gpa = base + (i << shift);
+                if !fmt.is_present(e) {
+                    continue;
+                }
+                if fmt.is_leaf(e, shift) {
+                    out.push((gpa, e, 1 << shift));
+                } else {
+                    go(t, fmt, e & ADDR_MASK, shift - 9, gpa, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        go(t, fmt, root, ROOT_SHIFT, 0, &mut out);
+        out
+    }
+
+    type Model = std::collections::HashMap<u64, (u64, Perms)>;
+
+    /// What the tree maps, 4 KiB page by 4 KiB page: gpa -> (hpa, rights).
+    fn expand(t: &mut TestTables, fmt: Format, root: u64) -> Model {
+        let mut m = Model::new();
+        for (gpa, e, size) in leaves(t, fmt, root) {
+            let hpa = e & ADDR_MASK & !(size - 1);
+            for off in (0..size).step_by(K4 as usize) {
+                assert!(m.insert(gpa + off, (hpa + off, fmt.rights(e))).is_none());
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn split_2m_keeps_the_other_pages() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(16);
+            let (gpa, hpa) = (3 * M2, 0x1_2340_0000u64);
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                hpa,
+                M2,
+                Perms::RX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            assert!(in_large_page(&mut t, fmt, root, gpa + 5 * K4));
+            // A memory type other than write-back, to see it kept: EPT write-through (4)
+            // with ignore-PAT; NPT PWT, PCD and the large page's PAT bit (12).
+            let pde = t.entry(table(2), 3);
+            let (pde, small_bits) = match fmt {
+                Format::Ept => {
+                    let pde = (pde & !0x38) | 4 << 3 | 1 << 6;
+                    (pde, 0b101 | 4 << 3 | 1 << 6)
+                }
+                // P, US, PWT, PCD, then PAT in bit 7; RX: no RW, no NX.
+                Format::Npt => (pde | 1 << 3 | 1 << 4 | 1 << 12, 0b101 | 0b11 << 3 | 1 << 7),
+            };
+            t.entries(table(2))[3] = pde;
+
+            let old = remap(
+                &mut t,
+                fmt,
+                root,
+                gpa + 5 * K4,
+                Some((0x7777_7000, Perms::RW)),
+            );
+            let old = old.unwrap().unwrap();
+            assert_eq!(
+                (old.hpa, old.perms, old.page_size),
+                (hpa + 5 * K4, Perms::RX, M2)
+            );
+            assert_eq!(t.tables.len(), 4);
+            assert_eq!(t.entry(table(2), 3), table(3) | 0b111);
+            assert!(!in_large_page(&mut t, fmt, root, gpa));
+            for j in 0..512u64 {
+                let a = gpa + j * K4;
+                let m = translate(&mut t, fmt, root, a).unwrap();
+                let e = t.entry(table(3), j as usize);
+                if j == 5 {
+                    assert_eq!((m.hpa, m.perms, m.page_size), (0x7777_7000, Perms::RW, K4));
+                    assert_eq!(e, fmt.leaf_entry(0x7777_7000, Perms::RW, false));
+                } else {
+                    assert_eq!((m.hpa, m.perms, m.page_size), (hpa + j * K4, Perms::RX, K4));
+                    assert_eq!(e, (hpa + j * K4) | small_bits, "{fmt:?} {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_1g_into_2m_then_4k() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(16);
+            let hpa = 0x40_0000_0000u64;
+            map(
+                &mut t,
+                fmt,
+                root,
+                G1,
+                hpa,
+                G1,
+                Perms::RWX,
+                LargePages::Upto1G,
+            )
+            .unwrap();
+            assert_eq!(t.tables.len(), 2);
+            let pdpte = t.entry(table(1), 1);
+            let target = G1 + 7 * M2 + 3 * K4;
+            let old = remap(&mut t, fmt, root, target, None).unwrap().unwrap();
+            assert_eq!(
+                (old.hpa, old.perms, old.page_size),
+                (target - G1 + hpa, Perms::RWX, G1)
+            );
+            // A PD and a PT.
+            assert_eq!(t.tables.len(), 4);
+            assert_eq!(t.entry(table(1), 1), table(2) | 0b111);
+            assert_eq!(t.entry(table(2), 7), table(3) | 0b111);
+            for j in (0..512u64).filter(|&j| j != 7) {
+                // The 1 GiB leaf's bits with its address, as 2 MiB leaves.
+                let expect = (pdpte & !ADDR_MASK) | (hpa + j * M2);
+                assert_eq!(t.entry(table(2), j as usize), expect);
+            }
+            for off in (0..G1).step_by(K4 as usize) {
+                let m = translate(&mut t, fmt, root, G1 + off);
+                if G1 + off == target {
+                    assert_eq!(m, None);
+                    continue;
+                }
+                let size = if off >> 21 == 7 { K4 } else { M2 };
+                let expect = Mapping {
+                    hpa: hpa + off,
+                    perms: Perms::RWX,
+                    page_size: size,
+                };
+                assert_eq!(m, Some(expect), "{fmt:?} {off:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn remap_fills_holes_and_unmaps() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(16);
+            // Clearing what is not mapped allocates and writes nothing.
+            assert_eq!(tables_needed(&mut t, fmt, root, 0x1234_5000, true), 0);
+            assert_eq!(tables_needed(&mut t, fmt, root, 0x1234_5000, false), 3);
+            assert_eq!(remap(&mut t, fmt, root, 0x1234_5000, None), Ok(None));
+            assert_eq!(t.tables.len(), 1);
+            assert!(t.tables[0].iter().all(|&e| e == 0));
+            // A page in an empty tree: PDPT, PD and PT.
+            let gpa = 0x1234_5000;
+            let new = Some((0xabc_d000, Perms::RWX));
+            assert_eq!(remap(&mut t, fmt, root, gpa, new), Ok(None));
+            assert_eq!(t.tables.len(), 4);
+            let m = translate(&mut t, fmt, root, gpa).unwrap();
+            assert_eq!((m.hpa, m.perms, m.page_size), (0xabc_d000, Perms::RWX, K4));
+            // Another 2 MiB away needs a PT only; one in the same PT, nothing.
+            remap(&mut t, fmt, root, gpa + M2, new).unwrap();
+            assert_eq!(t.tables.len(), 5);
+            remap(&mut t, fmt, root, gpa + K4, new).unwrap();
+            assert_eq!(t.tables.len(), 5);
+            // 1 GiB away: a PD and a PT; 512 GiB away: all three.
+            remap(&mut t, fmt, root, gpa + G1, new).unwrap();
+            assert_eq!(t.tables.len(), 7);
+            remap(&mut t, fmt, root, gpa + (1 << 39), new).unwrap();
+            assert_eq!(t.tables.len(), 10);
+            // Replacing a 4 KiB page returns the old one.
+            let old = remap(&mut t, fmt, root, gpa, Some((0x5000, Perms::R))).unwrap();
+            assert_eq!(
+                old,
+                Some(Mapping {
+                    hpa: 0xabc_d000,
+                    perms: Perms::RWX,
+                    page_size: K4
+                })
+            );
+            // Unmapping clears the entry, keeps the tables.
+            let old = remap(&mut t, fmt, root, gpa, None).unwrap().unwrap();
+            assert_eq!((old.hpa, old.perms), (0x5000, Perms::R));
+            assert_eq!(translate(&mut t, fmt, root, gpa), None);
+            assert_eq!(t.entry(table(3), index(gpa, 12)), 0);
+            assert_eq!(remap(&mut t, fmt, root, gpa, None), Ok(None));
+            assert_eq!(t.tables.len(), 10);
+            assert_eq!(
+                translate(&mut t, fmt, root, gpa + K4).unwrap().hpa,
+                0xabc_d000
+            );
+        }
+    }
+
+    #[test]
+    fn page_over_ram_and_back() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(16);
+            let (gpa, hpa) = (0, 0x8000_0000u64);
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                hpa,
+                2 * M2,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            let before: Vec<_> = (0..1024u64)
+                .map(|j| translate(&mut t, fmt, root, j * K4).unwrap().hpa)
+                .collect();
+            // shared_info over RAM page 0x1f3 (rights of device memory), then back.
+            let at = 0x1f3 * K4;
+            let old = remap(&mut t, fmt, root, at, Some((0x9_9999_9000, Perms::RW)));
+            let old = old.unwrap().unwrap();
+            assert_eq!((old.hpa, old.page_size), (hpa + at, M2));
+            let m = translate(&mut t, fmt, root, at).unwrap();
+            assert_eq!((m.hpa, m.perms), (0x9_9999_9000, Perms::RW));
+            let back = remap(&mut t, fmt, root, at, Some((old.hpa, old.perms))).unwrap();
+            assert_eq!(
+                back.map(|m| (m.hpa, m.page_size)),
+                Some((0x9_9999_9000, K4))
+            );
+            for (j, &h) in before.iter().enumerate() {
+                let m = translate(&mut t, fmt, root, j as u64 * K4).unwrap();
+                assert_eq!((m.hpa, m.perms), (h, Perms::RWX));
+                // The first 2 MiB stay split; the second was never touched.
+                assert_eq!(m.page_size, if j < 512 { K4 } else { M2 });
+            }
+        }
+    }
+
+    #[test]
+    fn remap_argument_errors_change_nothing() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(16);
+            map(&mut t, fmt, root, 0, 0, M2, Perms::RWX, LargePages::Upto2M).unwrap();
+            let snap = snapshot(&mut t, fmt, root);
+            let rw = Perms::RW;
+            let cases = [
+                (0x800, Some((0x1000, rw)), SlatError::Misaligned),
+                (0x1000, Some((0x1001, rw)), SlatError::Misaligned),
+                (0x1000, Some((HPA_LIMIT, rw)), SlatError::OutOfRange),
+                (GPA_LIMIT, Some((0x1000, rw)), SlatError::OutOfRange),
+                (GPA_LIMIT, None, SlatError::OutOfRange),
+                (
+                    0x1000,
+                    Some((0x1000, Perms::new(false, true, false))),
+                    SlatError::UnsupportedPerms,
+                ),
+            ];
+            for (gpa, new, err) in cases {
+                assert_eq!(
+                    remap(&mut t, fmt, root, gpa, new),
+                    Err(err),
+                    "{gpa:#x} {new:?}"
+                );
+            }
+            let none = |_, _, _| panic!("nothing unmapped");
+            assert_eq!(
+                unmap_range(&mut t, fmt, root, 0x800, K4, none),
+                Err(SlatError::Misaligned)
+            );
+            assert_eq!(
+                unmap_range(&mut t, fmt, root, 0, 0x800, none),
+                Err(SlatError::Misaligned)
+            );
+            assert_eq!(
+                unmap_range(&mut t, fmt, root, GPA_LIMIT - K4, 2 * K4, none),
+                Err(SlatError::OutOfRange)
+            );
+            assert_eq!(snapshot(&mut t, fmt, root), snap);
+            assert_eq!(t.tables.len(), 3);
+        }
+        // NPT cannot map execute-only; EPT can.
+        let (mut t, root) = TestTables::with_root(16);
+        let x = Some((0x1000, Perms::new(false, false, true)));
+        assert_eq!(
+            remap(&mut t, Format::Npt, root, 0, x),
+            Err(SlatError::UnsupportedPerms)
+        );
+        assert_eq!(remap(&mut t, Format::Ept, root, 0, x), Ok(None));
+    }
+
+    #[test]
+    fn out_of_memory_at_any_step_changes_nothing() {
+        // Each case: the tree, the page, the new mapping, the tables the change needs.
+        type Setup = fn(&mut TestTables, Format, u64);
+        type Case = (Setup, u64, Option<(u64, Perms)>, usize);
+        let ram = |t: &mut TestTables, fmt, root| {
+            map(
+                t,
+                fmt,
+                root,
+                0,
+                0x4000_0000,
+                4 * M2,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            map(
+                t,
+                fmt,
+                root,
+                G1,
+                0x8000_0000,
+                G1,
+                Perms::RX,
+                LargePages::Upto1G,
+            )
+            .unwrap();
+        };
+        let empty = |_: &mut TestTables, _, _| {};
+        let page = Some((0x7000, Perms::RW));
+        let cases: [Case; 8] = [
+            (empty, 0x5000, page, 3),
+            (ram, 0x5000, page, 1),
+            (ram, 0x5000, None, 1),
+            (ram, G1 + 9 * M2 + K4, page, 2),
+            (ram, G1 + 9 * M2 + K4, None, 2),
+            // Holes: under the root entry that exists, under a PDPT entry that exists.
+            (ram, 3 * G1, page, 2),
+            (ram, 16 * M2, page, 1),
+            (ram, 1 << 40, page, 3),
+        ];
+        for fmt in [Format::Ept, Format::Npt] {
+            for (setup, gpa, new, needed) in cases {
+                for extra in 0..=needed {
+                    let (mut t, root) = TestTables::with_root(64);
+                    setup(&mut t, fmt, root);
+                    assert_eq!(tables_needed(&mut t, fmt, root, gpa, new.is_none()), needed);
+                    let expect = translate(&mut t, fmt, root, gpa);
+                    let snap = snapshot(&mut t, fmt, root);
+                    t.cap = t.tables.len() + extra;
+                    let r = remap(&mut t, fmt, root, gpa, new);
+                    if extra < needed {
+                        assert_eq!(r, Err(SlatError::OutOfMemory), "{fmt:?} {gpa:#x} {extra}");
+                        assert_eq!(
+                            snapshot(&mut t, fmt, root),
+                            snap,
+                            "{fmt:?} {gpa:#x} {extra}"
+                        );
+                    } else {
+                        assert_eq!(r, Ok(expect), "{fmt:?} {gpa:#x}");
+                        let m = translate(&mut t, fmt, root, gpa);
+                        assert_eq!(m.map(|m| (m.hpa, m.perms)), new);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unmap_range_whole_leaves_and_edges() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(16);
+            let hpa = 0x4000_0000u64;
+            let size = 3 * M2 + 5 * K4;
+            map(
+                &mut t,
+                fmt,
+                root,
+                0,
+                hpa,
+                size,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            map(
+                &mut t,
+                fmt,
+                root,
+                8 * M2,
+                hpa,
+                K4,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            assert_eq!(t.tables.len(), 5);
+            let mut got = Vec::new();
+            let (from, to) = (M2 / 2, 3 * M2 + 2 * K4);
+            unmap_range(&mut t, fmt, root, from, to - from, |g, h, s| {
+                got.push((g, h, s))
+            })
+            .unwrap();
+            let mut expect: Vec<_> = (from..M2)
+                .step_by(K4 as usize)
+                .map(|g| (g, hpa + g, K4))
+                .collect();
+            expect.extend([(M2, hpa + M2, M2), (2 * M2, hpa + 2 * M2, M2)]);
+            expect.extend([
+                (3 * M2, hpa + 3 * M2, K4),
+                (3 * M2 + K4, hpa + 3 * M2 + K4, K4),
+            ]);
+            assert_eq!(got, expect);
+            // One PT for the split; the whole 2 MiB leaves needed none.
+            assert_eq!(t.tables.len(), 6);
+            let model = expand(&mut t, fmt, root);
+            let mut left: Vec<_> = model.keys().copied().collect();
+            left.sort();
+            let mut want: Vec<_> = (0..from).step_by(K4 as usize).collect();
+            want.extend((to..size).step_by(K4 as usize));
+            want.push(8 * M2);
+            assert_eq!(left, want);
+            // Again over the same range, and over holes: nothing to report.
+            unmap_range(&mut t, fmt, root, from, to - from, |_, _, _| panic!()).unwrap();
+            unmap_range(&mut t, fmt, root, 4 * M2, 4 * M2, |_, _, _| panic!()).unwrap();
+            unmap_range(&mut t, fmt, root, 0, 0, |_, _, _| panic!()).unwrap();
+            assert_eq!(t.tables.len(), 6);
+            // A whole 1 GiB leaf goes with one store.
+            map(&mut t, fmt, root, G1, 0, G1, Perms::RX, LargePages::Upto1G).unwrap();
+            got.clear();
+            unmap_range(&mut t, fmt, root, G1, G1, |g, h, s| got.push((g, h, s))).unwrap();
+            assert_eq!(got, [(G1, 0, G1)]);
+            assert_eq!(t.tables.len(), 6);
+        }
+    }
+
+    /// A small xorshift generator: the tests need no crates.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn random_remaps_match_a_model() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let (mut t, root) = TestTables::with_root(usize::MAX);
+            // RAM in 2 MiB pages, a 1 GiB page, and holes around them.
+            map(
+                &mut t,
+                fmt,
+                root,
+                0,
+                0x1_0000_0000,
+                8 * M2,
+                Perms::RWX,
+                LargePages::Upto2M,
+            )
+            .unwrap();
+            map(
+                &mut t,
+                fmt,
+                root,
+                G1,
+                0x40_0000_0000,
+                G1,
+                Perms::RX,
+                LargePages::Upto1G,
+            )
+            .unwrap();
+            let mut model = expand(&mut t, fmt, root);
+            assert_eq!(model.len(), 8 * 512 + 512 * 512);
+            let perms: &[Perms] = match fmt {
+                Format::Ept => &[
+                    Perms::R,
+                    Perms::RW,
+                    Perms::RX,
+                    Perms::RWX,
+                    Perms::new(false, false, true),
+                ],
+                Format::Npt => &[Perms::R, Perms::RW, Perms::RX, Perms::RWX],
+            };
+            let mut failures = 0;
+            for step in 0..6000 {
+                // Mostly the first 32 MiB of each gigabyte, where splits and holes meet.
+                let span = if rng.below(4) == 0 { G1 } else { 16 * M2 };
+                let gpa = rng.below(4) * G1 + (rng.below(span) & !(K4 - 1));
+                let new = match rng.below(10) {
+                    0..=4 => Some((
+                        rng.below(1 << 40) & !(K4 - 1),
+                        perms[rng.below(perms.len() as u64) as usize],
+                    )),
+                    5..=7 => None,
+                    _ => {
+                        let pages = if rng.below(2) == 0 { 8 } else { 1024 };
+                        let size = (1 + rng.below(pages)) * K4;
+                        let mut gone = Vec::new();
+                        unmap_range(&mut t, fmt, root, gpa, size, |g, h, s| gone.push((g, h, s)))
+                            .unwrap();
+                        for (g, h, s) in gone {
+                            assert!(g >= gpa && g + s <= gpa + size);
+                            for off in (0..s).step_by(K4 as usize) {
+                                assert_eq!(model.remove(&(g + off)).map(|m| m.0), Some(h + off));
+                            }
+                        }
+                        assert!((gpa..gpa + size)
+                            .step_by(K4 as usize)
+                            .all(|g| !model.contains_key(&g)));
+                        continue;
+                    }
+                };
+                // Now and then, too little memory for what the change needs.
+                let starve = rng.below(4) == 0;
+                let snap = starve.then(|| snapshot(&mut t, fmt, root));
+                if starve {
+                    t.cap = t.tables.len() + rng.below(2) as usize;
+                }
+                let needed = tables_needed(&mut t, fmt, root, gpa, new.is_none());
+                let before = t.tables.len();
+                let r = remap(&mut t, fmt, root, gpa, new);
+                if r.is_ok() {
+                    assert_eq!(t.tables.len() - before, needed, "step {step}");
+                }
+                t.cap = usize::MAX;
+                match r {
+                    Err(SlatError::OutOfMemory) if starve => {
+                        failures += 1;
+                        assert_eq!(Some(snapshot(&mut t, fmt, root)), snap);
+                    }
+                    Ok(old) => {
+                        assert_eq!(
+                            old.map(|m| (m.hpa, m.perms)),
+                            model.get(&gpa).copied(),
+                            "step {step}"
+                        );
+                        match new {
+                            Some(n) => model.insert(gpa, n),
+                            None => model.remove(&gpa),
+                        };
+                    }
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+                let m = translate(&mut t, fmt, root, gpa);
+                assert_eq!(m.map(|m| (m.hpa, m.perms)), model.get(&gpa).copied());
+                if step % 1000 == 999 {
+                    assert_eq!(expand(&mut t, fmt, root), model, "step {step}");
+                }
+            }
+            assert!(failures > 50, "{failures}");
+            assert_eq!(expand(&mut t, fmt, root), model);
+            // Large pages the changes did not touch are still large.
+            let large = leaves(&mut t, fmt, root)
+                .iter()
+                .filter(|l| l.2 > K4)
+                .count();
+            assert!(large > 0);
+        }
     }
 }
