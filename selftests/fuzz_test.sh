@@ -52,8 +52,18 @@ echo "# selftest: keel_fuzz_ioctl"
 # shellcheck disable=SC2086 # args is a list of options
 keel_fuzz_ioctl --seconds $ioctl_s --hang-seconds $hang $args; ioctl_rc=$?
 echo "# selftest: keel_fuzz_guest"
-# shellcheck disable=SC2086
-keel_fuzz_guest --seconds $guest_s --hang-seconds $hang $args; guest_rc=$?
+if [ "$emulator" = qemu ] && [ -z "$secs" ]; then
+    # QEMU 10's TCG crashes (SIGSEGV) or runs other nested guests wrong under some hostile
+    # guests (README, "Fuzzing"): the default run fuzzes hostile guests under Bochs only;
+    # scripts/test --fuzz-seconds N runs them under QEMU too.
+    echo "TAP version 13"
+    echo "1..1"
+    echo "ok 1 fuzz.guest_fuzzer # SKIP QEMU's TCG is not stable under the hostile-guest fuzzer; run it with --fuzz-seconds"
+    guest_rc=skipped
+else
+    # shellcheck disable=SC2086
+    keel_fuzz_guest --seconds $guest_s --hang-seconds $hang $args; guest_rc=$?
+fi
 dmesg -n 5
 dmesg >/tmp/fuzz-dmesg.log
 
@@ -62,6 +72,7 @@ tap_plan 4
 
 # 0: passed, 1: a test failed (reported above); anything else: it crashed, aborted or hung.
 ran_to_its_end() {
+    [ "$1" != skipped ] || { echo "not run under QEMU by default"; return 4; }
     [ "$1" -le 1 ] || { echo "exit status $1 (3: a hung run; 134: an assertion aborted it)"; return 1; }
 }
 check fuzz.ioctl_fuzzer_ran_to_its_end ran_to_its_end $ioctl_rc

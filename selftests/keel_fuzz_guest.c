@@ -752,6 +752,17 @@ static void *canary_fn(void *arg)
 		atomic_fetch_add(&canary_wrong, 1);
 		printf("# canary: %s (run %d, %s), checksum %#x expected\n", keel_exit_str(e), ret,
 		       ret ? strerror(err) : "ok", want);
+		{
+			struct keel_regs g;
+			struct keel_sregs sg;
+
+			vcpu_get_regs(vcpu, &g);
+			vcpu_get_sregs(vcpu, &sg);
+			printf("# canary state: rip %#llx rax %#llx rcx %#llx rsi %#llx rdx %#llx rsp %#llx rflags %#llx cr0 %#llx cs %#x/%#llx idt %#llx/%#x, after %llu rounds\n",
+			       (ull)g.rip, (ull)g.rax, (ull)g.rcx, (ull)g.rsi, (ull)g.rdx, (ull)g.rsp,
+			       (ull)g.rflags, (ull)sg.cr0, sg.cs.attrib, (ull)sg.cs.base,
+			       (ull)sg.idt.base, sg.idt.limit, (ull)atomic_load(&canary_rounds));
+		}
 		if (ret < 0 || e->reason != KEEL_EXIT_IO)
 			break;
 	}

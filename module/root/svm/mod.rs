@@ -109,8 +109,10 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
 
     fn set_control_regs(&mut self, ctl: &Ctl) {
         let s = &mut self.vmcb.save;
+        // A CR0/CR4 change Keel completes flushes the guest's TLB, as the instruction would:
+        // FLUSH_ALL, which every SVM CPU takes (flushing one ASID needs FlushByAsid).
         if s.cr0 != ctl.cr0 || s.cr4 != ctl.cr4 {
-            self.vmcb.control.tlb_ctl = vmcb::TLB_CONTROL_FLUSH_ASID;
+            self.vmcb.control.tlb_ctl = vmcb::TLB_CONTROL_FLUSH_ALL;
         }
         let (efer, held) = vmcb::hardware_efer(ctl);
         let s = &mut self.vmcb.save;
