@@ -84,6 +84,13 @@ static GUEST_CODE void guest_hypercall_page(void)
 	GUEST_ASSERT_EQ(call(XENVER_pagesize, 0), 4096);
 }
 
+/* A hypercall page at the top of the address space: #GP (no IDT here: a triple fault). */
+static GUEST_CODE void guest_hypercall_page_wraps(void)
+{
+	guest_wrmsr(XEN_BASE, 0xfffffffffffff000ULL);
+	GUEST_DONE();
+}
+
 /* xen_version's sub-ops and their errors. */
 static GUEST_CODE void guest_xen_version(void)
 {
@@ -141,6 +148,16 @@ TEST_F(domain, hypercall_page)
 	EXPECT_EQ(0xb8, page[32 * 17]);
 	EXPECT_EQ(17, page[32 * 17 + 1]);
 	EXPECT_EQ(0xc3, page[32 * 17 + 8]);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, hypercall_page_outside_memory_faults)
+{
+	struct keel_vm *vm = vm_create("xen-hcpage-bad", 1, SZ_1M);
+
+	vcpu_setup_long64(vm, vm->vcpus[0], GUEST_FN(guest_hypercall_page_wraps), 0);
+	vcpu_run(vm->vcpus[0]);
+	EXPECT_EXIT(vm->vcpus[0], KEEL_EXIT_SHUTDOWN);
 	vm_destroy(vm);
 }
 

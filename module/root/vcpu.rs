@@ -21,7 +21,7 @@ use crate::keel_core::{
     exit::{access, Exit, ExitKind},
     insn::{self, Mode},
     mmio::{self, MmioInsn, MmioOp},
-    paging, state,
+    paging, slat, state,
     vmcb::VmcbSeg,
     xen::{
         self,
@@ -510,7 +510,8 @@ impl<H: Hal> Domu<'_, H> {
     /// Fills the hypercall page the guest asked for at `value` (its guest-physical address;
     /// the low 12 bits pick the page: there is one). False (#GP) when it is not a RAM page.
     fn install_hypercall_page(&self, value: u64) -> bool {
-        if value & 0xfff != 0 {
+        // The page must lie in guest-physical space (the stubs' addresses cannot wrap).
+        if value & 0xfff != 0 || value >= slat::GPA_LIMIT {
             return false;
         }
         let amd = self.vendor == Vendor::Svm;
