@@ -67,6 +67,8 @@ struct DomainInner {
 pub(crate) struct Domain {
     domid: u32,
     name: [u8; 32],
+    /// `KEEL_CREATE_DOMAIN_*` flags: a Xen PVH domain or a bare one.
+    flags: u32,
     max_vcpus: u32,
     memory_size: u64,
     caps: Caps,
@@ -85,7 +87,7 @@ pub(crate) struct Domain {
 impl Domain {
     /// `KEEL_CREATE_DOMAIN`: makes a domain and returns its fd.
     pub(crate) fn create(caps: Caps, arg: &mut uapi::keel_domain_create) -> Result<isize> {
-        if arg.flags != 0 || arg.pad != 0 || arg.domid != 0 {
+        if arg.flags & !uapi::KEEL_CREATE_DOMAIN_XEN != 0 || arg.pad != 0 || arg.domid != 0 {
             return Err(EINVAL);
         }
         if arg.max_vcpus == 0 || arg.max_vcpus > uapi::KEEL_MAX_VCPUS {
@@ -110,12 +112,13 @@ impl Domain {
             pr_warn!("domains need EPT/NPT and (VMX) unrestricted guest\n");
             return Err(EOPNOTSUPP);
         }
-        let (max_vcpus, memory_size) = (arg.max_vcpus, arg.memory_size);
+        let (max_vcpus, memory_size, flags) = (arg.max_vcpus, arg.memory_size, arg.flags);
         let domid = registry::next_domid()?;
         let domain = Arc::pin_init(
             try_pin_init!(Domain {
                 domid,
                 name,
+                flags,
                 max_vcpus,
                 memory_size,
                 caps,
@@ -386,6 +389,7 @@ impl Domain {
                 .enumerate()
                 .filter(|&(_, &task)| task != 0)
                 .fold(0, |mask, (id, _)| mask | 1 << id),
+            flags: self.flags,
             ..Default::default()
         };
         for (d, s) in info.name.iter_mut().zip(self.name) {

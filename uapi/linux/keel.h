@@ -19,7 +19,7 @@
 #include <linux/types.h>
 
 /* Bumped on every incompatible change of this interface. */
-#define KEEL_ABI_VERSION 2
+#define KEEL_ABI_VERSION 3
 
 /* The ioctl type byte of /dev/keel. */
 #define KEEL_IOCTL_TYPE 0xC7
@@ -91,8 +91,9 @@ struct keel_caps {
 #define KEEL_PAGE_SIZE         4096ULL      /* the unit of every address and size */
 
 /* KEEL_CREATE_DOMAIN (on /dev/keel): returns the domain fd. */
+#define KEEL_CREATE_DOMAIN_XEN (1U << 0) /* a Xen PVH domain (see "Xen PVH domains" below) */
 struct keel_domain_create {
-	__u32 flags;       /* in: must be 0 */
+	__u32 flags;       /* in: 0 or KEEL_CREATE_DOMAIN_XEN */
 	__u32 max_vcpus;   /* in: 1..KEEL_MAX_VCPUS */
 	__u64 memory_size; /* in: most RAM + ROM the domain may have, bytes, a page multiple */
 	char name[KEEL_NAME_LEN]; /* in: NUL-terminated, 1..31 printable ASCII characters */
@@ -139,6 +140,9 @@ struct keel_domain_info {
 	__u64 vcpu_mask;    /* bit i: vCPU i exists */
 	__u64 running_mask; /* bit i: vCPU i is inside KEEL_VCPU_RUN */
 	char name[KEEL_NAME_LEN];
+	__u64 cpu_ns;       /* time the vCPUs spent in the guest, nanoseconds */
+	__u32 flags;        /* the creation flags (KEEL_CREATE_DOMAIN_*) */
+	__u32 pad2;
 };
 
 /* KEEL_LIST_DOMAINS (on /dev/keel): the live domains, in domid order. */
@@ -148,6 +152,66 @@ struct keel_domain_list {
 	__u32 total;  /* out: live domains (may be more than count) */
 	__u32 pad;    /* in: must be 0 */
 	__u64 buffer; /* in: user pointer to count struct keel_domain_info */
+};
+
+/*
+ * Xen PVH domains
+ * ===============
+ *
+ * A domain created with KEEL_CREATE_DOMAIN_XEN speaks the guest side of Xen's PVH ABI, which
+ * Keel serves in the kernel, the way Xen does for a PVH DomU:
+ *  - CPUID leaves 0x40000000+ are Xen's; VMCALL/VMMCALL (or the hypercall page the guest asks
+ *    for by the MSR they name) are Xen hypercalls: xen_version, memory_op, hvm_op, vcpu_op,
+ *    set_timer_op, sched_op, event_channel_op (2-level), grant_table_op, console_io. An
+ *    operation Keel does not serve gets -ENOSYS, as on Xen; only SCHEDOP_shutdown ends a run
+ *    (KEEL_EXIT_SHUTDOWN, KEEL_SHUTDOWN_XEN). console_io writes go to the kernel log.
+ *  - each vCPU has a local APIC at 0xFEE00000 (xAPIC MMIO); vCPU 0 starts where SET_SREGS and
+ *    SET_REGS put it, the others wait in KEEL_VCPU_RUN for INIT and SIPI from another vCPU
+ *    and then start in real mode at the SIPI's vector;
+ *  - port I/O reads all-ones and drops writes; so do guest-physical addresses outside the
+ *    map (KEEL_RANGE_MMIO ranges still exit with KEEL_EXIT_MMIO);
+ *  - HLT and SCHEDOP_block sleep in the kernel until an event, a timer or a signal. HLT with
+ *    interrupts off takes the vCPU down; when every vCPU is down, the run of the last one ends
+ *    with KEEL_EXIT_SHUTDOWN, KEEL_SHUTDOWN_XEN, KEEL_XEN_SHUTDOWN_POWEROFF (Xen's rule).
+ *
+ * The toolstack gives the guest its XenStore and console rings through HVM params, which the
+ * guest may read and not write: KEEL_DOMAIN_SET_PARAM / KEEL_DOMAIN_GET_PARAM with Xen's
+ * numbers (HVM_PARAM_STORE_PFN 1, STORE_EVTCHN 2, CONSOLE_PFN 17, CONSOLE_EVTCHN 18). Any
+ * other index is EINVAL. Both work before and after the first run.
+ *
+ * Dom0's side of event channels: Dom0 has no ports of its own. KEEL_DOMAIN_EVTCHN_BIND
+ * connects a port of the DomU to Dom0: with KEEL_EVTCHN_ALLOC it allocates a new port in the
+ * DomU, bound to Dom0 (what libxl does for the console and XenStore before the guest starts,
+ * and what the guest's EVTCHNOP_bind_interdomain to Dom0 then finds connected); without it,
+ * it binds a port the DomU allocated with EVTCHNOP_alloc_unbound for remote domain 0 (a PV
+ * backend's way; EINVAL if the port is not such a port). The module signals `eventfd` each
+ * time the DomU sends on the port. KEEL_DOMAIN_EVTCHN_NOTIFY raises the DomU's port (the
+ * guest's upcall, waking the vCPU the port is bound to); KEEL_DOMAIN_EVTCHN_UNBIND closes
+ * Dom0's end (the DomU's port stays, as after a peer's close on Xen: unbound). Closing the
+ * domain fd unbinds everything.
+ */
+#define KEEL_XEN_PARAM_STORE_PFN      1
+#define KEEL_XEN_PARAM_STORE_EVTCHN   2
+#define KEEL_XEN_PARAM_CONSOLE_PFN    17
+#define KEEL_XEN_PARAM_CONSOLE_EVTCHN 18
+
+struct keel_xen_param {
+	__u32 index; /* in: KEEL_XEN_PARAM_* */
+	__u32 pad;   /* in: must be 0 */
+	__u64 value; /* in (SET) or out (GET) */
+};
+
+#define KEEL_EVTCHN_ALLOC (1U << 0)
+struct keel_evtchn_bind {
+	__u32 flags;   /* in: 0 or KEEL_EVTCHN_ALLOC */
+	__u32 port;    /* in: the DomU's unbound port (without ALLOC); out: the DomU's port */
+	__s32 eventfd; /* in: an eventfd signalled when the DomU sends on the port */
+	__u32 pad;     /* in: must be 0 */
+};
+
+struct keel_evtchn_port {
+	__u32 port;    /* in: a DomU port bound to Dom0 */
+	__u32 pad;     /* in: must be 0 */
 };
 
 /*
@@ -322,6 +386,11 @@ struct keel_run {
 #define KEEL_DOMAIN_PAUSE        _IO(KEEL_IOCTL_TYPE, 0x12)
 #define KEEL_DOMAIN_UNPAUSE      _IO(KEEL_IOCTL_TYPE, 0x13)
 #define KEEL_DOMAIN_INFO         _IOR(KEEL_IOCTL_TYPE, 0x14, struct keel_domain_info)
+#define KEEL_DOMAIN_SET_PARAM    _IOW(KEEL_IOCTL_TYPE, 0x15, struct keel_xen_param)
+#define KEEL_DOMAIN_GET_PARAM    _IOWR(KEEL_IOCTL_TYPE, 0x16, struct keel_xen_param)
+#define KEEL_DOMAIN_EVTCHN_BIND  _IOWR(KEEL_IOCTL_TYPE, 0x17, struct keel_evtchn_bind)
+#define KEEL_DOMAIN_EVTCHN_NOTIFY _IOW(KEEL_IOCTL_TYPE, 0x18, struct keel_evtchn_port)
+#define KEEL_DOMAIN_EVTCHN_UNBIND _IOW(KEEL_IOCTL_TYPE, 0x19, struct keel_evtchn_port)
 
 #define KEEL_VCPU_GET_REGS       _IOR(KEEL_IOCTL_TYPE, 0x20, struct keel_regs)
 #define KEEL_VCPU_SET_REGS       _IOW(KEEL_IOCTL_TYPE, 0x21, struct keel_regs)

@@ -10,8 +10,8 @@
 //! number against the C header.
 
 use super::{
-    keel_caps, keel_domain_create, keel_domain_info, keel_domain_list, keel_mem_range, keel_regs,
-    keel_run, keel_sregs, keel_vcpu_create, keel_version, KEEL_IOCTL_TYPE,
+    keel_caps, keel_domain_create, keel_evtchn_bind, keel_evtchn_port, keel_domain_info, keel_domain_list, keel_mem_range, keel_regs,
+    keel_run, keel_sregs, keel_vcpu_create, keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
 };
 
 /// `_IOC` direction: no argument.
@@ -76,6 +76,16 @@ pub const KEEL_DOMAIN_PAUSE: u32 = io(KEEL_IOCTL_TYPE, 0x12);
 pub const KEEL_DOMAIN_UNPAUSE: u32 = io(KEEL_IOCTL_TYPE, 0x13);
 /// `KEEL_DOMAIN_INFO` (on a domain fd).
 pub const KEEL_DOMAIN_INFO: u32 = ior::<keel_domain_info>(KEEL_IOCTL_TYPE, 0x14);
+/// `KEEL_DOMAIN_SET_PARAM` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_SET_PARAM: u32 = iow::<keel_xen_param>(KEEL_IOCTL_TYPE, 0x15);
+/// `KEEL_DOMAIN_GET_PARAM` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_GET_PARAM: u32 = iowr::<keel_xen_param>(KEEL_IOCTL_TYPE, 0x16);
+/// `KEEL_DOMAIN_EVTCHN_BIND` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_EVTCHN_BIND: u32 = iowr::<keel_evtchn_bind>(KEEL_IOCTL_TYPE, 0x17);
+/// `KEEL_DOMAIN_EVTCHN_NOTIFY` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_EVTCHN_NOTIFY: u32 = iow::<keel_evtchn_port>(KEEL_IOCTL_TYPE, 0x18);
+/// `KEEL_DOMAIN_EVTCHN_UNBIND` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_EVTCHN_UNBIND: u32 = iow::<keel_evtchn_port>(KEEL_IOCTL_TYPE, 0x19);
 
 /// `KEEL_VCPU_GET_REGS` (on a vCPU fd).
 pub const KEEL_VCPU_GET_REGS: u32 = ior::<keel_regs>(KEEL_IOCTL_TYPE, 0x20);

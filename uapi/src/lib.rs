@@ -61,7 +61,12 @@ mod tests {
             (KEEL_DOMAIN_CREATE_VCPU, 0x4008_c711),
             (KEEL_DOMAIN_PAUSE, 0x0000_c712),
             (KEEL_DOMAIN_UNPAUSE, 0x0000_c713),
-            (KEEL_DOMAIN_INFO, 0x8058_c714),
+            (KEEL_DOMAIN_INFO, 0x8068_c714),
+            (KEEL_DOMAIN_SET_PARAM, 0x4010_c715),
+            (KEEL_DOMAIN_GET_PARAM, 0xc010_c716),
+            (KEEL_DOMAIN_EVTCHN_BIND, 0xc010_c717),
+            (KEEL_DOMAIN_EVTCHN_NOTIFY, 0x4008_c718),
+            (KEEL_DOMAIN_EVTCHN_UNBIND, 0x4008_c719),
             (KEEL_VCPU_GET_REGS, 0x8090_c720),
             (KEEL_VCPU_SET_REGS, 0x4090_c721),
             (KEEL_VCPU_GET_SREGS, 0x80e8_c722),
@@ -86,7 +91,10 @@ mod tests {
         assert_eq!(size_of::<keel_domain_create>(), 56);
         assert_eq!(size_of::<keel_mem_range>(), 24);
         assert_eq!(size_of::<keel_vcpu_create>(), 8);
-        assert_eq!(size_of::<keel_domain_info>(), 88);
+        assert_eq!(size_of::<keel_domain_info>(), 104);
+        assert_eq!(size_of::<keel_xen_param>(), 16);
+        assert_eq!(size_of::<keel_evtchn_bind>(), 16);
+        assert_eq!(size_of::<keel_evtchn_port>(), 8);
         assert_eq!(size_of::<keel_domain_list>(), 24);
         assert_eq!(size_of::<keel_regs>(), 144);
         assert_eq!(size_of::<keel_segment>(), 16);
