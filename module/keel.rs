@@ -20,6 +20,7 @@ mod launch;
 mod root;
 mod uapi;
 mod vendor;
+mod xen;
 
 /// The hardware-independent core crate (`core/` in the repository), compiled into this crate:
 /// Kbuild builds one crate per module.

@@ -58,7 +58,10 @@ plain_data!(
     keel_vcpu_create,
     keel_regs,
     keel_sregs,
-    keel_run
+    keel_run,
+    keel_xen_param,
+    keel_evtchn_bind,
+    keel_evtchn_port
 );
 
 // The core crate's capability bits are the uapi's.

@@ -251,6 +251,8 @@ pub mod pin_based {
 
 /// Primary processor-based VM-execution controls (SDM Table 25-6).
 pub mod cpu_based {
+    /// Interrupt-window exiting: an exit as soon as the guest takes interrupts.
+    pub const INTR_WINDOW_EXITING: u32 = 1 << 2;
     /// HLT exits.
     pub const HLT_EXITING: u32 = 1 << 7;
     /// MWAIT exits.
@@ -334,6 +336,8 @@ pub mod intr_info {
     pub const TYPE_HW_EXCEPTION: u32 = 3 << 8;
     /// Type: NMI.
     pub const TYPE_NMI: u32 = 2 << 8;
+    /// Type: external interrupt.
+    pub const TYPE_EXT_INTR: u32 = 0;
     /// The type bits.
     pub const TYPE_MASK: u32 = 7 << 8;
 }

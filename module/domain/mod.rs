@@ -24,7 +24,7 @@ mod registry;
 mod run;
 mod vcpu;
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use kernel::{
     bindings,
@@ -44,6 +44,7 @@ use crate::root::domain::{DomainShared, DomainState, Range, RangeKind, MAX_RANGE
 use crate::root::vcpu::FPU_PAGES;
 use crate::root::x86;
 use crate::uapi;
+use crate::xen::{WakeSet, Xen};
 use fd::{new_fd, DOMAIN_FOPS, VCPU_FOPS};
 use memory::{build_tables, page_of, page_offset, Chunk, RangeMem, TableSet, PAGE, SIZE_2M};
 pub(crate) use registry::Registration;
@@ -82,6 +83,10 @@ pub(crate) struct Domain {
     paused: AtomicU32,
     /// Open fds of the domain and its vCPUs: the registry lists it while any is open.
     open_fds: AtomicU32,
+    /// A Xen PVH domain's state (`KEEL_CREATE_DOMAIN_XEN`).
+    pub(crate) xen: Option<Pin<KBox<Xen>>>,
+    /// Nanoseconds the vCPUs spent in `KEEL_VCPU_RUN`'s guest entries.
+    cpu_ns: AtomicU64,
 }
 
 impl Domain {
@@ -114,6 +119,11 @@ impl Domain {
         }
         let (max_vcpus, memory_size, flags) = (arg.max_vcpus, arg.memory_size, arg.flags);
         let domid = registry::next_domid()?;
+        let xen = if flags & uapi::KEEL_CREATE_DOMAIN_XEN != 0 {
+            Some(Xen::new(domid as u16, max_vcpus)?)
+        } else {
+            None
+        };
         let domain = Arc::pin_init(
             try_pin_init!(Domain {
                 domid,
@@ -135,6 +145,8 @@ impl Domain {
                 runners <- new_spinlock!([0; 64]),
                 paused: AtomicU32::new(0),
                 open_fds: AtomicU32::new(1),
+                xen,
+                cpu_ns: AtomicU64::new(0),
             }? Error),
             GFP_KERNEL,
         )?;
@@ -152,6 +164,11 @@ impl Domain {
         if self.open_fds.fetch_sub(1, Ordering::AcqRel) == 1 {
             registry::remove(self.domid);
         }
+    }
+
+    /// Whether this is a Xen PVH domain (`KEEL_CREATE_DOMAIN_XEN`).
+    pub(crate) fn is_xen(&self) -> bool {
+        self.flags & uapi::KEEL_CREATE_DOMAIN_XEN != 0
     }
 
     fn format(&self) -> Format {
@@ -259,6 +276,7 @@ impl Domain {
         let shared = KBox::pin(
             DomainShared {
                 domid: self.domid as u16,
+                xen: self.is_xen(),
                 slat_root: inner.tables.as_ref().ok_or(EINVAL)?.root,
                 format: self.format(),
                 ranges,
@@ -352,6 +370,100 @@ impl Domain {
     }
 
     /// Makes every vCPU inside a run leave the guest (an IPI ends the guest's turn).
+    /// Wakes the Xen vCPUs of `set`: the blocked ones from their sleep, the running ones out
+    /// of the guest (to take what is now pending at their next entry).
+    pub(crate) fn wake(&self, set: WakeSet) {
+        let Some(x) = &self.xen else {
+            return;
+        };
+        if set.0 == 0 {
+            return;
+        }
+        x.wake(set);
+        let runners = self.runners.lock();
+        for (v, &t) in runners.iter().enumerate() {
+            if t != 0 && set.0 & (1 << v) != 0 {
+                // SAFETY: As in `kick_all`.
+                unsafe { bindings::kick_process(t as *mut bindings::task_struct) };
+            }
+        }
+    }
+
+    /// Adds the time of one run to the domain's CPU time.
+    pub(crate) fn account(&self, ns: u64) {
+        self.cpu_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The Xen domain's ioctls.
+    fn xen_ioctl(
+        &self,
+        cmd: u32,
+        reader: &mut kernel::uaccess::UserSliceReader,
+        writer: &mut kernel::uaccess::UserSliceWriter,
+    ) -> Result<isize> {
+        let x = self.xen.as_ref().ok_or(ENOTTY)?;
+        match cmd {
+            uapi::KEEL_DOMAIN_SET_PARAM => {
+                let p: uapi::keel_xen_param = reader.read()?;
+                if p.pad != 0 {
+                    return Err(EINVAL);
+                }
+                x.set_param(p.index, p.value)?;
+            }
+            uapi::KEEL_DOMAIN_GET_PARAM => {
+                let mut p: uapi::keel_xen_param = reader.read()?;
+                if p.pad != 0 {
+                    return Err(EINVAL);
+                }
+                p.value = x.get_param(p.index)?;
+                writer.write(&p)?;
+            }
+            uapi::KEEL_DOMAIN_EVTCHN_BIND => {
+                let mut b: uapi::keel_evtchn_bind = reader.read()?;
+                if b.flags & !uapi::KEEL_EVTCHN_ALLOC != 0 || b.pad != 0 {
+                    return Err(EINVAL);
+                }
+                // SAFETY: Looks the fd up in the caller's table; returns a counted reference
+                // or an error pointer.
+                let ctx = unsafe { bindings::eventfd_ctx_fdget(b.eventfd) };
+                if (ctx as isize) < 0 && (ctx as isize) >= -4095 {
+                    return Err(Error::from_errno(ctx as isize as i32));
+                }
+                match x.bind_dom0(b.flags & uapi::KEEL_EVTCHN_ALLOC != 0, b.port, ctx as usize) {
+                    Ok(port) => b.port = port,
+                    Err(e) => {
+                        // SAFETY: The reference taken above, not kept.
+                        unsafe { bindings::eventfd_ctx_put(ctx) };
+                        return Err(e);
+                    }
+                }
+                writer.write(&b)?;
+            }
+            uapi::KEEL_DOMAIN_EVTCHN_NOTIFY => {
+                let p: uapi::keel_evtchn_port = reader.read()?;
+                if p.pad != 0 {
+                    return Err(EINVAL);
+                }
+                let shared = self.inner.lock().shared.as_ref().map(|s| &raw const **s);
+                match shared {
+                    // SAFETY: The shared view lives as long as the domain (made once, never
+                    // replaced).
+                    Some(s) => self.wake(x.notify_from_dom0(unsafe { &*s }, p.port)?),
+                    None => x.check_dom0_port(p.port)?,
+                }
+            }
+            uapi::KEEL_DOMAIN_EVTCHN_UNBIND => {
+                let p: uapi::keel_evtchn_port = reader.read()?;
+                if p.pad != 0 {
+                    return Err(EINVAL);
+                }
+                x.unbind_dom0(p.port)?;
+            }
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
+
     fn kick_all(&self) {
         let runners = self.runners.lock();
         for &t in runners.iter() {
@@ -390,6 +502,7 @@ impl Domain {
                 .filter(|&(_, &task)| task != 0)
                 .fold(0, |mask, (id, _)| mask | 1 << id),
             flags: self.flags,
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
             ..Default::default()
         };
         for (d, s) in info.name.iter_mut().zip(self.name) {
@@ -451,7 +564,7 @@ impl Domain {
                 writer.write(&self.info())?;
                 Ok(0)
             }
-            _ => Err(ENOTTY),
+            _ => self.xen_ioctl(cmd, &mut reader, &mut writer),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::root::exit::UserExit;
 use crate::root::vcpu::{Completion, VcpuState};
 use crate::root::x86;
 use crate::uapi;
+use crate::xen::Handled;
 
 impl Vcpu {
     /// `KEEL_VCPU_RUN`.
@@ -27,16 +28,23 @@ impl Vcpu {
             let e = &run.exit.__bindgen_anon_1;
             (e.io.data, e.mmio.data, e.hypercall.ret)
         };
-        s.completion_data = match s.completion {
-            Completion::None => 0,
-            Completion::IoIn { .. } => io,
-            Completion::MmioRead(_) => mmio,
-            Completion::Hypercall { .. } => hc,
-        };
+        // The data of the exit userspace served (an exit the run loop served has its data).
+        if s.user_completion {
+            s.completion_data = match s.completion {
+                Completion::None => 0,
+                Completion::IoIn { .. } => io,
+                Completion::MmioRead(_) => mmio,
+                Completion::Hypercall { .. } => hc,
+            };
+            s.user_completion = false;
+        }
         if s.domain.is_null() {
             s.domain = d.start()?;
         }
         let vendor = d.caps.vendor;
+        let xen = d.xen.as_deref();
+        // SAFETY: Set above; the shared view lives as long as the domain.
+        let shared = unsafe { &*s.domain };
         let current = Task::current_raw() as usize;
         let result = loop {
             // SAFETY: `current` is the running task.
@@ -55,21 +63,57 @@ impl Vcpu {
                 continue;
             }
             d.runners.lock()[self.id as usize] = current;
+            // Xen: what to inject, and INIT/SIPI; after `runners` is set, so that an event
+            // raised from now on kicks this thread.
+            let mut deadline = None;
+            if let Some(x) = xen {
+                match x.prepare(self.id, &mut s, shared) {
+                    Ok(w) => d.wake(w),
+                    Err(e) => {
+                        d.runners.lock()[self.id as usize] = 0;
+                        break Err(e);
+                    }
+                }
+                deadline = x.deadline_in(self.id);
+            }
             let flags = x86::irq_save();
             // A kick between the pause check and here is an IPI that is now pending: the guest
             // exits at once.
             if d.paused.load(Ordering::SeqCst) == 0 {
+                if let (Some(x), Some(ns)) = (xen, deadline) {
+                    x.sync(self.id).arm(ns);
+                }
                 let p: *mut VcpuState = &mut **s;
+                let t0 = x86::rdtsc();
                 // SAFETY: Interrupts are off; the state is held through `s` and its domain view
                 // is filled in.
                 unsafe { crate::launch::run_vcpu(vendor, p) };
+                d.account(tsc_to_ns(x86::rdtsc().wrapping_sub(t0)));
             }
             x86::irq_restore(flags);
             d.runners.lock()[self.id as usize] = 0;
+            if let Some(x) = xen {
+                if deadline.is_some() {
+                    x.sync(self.id).disarm();
+                }
+                x.after_run(self.id, &mut s);
+                if !matches!(s.exit, UserExit::None) {
+                    match x.handle_exit(self.id, &mut s, shared) {
+                        Ok((Handled::Resume, w)) => {
+                            d.wake(w);
+                            s.exit = UserExit::None;
+                            continue;
+                        }
+                        Ok((Handled::ToUser, w)) => d.wake(w),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
             if !matches!(s.exit, UserExit::None) {
                 break Ok(0);
             }
         };
+        s.user_completion = result.is_ok() && !matches!(s.completion, Completion::None);
         if let UserExit::EntryFailure {
             reason,
             qualification,
@@ -96,6 +140,13 @@ impl Vcpu {
         run.exit = exit_record(&s, self.id, result.is_err());
         result
     }
+}
+
+/// TSC ticks as nanoseconds.
+fn tsc_to_ns(ticks: u64) -> u64 {
+    // SAFETY: Set at boot (the TSC's calibrated rate), read only.
+    let khz = u64::from(unsafe { bindings::tsc_khz }).max(1);
+    (ticks / khz) * 1_000_000 + (ticks % khz) * 1_000_000 / khz
 }
 
 /// The uapi exit record of the last run.

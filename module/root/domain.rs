@@ -56,6 +56,10 @@ pub(crate) struct DomainState {
 pub(crate) struct DomainShared {
     /// The domain id.
     pub(crate) domid: u16,
+    /// A Xen PVH domain: port I/O and holes in the map read all-ones, and hypercalls, HLT and
+    /// the local APIC are served by the module's run loop (`module/xen/`) rather than by the
+    /// vCPU's userspace.
+    pub(crate) xen: bool,
     /// The second-level page tables' root (physical).
     pub(crate) slat_root: u64,
     /// EPT or NPT.
@@ -133,6 +137,17 @@ impl DomainShared {
             done += n;
         }
         done
+    }
+
+    /// A pointer to guest-physical RAM byte `gpa` in Linux's direct map (valid to the end of
+    /// its page, while the domain lives); `None` outside RAM.
+    pub(crate) fn ram_ptr(&self, gpa: u64) -> Option<*mut u8> {
+        if self.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
+            return None;
+        }
+        let mut t = DirectTables(self.page_offset_base);
+        let m = slat::translate(&mut t, self.format, self.slat_root, gpa)?;
+        Some((self.page_offset_base + m.hpa) as *mut u8)
     }
 
     /// The four PAE PDPTEs at `pdpt` (32-byte aligned, so in one page).

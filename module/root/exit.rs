@@ -130,6 +130,10 @@ pub(crate) trait Ctx {
     fn host_event(&mut self, exit: &Exit) -> Action {
         self.unexpected(exit)
     }
+    /// The guest takes interrupts again (an interrupt-window exit Keel asked for).
+    fn interrupt_window(&mut self, exit: &Exit) -> Action {
+        self.unexpected(exit)
+    }
     /// An INIT signal.
     fn init(&mut self, exit: &Exit) -> Action {
         self.unexpected(exit)
@@ -205,11 +209,10 @@ fn handle_rest<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
         Exit::Io { .. } => c.io(exit),
         Exit::SlatFault { .. } => c.slat_fault(exit),
         Exit::Shutdown | Exit::EntryFailure { .. } => c.shutdown(exit),
-        Exit::InterruptWindow
-        | Exit::Sipi
-        | Exit::DrAccess
-        | Exit::SlatMisconfig { .. }
-        | Exit::Other { .. } => c.unexpected(exit),
+        Exit::InterruptWindow => c.interrupt_window(exit),
+        Exit::Sipi | Exit::DrAccess | Exit::SlatMisconfig { .. } | Exit::Other { .. } => {
+            c.unexpected(exit)
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::keel_core::{
     cpuid,
     exit::{access, Exit, ExitKind},
     insn::{self, Mode},
+    lapic,
     mmio::{self, MmioInsn, MmioOp},
     paging, slat, state,
     vmcb::VmcbSeg,
@@ -154,6 +155,9 @@ impl ArchState {
     }
 }
 
+/// `VcpuState::irq` and `injected`: the value holds a vector.
+pub(crate) const IRQ_VALID: u16 = 0x100;
+
 /// What the next run must finish before entering the guest: the exit left an instruction
 /// half done, waiting for Dom0's data.
 #[derive(Clone, Copy, Default)]
@@ -196,6 +200,9 @@ pub(crate) struct VcpuState {
     pub(crate) guest_dr: [u64; 4],
     /// Set by Dom0 before a run: the completion data for `completion`.
     pub(crate) completion_data: u64,
+    /// The last run ended with an exit whose completion userspace supplies (the next
+    /// `KEEL_VCPU_RUN` takes its data).
+    pub(crate) user_completion: bool,
     /// What the next run must finish first.
     pub(crate) completion: Completion,
     /// Why the last run ended, and the RIP then.
@@ -207,6 +214,14 @@ pub(crate) struct VcpuState {
     pub(crate) domain: *const DomainShared,
     /// The vCPU's id.
     pub(crate) id: u32,
+    /// Set by the run loop before a run: an external interrupt to deliver, `IRQ_VALID |
+    /// vector`, or 0. Root mode injects it at the first entry where the guest takes
+    /// interrupts (asking for an interrupt-window exit until then) and moves it to
+    /// `injected`.
+    pub(crate) irq: u16,
+    /// The interrupt root mode injected during the run (`IRQ_VALID | vector`), or 0: the run
+    /// loop acknowledges it (the local APIC moves it from IRR to ISR).
+    pub(crate) injected: u16,
     /// SVM: the vCPU's ASID.
     pub(crate) asid: u32,
     /// The physical address of this state (computed by the Linux side).
@@ -299,7 +314,9 @@ pub(crate) struct Domu<'a, H: Hal> {
 /// translated by EPT/NPT).
 const FEATURES: u32 = (1 << xenfeat::WRITABLE_PAGE_TABLES)
     | (1 << xenfeat::WRITABLE_DESCRIPTOR_TABLES)
-    | (1 << xenfeat::AUTO_TRANSLATED_PHYSMAP);
+    | (1 << xenfeat::AUTO_TRANSLATED_PHYSMAP)
+    | (1 << xenfeat::HVM_CALLBACK_VECTOR)
+    | (1 << xenfeat::HVM_SAFE_PVCLOCK);
 
 /// A guest-virtual access that failed (EFAULT to the guest).
 struct Fault;
@@ -588,6 +605,17 @@ impl<H: Hal> Domu<'_, H> {
         Action::Resume
     }
 
+    /// IA32_APIC_BASE of a Xen domain's vCPU: the xAPIC enabled at its default base, BSP on
+    /// vCPU 0.
+    fn apic_base(&self) -> u64 {
+        let bsp = if self.vcpu_id == 0 {
+            lapic::apic_base::BSP
+        } else {
+            0
+        };
+        lapic::DEFAULT_BASE | lapic::apic_base::EN | bsp
+    }
+
     /// Ends the run with an exit for userspace.
     fn exit_to_user(&mut self, exit: UserExit) -> Action {
         *self.exit = exit;
@@ -645,11 +673,17 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             x86::cpuid(leaf, sub)
         });
         if leaf == 1 {
-            // ECX.OSXSAVE (27) mirrors CR4.OSXSAVE; ECX.MONITOR (3): MONITOR/MWAIT are refused.
-            r[2] &= !((1 << 27) | (1 << 3));
+            // ECX.OSXSAVE (27) mirrors CR4.OSXSAVE; ECX.MONITOR (3): MONITOR/MWAIT are refused;
+            // the local APIC is Keel's xAPIC (no x2APIC (21), no TSC-deadline mode (24)),
+            // whose ID is the vCPU id (EBX 31:24, as in the MADT).
+            r[2] &= !((1 << 27) | (1 << 3) | (1 << 21) | (1 << 24));
             if cr4 & cr4::OSXSAVE != 0 {
                 r[2] |= 1 << 27;
             }
+            r[1] = (r[1] & 0x00ff_ffff) | (self.vcpu_id << 24);
+        } else if leaf == 0xb || leaf == 0x1f {
+            // The x2APIC ID of the topology leaves.
+            r[3] = self.vcpu_id;
         } else if leaf == 0xd && sub == 0 {
             // EDX:EAX: the XCR0 bits the guest may set.
             let supported = self.domain.xcr0_supported;
@@ -680,6 +714,7 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             msr::EFER => Some(self.hw.control_regs().efer),
             msr::IA32_PAT => Some(self.hw.pat()),
             msr::IA32_TSC => Some(x86::rdtsc()),
+            msr::IA32_APIC_BASE if self.domain.xen => Some(self.apic_base()),
             _ => None,
         }
     }
@@ -698,6 +733,8 @@ impl<H: Hal> Ctx for Domu<'_, H> {
                 true
             }
             xen::cpuid::HYPERCALL_PAGE_MSR => self.install_hypercall_page(value),
+            // The xAPIC stays enabled where it is (no x2APIC, no relocation).
+            msr::IA32_APIC_BASE if self.domain.xen => value == self.apic_base(),
             _ => false,
         }
     }
@@ -768,6 +805,11 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         Action::RunLoop
     }
 
+    /// The entry that follows injects the pending interrupt (`VcpuState::irq`).
+    fn interrupt_window(&mut self, _exit: &Exit) -> Action {
+        Action::Resume
+    }
+
     /// INIT: Linux sends none to a CPU it is using; ignore it.
     fn init(&mut self, _exit: &Exit) -> Action {
         Action::Resume
@@ -808,6 +850,19 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         } else {
             (1u64 << (size * 8)) - 1
         };
+        if self.domain.xen {
+            // Xen's PVH DomU has no port I/O devices: reads are all-ones, writes dropped.
+            if input {
+                let rax = &mut self.regs.gpr[RAX];
+                *rax = if size >= 4 {
+                    mask
+                } else {
+                    (*rax & !mask) | mask
+                };
+            }
+            self.hw.set_rip(rip.wrapping_add(len.into()));
+            return Action::Resume;
+        }
         let data = if input {
             *self.completion = Completion::IoIn { size, len };
             0
@@ -833,7 +888,11 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             .domain
             .range_of(gpa)
             .map_or(RangeKind::None, |r| r.kind);
-        if kind != RangeKind::Mmio || access & access::EXEC != 0 {
+        // Xen: a hole reads all-ones and drops writes, except the local APIC's page, which the
+        // run loop serves.
+        let hole = self.domain.xen && kind == RangeKind::None;
+        let lapic = hole && gpa & !0xfff == lapic::DEFAULT_BASE;
+        if (kind != RangeKind::Mmio && !hole) || access & access::EXEC != 0 {
             return self.exit_to_user(UserExit::MemoryFault { gpa, access });
         }
         let mut bytes = [0u8; insn::MAX_LEN];
@@ -843,6 +902,14 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             return self.crash(0, rip);
         };
         let rip = self.hw.rip();
+        if hole && !lapic {
+            if let MmioOp::Read { .. } = insn.op {
+                let m = self.mode();
+                mmio::complete_read(&mut self.regs.gpr, &insn, u64::MAX, m);
+            }
+            self.hw.set_rip(rip.wrapping_add(insn.len.into()));
+            return Action::Resume;
+        }
         match insn.op {
             MmioOp::Write { .. } => {
                 let data = mmio::write_data(&self.regs.gpr, &insn);

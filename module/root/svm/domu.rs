@@ -13,14 +13,14 @@ use core::arch::naked_asm;
 
 use super::{vmcb_of, Svm};
 use crate::keel_core::{
-    arch::{efer, vector},
+    arch::{efer, rflags, vector},
     caps::Vendor,
     exit::Exit,
     vmcb::{self as layout, event, misc1, misc2, Vmcb, VmcbSeg},
 };
 use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, IRQ_VALID, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
     push_callee_saved, save_gprs_to_rax, x86, GuestRegs, Page, RAX,
@@ -28,6 +28,14 @@ use crate::root::{
 
 /// V_INTR_MASKING (VMCB int_ctl bit 24).
 const V_INTR_MASKING: u32 = 1 << 24;
+/// A virtual interrupt request (int_ctl V_IRQ, bit 8) at the highest priority (V_INTR_PRIO,
+/// bits 19:16) whatever the guest's TPR (V_IGN_TPR, bit 20): with the VINTR intercept, an exit
+/// as soon as the guest takes interrupts.
+const V_IRQ_WINDOW: u32 = (1 << 8) | (0xf << 16) | (1 << 20);
+/// The VINTR intercept (misc1 bit 4).
+const INTERCEPT_VINTR: u32 = 1 << 4;
+/// EVENTINJ type: external interrupt.
+const EVENT_TYPE_INTR: u32 = 0;
 /// Nested paging enable (misc_ctl bit 0).
 const NP_ENABLE: u64 = 1;
 /// INTR and NMI intercepts (misc1 bits 0 and 1), HLT (24), IOIO (27), MONITOR/MWAIT (misc2
@@ -50,6 +58,29 @@ const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
 fn keep_exits(c: &mut layout::VmcbControl) {
     c.int_ctl |= V_INTR_MASKING;
     c.intercept_misc1 |= INTERCEPT_INTR | INTERCEPT_NMI;
+}
+
+/// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
+/// now (RFLAGS.IF, no interrupt shadow, no other event being injected); otherwise asks for a
+/// VINTR exit (a virtual interrupt request the guest takes when it can), after which the next
+/// entry tries again.
+fn deliver_irq(vm: &mut layout::Vmcb, irq: &mut u16, injected: &mut u16) {
+    let c = &mut vm.control;
+    c.int_ctl &= !V_IRQ_WINDOW;
+    c.intercept_misc1 &= !INTERCEPT_VINTR;
+    if *irq & IRQ_VALID == 0 {
+        return;
+    }
+    let busy = c.event_inj & event::VALID != 0;
+    let shadow = c.int_state & layout::INT_STATE_SHADOW != 0;
+    if !busy && !shadow && vm.save.rflags & rflags::IF != 0 {
+        c.event_inj = u32::from(*irq & 0xff) | EVENT_TYPE_INTR | event::VALID;
+        *injected = *irq;
+        *irq = 0;
+    } else {
+        c.int_ctl |= V_IRQ_WINDOW;
+        c.intercept_misc1 |= INTERCEPT_VINTR;
+    }
 }
 
 /// Sets up the VMCB controls and maps of a vCPU, once.
@@ -263,6 +294,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         let vm = vmcb_of(&mut v.control);
         vm.save.rax = rax;
         keep_exits(&mut vm.control);
+        deliver_irq(vm, &mut v.irq, &mut v.injected);
         // Testing: VMRUN refuses a VMCB without the VMRUN intercept (APM 15.5.1).
         let forced = take_forced_failure();
         if forced {
@@ -279,7 +311,8 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         // An event whose delivery the exit interrupted is delivered again (NMIs and hardware
         // exceptions; a software interrupt's instruction simply runs again).
         let kind = c.exit_int_info & (7 << 8);
-        if c.exit_int_info & event::VALID != 0 && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION)
+        if c.exit_int_info & event::VALID != 0
+            && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION || kind == EVENT_TYPE_INTR)
         {
             c.event_inj = c.exit_int_info;
             c.event_inj_err = c.exit_int_info_err;

@@ -16,16 +16,19 @@ use core::{
 use super::ops::{invept, vmclear, vmptrld, VmFail, Vmcs};
 use super::{ar_from_attrib, attrib_from_ar, control, write_control_regs, write_pdptes, Ctl, Vmx};
 use crate::keel_core::{
-    arch::{cr0, msr, vector},
+    arch::{cr0, msr, rflags, vector},
     caps::Vendor,
     exit::{Exit, VmxInfo},
     slat, state,
     vmcb::VmcbSeg,
-    vmcs::{cpu_based, entry_ctl, exit_ctl, field, intr_info, pin_based, secondary, Field},
+    vmcs::{
+        cpu_based, entry_ctl, exit_ctl, field, interruptibility, intr_info, pin_based, secondary,
+        Field,
+    },
 };
 use crate::root::exit::{self, Action, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, IRQ_VALID, PASSTHROUGH_MSRS};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
     push_callee_saved, save_gprs_to_rax, x86, GuestRegs,
@@ -348,7 +351,9 @@ fn reinject_vectoring(vmcs: &Vmcs) {
     let info = vmcs.read(field::IDT_VECTORING_INFO_FIELD);
     let kind = info & intr_info::TYPE_MASK;
     if info & intr_info::VALID == 0
-        || (kind != intr_info::TYPE_NMI && kind != intr_info::TYPE_HW_EXCEPTION)
+        || (kind != intr_info::TYPE_NMI
+            && kind != intr_info::TYPE_HW_EXCEPTION
+            && kind != intr_info::TYPE_EXT_INTR)
     {
         return;
     }
@@ -360,6 +365,39 @@ fn reinject_vectoring(vmcs: &Vmcs) {
     }
     // Bits 30:12 of the vectoring information are reserved in the entry field.
     vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info & 0x8000_0fff);
+}
+
+/// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
+/// now (RFLAGS.IF, no STI or MOV SS shadow, no other event being injected); otherwise asks for
+/// an interrupt-window exit, after which the next entry tries again.
+fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
+    let proc = vmcs.read(field::CPU_BASED_VM_EXEC_CONTROL);
+    let mut want_window = false;
+    if v.irq & IRQ_VALID != 0 {
+        let busy = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD) & intr_info::VALID != 0;
+        let shadow = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO)
+            & (interruptibility::STI | interruptibility::MOV_SS)
+            != 0;
+        let open = vmcs.read(field::GUEST_RFLAGS) & rflags::IF != 0;
+        if !busy && !shadow && open {
+            vmcs.write(
+                field::VM_ENTRY_INTR_INFO_FIELD,
+                u32::from(v.irq & 0xff) | intr_info::TYPE_EXT_INTR | intr_info::VALID,
+            );
+            v.injected = v.irq;
+            v.irq = 0;
+        } else {
+            want_window = true;
+        }
+    }
+    let wanted = if want_window {
+        proc | cpu_based::INTR_WINDOW_EXITING
+    } else {
+        proc & !cpu_based::INTR_WINDOW_EXITING
+    };
+    if wanted != proc {
+        vmcs.write(field::CPU_BASED_VM_EXEC_CONTROL, wanted);
+    }
 }
 
 /// Decodes the exit of the current VMCS.
@@ -495,6 +533,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             vmx.vmcs
                 .write(field::GUEST_ACTIVITY_STATE, FORCED_FAILURE_ACTIVITY);
         }
+        deliver_irq(&vmx.vmcs, v);
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
         let failed = unsafe { vmx_guest_enter(&mut v.regs, u64::from(launched)) };

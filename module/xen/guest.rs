@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Hypercall arguments in guest-virtual memory, seen from the run loop: the vCPU's paging as
+//! root mode saved it at the end of the run, and the domain's RAM.
+
+use crate::keel_core::{
+    arch::{cr0, cr4, efer},
+    paging, state,
+    xen::abi::Errno,
+};
+use crate::root::domain::{DomainShared, RangeKind};
+use crate::root::vcpu::ArchState;
+
+/// A vCPU's view of its memory (supervisor accesses: hypercalls come from CPL 0).
+pub(super) struct Guest<'a> {
+    dom: &'a DomainShared,
+    ctl: state::Ctl,
+    long: bool,
+}
+
+impl<'a> Guest<'a> {
+    pub(super) fn new(dom: &'a DomainShared, arch: &ArchState, long: bool) -> Self {
+        Guest {
+            dom,
+            ctl: arch.ctl(),
+            long,
+        }
+    }
+
+    /// The guest-physical address of `gva`, where a CPU would not fault.
+    fn gpa(&self, gva: u64, write: bool) -> Option<u64> {
+        let c = &self.ctl;
+        if c.efer & efer::LMA != 0 && !state::canonical(gva, c.cr4 & cr4::LA57 != 0) {
+            return None;
+        }
+        let mode = paging::PagingMode::from_control_registers(c.cr0, c.cr4, c.efer);
+        let t = paging::walk(mode, c.cr3, gva, |pa| self.dom.read_u64(pa))?;
+        (!write || t.write || c.cr0 & cr0::WP == 0).then_some(t.pa)
+    }
+
+    fn at(&self, gva: u64, done: usize) -> u64 {
+        let a = gva.wrapping_add(done as u64);
+        if self.long {
+            a
+        } else {
+            a & 0xffff_ffff
+        }
+    }
+
+    /// Copies `buf.len()` bytes in from `gva`; EFAULT where a page is not mapped.
+    pub(super) fn read(&self, gva: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = self.at(gva, done);
+            let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
+            let gpa = self.gpa(a, false).ok_or(Errno::EFAULT)?;
+            if self.dom.read(gpa, &mut buf[done..done + n]) != n {
+                return Err(Errno::EFAULT);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` out to `gva`; EFAULT (nothing written) where a page is not writable RAM.
+    pub(super) fn write(&self, gva: u64, buf: &[u8]) -> Result<(), Errno> {
+        for pass in [false, true] {
+            let mut done = 0;
+            while done < buf.len() {
+                let a = self.at(gva, done);
+                let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
+                let gpa = self.gpa(a, true).ok_or(Errno::EFAULT)?;
+                if !pass {
+                    if self.dom.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
+                        return Err(Errno::EFAULT);
+                    }
+                } else if self.dom.write(gpa, &buf[done..done + n]) != n {
+                    return Err(Errno::EFAULT);
+                }
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an argument structure of `N` bytes.
+    pub(super) fn get<const N: usize>(&self, gva: u64) -> Result<[u8; N], Errno> {
+        let mut b = [0u8; N];
+        self.read(gva, &mut b)?;
+        Ok(b)
+    }
+}

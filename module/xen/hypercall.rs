@@ -1,0 +1,508 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The Xen hypercalls the run loop serves (root mode answers `xen_version` and
+//! `sched_op(yield|shutdown)` itself). Each checks every guest value, answers with Xen's errno,
+//! and returns the vCPUs the call made runnable.
+
+use kernel::prelude::*;
+
+use super::{guest::Guest, WakeSet, Xen, GNTTAB_FRAMES};
+use crate::keel_core::xen::abi::evtchnop;
+use crate::keel_core::xen::{
+    abi::{
+        domid, gnttabop, hvm_param, hvmop, hypercall as nr, schedop, vcpuop, vmasst, xenmem, Errno,
+        EvtchnAllocUnbound, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnSend,
+        EvtchnStatus, EvtchnUnmask, GnttabQuerySize, GnttabSetVersion, SchedPoll,
+        VcpuRegisterRunstateMemoryArea, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VcpuTimeInfo,
+        Width, XenAddToPhysmap, XenHvmParam, XenMemoryReservation,
+    },
+    evtchn::{self, Peer, Port},
+    time,
+};
+use crate::root::domain::{DomainShared, RangeKind};
+use crate::root::vcpu::VcpuState;
+
+/// `console_io` write: bytes taken per call.
+const CONSOLE_CHUNK: usize = 256;
+
+type HResult = Result<u64, Errno>;
+
+/// Serves hypercall `nr(args)` of vCPU `v`. Returns RAX and the vCPUs to wake; EINTR (not
+/// Xen's) when a signal ends a sleep: the run returns to userspace and the call completes with
+/// 0 when the vCPU runs again, as a wakeup would.
+pub(super) fn dispatch(
+    x: &Xen,
+    v: u32,
+    s: &mut VcpuState,
+    dom: &DomainShared,
+    call: u64,
+    args: [u64; 5],
+    long_mode: bool,
+) -> Result<(u64, WakeSet)> {
+    if !long_mode {
+        // 32-bit guests' layouts are not served yet.
+        return Ok((Errno::ENOSYS.rax(), WakeSet::default()));
+    }
+    let g = Guest::new(dom, &s.arch, long_mode);
+    let mut wake = WakeSet::default();
+    let cmd = args[0] as u32;
+    let r = match call {
+        nr::MEMORY_OP => memory_op(x, dom, &g, cmd, args[1]),
+        nr::HVM_OP => hvm_op(x, &g, cmd, args[1]),
+        nr::VCPU_OP => vcpu_op(x, v, dom, &g, cmd, args[1], args[2]),
+        nr::SET_TIMER_OP => {
+            set_timer(x, v, args[0]);
+            Ok(0)
+        }
+        nr::EVENT_CHANNEL_OP => evtchn_op(x, v, dom, &g, cmd, args[1], &mut wake),
+        nr::SCHED_OP => match cmd {
+            schedop::BLOCK => match x.block(v, dom, None) {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    s.completion_data = 0;
+                    return Err(e);
+                }
+            },
+            schedop::POLL => match poll(x, v, dom, &g, args[1]) {
+                Ok(r) => Ok(r),
+                Err(PollEnd::Guest(e)) => Err(e),
+                Err(PollEnd::Signal(e)) => {
+                    s.completion_data = 0;
+                    return Err(e);
+                }
+            },
+            _ => Err(Errno::ENOSYS),
+        },
+        nr::GRANT_TABLE_OP => gnttab_op(x, &g, cmd, args[1], args[2]),
+        nr::CONSOLE_IO => console_io(x, &g, cmd, args[1], args[2]),
+        nr::VM_ASSIST => {
+            if cmd == vmasst::CMD_ENABLE && args[1] as u32 == vmasst::TYPE_RUNSTATE_UPDATE_FLAG {
+                Ok(0)
+            } else {
+                Err(Errno::EINVAL)
+            }
+        }
+        _ => Err(Errno::ENOSYS),
+    };
+    let rax = match r {
+        Ok(v) => v,
+        Err(e) => e.rax(),
+    };
+    Ok((rax, wake))
+}
+
+/// `memory_op`: add_to_physmap for shared_info and grant frames, decrease_reservation.
+fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
+    match cmd {
+        xenmem::ADD_TO_PHYSMAP => {
+            let b = g.get::<24>(arg)?;
+            let a = XenAddToPhysmap::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            if a.domid != domid::SELF && a.domid != x.domid {
+                return Err(Errno::EPERM);
+            }
+            let gpa = a.gpfn.checked_mul(4096).ok_or(Errno::EINVAL)?;
+            // The page stays the guest's RAM page at that gfn, which Keel uses in place.
+            if dom.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
+                return Err(Errno::EINVAL);
+            }
+            match a.space {
+                xenmem::MAPSPACE_SHARED_INFO if a.idx == 0 => {
+                    x.map_shared_info(dom, gpa);
+                    Ok(0)
+                }
+                xenmem::MAPSPACE_GRANT_TABLE => {
+                    let i = a.idx as usize;
+                    if i >= GNTTAB_FRAMES {
+                        return Err(Errno::EINVAL);
+                    }
+                    dom.write(gpa, &[0u8; 4096]);
+                    x.inner.lock().gnttab[i] = Some(gpa);
+                    Ok(0)
+                }
+                _ => Err(Errno::EINVAL),
+            }
+        }
+        xenmem::DECREASE_RESERVATION => {
+            let b = g.get::<32>(arg)?;
+            let r = XenMemoryReservation::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            if r.domid != domid::SELF && r.domid != x.domid {
+                return Err(Errno::EPERM);
+            }
+            if r.extent_order != 0 {
+                return Err(Errno::EINVAL);
+            }
+            // Every extent must be a RAM gfn; the pages stay allocated (giving them back to
+            // Dom0 comes with the balloon work).
+            let mut done = 0u64;
+            while done < r.nr_extents {
+                let mut e = [0u8; 8];
+                if g.read(r.extent_start + done * 8, &mut e).is_err() {
+                    break;
+                }
+                let gpa = u64::from_le_bytes(e).checked_mul(4096);
+                if gpa.and_then(|a| dom.range_of(a)).map(|r| r.kind) != Some(RangeKind::Ram) {
+                    break;
+                }
+                done += 1;
+            }
+            Ok(done)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+impl Xen {
+    /// The guest placed shared_info at `gpa` (a RAM page, used in place): zeroed, every
+    /// vCPU's default slot given the pvclock record, the wallclock written.
+    fn map_shared_info(&self, dom: &DomainShared, gpa: u64) {
+        dom.write(gpa, &[0u8; 4096]);
+        let mut inner = self.inner.lock();
+        inner.shared_info = Some(gpa);
+        let wc = self.wallclock;
+        let l = super::GuestWords::LAYOUT;
+        dom.write(gpa + l.wc_version as u64, &2u32.to_le_bytes());
+        dom.write(gpa + l.wc_sec as u64, &wc.wc_sec().to_le_bytes());
+        dom.write(gpa + l.wc_nsec as u64, &wc.wc_nsec().to_le_bytes());
+        dom.write(gpa + l.wc_sec_hi as u64, &wc.wc_sec_hi().to_le_bytes());
+        for v in 0..self.nr_vcpus.min(32) {
+            if inner.vcpus[v as usize].vcpu_info.is_none() {
+                self.write_time(dom, gpa + u64::from(v) * l.vcpu_info_size as u64);
+            }
+        }
+        inner.evtchn.set_width(Width::Bits64);
+    }
+
+    /// Writes the pvclock record into the vcpu_info at `vcpu_info` (the record is a fixed
+    /// function of the TSC: written once, with an even version).
+    fn write_time(&self, dom: &DomainShared, vcpu_info: u64) {
+        let mut rec: VcpuTimeInfo = self.timebase.record(false);
+        rec.version = time::version_end(time::version_begin(0));
+        let at = vcpu_info + super::GuestWords::LAYOUT.time as u64;
+        dom.write(at, &rec.to_bytes());
+    }
+}
+
+/// `hvm_op`: params (the DomU may set only its callback), the rest ENOSYS as for Xen's PVH
+/// DomU where it has no use.
+fn hvm_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
+    match cmd {
+        hvmop::SET_PARAM | hvmop::GET_PARAM => {
+            let b = g.get::<16>(arg)?;
+            let mut p = XenHvmParam::from_bytes(&b).ok_or(Errno::EFAULT)?;
+            if p.domid != domid::SELF && p.domid != x.domid {
+                return Err(Errno::EPERM);
+            }
+            if cmd == hvmop::SET_PARAM {
+                if p.index != hvm_param::CALLBACK_IRQ {
+                    return Err(Errno::EPERM);
+                }
+                let kind = (p.value & hvm_param::CALLBACK_IRQ_TYPE_MASK)
+                    >> hvm_param::CALLBACK_IRQ_TYPE_SHIFT;
+                let vector = (p.value & 0xff) as u8;
+                let mut inner = x.inner.lock();
+                inner.callback = match kind {
+                    hvm_param::CALLBACK_TYPE_VECTOR if vector >= 0x10 => vector,
+                    // Linux sets 1 (GSI 1) once per-vCPU vectors are in use: nothing to do.
+                    hvm_param::CALLBACK_TYPE_GSI => 0,
+                    _ => return Err(Errno::EINVAL),
+                };
+                return Ok(0);
+            }
+            p.value = match p.index {
+                hvm_param::CALLBACK_IRQ => {
+                    let cb = x.inner.lock().callback;
+                    if cb == 0 {
+                        0
+                    } else {
+                        (hvm_param::CALLBACK_TYPE_VECTOR << hvm_param::CALLBACK_IRQ_TYPE_SHIFT)
+                            | u64::from(cb)
+                    }
+                }
+                i => x.get_param(i).map_err(|_| Errno::EINVAL)?,
+            };
+            g.write(arg, &p.to_bytes())?;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// `vcpu_op(cmd, vcpu, arg)`.
+fn vcpu_op(
+    x: &Xen,
+    caller: u32,
+    dom: &DomainShared,
+    g: &Guest<'_>,
+    cmd: u32,
+    target: u64,
+    arg: u64,
+) -> HResult {
+    if target >= u64::from(x.nr_vcpus) {
+        return Err(Errno::ENOENT);
+    }
+    let t = target as u32;
+    match cmd {
+        vcpuop::REGISTER_VCPU_INFO => {
+            let b = g.get::<16>(arg)?;
+            let r = VcpuRegisterVcpuInfo::from_bytes(&b).ok_or(Errno::EFAULT)?;
+            if r.rsvd != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let size = super::GuestWords::LAYOUT.vcpu_info_size as u32;
+            if r.offset > 4096 - size || r.offset % 8 != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let gpa = r.mfn.checked_mul(4096).ok_or(Errno::EINVAL)? + u64::from(r.offset);
+            if dom.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
+                return Err(Errno::EINVAL);
+            }
+            let mut inner = x.inner.lock();
+            if inner.vcpus[t as usize].vcpu_info.is_some() {
+                return Err(Errno::EINVAL);
+            }
+            // The new place starts with the old slot's contents (pending upcall and selector),
+            // as Xen copies them.
+            let mut old = [0u8; 64];
+            if let Some(sh) = inner.shared_info {
+                if t < 32 {
+                    dom.read(sh + u64::from(t) * u64::from(size), &mut old);
+                }
+            }
+            dom.write(gpa, &old[..16]);
+            inner.vcpus[t as usize].vcpu_info = Some(gpa);
+            drop(inner);
+            x.write_time(dom, gpa);
+            Ok(0)
+        }
+        vcpuop::REGISTER_RUNSTATE_MEMORY_AREA => {
+            let b = g.get::<8>(arg)?;
+            let r =
+                VcpuRegisterRunstateMemoryArea::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            x.inner.lock().vcpus[t as usize].runstate = r.addr;
+            Ok(0)
+        }
+        vcpuop::STOP_PERIODIC_TIMER => Ok(0),
+        vcpuop::SET_SINGLESHOT_TIMER => {
+            if t != caller {
+                return Err(Errno::EINVAL);
+            }
+            let b = g.get::<16>(arg)?;
+            let r = VcpuSetSingleshotTimer::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            if r.flags & vcpuop::SSHOTTMR_FUTURE != 0 && r.timeout_abs_ns < x.now() {
+                return Err(Errno::ETIME);
+            }
+            x.inner.lock().vcpus[t as usize].deadline = Some(r.timeout_abs_ns);
+            Ok(0)
+        }
+        vcpuop::STOP_SINGLESHOT_TIMER => {
+            if t != caller {
+                return Err(Errno::EINVAL);
+            }
+            x.inner.lock().vcpus[t as usize].deadline = None;
+            Ok(0)
+        }
+        vcpuop::IS_UP => {
+            let inner = x.inner.lock();
+            let v = &inner.vcpus[t as usize];
+            Ok(u64::from(!v.lapic.waiting_for_sipi() && !v.down))
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// `set_timer_op(timeout)`: the caller's one-shot timer at absolute system time `timeout`;
+/// 0 stops it.
+fn set_timer(x: &Xen, v: u32, timeout: u64) {
+    x.inner.lock().vcpus[v as usize].deadline = (timeout != 0).then_some(timeout);
+}
+
+/// How a poll ended other than with a result.
+enum PollEnd {
+    Guest(Errno),
+    Signal(kernel::error::Error),
+}
+
+/// `SCHEDOP_poll`: returns 0 once one of the ports is pending (masked or not), an event is
+/// for the vCPU, or the timeout (absolute system time, 0 none) passes.
+fn poll(x: &Xen, v: u32, dom: &DomainShared, g: &Guest<'_>, arg: u64) -> Result<u64, PollEnd> {
+    let b = g.get::<24>(arg).map_err(PollEnd::Guest)?;
+    let p = SchedPoll::decode(Width::Bits64, &b).ok_or(PollEnd::Guest(Errno::EFAULT))?;
+    if p.nr_ports > schedop::POLL_MAX_PORTS {
+        return Err(PollEnd::Guest(Errno::EINVAL));
+    }
+    let mut ports = [0 as Port; schedop::POLL_MAX_PORTS as usize];
+    for (i, port) in ports.iter_mut().take(p.nr_ports as usize).enumerate() {
+        let e = g.get::<4>(p.ports + 4 * i as u64).map_err(PollEnd::Guest)?;
+        *port = u32::from_le_bytes(e);
+        if *port > super::MAX_PORT {
+            return Err(PollEnd::Guest(Errno::EINVAL));
+        }
+    }
+    let deadline = (p.timeout != 0).then_some(p.timeout);
+    x.block_until(v, dom, Some(&ports[..p.nr_ports as usize]), deadline)
+        .map_err(PollEnd::Signal)?;
+    Ok(0)
+}
+
+/// `event_channel_op`.
+fn evtchn_op(
+    x: &Xen,
+    v: u32,
+    dom: &DomainShared,
+    g: &Guest<'_>,
+    cmd: u32,
+    arg: u64,
+    wake: &mut WakeSet,
+) -> HResult {
+    let mut inner = x.inner.lock();
+    let me = x.domid;
+    match cmd {
+        evtchnop::ALLOC_UNBOUND => {
+            let mut a = EvtchnAllocUnbound::from_bytes(&g.get::<8>(arg)?).ok_or(Errno::EFAULT)?;
+            if a.dom != domid::SELF && a.dom != me {
+                return Err(Errno::EPERM);
+            }
+            a.port = inner
+                .evtchn
+                .alloc_unbound(me, evtchn::self_or(a.remote_dom, me))?;
+            g.write(arg, &a.to_bytes())?;
+            Ok(0)
+        }
+        evtchnop::BIND_VIRQ => {
+            let mut a = EvtchnBindVirq::from_bytes(&g.get::<12>(arg)?).ok_or(Errno::EFAULT)?;
+            a.port = inner.evtchn.bind_virq(a.virq, a.vcpu)?;
+            g.write(arg, &a.to_bytes())?;
+            Ok(0)
+        }
+        evtchnop::BIND_IPI => {
+            let mut a = EvtchnBindIpi::from_bytes(&g.get::<8>(arg)?).ok_or(Errno::EFAULT)?;
+            a.port = inner.evtchn.bind_ipi(a.vcpu)?;
+            g.write(arg, &a.to_bytes())?;
+            Ok(0)
+        }
+        evtchnop::CLOSE => {
+            let a = EvtchnClose::from_bytes(&g.get::<4>(arg)?).ok_or(Errno::EFAULT)?;
+            if inner.dom0.iter().any(|p| p.ctx != 0 && p.port == a.port) {
+                // Dom0's end stays until Dom0 unbinds; the DomU's port closes.
+                if let Some(p) = inner.dom0.iter_mut().find(|p| p.port == a.port) {
+                    // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
+                    unsafe {
+                        kernel::bindings::eventfd_ctx_put(
+                            p.ctx as *mut kernel::bindings::eventfd_ctx,
+                        )
+                    };
+                    p.ctx = 0;
+                }
+            }
+            let Some(shared_info) = inner.shared_info else {
+                return Err(Errno::EINVAL);
+            };
+            let inner = &mut *inner;
+            let words = super::GuestWords {
+                dom,
+                shared_info,
+                vcpus: &inner.vcpus,
+            };
+            inner.evtchn.close(a.port, Peer::SameDomain, &words)?;
+            Ok(0)
+        }
+        evtchnop::SEND => {
+            let a = EvtchnSend::from_bytes(&g.get::<4>(arg)?).ok_or(Errno::EFAULT)?;
+            *wake = x.send(&inner, dom, a.port)?;
+            Ok(0)
+        }
+        evtchnop::STATUS => {
+            let a = EvtchnStatus::from_bytes(&g.get::<24>(arg)?).ok_or(Errno::EFAULT)?;
+            if a.dom != domid::SELF && a.dom != me {
+                return Err(Errno::EPERM);
+            }
+            let st = inner.evtchn.status(a.dom, a.port)?;
+            g.write(arg, &st.to_bytes())?;
+            Ok(0)
+        }
+        evtchnop::BIND_VCPU => {
+            let a = EvtchnBindVcpu::from_bytes(&g.get::<8>(arg)?).ok_or(Errno::EFAULT)?;
+            inner.evtchn.bind_vcpu(a.port, a.vcpu)?;
+            Ok(0)
+        }
+        evtchnop::UNMASK => {
+            let a = EvtchnUnmask::from_bytes(&g.get::<4>(arg)?).ok_or(Errno::EFAULT)?;
+            let Some(shared_info) = inner.shared_info else {
+                return Err(Errno::EINVAL);
+            };
+            let words = super::GuestWords {
+                dom,
+                shared_info,
+                vcpus: &inner.vcpus,
+            };
+            if inner.evtchn.unmask(a.port, &words)? {
+                if let Some(t) = inner.evtchn.notify_vcpu(a.port) {
+                    if t != v {
+                        wake.add(t);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// `grant_table_op(cmd, arg, count)`: the DomU's own table's size and version.
+fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult {
+    if count != 1 {
+        return Err(Errno::EINVAL);
+    }
+    match cmd {
+        gnttabop::QUERY_SIZE => {
+            let mut q = GnttabQuerySize::from_bytes(&g.get::<16>(arg)?).ok_or(Errno::EFAULT)?;
+            if q.dom != domid::SELF && q.dom != x.domid {
+                q.status = gnttabop::ST_BAD_DOMAIN;
+            } else {
+                let inner = x.inner.lock();
+                q.nr_frames = inner.gnttab.iter().filter(|f| f.is_some()).count() as u32;
+                q.max_nr_frames = GNTTAB_FRAMES as u32;
+                q.status = gnttabop::ST_OKAY;
+            }
+            g.write(arg, &q.to_bytes())?;
+            Ok(0)
+        }
+        gnttabop::SET_VERSION => {
+            let mut s = GnttabSetVersion::from_bytes(&g.get::<4>(arg)?).ok_or(Errno::EFAULT)?;
+            let ok = s.version == 1;
+            s.version = 1;
+            g.write(arg, &s.to_bytes())?;
+            if ok {
+                Ok(0)
+            } else {
+                Err(Errno::EINVAL)
+            }
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// `console_io(cmd, count, buffer)`: writes go to the kernel log, a line at a time.
+fn console_io(x: &Xen, g: &Guest<'_>, cmd: u32, count: u64, buf: u64) -> HResult {
+    match cmd {
+        crate::keel_core::xen::abi::consoleio::WRITE => {
+            let n = (count as usize).min(CONSOLE_CHUNK);
+            let mut b = [0u8; CONSOLE_CHUNK];
+            g.read(buf, &mut b[..n])?;
+            for line in b[..n].split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                let text: KVec<u8> = line
+                    .iter()
+                    .map(|&c| if (0x20..0x7f).contains(&c) { c } else { b'.' })
+                    .fold(KVec::new(), |mut v, c| {
+                        let _ = v.push(c, GFP_KERNEL);
+                        v
+                    });
+                if let Ok(s) = core::str::from_utf8(&text) {
+                    pr_info!("domain {}: {}\n", x.domid, s);
+                }
+            }
+            Ok(n as u64)
+        }
+        crate::keel_core::xen::abi::consoleio::READ => Ok(0),
+        _ => Err(Errno::ENOSYS),
+    }
+}

@@ -1,0 +1,668 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Xen PVH domains, the Linux side: what the run loop does for a domain created with
+//! `KEEL_CREATE_DOMAIN_XEN` between two entries of one of its vCPUs.
+//!
+//! Root mode answers the cheap exits itself (CPUID, `xen_version`, port I/O and holes as
+//! all-ones) and hands the rest to the vCPU's thread in the kernel (`module/domain/run.rs`),
+//! which calls [`Xen::handle_exit`]: the other hypercalls (`hypercall.rs`), the local APIC's
+//! MMIO page, HLT. Before each entry, [`Xen::prepare`] starts a vCPU that INIT/SIPI woke, fires
+//! its timer and picks the interrupt root mode injects: the Xen callback vector while the
+//! vCPU's `evtchn_upcall_pending` is set, else the local APIC's highest pending vector.
+//!
+//! Time is one timebase (`keel_core::xen::time::Timebase`): system time is the TSC since the
+//! domain was made, scaled to nanoseconds; pvclock records, the wallclock and the one-shot
+//! timers' absolute deadlines all use it. A vCPU that blocks (HLT, `SCHEDOP_block`/`poll`)
+//! sleeps on its wait queue until an event, its deadline or a signal; while it runs, an
+//! hrtimer pinned to its CPU makes the guest exit at the deadline.
+//!
+//! The domain-wide state is behind one spinlock (never taken in interrupt context): the event
+//! channel table, shared_info's place, the HVM params, the local APICs.
+
+mod guest;
+mod hypercall;
+mod sync;
+
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use kernel::{
+    bindings,
+    prelude::*,
+    sync::{new_spinlock, SpinLock},
+};
+
+use crate::keel_core::{
+    lapic::{self, Lapic},
+    xen::{
+        abi::{Errno, SharedInfoLayout, Width},
+        evtchn::{self, Map, Port, Raised, SendTarget, Table, Words},
+        time::{self as xtime, Timebase, Wallclock},
+    },
+};
+use crate::root::domain::DomainShared;
+use crate::root::exit::UserExit;
+use crate::root::vcpu::{ArchState, Completion, VcpuState, IRQ_VALID};
+use crate::root::x86;
+use crate::uapi;
+pub(crate) use sync::VcpuSync;
+
+/// Ports Dom0 may connect to one DomU.
+const MAX_DOM0_PORTS: usize = 32;
+/// Grant table frames a DomU may have (`GNTTABOP_query_size`'s max_nr_frames).
+pub(crate) const GNTTAB_FRAMES: usize = 16;
+/// The highest port (2-level, 64-bit shared_info).
+const MAX_PORT: Port = 4095;
+/// HVM params the toolstack sets, in `Inner::params` order.
+const PARAMS: [u32; 4] = [
+    uapi::KEEL_XEN_PARAM_STORE_PFN,
+    uapi::KEEL_XEN_PARAM_STORE_EVTCHN,
+    uapi::KEEL_XEN_PARAM_CONSOLE_PFN,
+    uapi::KEEL_XEN_PARAM_CONSOLE_EVTCHN,
+];
+
+/// A port connected to Dom0, and the eventfd its notifications signal.
+#[derive(Clone, Copy)]
+struct Dom0Port {
+    port: Port,
+    /// `struct eventfd_ctx *` (a reference held), 0 for a free slot.
+    ctx: usize,
+}
+
+/// One vCPU's Xen state.
+struct VcpuXen {
+    lapic: Lapic,
+    /// The registered vcpu_info's guest-physical address (else shared_info's slot).
+    vcpu_info: Option<u64>,
+    /// The runstate area's guest-virtual address (accepted; not updated yet).
+    runstate: u64,
+    /// The one-shot timer's deadline (system time, ns).
+    deadline: Option<u64>,
+    /// The interrupt the last prepare picked came from the local APIC.
+    irq_from_lapic: bool,
+    /// Down: halted with interrupts off (only INIT brings it back).
+    down: bool,
+}
+
+/// What the lock protects.
+struct Inner {
+    evtchn: KBox<Table>,
+    /// shared_info's guest-physical address.
+    shared_info: Option<u64>,
+    params: [u64; PARAMS.len()],
+    /// The callback vector (`HVM_PARAM_CALLBACK_IRQ` of type vector), 0 for none.
+    callback: u8,
+    dom0: [Dom0Port; MAX_DOM0_PORTS],
+    /// Guest-physical address of each grant-table frame the guest placed.
+    gnttab: [Option<u64>; GNTTAB_FRAMES],
+    vcpus: KVec<VcpuXen>,
+}
+
+/// A Xen domain's state beside its `Domain`.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Xen {
+    domid: u16,
+    nr_vcpus: u32,
+    timebase: Timebase,
+    wallclock: Wallclock,
+    #[pin]
+    inner: SpinLock<Inner>,
+    sync: KVec<Pin<KBox<VcpuSync>>>,
+}
+
+#[pinned_drop]
+impl PinnedDrop for Xen {
+    fn drop(self: Pin<&mut Self>) {
+        let inner = self.inner.lock();
+        for p in inner.dom0.iter().filter(|p| p.ctx != 0) {
+            // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
+            unsafe { bindings::eventfd_ctx_put(p.ctx as *mut bindings::eventfd_ctx) };
+        }
+    }
+}
+
+/// What the run loop does after [`Xen::handle_exit`].
+pub(crate) enum Handled {
+    /// Enter the guest again.
+    Resume,
+    /// The run ends with the exit for userspace.
+    ToUser,
+}
+
+/// The guest's event bitmaps in its memory: shared_info and the vCPUs' vcpu_info.
+struct GuestWords<'a> {
+    dom: &'a DomainShared,
+    shared_info: u64,
+    vcpus: &'a [VcpuXen],
+}
+
+impl GuestWords<'_> {
+    const LAYOUT: SharedInfoLayout = SharedInfoLayout::of(Width::Bits64);
+
+    /// The guest-physical address of vCPU `v`'s vcpu_info.
+    fn vcpu_info(&self, v: u32) -> Option<u64> {
+        match self.vcpus.get(v as usize)?.vcpu_info {
+            Some(gpa) => Some(gpa),
+            None if (v as usize) < 32 => {
+                Some(self.shared_info + u64::from(v) * Self::LAYOUT.vcpu_info_size as u64)
+            }
+            None => None,
+        }
+    }
+
+    /// The 64-bit word holding `bit` of `map`, and the bit's index in it.
+    fn word(&self, map: Map, bit: u32) -> Option<(&AtomicU64, u32)> {
+        let (base, bit) = match map {
+            Map::Pending => (self.shared_info + Self::LAYOUT.evtchn_pending as u64, bit),
+            Map::Mask => (self.shared_info + Self::LAYOUT.evtchn_mask as u64, bit),
+            Map::PendingSel(v) => (self.vcpu_info(v)? + Self::LAYOUT.pending_sel as u64, bit),
+            Map::UpcallPending(_) => return None,
+        };
+        let p = self.dom.ram_ptr(base + u64::from(bit / 64) * 8)?;
+        // SAFETY: `ram_ptr` gives a pointer into a RAM page of the domain, 8-byte aligned (the
+        // bitmaps are at 8-byte offsets of 8-byte aligned structures), valid while the domain
+        // lives; the guest changes the word with atomic instructions too.
+        Some((unsafe { AtomicU64::from_ptr(p.cast()) }, bit % 64))
+    }
+
+    /// vCPU `v`'s `evtchn_upcall_pending` byte.
+    fn upcall(&self, v: u32) -> Option<&AtomicU8> {
+        let p = self
+            .dom
+            .ram_ptr(self.vcpu_info(v)? + Self::LAYOUT.upcall_pending as u64)?;
+        // SAFETY: As in `word`; a byte needs no alignment.
+        Some(unsafe { AtomicU8::from_ptr(p) })
+    }
+}
+
+impl Words for GuestWords<'_> {
+    fn test(&self, map: Map, bit: u32) -> bool {
+        if let Map::UpcallPending(v) = map {
+            return self
+                .upcall(v)
+                .is_some_and(|b| b.load(Ordering::SeqCst) != 0);
+        }
+        self.word(map, bit)
+            .is_some_and(|(w, b)| w.load(Ordering::SeqCst) & (1 << b) != 0)
+    }
+
+    fn test_and_set(&self, map: Map, bit: u32) -> bool {
+        if let Map::UpcallPending(v) = map {
+            return self
+                .upcall(v)
+                .is_none_or(|b| b.swap(1, Ordering::SeqCst) != 0);
+        }
+        // A missing word reads as set: nothing further happens for it.
+        self.word(map, bit)
+            .is_none_or(|(w, b)| w.fetch_or(1 << b, Ordering::SeqCst) & (1 << b) != 0)
+    }
+
+    fn test_and_clear(&self, map: Map, bit: u32) -> bool {
+        if let Map::UpcallPending(v) = map {
+            return self
+                .upcall(v)
+                .is_some_and(|b| b.swap(0, Ordering::SeqCst) != 0);
+        }
+        self.word(map, bit)
+            .is_some_and(|(w, b)| w.fetch_and(!(1 << b), Ordering::SeqCst) & (1 << b) != 0)
+    }
+}
+
+/// A mask of vCPUs to wake (bit = vCPU id).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct WakeSet(pub(crate) u64);
+
+impl WakeSet {
+    fn add(&mut self, v: u32) {
+        if v < 64 {
+            self.0 |= 1 << v;
+        }
+    }
+}
+
+impl Xen {
+    /// The Xen state of a new domain with `nr_vcpus` vCPUs.
+    pub(crate) fn new(domid: u16, nr_vcpus: u32) -> Result<Pin<KBox<Self>>> {
+        // SAFETY: Set at boot (the TSC's calibrated rate), read only.
+        let tsc_khz = u64::from(unsafe { bindings::tsc_khz });
+        let tsc0 = x86::rdtsc();
+        let timebase = Timebase::new(tsc_khz * 1000, tsc0).ok_or(EINVAL)?;
+        let mut ts = bindings::timespec64::default();
+        // SAFETY: Fills the timespec.
+        unsafe { bindings::ktime_get_real_ts64(&mut ts) };
+        let real = (ts.tv_sec as u64) * xtime::NS_PER_SEC + ts.tv_nsec as u64;
+        let wallclock = Wallclock::at_system_time_zero(real, timebase.system_time(x86::rdtsc()));
+        let table = KBox::<Table>::new_uninit(GFP_KERNEL | __GFP_ZERO)?;
+        // SAFETY: Every field of `Table` is an integer: all-zero is a valid value (its docs).
+        let mut table = unsafe { table.assume_init() };
+        table.init(domid, nr_vcpus, MAX_PORT);
+        let mut vcpus = KVec::with_capacity(nr_vcpus as usize, GFP_KERNEL)?;
+        let mut sync = KVec::with_capacity(nr_vcpus as usize, GFP_KERNEL)?;
+        for id in 0..nr_vcpus {
+            let mut lapic = Lapic::new(lapic::Config {
+                apic_id: id,
+                bsp: id == 0,
+                x2apic: false,
+                tsc_deadline: false,
+                tsc_per_bus_cycle: 1,
+            });
+            // Application processors wait for INIT and SIPI (Xen's PVH: only vCPU 0 runs).
+            lapic.set_waiting_for_sipi(id != 0);
+            vcpus.push(
+                VcpuXen {
+                    lapic,
+                    vcpu_info: None,
+                    runstate: 0,
+                    deadline: None,
+                    irq_from_lapic: false,
+                    down: false,
+                },
+                GFP_KERNEL,
+            )?;
+            sync.push(VcpuSync::new()?, GFP_KERNEL)?;
+        }
+        KBox::pin_init(
+            try_pin_init!(Xen {
+                domid,
+                nr_vcpus,
+                timebase,
+                wallclock,
+                inner <- new_spinlock!(Inner {
+                    evtchn: table,
+                    shared_info: None,
+                    params: [0; PARAMS.len()],
+                    callback: 0,
+                    dom0: [Dom0Port { port: 0, ctx: 0 }; MAX_DOM0_PORTS],
+                    gnttab: [None; GNTTAB_FRAMES],
+                    vcpus,
+                }),
+                sync,
+            }? Error),
+            GFP_KERNEL,
+        )
+    }
+
+    /// System time now (ns since the domain was made).
+    pub(crate) fn now(&self) -> u64 {
+        self.timebase.system_time(x86::rdtsc())
+    }
+
+    /// `KEEL_DOMAIN_SET_PARAM`.
+    pub(crate) fn set_param(&self, index: u32, value: u64) -> Result {
+        let i = PARAMS.iter().position(|&p| p == index).ok_or(EINVAL)?;
+        self.inner.lock().params[i] = value;
+        Ok(())
+    }
+
+    /// `KEEL_DOMAIN_GET_PARAM`.
+    pub(crate) fn get_param(&self, index: u32) -> Result<u64> {
+        let i = PARAMS.iter().position(|&p| p == index).ok_or(EINVAL)?;
+        Ok(self.inner.lock().params[i])
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_BIND`: connects a DomU port to Dom0 with an eventfd (a reference
+    /// the caller took, which this keeps on success).
+    pub(crate) fn bind_dom0(&self, alloc: bool, port: Port, ctx: usize) -> Result<Port> {
+        let mut inner = self.inner.lock();
+        let slot = inner.dom0.iter().position(|p| p.ctx == 0).ok_or(ENOSPC)?;
+        let port = if alloc {
+            inner
+                .evtchn
+                .alloc_unbound(self.domid, 0)
+                .map_err(|_| ENOSPC)?
+        } else {
+            match inner.evtchn.state(port) {
+                Some(evtchn::State::Unbound { remote: 0 }) => port,
+                _ => return Err(EINVAL),
+            }
+        };
+        if inner.dom0.iter().any(|p| p.ctx != 0 && p.port == port) {
+            return Err(EBUSY);
+        }
+        inner.dom0[slot] = Dom0Port { port, ctx };
+        Ok(port)
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_UNBIND`.
+    pub(crate) fn unbind_dom0(&self, port: Port) -> Result {
+        let mut inner = self.inner.lock();
+        let p = inner
+            .dom0
+            .iter_mut()
+            .find(|p| p.ctx != 0 && p.port == port)
+            .ok_or(EINVAL)?;
+        // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
+        unsafe { bindings::eventfd_ctx_put(p.ctx as *mut bindings::eventfd_ctx) };
+        *p = Dom0Port { port: 0, ctx: 0 };
+        Ok(())
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_NOTIFY`: Dom0 raises a port connected to it. Returns the vCPUs to
+    /// wake.
+    pub(crate) fn notify_from_dom0(&self, dom: &DomainShared, port: Port) -> Result<WakeSet> {
+        let inner = self.inner.lock();
+        if !inner.dom0.iter().any(|p| p.ctx != 0 && p.port == port) {
+            return Err(EINVAL);
+        }
+        Ok(self.raise(&inner, dom, port))
+    }
+
+    /// Whether `port` is connected to Dom0 (a notify before the first run raises nothing:
+    /// shared_info is not placed yet).
+    pub(crate) fn check_dom0_port(&self, port: Port) -> Result {
+        let inner = self.inner.lock();
+        if inner.dom0.iter().any(|p| p.ctx != 0 && p.port == port) {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+
+    /// Raises `port` of this domain: pending, and the upcall of the vCPU it is bound to.
+    /// Returns the vCPUs to wake (the notified one, and every one if the port became pending:
+    /// a vCPU may be polling it while masked).
+    fn raise(&self, inner: &Inner, dom: &DomainShared, port: Port) -> WakeSet {
+        let Some(shared_info) = inner.shared_info else {
+            return WakeSet::default();
+        };
+        let words = GuestWords {
+            dom,
+            shared_info,
+            vcpus: &inner.vcpus,
+        };
+        let r: Raised = inner.evtchn.raise(port, &words);
+        let mut wake = WakeSet::default();
+        if r.newly_pending {
+            wake.0 = u64::MAX;
+        } else if r.notify {
+            if let Some(v) = inner.evtchn.notify_vcpu(port) {
+                wake.add(v);
+            }
+        }
+        wake
+    }
+
+    /// A guest's send on `port`: its own port, or Dom0's eventfd.
+    fn send(&self, inner: &Inner, dom: &DomainShared, port: Port) -> Result<WakeSet, Errno> {
+        if let Some(p) = inner.dom0.iter().find(|p| p.ctx != 0 && p.port == port) {
+            // SAFETY: The slot holds a reference; eventfd_signal_mask may be called from any
+            // context.
+            unsafe { bindings::eventfd_signal_mask(p.ctx as *mut bindings::eventfd_ctx, 0) };
+            return Ok(WakeSet::default());
+        }
+        match inner.evtchn.send(port)? {
+            SendTarget::Local { port } => Ok(self.raise(inner, dom, port)),
+            // No other DomU is reachable yet: interdomain ports end in Dom0 only.
+            SendTarget::Remote { .. } | SendTarget::Dropped => Ok(WakeSet::default()),
+        }
+    }
+
+    /// The wait queue and timer of vCPU `v`.
+    pub(crate) fn sync(&self, v: u32) -> &VcpuSync {
+        &self.sync[v as usize]
+    }
+
+    /// Wakes the blocked vCPUs of `set` (the caller kicks the running ones).
+    pub(crate) fn wake(&self, set: WakeSet) {
+        for (v, s) in self.sync.iter().enumerate() {
+            if v < 64 && set.0 & (1 << v) != 0 {
+                s.wake();
+            }
+        }
+    }
+
+    /// Whether vCPU `v` has something to do after HLT: an upcall, an APIC interrupt or event,
+    /// an expired timer.
+    fn has_work(&self, inner: &Inner, dom: &DomainShared, v: u32, now: u64) -> bool {
+        let Some(x) = inner.vcpus.get(v as usize) else {
+            return false;
+        };
+        if x.lapic.has_event() || x.lapic.highest_pending().is_some() {
+            return true;
+        }
+        if x.deadline.is_some_and(|d| d <= now) {
+            return true;
+        }
+        self.upcall_pending(inner, dom, v)
+    }
+
+    fn upcall_pending(&self, inner: &Inner, dom: &DomainShared, v: u32) -> bool {
+        let Some(shared_info) = inner.shared_info else {
+            return false;
+        };
+        let words = GuestWords {
+            dom,
+            shared_info,
+            vcpus: &inner.vcpus,
+        };
+        words.test(Map::UpcallPending(v), 0)
+    }
+
+    /// Before an entry of vCPU `v`: a vCPU waiting for SIPI or down sleeps until INIT/SIPI
+    /// (EINTR on a signal); an expired timer raises its VIRQ; the interrupt to inject is
+    /// picked (`s.irq`); the timer is armed on this CPU for a deadline in the run.
+    pub(crate) fn prepare(&self, v: u32, s: &mut VcpuState, dom: &DomainShared) -> Result<WakeSet> {
+        let mut wake = WakeSet::default();
+        loop {
+            let mut inner = self.inner.lock();
+            let x = &mut inner.vcpus[v as usize];
+            match x.lapic.take_event() {
+                Some(lapic::Event::Init) => {
+                    x.down = false;
+                    continue;
+                }
+                Some(lapic::Event::StartUp { vector }) => {
+                    x.down = false;
+                    drop(inner);
+                    start_real_mode(s, vector);
+                    continue;
+                }
+                Some(lapic::Event::Nmi) | None => {}
+            }
+            if x.lapic.waiting_for_sipi() || x.down {
+                drop(inner);
+                self.sync(v).block(
+                    || {
+                        let inner = self.inner.lock();
+                        let x = &inner.vcpus[v as usize];
+                        x.lapic.has_event()
+                    },
+                    None,
+                    || 0,
+                )?;
+                continue;
+            }
+            let now = self.now();
+            if x.deadline.is_some_and(|d| d <= now) {
+                x.deadline = None;
+                if let Some(port) = inner.evtchn.virq_port(v, 0) {
+                    let w = self.raise(&inner, dom, port);
+                    wake.0 |= w.0 & !(1u64 << v);
+                }
+            }
+            let x = &inner.vcpus[v as usize];
+            let callback = inner.callback;
+            let lapic_irq = x.lapic.highest_pending();
+            let (irq, from_lapic) = if callback != 0 && self.upcall_pending(&inner, dom, v) {
+                (IRQ_VALID | u16::from(callback), false)
+            } else if let Some(vec) = lapic_irq {
+                (IRQ_VALID | u16::from(vec), true)
+            } else {
+                (0, false)
+            };
+            s.irq = irq;
+            s.injected = 0;
+            inner.vcpus[v as usize].irq_from_lapic = from_lapic;
+            return Ok(wake);
+        }
+    }
+
+    /// The deadline of vCPU `v`'s timer as a relative time from now, for the run's hrtimer.
+    pub(crate) fn deadline_in(&self, v: u32) -> Option<u64> {
+        let d = self.inner.lock().vcpus[v as usize].deadline?;
+        Some(d.saturating_sub(self.now()))
+    }
+
+    /// After a run: the local APIC takes the interrupt root mode injected into service.
+    pub(crate) fn after_run(&self, v: u32, s: &mut VcpuState) {
+        if s.injected & IRQ_VALID == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let x = &mut inner.vcpus[v as usize];
+        if x.irq_from_lapic {
+            let _ = x.lapic.ack((s.injected & 0xff) as u8);
+        }
+        s.injected = 0;
+    }
+
+    /// Serves an exit of vCPU `v` that root mode left to the run loop. Returns what the run
+    /// loop does next, and the vCPUs to wake; EINTR when a signal interrupted a sleep.
+    pub(crate) fn handle_exit(
+        &self,
+        v: u32,
+        s: &mut VcpuState,
+        dom: &DomainShared,
+    ) -> Result<(Handled, WakeSet)> {
+        match s.exit {
+            UserExit::Hypercall {
+                nr,
+                args,
+                long_mode,
+            } => {
+                let (ret, wake) = hypercall::dispatch(self, v, s, dom, nr, args, long_mode)?;
+                s.completion_data = ret;
+                Ok((Handled::Resume, wake))
+            }
+            UserExit::Hlt => {
+                if s.arch.rflags & crate::keel_core::arch::rflags::IF == 0 {
+                    return Ok(self.vcpu_down(v, s));
+                }
+                self.block(v, dom, None)?;
+                Ok((Handled::Resume, WakeSet::default()))
+            }
+            UserExit::Mmio {
+                gpa,
+                size,
+                read,
+                data,
+            } if gpa & !0xfff == lapic::DEFAULT_BASE => {
+                let wake = self.lapic_mmio(v, s, gpa & 0xfff, size, read, data);
+                Ok((Handled::Resume, wake))
+            }
+            _ => Ok((Handled::ToUser, WakeSet::default())),
+        }
+    }
+
+    /// HLT with interrupts off: the vCPU is down (Xen's `hvm_vcpu_down`); when every vCPU is,
+    /// the domain powers off.
+    fn vcpu_down(&self, v: u32, s: &mut VcpuState) -> (Handled, WakeSet) {
+        let mut inner = self.inner.lock();
+        inner.vcpus[v as usize].down = true;
+        if inner
+            .vcpus
+            .iter()
+            .all(|x| x.down || x.lapic.waiting_for_sipi())
+        {
+            s.exit = UserExit::Shutdown {
+                xen_reason: Some(crate::keel_core::xen::abi::shutdown::POWEROFF),
+            };
+            return (Handled::ToUser, WakeSet::default());
+        }
+        (Handled::Resume, WakeSet::default())
+    }
+
+    /// Sleeps until vCPU `v` has work (or, with `poll`, until one of those ports is pending)
+    /// or system time `deadline`.
+    fn block(&self, v: u32, dom: &DomainShared, poll: Option<&[Port]>) -> Result {
+        self.block_until(v, dom, poll, None)
+    }
+
+    fn block_until(
+        &self,
+        v: u32,
+        dom: &DomainShared,
+        poll: Option<&[Port]>,
+        deadline: Option<u64>,
+    ) -> Result {
+        let timer = self.inner.lock().vcpus[v as usize].deadline;
+        let until = match (deadline, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.sync(v).block(
+            || {
+                let inner = self.inner.lock();
+                let now = self.now();
+                if self.has_work(&inner, dom, v, now) {
+                    return true;
+                }
+                if let (Some(ports), Some(shared_info)) = (poll, inner.shared_info) {
+                    let words = GuestWords {
+                        dom,
+                        shared_info,
+                        vcpus: &inner.vcpus,
+                    };
+                    if ports
+                        .iter()
+                        .any(|&p| evtchn::is_pending(&words, Width::Bits64, p))
+                    {
+                        return true;
+                    }
+                }
+                deadline.is_some_and(|d| d <= now)
+            },
+            until,
+            || self.now(),
+        )
+    }
+
+    /// An access to the local APIC's page.
+    fn lapic_mmio(
+        &self,
+        v: u32,
+        s: &mut VcpuState,
+        offset: u64,
+        size: u8,
+        read: bool,
+        data: u64,
+    ) -> WakeSet {
+        let now = x86::rdtsc();
+        let mut inner = self.inner.lock();
+        if read {
+            let value = inner.vcpus[v as usize].lapic.mmio_read(offset, size, now);
+            s.completion_data = value;
+            return WakeSet::default();
+        }
+        let effect = inner.vcpus[v as usize]
+            .lapic
+            .mmio_write(offset, size, data, now);
+        let mut wake = WakeSet::default();
+        if let lapic::Effect::SendIpi(ipi) = effect {
+            let mut addressing = [lapic::Addressing::default(); 64];
+            let n = inner.vcpus.len().min(64);
+            for (a, x) in addressing.iter_mut().zip(inner.vcpus.iter()) {
+                *a = x.lapic.addressing();
+            }
+            for t in ipi.targets(v as usize, &addressing[..n]).iter() {
+                if inner.vcpus[t].lapic.receive(&ipi) {
+                    wake.add(t as u32);
+                }
+            }
+        }
+        wake
+    }
+}
+
+/// Puts a vCPU in real mode at a SIPI's start address (Xen's `hvm_vcpu_reset_state`: CS =
+/// vector << 8, IP 0, the rest as after INIT).
+fn start_real_mode(s: &mut VcpuState, vector: u8) {
+    let mut a = ArchState::reset();
+    a.cs.selector = u16::from(vector) << 8;
+    a.cs.base = u64::from(lapic::sipi_start_address(vector));
+    a.rip = 0;
+    // The FPU, XCR0 and the syscall MSRs keep what they had (INIT leaves them).
+    a.xcr0 = s.arch.xcr0.max(1);
+    s.arch = a;
+    s.regs.gpr = [0; 16];
+    s.arch_dirty = true;
+    s.completion = Completion::None;
+}
