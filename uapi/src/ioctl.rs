@@ -10,8 +10,9 @@
 //! number against the C header.
 
 use super::{
-    keel_caps, keel_domain_create, keel_evtchn_bind, keel_evtchn_port, keel_domain_info, keel_domain_list, keel_mem_range, keel_regs,
-    keel_run, keel_sregs, keel_vcpu_create, keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
+    keel_caps, keel_domain_create, keel_domain_info, keel_domain_list, keel_evtchn_bind,
+    keel_evtchn_port, keel_mem_range, keel_regs, keel_run, keel_sregs, keel_vcpu_create,
+    keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
 };
 
 /// `_IOC` direction: no argument.
