@@ -19,9 +19,8 @@ impl EventFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: eventfd returned a new fd that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
     }
 
     /// The fd number (for `struct keel_evtchn_bind` and `poll`).
