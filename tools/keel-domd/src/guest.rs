@@ -158,11 +158,10 @@ pub fn entry_state(state: &VcpuState, sregs: &mut uapi::keel_sregs, regs: &mut u
     };
 }
 
-/// Builds the domain `cfg` describes (see the module's doc). Fails with a message that names
-/// the problem; whatever was created is gone again by then.
-pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
+/// Lays out the domain `cfg` describes with keel-builder (no module needed). Fails with a
+/// message naming the problem: a file that cannot be read, a file that is not a kernel.
+pub fn image(cfg: &DomainConfig) -> Result<keel_builder::Image, String> {
     check_config(cfg, host_memory())?;
-    let name = DomainName::new(&cfg.name).map_err(|e| format!("`name': {e}"))?;
     let kernel = std::fs::read(&cfg.kernel)
         .map_err(|e| format!("cannot read the kernel {}: {e}", cfg.kernel.display()))?;
     let initrd = match &cfg.ramdisk {
@@ -173,7 +172,7 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
         None => None,
     };
     let cmdline = cfg.cmdline.clone().unwrap_or_default();
-    let image = keel_builder::build(&keel_builder::Config {
+    keel_builder::build(&keel_builder::Config {
         kernel: &kernel,
         initrd: initrd.as_deref(),
         cmdline: &cmdline,
@@ -188,10 +187,14 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
             "{} is not a kernel Keel can boot: {e}",
             cfg.kernel.display()
         ),
-    })?;
-    drop(kernel);
-    drop(initrd);
+    })
+}
 
+/// Builds the domain `cfg` describes (see the module's doc). Fails with a message that names
+/// the problem; whatever was created is gone again by then.
+pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
+    let name = DomainName::new(&cfg.name).map_err(|e| format!("`name': {e}"))?;
+    let image = image(cfg)?;
     if let Some(domid) = name_in_use(dev, &cfg.name).map_err(|e| e.to_string())? {
         return Err(format!(
             "a domain named '{}' already exists (id {domid})",
@@ -363,6 +366,26 @@ mod tests {
         assert!(check_config(&dir_as_kernel, None)
             .unwrap_err()
             .contains("is not a regular file"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_kernel_is_named() {
+        let (c, dir) = cfg("name='a'\ntype='pvh'\nkernel='notes.txt'\n");
+        std::fs::write(dir.join("notes.txt"), b"hello, not a kernel\n").unwrap();
+        let e = image(&c).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "{} is not a kernel Keel can boot: ",
+                c.kernel.display()
+            )),
+            "{e}"
+        );
+        let elf = dir.join("elf");
+        let mut bytes = vec![0u8; 64];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        std::fs::write(&elf, bytes).unwrap();
+        let e = image(&DomainConfig { kernel: elf, ..c }).unwrap_err();
+        assert!(e.contains("is not a kernel Keel can boot"), "{e}");
     }
 
     #[test]
