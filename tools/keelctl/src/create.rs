@@ -70,9 +70,8 @@ pub fn parse_report(out: &str) -> Result<u32, Option<String>> {
 }
 
 /// Reads and checks the config the way keel-domd will, before starting it: the config's
-/// own errors, its files, its memory against the host's, and its name against the live
-/// domains (when `dev` is given). Prints the config's warnings.
-pub fn check(args: &CreateArgs, dev: Option<&KeelDev>) -> Result<DomainConfig, String> {
+/// own errors, its files and its memory against the host's. Prints the config's warnings.
+pub fn check(args: &CreateArgs) -> Result<DomainConfig, String> {
     let cwd =
         std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
     let cfg = DomainConfig::load(&args.config, &args.overrides, &cwd).map_err(|e| e.to_string())?;
@@ -80,21 +79,20 @@ pub fn check(args: &CreateArgs, dev: Option<&KeelDev>) -> Result<DomainConfig, S
         eprintln!("keelctl: warning: {w}");
     }
     check_config(&cfg, host_memory())?;
-    if let Some(dev) = dev {
-        if let Some(id) = name_in_use(dev, &cfg.name).map_err(|e| e.to_string())? {
-            return Err(format!(
-                "a domain named '{}' already exists (id {id})",
-                cfg.name
-            ));
-        }
-    }
     Ok(cfg)
 }
 
 /// Runs `keelctl create`; returns the new domain's name and id.
 pub fn create(args: &CreateArgs, device: &Path) -> Result<(String, u32), String> {
+    // The config's own problems first: they need no module.
+    let cfg = check(args)?;
     let dev = KeelDev::open(device).map_err(|e| crate::error_text(&e))?;
-    let cfg = check(args, Some(&dev))?;
+    if let Some(id) = name_in_use(&dev, &cfg.name).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "a domain named '{}' already exists (id {id})",
+            cfg.name
+        ));
+    }
     drop(dev);
     Dirs::from_env().clean_stale();
     let domd = find_domd()?;
@@ -167,27 +165,28 @@ mod tests {
         let k = d.join("vmlinux");
         std::fs::write(&k, b"\x7fELF but not really").unwrap();
         let base = format!("name='t'\ntype='pvh'\nkernel='{}'\n", k.display());
-        let missing = check(
-            &args(&d, "name='t'\ntype='pvh'\nkernel='/no/such/vmlinux'\n", &[]),
-            None,
-        )
+        let missing = check(&args(
+            &d,
+            "name='t'\ntype='pvh'\nkernel='/no/such/vmlinux'\n",
+            &[],
+        ))
         .unwrap_err();
         assert!(
             missing.starts_with("cannot read the kernel /no/such/vmlinux (`kernel'):"),
             "{missing}"
         );
-        let e = check(&args(&d, &base, &["vcpus=0"]), None).unwrap_err();
+        let e = check(&args(&d, &base, &["vcpus=0"])).unwrap_err();
         assert!(
             e.contains("`vcpus' = 0: a domain needs at least 1 vCPU"),
             "{e}"
         );
-        let e = check(&args(&d, &base, &["memory=1099511627776"]), None).unwrap_err();
+        let e = check(&args(&d, &base, &["memory=1099511627776"])).unwrap_err();
         assert!(e.contains("more than the host's"), "{e}");
-        let e = check(&args(&d, &base, &["type=\"hvm\""]), None).unwrap_err();
+        let e = check(&args(&d, &base, &["type=\"hvm\""])).unwrap_err();
         assert!(e.contains("Keel runs PVH guests only"), "{e}");
-        let e = check(&args(&d, &base, &["memory=lots"]), None).unwrap_err();
+        let e = check(&args(&d, &base, &["memory=lots"])).unwrap_err();
         assert!(e.contains("memory"), "{e}");
-        assert_eq!(check(&args(&d, &base, &[]), None).unwrap().name, "t");
+        assert_eq!(check(&args(&d, &base, &[])).unwrap().name, "t");
         let _ = std::fs::remove_dir_all(&d);
     }
 }
