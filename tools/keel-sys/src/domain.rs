@@ -7,7 +7,35 @@ use std::{
 
 use keel_uapi as uapi;
 
-use crate::{addr::GuestAddress, error::Error, ioctl, memory::GuestRam, vcpu::Vcpu};
+use crate::{
+    addr::GuestAddress, error::Error, eventfd::EventFd, ioctl, memory::GuestRam, vcpu::Vcpu,
+};
+
+/// A Xen HVM parameter the toolstack sets for a PVH guest (`KEEL_XEN_PARAM_*`, Xen's
+/// `HVM_PARAM_*` numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenParam {
+    /// `HVM_PARAM_STORE_PFN` (1): the XenStore ring's page frame.
+    StorePfn,
+    /// `HVM_PARAM_STORE_EVTCHN` (2): the XenStore event channel (the DomU's port).
+    StoreEvtchn,
+    /// `HVM_PARAM_CONSOLE_PFN` (17): the console ring's page frame.
+    ConsolePfn,
+    /// `HVM_PARAM_CONSOLE_EVTCHN` (18): the console event channel (the DomU's port).
+    ConsoleEvtchn,
+}
+
+impl XenParam {
+    /// The header's index.
+    pub fn index(self) -> u32 {
+        match self {
+            Self::StorePfn => uapi::KEEL_XEN_PARAM_STORE_PFN,
+            Self::StoreEvtchn => uapi::KEEL_XEN_PARAM_STORE_EVTCHN,
+            Self::ConsolePfn => uapi::KEEL_XEN_PARAM_CONSOLE_PFN,
+            Self::ConsoleEvtchn => uapi::KEEL_XEN_PARAM_CONSOLE_EVTCHN,
+        }
+    }
+}
 
 /// What a guest-physical range holds (`KEEL_RANGE_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +139,10 @@ pub struct DomainInfo {
     pub vcpu_mask: u64,
     /// Bit i: vCPU i is inside `KEEL_VCPU_RUN`.
     pub running_mask: u64,
+    /// Time its vCPUs spent in the guest, nanoseconds.
+    pub cpu_ns: u64,
+    /// A Xen PVH domain (`KEEL_CREATE_DOMAIN_XEN`).
+    pub xen: bool,
 }
 
 impl From<&uapi::keel_domain_info> for DomainInfo {
@@ -127,6 +159,8 @@ impl From<&uapi::keel_domain_info> for DomainInfo {
             nr_ranges: raw.nr_ranges,
             vcpu_mask: raw.vcpu_mask,
             running_mask: raw.running_mask,
+            cpu_ns: raw.cpu_ns,
+            xen: raw.flags & uapi::KEEL_CREATE_DOMAIN_XEN != 0,
         }
     }
 }
@@ -223,6 +257,108 @@ impl Domain {
         Ok(())
     }
 
+    /// `KEEL_DOMAIN_SET_PARAM` (Xen domains): sets HVM param `param` to `value`.
+    pub fn set_param(&self, param: XenParam, value: u64) -> Result<(), Error> {
+        let p = uapi::keel_xen_param {
+            index: param.index(),
+            pad: 0,
+            value,
+        };
+        // SAFETY: KEEL_DOMAIN_SET_PARAM is `iow::<keel_xen_param>` and reads only that
+        // structure (integers, no pointers).
+        unsafe {
+            ioctl::ioctl_with_ref(
+                self.fd.as_fd(),
+                "KEEL_DOMAIN_SET_PARAM",
+                uapi::KEEL_DOMAIN_SET_PARAM,
+                &p,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// `KEEL_DOMAIN_GET_PARAM` (Xen domains): HVM param `param`'s value.
+    pub fn param(&self, param: XenParam) -> Result<u64, Error> {
+        let mut p = uapi::keel_xen_param {
+            index: param.index(),
+            pad: 0,
+            value: 0,
+        };
+        // SAFETY: KEEL_DOMAIN_GET_PARAM is `iowr::<keel_xen_param>`: the kernel reads the
+        // index from that structure and writes the value into it (integers only), nothing else.
+        unsafe {
+            ioctl::ioctl_with_mut(
+                self.fd.as_fd(),
+                "KEEL_DOMAIN_GET_PARAM",
+                uapi::KEEL_DOMAIN_GET_PARAM,
+                &mut p,
+            )
+        }?;
+        Ok(p.value)
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_BIND` with `KEEL_EVTCHN_ALLOC` (Xen domains): allocates a new port
+    /// in the DomU connected to Dom0, signalling `eventfd` whenever the guest sends on it.
+    /// Returns the DomU's port (what goes into the `*_EVTCHN` params).
+    pub fn evtchn_alloc(&self, eventfd: &EventFd) -> Result<u32, Error> {
+        self.evtchn_bind_raw(uapi::KEEL_EVTCHN_ALLOC, 0, eventfd)
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_BIND` without `KEEL_EVTCHN_ALLOC` (Xen domains): connects `port`,
+    /// which the DomU allocated unbound for remote domain 0, to Dom0, signalling `eventfd`
+    /// whenever the guest sends on it.
+    pub fn evtchn_bind(&self, port: u32, eventfd: &EventFd) -> Result<u32, Error> {
+        self.evtchn_bind_raw(0, port, eventfd)
+    }
+
+    fn evtchn_bind_raw(&self, flags: u32, port: u32, eventfd: &EventFd) -> Result<u32, Error> {
+        let mut bind = uapi::keel_evtchn_bind {
+            flags,
+            port,
+            eventfd: eventfd.as_raw(),
+            pad: 0,
+        };
+        // SAFETY: KEEL_DOMAIN_EVTCHN_BIND is `iowr::<keel_evtchn_bind>`: the kernel reads that
+        // structure (the eventfd is an fd number, not a pointer) and writes the port back into
+        // it, nothing else of ours.
+        unsafe {
+            ioctl::ioctl_with_mut(
+                self.fd.as_fd(),
+                "KEEL_DOMAIN_EVTCHN_BIND",
+                uapi::KEEL_DOMAIN_EVTCHN_BIND,
+                &mut bind,
+            )
+        }?;
+        Ok(bind.port)
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_NOTIFY` (Xen domains): raises the DomU's `port`, which must be
+    /// bound to Dom0.
+    pub fn evtchn_notify(&self, port: u32) -> Result<(), Error> {
+        self.evtchn_port_op(
+            "KEEL_DOMAIN_EVTCHN_NOTIFY",
+            uapi::KEEL_DOMAIN_EVTCHN_NOTIFY,
+            port,
+        )
+    }
+
+    /// `KEEL_DOMAIN_EVTCHN_UNBIND` (Xen domains): closes Dom0's end of `port`.
+    pub fn evtchn_unbind(&self, port: u32) -> Result<(), Error> {
+        self.evtchn_port_op(
+            "KEEL_DOMAIN_EVTCHN_UNBIND",
+            uapi::KEEL_DOMAIN_EVTCHN_UNBIND,
+            port,
+        )
+    }
+
+    fn evtchn_port_op(&self, name: &'static str, cmd: u32, port: u32) -> Result<(), Error> {
+        let p = uapi::keel_evtchn_port { port, pad: 0 };
+        // SAFETY: both commands are `iow::<keel_evtchn_port>` and read only that structure
+        // (integers, no pointers).
+        unsafe { ioctl::ioctl_with_ref(self.fd.as_fd(), name, cmd, &p) }?;
+        Ok(())
+    }
+
     /// `KEEL_DOMAIN_INFO`: the domain's state.
     pub fn info(&self) -> Result<DomainInfo, Error> {
         let mut raw = uapi::keel_domain_info::default();
@@ -259,6 +395,14 @@ mod tests {
     }
 
     #[test]
+    fn param_indexes_are_xens() {
+        assert_eq!(XenParam::StorePfn.index(), 1);
+        assert_eq!(XenParam::StoreEvtchn.index(), 2);
+        assert_eq!(XenParam::ConsolePfn.index(), 17);
+        assert_eq!(XenParam::ConsoleEvtchn.index(), 18);
+    }
+
+    #[test]
     fn info_from_raw() {
         let mut raw = uapi::keel_domain_info {
             domid: 7,
@@ -272,8 +416,12 @@ mod tests {
             ..Default::default()
         };
         raw.name[..3].copy_from_slice(&[b'a' as libc::c_char, b'b' as _, b'c' as _]);
+        raw.cpu_ns = 1_500_000_000;
+        raw.flags = uapi::KEEL_CREATE_DOMAIN_XEN;
         let i = DomainInfo::from(&raw);
         assert_eq!(i.name, "abc");
+        assert_eq!(i.cpu_ns, 1_500_000_000);
+        assert!(i.xen);
         assert!(i.started && !i.paused);
         assert_eq!(i.memory_used, 8 << 20);
     }

@@ -92,7 +92,30 @@ impl KeelDev {
         max_vcpus: u32,
         memory_size: u64,
     ) -> Result<Domain, Error> {
+        self.create_domain_with(name, max_vcpus, memory_size, 0)
+    }
+
+    /// `KEEL_CREATE_DOMAIN` with `KEEL_CREATE_DOMAIN_XEN`: a new Xen PVH domain (see "Xen PVH
+    /// domains" in the header), whose HVM params and Dom0 event channels the [`Domain`]'s
+    /// `*_param` and `evtchn_*` methods reach.
+    pub fn create_xen_domain(
+        &self,
+        name: &DomainName,
+        max_vcpus: u32,
+        memory_size: u64,
+    ) -> Result<Domain, Error> {
+        self.create_domain_with(name, max_vcpus, memory_size, uapi::KEEL_CREATE_DOMAIN_XEN)
+    }
+
+    fn create_domain_with(
+        &self,
+        name: &DomainName,
+        max_vcpus: u32,
+        memory_size: u64,
+        flags: u32,
+    ) -> Result<Domain, Error> {
         let mut create = uapi::keel_domain_create {
+            flags,
             max_vcpus,
             memory_size,
             name: name.to_raw(),

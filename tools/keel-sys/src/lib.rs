@@ -14,14 +14,16 @@
 mod addr;
 mod domain;
 mod error;
+mod eventfd;
 mod ioctl;
 mod keel;
 mod memory;
 mod vcpu;
 
 pub use addr::GuestAddress;
-pub use domain::{name_from_raw, Domain, DomainInfo, DomainName, RangeKind};
+pub use domain::{name_from_raw, Domain, DomainInfo, DomainName, RangeKind, XenParam};
 pub use error::{errno_name, Error};
+pub use eventfd::EventFd;
 pub use keel::{KeelDev, DEVICE_PATH};
 pub use keel_uapi as uapi;
 pub use memory::{offset_in, GuestMemoryWrite, GuestRam, RamError};

@@ -119,6 +119,15 @@ impl GuestRam {
         self.size
     }
 
+    /// The first byte of the mapping in this process, for shared rings that need atomic
+    /// accesses (a console or XenStore page). The pointer is valid for [`GuestRam::size`]
+    /// bytes while this value lives; the guest writes the memory concurrently, so it must only
+    /// be accessed through raw pointers (volatile or atomic), never through references to
+    /// plain data.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// Copies guest memory at `gpa` into `buf`.
     pub fn read_at(&self, gpa: GuestAddress, buf: &mut [u8]) -> Result<(), RamError> {
         let offset = offset_in(self.gpa, self.size, gpa, buf.len() as u64)?;
@@ -135,6 +144,14 @@ impl GuestRam {
         Ok(())
     }
 }
+
+// SAFETY: the mapping is process-wide shared memory that stays mapped until drop; every access
+// through this type is a bounds-checked raw copy (the guest writes the same memory anyway, so
+// no Rust reference into it is ever formed), which is as sound from another thread as from this
+// one.
+unsafe impl Send for GuestRam {}
+// SAFETY: as for `Send`: `&self` methods only copy out of the mapping through raw pointers.
+unsafe impl Sync for GuestRam {}
 
 impl GuestMemoryWrite for GuestRam {
     fn write_at(&mut self, gpa: GuestAddress, bytes: &[u8]) -> Result<(), RamError> {

@@ -172,7 +172,7 @@ pub struct DomainConfig {
     pub memory_mib: u64,
     /// `maxmem`, in MiB (`memory` when absent; never below it).
     pub maxmem_mib: u64,
-    /// `vcpus`: the vCPUs online at boot (1 when absent or below 1, as in xl).
+    /// `vcpus`: the vCPUs online at boot (1 when absent; below 1 is refused, where xl takes 1).
     pub vcpus: u32,
     /// `maxvcpus`: the vCPUs the guest may bring up (`vcpus` when absent or 0).
     pub max_vcpus: u32,
@@ -390,10 +390,12 @@ impl Reader<'_> {
         let mut vcpus = 1;
         if let Some(n) = self.bounded("vcpus", i64::MIN, limit)? {
             if n < 1 {
-                let setting = self.config.get("vcpus").cloned();
-                if let Some(setting) = setting {
-                    self.warn(&setting, format!("`vcpus' = {n} taken as 1, as xl does"));
-                }
+                // xl quietly takes it as 1; Keel refuses it, as a likely typo.
+                let setting = self.config.get("vcpus").expect("vcpus was read");
+                return Err(Diagnostic::at(
+                    &setting.location,
+                    format!("`vcpus' = {n}: a domain needs at least 1 vCPU"),
+                ));
             } else {
                 vcpus = u32::try_from(n).unwrap_or(u32::MAX);
             }

@@ -1,9 +1,11 @@
-//! `keelctl list`: the live domains, as `KEEL_LIST_DOMAINS` reports them (`xl list`'s place).
+//! `keelctl list`: the live domains, as `KEEL_LIST_DOMAINS` reports them, in `xl list`'s
+//! columns; a domain's keel-domd adds what only it knows (shut down, crashed, dying).
 use serde::Serialize;
 
+use keel_domd::proto::RunState;
 use keel_sys::DomainInfo;
 
-use crate::units::{mib, MIB};
+use crate::units::MIB;
 
 /// One domain as `list` shows it.
 #[derive(Debug, PartialEq, Serialize)]
@@ -32,6 +34,52 @@ pub struct DomainRow {
     pub memory_limit: u64,
     /// Ranges in its map.
     pub ranges: u32,
+    /// xl's state letters `rbpscd`, `-` where not (see [`state_letters`]).
+    pub state_letters: String,
+    /// Its memory as xl shows it: RAM and ROM in its map, whole MiB.
+    pub mem_mib: u64,
+    /// Time its vCPUs spent in the guest, seconds.
+    pub time_s: f64,
+    /// The same, nanoseconds.
+    pub cpu_ns: u64,
+    /// A Xen PVH domain.
+    pub xen: bool,
+    /// The pid of the keel-domd serving it, if one does.
+    pub domd_pid: Option<u32>,
+}
+
+/// What a domain's keel-domd says about it, for [`DomainRow`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Domd {
+    /// Its pid.
+    pub pid: u32,
+    /// The state it reported, if it answered.
+    pub state: Option<RunState>,
+}
+
+/// xl's six state letters, `-` where not: r running, b blocked, p paused, s shut down,
+/// c crashed, d dying. The module knows paused and whether vCPUs are inside
+/// `KEEL_VCPU_RUN` (running: an idle vCPU sleeps in there too) or not (blocked: not started,
+/// or its process is not running it); a domain's keel-domd knows s, c and d.
+pub fn state_letters(info: &DomainInfo, domd: Option<RunState>) -> String {
+    let at = |i: usize| {
+        let mut s = *b"------";
+        s[i] = b"rbpscd"[i];
+        String::from_utf8_lossy(&s).into_owned()
+    };
+    match domd {
+        Some(RunState::Shutdown) => at(3),
+        Some(RunState::Crashed) => at(4),
+        Some(RunState::Dying) => at(5),
+        _ if info.paused => at(2),
+        _ if info.running_mask != 0 => at(0),
+        _ => at(1),
+    }
+}
+
+/// Seconds from nanoseconds, for the Time(s) column.
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
 }
 
 /// The set bits of `mask`, lowest first.
@@ -50,8 +98,9 @@ pub fn state(info: &DomainInfo) -> &'static str {
     }
 }
 
-impl From<&DomainInfo> for DomainRow {
-    fn from(i: &DomainInfo) -> Self {
+impl DomainRow {
+    /// The row of `i`, with what its keel-domd said.
+    pub fn new(i: &DomainInfo, domd: Option<Domd>) -> Self {
         Self {
             id: i.domid,
             name: i.name.clone(),
@@ -65,49 +114,32 @@ impl From<&DomainInfo> for DomainRow {
             memory_used: i.memory_used,
             memory_limit: i.memory_size,
             ranges: i.nr_ranges,
+            state_letters: state_letters(i, domd.and_then(|d| d.state)),
+            mem_mib: i.memory_used / MIB,
+            time_s: (seconds(i.cpu_ns) * 10.0).round() / 10.0,
+            cpu_ns: i.cpu_ns,
+            xen: i.xen,
+            domd_pid: domd.map(|d| d.pid),
         }
     }
 }
 
-/// The rows for `domains`.
-pub fn rows(domains: &[DomainInfo]) -> Vec<DomainRow> {
-    domains.iter().map(DomainRow::from).collect()
+/// The rows for `domains`; `domd` says what each one's keel-domd reports.
+pub fn rows(domains: &[DomainInfo], domd: impl Fn(&DomainInfo) -> Option<Domd>) -> Vec<DomainRow> {
+    domains.iter().map(|d| DomainRow::new(d, domd(d))).collect()
 }
 
-/// The table: one line per domain under a header, or `no domains`.
-pub fn human(domains: &[DomainInfo]) -> String {
-    if domains.is_empty() {
-        return "no domains\n".into();
-    }
-    let name_width = domains
-        .iter()
-        .map(|d| d.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+/// xl list's table: Name, ID, Mem (MiB), VCPUs, State, Time(s), under a header.
+pub fn human(rows: &[DomainRow]) -> String {
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(40);
     let mut out = format!(
-        "{:>5}  {:<name_width$}  {:<7}  {:>5}  {:<7}  {:>13}\n",
-        "ID", "NAME", "STATE", "VCPUS", "RUNNING", "MEMORY MiB"
+        "{:<w$} {:>5} {:>5} {:>5} {:>10} {:>9}\n",
+        "Name", "ID", "Mem", "VCPUs", "State", "Time(s)"
     );
-    for d in domains {
-        let running = bits(d.running_mask);
-        let running = if running.is_empty() {
-            "-".to_string()
-        } else {
-            running
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+    for r in rows {
         out.push_str(&format!(
-            "{:>5}  {:<name_width$}  {:<7}  {:>5}  {:<7}  {:>13}\n",
-            d.domid,
-            d.name,
-            state(d),
-            format!("{}/{}", d.nr_vcpus, d.max_vcpus),
-            running,
-            format!("{}/{}", mib(d.memory_used), mib(d.memory_size)),
+            "{:<w$} {:>5} {:>5} {:>5} {:>10} {:>9.1}\n",
+            r.name, r.id, r.mem_mib, r.vcpus, r.state_letters, r.time_s
         ));
     }
     out
@@ -130,6 +162,8 @@ mod tests {
                 nr_ranges: 1,
                 vcpu_mask: 1,
                 running_mask: 1,
+                cpu_ns: 2_460_000_000,
+                xen: true,
                 ..Default::default()
             },
             DomainInfo {
@@ -156,31 +190,61 @@ mod tests {
     }
 
     #[test]
+    fn letters() {
+        let d = sample();
+        assert_eq!(state_letters(&d[0], None), "r-----");
+        assert_eq!(state_letters(&d[1], None), "--p---");
+        assert_eq!(state_letters(&d[2], None), "-b----");
+        assert_eq!(state_letters(&d[0], Some(RunState::Running)), "r-----");
+        assert_eq!(state_letters(&d[1], Some(RunState::Shutdown)), "---s--");
+        assert_eq!(state_letters(&d[0], Some(RunState::Crashed)), "----c-");
+        assert_eq!(state_letters(&d[0], Some(RunState::Dying)), "-----d");
+    }
+
+    #[test]
     fn table() {
-        let t = human(&sample());
+        let rows = rows(&sample(), |_| None);
+        let t = human(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[0].contains("ID") && lines[0].contains("MEMORY MiB"));
+        let cols: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(cols, ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"]);
+        assert!(lines[0].starts_with(&format!("{:<40} ", "Name")));
         let cols: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cols, ["1", "spin", "running", "1/1", "0", "16/16"]);
+        assert_eq!(cols, ["spin", "1", "16", "1", "r-----", "2.5"]);
         let cols: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(
-            cols,
-            ["12", "a-longer-name", "paused", "2/4", "-", "32.5/64"]
-        );
+        assert_eq!(cols, ["a-longer-name", "12", "32", "2", "--p---", "0.0"]);
         let cols: Vec<&str> = lines[3].split_whitespace().collect();
-        assert_eq!(cols, ["13", "new", "created", "0/2", "-", "0/4"]);
-        assert_eq!(human(&[]), "no domains\n");
+        assert_eq!(cols, ["new", "13", "0", "0", "-b----", "0.0"]);
+        assert_eq!(human(&[]).lines().count(), 1);
     }
 
     #[test]
     fn json() {
-        let v = serde_json::to_value(rows(&sample())).unwrap();
+        let domd = |d: &DomainInfo| {
+            (d.domid == 12).then_some(Domd {
+                pid: 99,
+                state: Some(RunState::Crashed),
+            })
+        };
+        let v = serde_json::to_value(rows(&sample(), domd)).unwrap();
+        // The fields `keelctl list --json` always had.
         assert_eq!(v[0]["state"], "running");
+        assert_eq!(v[0]["name"], "spin");
+        assert_eq!(v[0]["id"], 1);
         assert_eq!(v[0]["running_vcpus"], serde_json::json!([0]));
         assert_eq!(v[1]["vcpu_ids"], serde_json::json!([0, 2]));
         assert_eq!(v[1]["memory_used_mib"], 32.5);
         assert_eq!(v[2]["state"], "created");
-        assert_eq!(serde_json::to_string(&rows(&[])).unwrap(), "[]");
+        // xl's columns.
+        assert_eq!(v[0]["state_letters"], "r-----");
+        assert_eq!(v[0]["time_s"], 2.5);
+        assert_eq!(v[0]["cpu_ns"], 2_460_000_000u64);
+        assert_eq!(v[0]["mem_mib"], 16);
+        assert_eq!(v[0]["xen"], true);
+        assert_eq!(v[0]["domd_pid"], serde_json::Value::Null);
+        assert_eq!(v[1]["state_letters"], "----c-");
+        assert_eq!(v[1]["domd_pid"], 99);
+        assert_eq!(serde_json::to_string(&rows(&[], |_| None)).unwrap(), "[]");
     }
 }

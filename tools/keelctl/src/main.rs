@@ -2,8 +2,9 @@
 //!
 //! Talks to the `keel` kernel module through `/dev/keel` and its debugfs files. It reports what
 //! the module and the hardware offer and the hypervisor's exit counters, runs bare guest images
-//! in domains of their own (`run`) and lists the live domains (`list`); PVH kernels, consoles and
-//! devices come next.
+//! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
+//! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
+//! `unpause`.
 #![deny(missing_docs)]
 
 use std::{path::PathBuf, process::ExitCode};
@@ -11,6 +12,9 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod console;
+mod control;
+mod create;
 mod image;
 mod info;
 mod list;
@@ -90,15 +94,70 @@ enum Command {
     /// stderr), and for bad input or a failing /dev/keel; 2 for command-line errors.
     #[command(verbatim_doc_comment)]
     Run(run::RunArgs),
-    /// List the live domains: id, name, state, vCPUs, memory.
+    /// List the live domains, as `xl list`.
     ///
-    /// State is paused, running (a vCPU has run) or created. VCPUS is created/max, RUNNING the
-    /// ids of the vCPUs inside KEEL_VCPU_RUN right now, MEMORY the RAM in use and the domain's
-    /// limit in MiB. Needs the keel module loaded and root.
+    /// Columns: Name, ID, Mem (MiB of RAM in the domain's map), VCPUs (created), State,
+    /// Time(s) (time its vCPUs spent in the guest). State is xl's six letters, '-' where
+    /// not: r running (vCPUs inside the hypervisor's run loop, an idle one included), b
+    /// blocked (no vCPU running: not started, or its process is not running it), p paused, s
+    /// shut down and preserved, c crashed and preserved, d dying. s, c and d come from the
+    /// domain's keel-domd; domains without one (`keelctl run`) list too. --json prints every
+    /// field, the module's (vCPU ids, memory limit, ranges) included. Needs the keel module
+    /// loaded and root.
+    #[command(verbatim_doc_comment)]
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Create a Xen PVH domain from an xl.cfg file, as `xl create`.
+    ///
+    /// Reads CFG (xl.cfg syntax) with the KEY=VALUE overrides applied in order, as xl does:
+    /// type must be "pvh"; kernel (a vmlinux ELF or a bzImage with a PVH entry), ramdisk,
+    /// cmdline (or root and extra), memory, vcpus, name and on_poweroff/on_reboot/on_crash
+    /// (destroy, restart, preserve) are used; keys Keel does not use are warned about; a bad
+    /// value is refused naming its key. Then starts keel-domd (found next to keelctl, else in
+    /// PATH; KEEL_DOMD overrides), the domain's own process: it builds the domain, runs it,
+    /// logs its console to /var/log/keel/NAME.log and answers the other commands on
+    /// /run/keel/NAME.sock. keelctl returns once the domain is built and prints
+    /// `created domain NAME (id N)`, or the error and a non-zero status, with nothing left
+    /// behind: a missing kernel, a file that is not a kernel, too much memory, vcpus = 0, a
+    /// name already in use.
+    #[command(verbatim_doc_comment)]
+    Create(create::CreateArgs),
+    /// Attach to a domain's console, as `xl console`.
+    ///
+    /// On a terminal: raw mode until you detach with Ctrl-] (the terminal is restored on
+    /// every way out). Otherwise (pipe mode): stdin is sent to the guest until it ends, and
+    /// the guest's output printed until the domain ends, a Ctrl-] byte in the input, or
+    /// --timeout. Output from before the attach (the last 64 KiB) comes first. One client at
+    /// a time: a new one takes the console over.
+    #[command(verbatim_doc_comment)]
+    Console {
+        /// The domain's name or id.
+        domain: String,
+        /// Detach after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Destroy a domain at once, as `xl destroy`.
+    ///
+    /// Asks the domain's keel-domd to end it; if the process does not answer within 2
+    /// seconds (it is wedged) or does not go away, kills it with SIGKILL, which ends the
+    /// domain with it. Returns once the module no longer lists the domain.
+    Destroy {
+        /// The domain's name or id.
+        domain: String,
+    },
+    /// Pause a domain's vCPUs, as `xl pause` (`unpause` resumes them).
+    Pause {
+        /// The domain's name or id.
+        domain: String,
+    },
+    /// Resume a paused domain, as `xl unpause` (also starts a domain created with -p).
+    Unpause {
+        /// The domain's name or id.
+        domain: String,
     },
 }
 
@@ -125,11 +184,50 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::List { json } => {
             let dev = keel_sys::KeelDev::open(&cli.device)?;
             let domains = dev.list_domains()?;
+            let dirs = keel_domd::files::Dirs::from_env();
+            dirs.clean_stale();
+            let rows = list::rows(&domains, |d| control::domd_status(&dirs, d));
             if json {
-                println!("{}", serde_json::to_string_pretty(&list::rows(&domains))?);
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", list::human(&domains));
+                print!("{}", list::human(&rows));
             }
+        }
+        Command::Create(args) => {
+            let (name, domid) = create::create(&args, &cli.device)?;
+            println!("created domain {name} (id {domid})");
+            if args.console {
+                let dirs = keel_domd::files::Dirs::from_env();
+                console::attach(&name, &dirs.socket(&name), None)?;
+            }
+        }
+        Command::Console { domain, timeout } => {
+            let timeout = match timeout {
+                Some(t) if !(t.is_finite() && t > 0.0) => {
+                    return Err(
+                        format!("--timeout {t}: must be a positive number of seconds").into(),
+                    )
+                }
+                t => t.map(std::time::Duration::from_secs_f64),
+            };
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let dirs = keel_domd::files::Dirs::from_env();
+            let (name, socket) = control::console_socket(&dev, &dirs, &domain)?;
+            drop(dev);
+            console::attach(&name, &socket, timeout)?;
+        }
+        Command::Destroy { domain } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            control::destroy(&dev, &keel_domd::files::Dirs::from_env(), &domain)?;
+        }
+        Command::Pause { domain } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            control::pause(&dev, &keel_domd::files::Dirs::from_env(), &domain, true)?;
+        }
+        Command::Unpause { domain } => {
+            let pause = false;
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            control::pause(&dev, &keel_domd::files::Dirs::from_env(), &domain, pause)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -86,19 +86,6 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-/// Bytes in MiB for tables: `16`, `0.5`, `2.25` (at most two decimals, no trailing zeros;
-/// `<0.01` for a few KiB).
-pub fn mib(bytes: u64) -> String {
-    let hundredths = (u128::from(bytes) * 100 + u128::from(MIB) / 2) / u128::from(MIB);
-    let (whole, frac) = (hundredths / 100, hundredths % 100);
-    match frac {
-        0 if whole == 0 && bytes != 0 => "<0.01".to_string(),
-        0 => format!("{whole}"),
-        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
-        f => format!("{whole}.{f:02}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,10 +141,5 @@ mod tests {
         assert_eq!(human_size(1536 * MIB), "1.5 GiB");
         assert_eq!(human_size(100), "100 bytes");
         assert_eq!(human_size(1), "1 byte");
-        assert_eq!(mib(16 * MIB), "16");
-        assert_eq!(mib(MIB / 2), "0.5");
-        assert_eq!(mib(MIB / 4), "0.25");
-        assert_eq!(mib(0), "0");
-        assert_eq!(mib(4096), "<0.01");
     }
 }

@@ -163,9 +163,11 @@ fn vcpus() {
     assert_eq!((d.vcpus, d.max_vcpus), (2, 4));
     let d = domain("maxvcpus=4");
     assert_eq!((d.vcpus, d.max_vcpus), (1, 4));
-    let d = domain("vcpus=0\nmaxvcpus=0");
+    let d = domain("maxvcpus=0");
     assert_eq!((d.vcpus, d.max_vcpus), (1, 1));
-    assert!(d.warnings[0].message.contains("taken as 1"));
+    assert!(error_with("vcpus=0")
+        .message
+        .contains("`vcpus' = 0: a domain needs at least 1 vCPU"));
     assert!(error_with("vcpus=4\nmaxvcpus=2")
         .message
         .contains("`maxvcpus' = 2 is below"));

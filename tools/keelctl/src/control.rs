@@ -1,0 +1,191 @@
+//! Naming a domain (`NAME|ID`) and asking its keel-domd to destroy, pause or unpause it.
+use std::{
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use keel_domd::{
+    files::{process_alive, Dirs, StateFile},
+    proto::{self, Request},
+};
+use keel_sys::{DomainInfo, KeelDev};
+
+use crate::list::Domd;
+
+/// How long destroy waits for the process to answer before it kills it.
+pub const DESTROY_GRACE: Duration = Duration::from_secs(2);
+
+/// The domain `arg` names among `domains`: an id when it is all digits (domain names never
+/// are, as in xl), a name otherwise.
+pub fn resolve<'a>(domains: &'a [DomainInfo], arg: &str) -> Result<&'a DomainInfo, String> {
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()) {
+        let id: u64 = arg
+            .parse()
+            .map_err(|_| format!("no domain with id {arg}"))?;
+        domains
+            .iter()
+            .find(|d| u64::from(d.domid) == id)
+            .ok_or_else(|| format!("no domain with id {arg}"))
+    } else {
+        domains
+            .iter()
+            .find(|d| d.name == arg)
+            .ok_or_else(|| format!("no domain named '{arg}'"))
+    }
+}
+
+/// The state file of the keel-domd serving `d`, if a live one does.
+pub fn domd_of(dirs: &Dirs, d: &DomainInfo) -> Option<StateFile> {
+    let s = StateFile::read(&dirs.state(&d.name)).ok()?;
+    (s.domid == d.domid && process_alive(s.pid)).then_some(s)
+}
+
+/// What `d`'s keel-domd reports, for `list` (it gets a short time to answer).
+pub fn domd_status(dirs: &Dirs, d: &DomainInfo) -> Option<Domd> {
+    let s = domd_of(dirs, d)?;
+    let state = proto::request(
+        &dirs.socket(&d.name),
+        Request::Status,
+        Duration::from_millis(300),
+    )
+    .ok()
+    .and_then(|(r, _, _)| r.status)
+    .map(|st| st.state);
+    Some(Domd { pid: s.pid, state })
+}
+
+fn no_domd(d: &DomainInfo) -> String {
+    format!(
+        "domain {} (id {}) has no keel-domd: it belongs to the process that created it \
+         (e.g. `keelctl run`); end that process instead",
+        d.name, d.domid
+    )
+}
+
+/// Looks `arg` up in the module's list.
+pub fn find(dev: &KeelDev, arg: &str) -> Result<DomainInfo, String> {
+    let domains = dev.list_domains().map_err(|e| e.to_string())?;
+    resolve(&domains, arg).cloned()
+}
+
+fn wait_gone(pid: u32, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while process_alive(pid) {
+        if Instant::now() >= end {
+            return false;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// `keelctl destroy`: asks the domain's process to end it; kills the process when it does
+/// not answer within [`DESTROY_GRACE`] or does not go away.
+pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
+    let d = find(dev, arg)?;
+    let s = domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
+    let asked = proto::request(&dirs.socket(&d.name), Request::Destroy, DESTROY_GRACE);
+    let answered = matches!(&asked, Ok((r, _, _)) if r.ok);
+    if !(answered && wait_gone(s.pid, DESTROY_GRACE)) && process_alive(s.pid) {
+        // SAFETY: kill takes no pointers; the pid is a live keel-domd's (checked just above).
+        unsafe { libc::kill(s.pid as libc::pid_t, libc::SIGKILL) };
+        if !wait_gone(s.pid, Duration::from_secs(5)) {
+            return Err(format!(
+                "keel-domd pid {} of domain {} survived SIGKILL",
+                s.pid, d.name
+            ));
+        }
+    }
+    dirs.remove(&d.name);
+    // Closing the process's fds destroys the domain; the module may take a moment.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let domains = dev.list_domains().map_err(|e| e.to_string())?;
+        if !domains.iter().any(|x| x.domid == d.domid) {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(format!(
+                "domain {} (id {}) is still listed after its process ended",
+                d.name, d.domid
+            ));
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// `keelctl pause` / `unpause`.
+pub fn pause(dev: &KeelDev, dirs: &Dirs, arg: &str, pause: bool) -> Result<(), String> {
+    let d = find(dev, arg)?;
+    domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
+    let req = if pause {
+        Request::Pause
+    } else {
+        Request::Unpause
+    };
+    let (reply, _, _) = proto::request(&dirs.socket(&d.name), req, Duration::from_secs(5))
+        .map_err(|e| format!("domain {}: {e}", d.name))?;
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(reply.error.unwrap_or_else(|| "refused".into()))
+    }
+}
+
+/// The socket of the domain `arg` names, for `console`.
+pub fn console_socket(
+    dev: &KeelDev,
+    dirs: &Dirs,
+    arg: &str,
+) -> Result<(String, std::path::PathBuf), String> {
+    let d = find(dev, arg)?;
+    domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
+    Ok((d.name.clone(), dirs.socket(&d.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains() -> Vec<DomainInfo> {
+        vec![
+            DomainInfo {
+                domid: 1,
+                name: "web".into(),
+                ..Default::default()
+            },
+            DomainInfo {
+                domid: 12,
+                name: "db-2".into(),
+                ..Default::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn names_and_ids() {
+        let d = domains();
+        assert_eq!(resolve(&d, "web").unwrap().domid, 1);
+        assert_eq!(resolve(&d, "12").unwrap().name, "db-2");
+        assert_eq!(resolve(&d, "db-2").unwrap().domid, 12);
+        assert_eq!(resolve(&d, "7").unwrap_err(), "no domain with id 7");
+        assert_eq!(
+            resolve(&d, "99999999999999999999999").unwrap_err(),
+            "no domain with id 99999999999999999999999"
+        );
+        assert_eq!(resolve(&d, "mail").unwrap_err(), "no domain named 'mail'");
+        assert_eq!(resolve(&d, "").unwrap_err(), "no domain named ''");
+    }
+
+    #[test]
+    fn a_bare_domain_has_no_process() {
+        let dirs = Dirs {
+            run: std::env::temp_dir().join("keelctl-none"),
+            log: std::env::temp_dir(),
+        };
+        let d = &domains()[0];
+        assert!(domd_of(&dirs, d).is_none());
+        assert!(domd_status(&dirs, d).is_none());
+        assert!(no_domd(d).contains("has no keel-domd"));
+    }
+}
