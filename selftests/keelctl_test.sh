@@ -19,7 +19,7 @@ check keelctl.info_human info_human
 info_json() {
     keelctl info --json >$out 2>$err || { cat $err; return 1; }
     grep -q "\"vendor\": \"$(expected_vendor)\"" $out && grep -q "\"online_cpus\": $(nproc)," $out \
-        && grep -q '"abi_version": 2,' $out || { cat $out; return 1; }
+        && grep -q '"abi_version": 3,' $out || { cat $out; return 1; }
 }
 check keelctl.info_json info_json
 

@@ -95,6 +95,11 @@ pub mod msr {
     pub const IA32_SYSENTER_EIP: u32 = 0x176;
     pub const IA32_DEBUGCTL: u32 = 0x1d9;
     pub const IA32_PAT: u32 = 0x277;
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    pub const MTRR_CAP: u32 = 0xfe;
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// AMD's interrupt-pending message MSR (C1E), read by Linux on some AMD families.
+    pub const AMD_INT_PENDING_MSG: u32 = 0xc001_0055;
     pub const IA32_VMX_BASIC: u32 = 0x480;
     pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
     pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;

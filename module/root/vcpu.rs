@@ -318,6 +318,12 @@ const FEATURES: u32 = (1 << xenfeat::WRITABLE_PAGE_TABLES)
     | (1 << xenfeat::HVM_CALLBACK_VECTOR)
     | (1 << xenfeat::HVM_SAFE_PVCLOCK);
 
+/// IA32_MISC_ENABLE of a Xen domain's vCPU: fast strings (bit 0), BTS (11) and PEBS (12)
+/// unavailable.
+const MISC_ENABLE: u64 = (1 << 0) | (1 << 11) | (1 << 12);
+/// IA32_MTRR_DEF_TYPE of a Xen domain's vCPU: MTRRs enabled (bit 11), default write-back.
+const MTRR_DEF_TYPE: u64 = (1 << 11) | 6;
+
 /// A guest-virtual access that failed (EFAULT to the guest).
 struct Fault;
 
@@ -715,6 +721,13 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             msr::IA32_PAT => Some(self.hw.pat()),
             msr::IA32_TSC => Some(x86::rdtsc()),
             msr::IA32_APIC_BASE if self.domain.xen => Some(self.apic_base()),
+            // What Xen gives an HVM guest: fast strings, no BTS or PEBS (Linux reads it with
+            // no fault handler in its first instructions on Intel); MTRRs present with no
+            // ranges and the default type write-back, enabled.
+            msr::IA32_MISC_ENABLE if self.domain.xen => Some(MISC_ENABLE),
+            msr::MTRR_CAP if self.domain.xen => Some(0),
+            msr::MTRR_DEF_TYPE if self.domain.xen => Some(MTRR_DEF_TYPE),
+            msr::AMD_INT_PENDING_MSG if self.domain.xen => Some(0),
             _ => None,
         }
     }
@@ -735,6 +748,12 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             xen::cpuid::HYPERCALL_PAGE_MSR => self.install_hypercall_page(value),
             // The xAPIC stays enabled where it is (no x2APIC, no relocation).
             msr::IA32_APIC_BASE if self.domain.xen => value == self.apic_base(),
+            // Xen ignores these writes from a guest.
+            msr::IA32_MISC_ENABLE | msr::MTRR_DEF_TYPE | msr::AMD_INT_PENDING_MSG
+                if self.domain.xen =>
+            {
+                true
+            }
             _ => false,
         }
     }

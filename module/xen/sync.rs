@@ -24,6 +24,10 @@ pub(crate) struct VcpuSync {
 
 /// The run timer's callback: the interrupt that runs it has already made the guest exit on
 /// this CPU; the run loop sees the deadline passed.
+///
+/// # Safety
+///
+/// Called by the hrtimer core only (it touches nothing).
 unsafe extern "C" fn timer_fired(_t: *mut bindings::hrtimer) -> bindings::hrtimer_restart {
     bindings::hrtimer_restart::HRTIMER_NORESTART
 }
@@ -52,7 +56,7 @@ impl VcpuSync {
                     Opaque::ffi_init(|p| {
                         bindings::__init_waitqueue_head(
                             p,
-                            c"keel_vcpu".as_ptr().cast(),
+                            c"keel_vcpu".as_char_ptr(),
                             static_lock_class!().as_ptr(),
                         )
                     })

@@ -285,7 +285,10 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
     for (param, value) in [
         (XenParam::ConsolePfn, image.special.console_pfn),
         (XenParam::ConsoleEvtchn, u64::from(console_port)),
-        (XenParam::StorePfn, image.special.xenstore_pfn),
+        // No XenStore daemon serves the ring yet: a store pfn of 0 tells the guest there is
+        // none (xenbus_init gives up with ENOENT) rather than letting its first request wait
+        // forever. The page, its event channel and the param are ready for the daemon.
+        (XenParam::StorePfn, 0),
         (XenParam::StoreEvtchn, u64::from(store_port)),
     ] {
         domain
