@@ -165,6 +165,8 @@ struct keel_domain_list {
  *    set_timer_op, sched_op, event_channel_op (2-level), grant_table_op, console_io. An
  *    operation Keel does not serve gets -ENOSYS, as on Xen; only SCHEDOP_shutdown ends a run
  *    (KEEL_EXIT_SHUTDOWN, KEEL_SHUTDOWN_XEN). console_io writes go to the kernel log.
+ *    Numbers from 64 up, which Xen does not define, end the run with KEEL_EXIT_HYPERCALL for
+ *    the toolstack to answer (-ENOSYS is Xen's answer; the selftests report through them).
  *  - each vCPU has a local APIC at 0xFEE00000 (xAPIC MMIO); vCPU 0 starts where SET_SREGS and
  *    SET_REGS put it, the others wait in KEEL_VCPU_RUN for INIT and SIPI from another vCPU
  *    and then start in real mode at the SIPI's vector;
