@@ -6,8 +6,8 @@
 # the tests that boot a DomU SKIP, naming the variable, when either is missing.
 . "$(dirname "$0")/tap.sh"
 out=/tmp/xen_domu.out err=/tmp/xen_domu.err dir=/tmp/xen_domu
-name=keeltest-domu
-log=/var/log/keel/$name.log
+domu=keeltest-domu
+log=/var/log/keel/$domu.log
 mkdir -p $dir
 
 tap_plan 12
@@ -100,10 +100,10 @@ check xen_domu.create_hvm_refused not_pvh
 boots() {
     need_domu || return $?
     rm -f $log
-    cfg $dir/domu.cfg $name "$KEEL_DOMU_KERNEL" "ramdisk = \"$KEEL_DOMU_INITRD\""
+    cfg $dir/domu.cfg $domu "$KEEL_DOMU_KERNEL" "ramdisk = \"$KEEL_DOMU_INITRD\""
     keelctl create $dir/domu.cfg >$out 2>$err || { cat $out $err; return 1; }
-    has $out "created domain $name" || return 1
-    [ -S /run/keel/$name.sock ] && [ -f /run/keel/$name.json ] || { ls -l /run/keel; return 1; }
+    has $out "created domain $domu" || return 1
+    [ -S /run/keel/$domu.sock ] && [ -f /run/keel/$domu.json ] || { ls -l /run/keel; return 1; }
     wait_log "Linux version" 60
 }
 check xen_domu.create_boots_and_logs_the_console boots
@@ -112,47 +112,47 @@ listed() {
     need_domu || return $?
     keelctl list >$out 2>$err || { cat $err; return 1; }
     head -1 $out | grep -q "^Name  *ID  *Mem  *VCPUs  *State  *Time(s)" || { cat $out; return 1; }
-    line=$(grep "^$name " $out) || { cat $out; return 1; }
+    line=$(grep "^$domu " $out) || { cat $out; return 1; }
     set -- $line
     # Name ID Mem VCPUs State Time(s)
     [ "$3 $4" = "128 1" ] || { echo "unexpected: $line"; return 1; }
     case $5 in r-----|-b----) ;; *) echo "unexpected state: $line"; return 1 ;; esac
     keelctl list --json >$out || return 1
-    has $out "\"name\": \"$name\"" && has $out '"xen": true' && has $out '"domd_pid": '
+    has $out "\"name\": \"$domu\"" && has $out '"xen": true' && has $out '"domd_pid": '
 }
 check xen_domu.list_shows_it listed
 
 console_pipe() {
     need_domu || return $?
-    keelctl console --timeout 2 $name </dev/null >$out 2>$err || { cat $err; return 1; }
+    keelctl console --timeout 2 $domu </dev/null >$out 2>$err || { cat $err; return 1; }
     has $out "Linux version"
 }
 check xen_domu.console_pipe_mode console_pipe
 
 pause_unpause() {
     need_domu || return $?
-    keelctl pause $name || return 1
-    keelctl list | grep "^$name " | grep -q -- '--p---' || { keelctl list; return 1; }
-    ! keelctl pause $name 2>$err && has $err "already paused" || return 1
-    keelctl unpause $name || return 1
-    keelctl list | grep "^$name " | grep -q -- '--p---' && { keelctl list; return 1; }
-    ! keelctl unpause $name 2>$err && has $err "not paused"
+    keelctl pause $domu || return 1
+    keelctl list | grep "^$domu " | grep -q -- '--p---' || { keelctl list; return 1; }
+    ! keelctl pause $domu 2>$err && has $err "already paused" || return 1
+    keelctl unpause $domu || return 1
+    keelctl list | grep "^$domu " | grep -q -- '--p---' && { keelctl list; return 1; }
+    ! keelctl unpause $domu 2>$err && has $err "not paused"
 }
 check xen_domu.pause_unpause pause_unpause
 
 duplicate_name() {
     need_domu || return $?
     if keelctl create $dir/domu.cfg >$out 2>$err; then echo "second create succeeded"; return 1; fi
-    has $err "a domain named '$name' already exists"
+    has $err "a domain named '$domu' already exists"
 }
 check xen_domu.create_duplicate_name_fails duplicate_name
 
 destroy() {
     need_domu || return $?
-    id=$(keelctl list | awk -v n=$name '$1 == n { print $2 }')
+    id=$(keelctl list | awk -v n=$domu '$1 == n { print $2 }')
     [ -n "$id" ] || { keelctl list; return 1; }
     keelctl destroy $id || return 1
-    nothing_left $name
+    nothing_left $domu
 }
 check xen_domu.destroy_by_id destroy
 
@@ -160,11 +160,11 @@ check xen_domu.destroy_by_id destroy
 destroy_wedged() {
     need_domu || return $?
     keelctl create -p $dir/domu.cfg >$out 2>$err || { cat $err; return 1; }
-    pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/keel/$name.json)
-    [ -n "$pid" ] || { cat /run/keel/$name.json; return 1; }
+    pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' /run/keel/$domu.json)
+    [ -n "$pid" ] || { cat /run/keel/$domu.json; return 1; }
     kill -STOP $pid
-    keelctl destroy $name 2>$err || { cat $err; kill -KILL $pid; return 1; }
-    nothing_left $name
+    keelctl destroy $domu 2>$err || { cat $err; kill -KILL $pid; return 1; }
+    nothing_left $domu
 }
 check xen_domu.destroy_wedged_process destroy_wedged
 
