@@ -10,10 +10,11 @@ use crate::keel_core::xen::abi::evtchnop;
 use crate::keel_core::xen::{
     abi::{
         domid, gnttabop, hvm_param, hvmop, hypercall as nr, schedop, vcpuop, vmasst, xenmem, Errno,
-        EvtchnAllocUnbound, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnSend,
-        EvtchnStatus, EvtchnUnmask, GnttabQuerySize, GnttabSetVersion, SchedPoll,
-        VcpuRegisterRunstateMemoryArea, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VcpuTimeInfo,
-        Width, XenAddToPhysmap, XenHvmParam, XenMemoryReservation,
+        EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq,
+        EvtchnClose, EvtchnReset, EvtchnSend, EvtchnStatus, EvtchnUnmask, GnttabQuerySize,
+        GnttabSetVersion, GnttabSetupTable, SchedPoll, VcpuRegisterRunstateMemoryArea,
+        VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VcpuTimeInfo, Width, XenAddToPhysmap,
+        XenHvmParam, XenMemoryReservation,
     },
     evtchn::{self, Peer, Port},
     time,
@@ -21,8 +22,12 @@ use crate::keel_core::xen::{
 use crate::root::domain::{DomainShared, RangeKind};
 use crate::root::vcpu::VcpuState;
 
-/// `console_io` write: bytes taken per call.
+/// `console_io` write: bytes read from the guest at a time.
 const CONSOLE_CHUNK: usize = 256;
+/// `console_io` write: the most bytes one call takes (Xen takes them all, in continuations).
+const CONSOLE_MAX: usize = 16 * 1024;
+/// `console_io` lines a domain may put in Dom0's kernel log per second; the rest are dropped.
+pub(super) const CONSOLE_LINES_PER_SEC: u32 = 50;
 
 type HResult = Result<u64, Errno>;
 
@@ -373,6 +378,67 @@ fn evtchn_op(
             g.write(arg, &a.to_bytes())?;
             Ok(0)
         }
+        evtchnop::BIND_INTERDOMAIN => {
+            let mut a =
+                EvtchnBindInterdomain::from_bytes(&g.get::<12>(arg)?).ok_or(Errno::EFAULT)?;
+            let remote = evtchn::self_or(a.remote_dom, me);
+            if remote != me {
+                // Dom0 has no ports of its own (it connects through KEEL_DOMAIN_EVTCHN_BIND),
+                // and no other DomU is reachable yet.
+                return Err(if remote == 0 {
+                    Errno::EINVAL
+                } else {
+                    Errno::ESRCH
+                });
+            }
+            let Some(shared_info) = inner.shared_info else {
+                return Err(Errno::EINVAL);
+            };
+            let inner = &mut *inner;
+            let words = super::GuestWords {
+                dom,
+                shared_info,
+                vcpus: &inner.vcpus,
+            };
+            let (port, raised) =
+                inner
+                    .evtchn
+                    .bind_interdomain(Peer::SameDomain, a.remote_port, &words)?;
+            a.local_port = port;
+            if raised.notify {
+                if let Some(t) = inner.evtchn.notify_vcpu(port) {
+                    wake.add(t);
+                }
+            }
+            g.write(arg, &a.to_bytes())?;
+            Ok(0)
+        }
+        evtchnop::RESET => {
+            let a = EvtchnReset::from_bytes(&g.get::<2>(arg)?).ok_or(Errno::EFAULT)?;
+            if a.dom != domid::SELF && a.dom != me {
+                return Err(Errno::EPERM);
+            }
+            let inner = &mut *inner;
+            // Dom0's ends go with the DomU's ports.
+            for p in inner.dom0.iter_mut().filter(|p| p.ctx != 0) {
+                // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
+                unsafe {
+                    kernel::bindings::eventfd_ctx_put(p.ctx as *mut kernel::bindings::eventfd_ctx)
+                };
+                p.ctx = 0;
+            }
+            let Some(shared_info) = inner.shared_info else {
+                return Ok(0);
+            };
+            let words = super::GuestWords {
+                dom,
+                shared_info,
+                vcpus: &inner.vcpus,
+            };
+            // Only ports within the domain exist: nothing needs another table.
+            let _ = inner.evtchn.reset(&words);
+            Ok(0)
+        }
         evtchnop::BIND_IPI => {
             let mut a = EvtchnBindIpi::from_bytes(&g.get::<8>(arg)?).ok_or(Errno::EFAULT)?;
             a.port = inner.evtchn.bind_ipi(a.vcpu)?;
@@ -466,6 +532,31 @@ fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult 
             g.write(arg, &q.to_bytes())?;
             Ok(0)
         }
+        gnttabop::SETUP_TABLE => {
+            let mut t =
+                GnttabSetupTable::decode(Width::Bits64, &g.get::<24>(arg)?).ok_or(Errno::EFAULT)?;
+            if t.dom != domid::SELF && t.dom != x.domid {
+                t.status = gnttabop::ST_BAD_DOMAIN;
+            } else if t.nr_frames as usize > GNTTAB_FRAMES {
+                t.status = gnttabop::ST_GENERAL_ERROR;
+            } else {
+                // A translated guest gets the gfns where it placed its frames (Xen's
+                // gnttab_shared_gfn), all-ones for one not placed.
+                let frames = x.inner.lock().gnttab;
+                for (i, f) in frames.iter().take(t.nr_frames as usize).enumerate() {
+                    let gfn = f.map_or(u64::MAX, |gpa| gpa >> 12);
+                    g.write(t.frame_list.wrapping_add(8 * i as u64), &gfn.to_le_bytes())?;
+                }
+                t.status = gnttabop::ST_OKAY;
+            }
+            let mut b = [0u8; 24];
+            b[..2].copy_from_slice(&t.dom.to_le_bytes());
+            b[4..8].copy_from_slice(&t.nr_frames.to_le_bytes());
+            b[8..10].copy_from_slice(&t.status.to_le_bytes());
+            b[16..24].copy_from_slice(&t.frame_list.to_le_bytes());
+            g.write(arg, &b)?;
+            Ok(0)
+        }
         gnttabop::SET_VERSION => {
             let mut s = GnttabSetVersion::from_bytes(&g.get::<4>(arg)?).ok_or(Errno::EFAULT)?;
             let ok = s.version == 1;
@@ -481,26 +572,32 @@ fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult 
     }
 }
 
-/// `console_io(cmd, count, buffer)`: writes go to the kernel log, a line at a time.
+/// `console_io(cmd, count, buffer)`: writes go to Dom0's kernel log (printable ASCII, at most
+/// `CONSOLE_LINES_PER_SEC` lines a second per domain, chunks of up to 256 bytes a line).
 fn console_io(x: &Xen, g: &Guest<'_>, cmd: u32, count: u64, buf: u64) -> HResult {
     match cmd {
         crate::keel_core::xen::abi::consoleio::WRITE => {
-            let n = (count as usize).min(CONSOLE_CHUNK);
-            let mut b = [0u8; CONSOLE_CHUNK];
-            g.read(buf, &mut b[..n])?;
-            for line in b[..n].split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-                let text: KVec<u8> = line
-                    .iter()
-                    .map(|&c| if (0x20..0x7f).contains(&c) { c } else { b'.' })
-                    .fold(KVec::new(), |mut v, c| {
-                        let _ = v.push(c, GFP_KERNEL);
-                        v
-                    });
-                if let Ok(s) = core::str::from_utf8(&text) {
-                    pr_info!("domain {}: {}\n", x.domid, s);
+            let total = (count as usize).min(CONSOLE_MAX);
+            let mut done = 0;
+            while done < total {
+                let n = (total - done).min(CONSOLE_CHUNK);
+                let mut b = [0u8; CONSOLE_CHUNK];
+                g.read(buf.wrapping_add(done as u64), &mut b[..n])?;
+                for line in b[..n].split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                    if !x.console_line_allowed() {
+                        continue;
+                    }
+                    let mut text = [0u8; CONSOLE_CHUNK];
+                    for (d, &c) in text.iter_mut().zip(line) {
+                        *d = if (0x20..0x7f).contains(&c) { c } else { b'.' };
+                    }
+                    if let Ok(s) = core::str::from_utf8(&text[..line.len()]) {
+                        pr_info!("domain {}: {}\n", x.domid, s);
+                    }
                 }
+                done += n;
             }
-            Ok(n as u64)
+            Ok(0)
         }
         crate::keel_core::xen::abi::consoleio::READ => Ok(0),
         _ => Err(Errno::ENOSYS),

@@ -96,6 +96,9 @@ struct Inner {
     /// Guest-physical address of each grant-table frame the guest placed.
     gnttab: [Option<u64>; GNTTAB_FRAMES],
     vcpus: KVec<VcpuXen>,
+    /// console_io's rate limit: the second (system time) and the lines logged in it.
+    console_second: u64,
+    console_lines: u32,
 }
 
 /// A Xen domain's state beside its `Domain`.
@@ -275,6 +278,8 @@ impl Xen {
                     dom0: [Dom0Port { port: 0, ctx: 0 }; MAX_DOM0_PORTS],
                     gnttab: [None; GNTTAB_FRAMES],
                     vcpus,
+                    console_second: 0,
+                    console_lines: 0,
                 }),
                 sync,
             }? Error),
@@ -285,6 +290,18 @@ impl Xen {
     /// System time now (ns since the domain was made).
     pub(crate) fn now(&self) -> u64 {
         self.timebase.system_time(x86::rdtsc())
+    }
+
+    /// Whether another console_io line may go to the kernel log now (the per-second budget).
+    pub(crate) fn console_line_allowed(&self) -> bool {
+        let second = self.now() / xtime::NS_PER_SEC;
+        let mut inner = self.inner.lock();
+        if inner.console_second != second {
+            inner.console_second = second;
+            inner.console_lines = 0;
+        }
+        inner.console_lines += 1;
+        inner.console_lines <= hypercall::CONSOLE_LINES_PER_SEC
     }
 
     /// `KEEL_DOMAIN_SET_PARAM`.

@@ -261,6 +261,9 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         v.initialized = true;
         v.arch_dirty = true;
     }
+    // An event the last run left to inject (one whose delivery an exit interrupted, when the
+    // run then ended) is delivered at this entry, unless Dom0 gave the vCPU a new state.
+    let reloaded = v.arch_dirty;
     if v.arch_dirty {
         v.lme_held = load_arch(vmcb_of(&mut v.control), &v.arch);
         v.arch_dirty = false;
@@ -270,7 +273,9 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         let c = &mut vmcb_of(&mut v.control).control;
         // The vCPU may have run on another CPU, or its ASID been used by another domain.
         c.tlb_ctl = layout::TLB_CONTROL_FLUSH_ALL;
-        c.event_inj = 0;
+        if reloaded {
+            c.event_inj = 0;
+        }
     }
     let data = v.completion_data;
     v.domu(

@@ -458,6 +458,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     host.write(&vmcs);
     vmcs.write(field::HOST_RIP, vmx_guest_exit as *const () as u64);
     keep_exits(&vmcs);
+    let reloaded = v.arch_dirty;
     if v.arch_dirty {
         load_arch(&vmcs, &mut v.arch);
         // PAE paging: the entry takes the PDPTEs from the VMCS (with EPT), so they come from
@@ -475,7 +476,11 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     let data = v.completion_data;
     v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, 0)
         .complete_pending(data);
-    vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
+    // An event the last run left to inject (one whose delivery an exit interrupted, when the
+    // run then ended) is delivered at this entry, unless Dom0 gave the vCPU a new state.
+    if reloaded {
+        vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
+    }
     // SAFETY: In VMX root operation with EPT (domains need it). A new domain may reuse a freed
     // domain's table pages: drop cached translations.
     unsafe { invept(slat::eptp(domain.slat_root)) };
