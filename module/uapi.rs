@@ -61,7 +61,9 @@ plain_data!(
     keel_run,
     keel_xen_param,
     keel_evtchn_bind,
-    keel_evtchn_port
+    keel_evtchn_port,
+    keel_memory_map,
+    keel_e820_entry
 );
 
 // The core crate's capability bits are the uapi's.

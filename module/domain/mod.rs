@@ -452,6 +452,31 @@ impl Domain {
                     None => x.check_dom0_port(p.port)?,
                 }
             }
+            uapi::KEEL_DOMAIN_SET_MEMORY_MAP => {
+                let m: uapi::keel_memory_map = reader.read()?;
+                if m.pad != 0 || m.nr_entries == 0 || m.nr_entries > uapi::KEEL_MAX_E820 {
+                    return Err(EINVAL);
+                }
+                let n = m.nr_entries as usize;
+                let size = n * core::mem::size_of::<uapi::keel_e820_entry>();
+                let mut r = UserSlice::new(UserPtr::from_addr(m.entries as usize), size).reader();
+                let mut entries = KVec::with_capacity(n, GFP_KERNEL)?;
+                for _ in 0..n {
+                    let e: uapi::keel_e820_entry = r.read()?;
+                    if e.pad != 0 {
+                        return Err(EINVAL);
+                    }
+                    entries.push(
+                        crate::xen::E820 {
+                            addr: e.addr,
+                            size: e.size,
+                            kind: e.type_,
+                        },
+                        GFP_KERNEL,
+                    )?;
+                }
+                x.set_memory_map(&entries)?;
+            }
             uapi::KEEL_DOMAIN_EVTCHN_UNBIND => {
                 let p: uapi::keel_evtchn_port = reader.read()?;
                 if p.pad != 0 {

@@ -6,7 +6,7 @@
 use kernel::prelude::*;
 
 use super::{guest::Guest, WakeSet, Xen, GNTTAB_FRAMES};
-use crate::keel_core::xen::abi::evtchnop;
+use crate::keel_core::xen::abi::{evtchnop, XenMemoryMap, E820_ENTRY_SIZE};
 use crate::keel_core::xen::{
     abi::{
         domid, gnttabop, hvm_param, hvmop, hypercall as nr, schedop, vcpuop, vmasst, xenmem, Errno,
@@ -28,6 +28,9 @@ const CONSOLE_CHUNK: usize = 256;
 const CONSOLE_MAX: usize = 16 * 1024;
 /// `console_io` lines a domain may put in Dom0's kernel log per second; the rest are dropped.
 pub(super) const CONSOLE_LINES_PER_SEC: u32 = 50;
+
+/// The shortest period `VCPUOP_set_periodic_timer` takes (Xen's 1 ms).
+const PERIOD_MIN_NS: u64 = 1_000_000;
 
 type HResult = Result<u64, Errno>;
 
@@ -126,7 +129,30 @@ fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> 
                 _ => Err(Errno::EINVAL),
             }
         }
-        xenmem::DECREASE_RESERVATION => {
+        xenmem::MEMORY_MAP => {
+            let mut m =
+                XenMemoryMap::decode(Width::Bits64, &g.get::<16>(arg)?).ok_or(Errno::EFAULT)?;
+            let inner = x.inner.lock();
+            if inner.memmap_len == 0 {
+                return Err(Errno::ENOSYS);
+            }
+            let n = inner.memmap_len.min(m.nr_entries as usize);
+            let entries = inner.memmap;
+            drop(inner);
+            for (i, e) in entries.iter().take(n).enumerate() {
+                let mut b = [0u8; E820_ENTRY_SIZE];
+                b[..8].copy_from_slice(&e.addr.to_le_bytes());
+                b[8..16].copy_from_slice(&e.size.to_le_bytes());
+                b[16..20].copy_from_slice(&e.kind.to_le_bytes());
+                g.write(m.buffer.wrapping_add((i * E820_ENTRY_SIZE) as u64), &b)?;
+            }
+            m.nr_entries = n as u32;
+            let mut out = [0u8; 16];
+            m.encode(Width::Bits64, &mut out).ok_or(Errno::EFAULT)?;
+            g.write(arg, &out)?;
+            Ok(0)
+        }
+        xenmem::POPULATE_PHYSMAP | xenmem::INCREASE_RESERVATION | xenmem::DECREASE_RESERVATION => {
             let b = g.get::<32>(arg)?;
             let r = XenMemoryReservation::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
             if r.domid != domid::SELF && r.domid != x.domid {
@@ -135,8 +161,9 @@ fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> 
             if r.extent_order != 0 {
                 return Err(Errno::EINVAL);
             }
-            // Every extent must be a RAM gfn; the pages stay allocated (giving them back to
-            // Dom0 comes with the balloon work).
+            // The extents done: each must be a RAM gfn. The pages stay allocated and mapped
+            // (giving them back to Dom0 comes with the balloon work), so decreasing and
+            // populating again both succeed; the first gfn outside RAM ends the count.
             let mut done = 0u64;
             while done < r.nr_extents {
                 let mut e = [0u8; 8];
@@ -285,7 +312,23 @@ fn vcpu_op(
             x.inner.lock().vcpus[t as usize].runstate = r.addr;
             Ok(0)
         }
-        vcpuop::STOP_PERIODIC_TIMER => Ok(0),
+        vcpuop::SET_PERIODIC_TIMER => {
+            let period = u64::from_le_bytes(g.get::<8>(arg)?);
+            // Xen's bounds: at least 1 ms, at most what system time can add.
+            if !(PERIOD_MIN_NS..=i64::MAX as u64).contains(&period) {
+                return Err(Errno::EINVAL);
+            }
+            let now = x.now();
+            let mut inner = x.inner.lock();
+            let t = &mut inner.vcpus[t as usize];
+            t.period = period;
+            t.next_tick = now + period;
+            Ok(0)
+        }
+        vcpuop::STOP_PERIODIC_TIMER => {
+            x.inner.lock().vcpus[t as usize].period = 0;
+            Ok(0)
+        }
         vcpuop::SET_SINGLESHOT_TIMER => {
             if t != caller {
                 return Err(Errno::EINVAL);

@@ -69,6 +69,14 @@ struct Dom0Port {
     ctx: usize,
 }
 
+/// One entry of the guest's memory map.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct E820 {
+    pub(crate) addr: u64,
+    pub(crate) size: u64,
+    pub(crate) kind: u32,
+}
+
 /// One vCPU's Xen state.
 struct VcpuXen {
     lapic: Lapic,
@@ -78,10 +86,24 @@ struct VcpuXen {
     runstate: u64,
     /// The one-shot timer's deadline (system time, ns).
     deadline: Option<u64>,
+    /// The periodic timer's period (ns; 0 = stopped) and its next expiry.
+    period: u64,
+    next_tick: u64,
     /// The interrupt the last prepare picked came from the local APIC.
     irq_from_lapic: bool,
     /// Down: halted with interrupts off (only INIT brings it back).
     down: bool,
+}
+
+impl VcpuXen {
+    /// The next expiry of either timer.
+    fn next_timer(&self) -> Option<u64> {
+        let tick = (self.period != 0).then_some(self.next_tick);
+        match (self.deadline, tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What the lock protects.
@@ -96,6 +118,9 @@ struct Inner {
     /// Guest-physical address of each grant-table frame the guest placed.
     gnttab: [Option<u64>; GNTTAB_FRAMES],
     vcpus: KVec<VcpuXen>,
+    /// The memory map the toolstack set (`KEEL_DOMAIN_SET_MEMORY_MAP`): e820 entries.
+    memmap: [E820; uapi::KEEL_MAX_E820 as usize],
+    memmap_len: usize,
     /// console_io's rate limit: the second (system time) and the lines logged in it.
     console_second: u64,
     console_lines: u32,
@@ -257,6 +282,8 @@ impl Xen {
                     vcpu_info: None,
                     runstate: 0,
                     deadline: None,
+                    period: 0,
+                    next_tick: 0,
                     irq_from_lapic: false,
                     down: false,
                 },
@@ -278,6 +305,8 @@ impl Xen {
                     dom0: [Dom0Port { port: 0, ctx: 0 }; MAX_DOM0_PORTS],
                     gnttab: [None; GNTTAB_FRAMES],
                     vcpus,
+                    memmap: [E820::default(); uapi::KEEL_MAX_E820 as usize],
+                    memmap_len: 0,
                     console_second: 0,
                     console_lines: 0,
                 }),
@@ -302,6 +331,22 @@ impl Xen {
         }
         inner.console_lines += 1;
         inner.console_lines <= hypercall::CONSOLE_LINES_PER_SEC
+    }
+
+    /// `KEEL_DOMAIN_SET_MEMORY_MAP`: the entries, checked.
+    pub(crate) fn set_memory_map(&self, entries: &[E820]) -> Result {
+        if entries.is_empty() || entries.len() > uapi::KEEL_MAX_E820 as usize {
+            return Err(EINVAL);
+        }
+        if entries.iter().any(|e| {
+            e.size == 0 || e.addr.checked_add(e.size).is_none() || !(1..=5).contains(&e.kind)
+        }) {
+            return Err(EINVAL);
+        }
+        let mut inner = self.inner.lock();
+        inner.memmap[..entries.len()].copy_from_slice(entries);
+        inner.memmap_len = entries.len();
+        Ok(())
     }
 
     /// `KEEL_DOMAIN_SET_PARAM`.
@@ -437,7 +482,7 @@ impl Xen {
         if x.lapic.has_event() || x.lapic.highest_pending().is_some() {
             return true;
         }
-        if x.deadline.is_some_and(|d| d <= now) {
+        if x.next_timer().is_some_and(|d| d <= now) {
             return true;
         }
         self.upcall_pending(inner, dom, v)
@@ -490,8 +535,17 @@ impl Xen {
                 continue;
             }
             let now = self.now();
-            if x.deadline.is_some_and(|d| d <= now) {
+            let one_shot = x.deadline.is_some_and(|d| d <= now);
+            let tick = x.period != 0 && x.next_tick <= now;
+            if one_shot {
                 x.deadline = None;
+            }
+            if tick {
+                // Missed periods are not made up for (Xen's periodic timer skips them too).
+                let behind = (now - x.next_tick) / x.period;
+                x.next_tick += (behind + 1) * x.period;
+            }
+            if one_shot || tick {
                 if let Some(port) = inner.evtchn.virq_port(v, 0) {
                     let w = self.raise(&inner, dom, port);
                     wake.0 |= w.0 & !(1u64 << v);
@@ -516,7 +570,7 @@ impl Xen {
 
     /// The deadline of vCPU `v`'s timer as a relative time from now, for the run's hrtimer.
     pub(crate) fn deadline_in(&self, v: u32) -> Option<u64> {
-        let d = self.inner.lock().vcpus[v as usize].deadline?;
+        let d = self.inner.lock().vcpus[v as usize].next_timer()?;
         Some(d.saturating_sub(self.now()))
     }
 
@@ -607,7 +661,7 @@ impl Xen {
         poll: Option<&[Port]>,
         deadline: Option<u64>,
     ) -> Result {
-        let timer = self.inner.lock().vcpus[v as usize].deadline;
+        let timer = self.inner.lock().vcpus[v as usize].next_timer();
         let until = match (deadline, timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -192,6 +192,23 @@ struct keel_domain_list {
  * Dom0's end (the DomU's port stays, as after a peer's close on Xen: unbound). Closing the
  * domain fd unbinds everything.
  */
+/* The guest's memory map (XENMEM_memory_map answers with it; Xen's XENMEM_set_memory_map):
+ * KEEL_DOMAIN_SET_MEMORY_MAP, before or after the first run, with 1..KEEL_MAX_E820 entries
+ * (each a nonzero size, no wrap, type 1..5 (e820: RAM, reserved, ACPI, NVS, unusable)). Until
+ * it is set, XENMEM_memory_map gets -ENOSYS. */
+#define KEEL_MAX_E820 128
+struct keel_e820_entry {
+	__u64 addr;
+	__u64 size;
+	__u32 type;
+	__u32 pad;   /* must be 0 */
+};
+struct keel_memory_map {
+	__u32 nr_entries; /* in */
+	__u32 pad;        /* in: must be 0 */
+	__u64 entries;    /* in: user pointer to nr_entries struct keel_e820_entry */
+};
+
 #define KEEL_XEN_PARAM_STORE_PFN      1
 #define KEEL_XEN_PARAM_STORE_EVTCHN   2
 #define KEEL_XEN_PARAM_CONSOLE_PFN    17
@@ -393,6 +410,7 @@ struct keel_run {
 #define KEEL_DOMAIN_EVTCHN_BIND  _IOWR(KEEL_IOCTL_TYPE, 0x17, struct keel_evtchn_bind)
 #define KEEL_DOMAIN_EVTCHN_NOTIFY _IOW(KEEL_IOCTL_TYPE, 0x18, struct keel_evtchn_port)
 #define KEEL_DOMAIN_EVTCHN_UNBIND _IOW(KEEL_IOCTL_TYPE, 0x19, struct keel_evtchn_port)
+#define KEEL_DOMAIN_SET_MEMORY_MAP _IOW(KEEL_IOCTL_TYPE, 0x1a, struct keel_memory_map)
 
 #define KEEL_VCPU_GET_REGS       _IOR(KEEL_IOCTL_TYPE, 0x20, struct keel_regs)
 #define KEEL_VCPU_SET_REGS       _IOW(KEEL_IOCTL_TYPE, 0x21, struct keel_regs)

@@ -11,8 +11,8 @@
 
 use super::{
     keel_caps, keel_domain_create, keel_domain_info, keel_domain_list, keel_evtchn_bind,
-    keel_evtchn_port, keel_mem_range, keel_regs, keel_run, keel_sregs, keel_vcpu_create,
-    keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
+    keel_evtchn_port, keel_mem_range, keel_memory_map, keel_regs, keel_run, keel_sregs,
+    keel_vcpu_create, keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
 };
 
 /// `_IOC` direction: no argument.
@@ -87,6 +87,8 @@ pub const KEEL_DOMAIN_EVTCHN_BIND: u32 = iowr::<keel_evtchn_bind>(KEEL_IOCTL_TYP
 pub const KEEL_DOMAIN_EVTCHN_NOTIFY: u32 = iow::<keel_evtchn_port>(KEEL_IOCTL_TYPE, 0x18);
 /// `KEEL_DOMAIN_EVTCHN_UNBIND` (on a Xen domain's fd).
 pub const KEEL_DOMAIN_EVTCHN_UNBIND: u32 = iow::<keel_evtchn_port>(KEEL_IOCTL_TYPE, 0x19);
+/// `KEEL_DOMAIN_SET_MEMORY_MAP` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_SET_MEMORY_MAP: u32 = iow::<keel_memory_map>(KEEL_IOCTL_TYPE, 0x1a);
 
 /// `KEEL_VCPU_GET_REGS` (on a vCPU fd).
 pub const KEEL_VCPU_GET_REGS: u32 = ior::<keel_regs>(KEEL_IOCTL_TYPE, 0x20);

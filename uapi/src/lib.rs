@@ -67,6 +67,7 @@ mod tests {
             (KEEL_DOMAIN_EVTCHN_BIND, 0xc010_c717),
             (KEEL_DOMAIN_EVTCHN_NOTIFY, 0x4008_c718),
             (KEEL_DOMAIN_EVTCHN_UNBIND, 0x4008_c719),
+            (KEEL_DOMAIN_SET_MEMORY_MAP, 0x4010_c71a),
             (KEEL_VCPU_GET_REGS, 0x8090_c720),
             (KEEL_VCPU_SET_REGS, 0x4090_c721),
             (KEEL_VCPU_GET_SREGS, 0x80e8_c722),
@@ -95,6 +96,8 @@ mod tests {
         assert_eq!(size_of::<keel_xen_param>(), 16);
         assert_eq!(size_of::<keel_evtchn_bind>(), 16);
         assert_eq!(size_of::<keel_evtchn_port>(), 8);
+        assert_eq!(size_of::<keel_memory_map>(), 16);
+        assert_eq!(size_of::<keel_e820_entry>(), 24);
         assert_eq!(size_of::<keel_domain_list>(), 24);
         assert_eq!(size_of::<keel_regs>(), 144);
         assert_eq!(size_of::<keel_segment>(), 16);

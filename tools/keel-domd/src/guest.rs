@@ -295,6 +295,15 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
             .set_param(param, value)
             .map_err(|e| module_error(&format!("setting HVM param {param:?}"), cfg, e))?;
     }
+    // XENMEM_memory_map answers with the same map as the start info's (guests without one).
+    let memmap: Vec<(u64, u64, u32)> = image
+        .memmap
+        .iter()
+        .map(|e| (e.addr, e.size, e.r#type))
+        .collect();
+    domain
+        .set_memory_map(&memmap)
+        .map_err(|e| module_error("setting the memory map", cfg, e))?;
     // SAFETY: the page is 4096 bytes (more than RING_BYTES), page-aligned, mapped as long as
     // `_console_page` lives, which the Guest drops after the ring; it is only accessed through
     // raw pointers.

@@ -277,6 +277,36 @@ impl Domain {
         Ok(())
     }
 
+    /// `KEEL_DOMAIN_SET_MEMORY_MAP` (Xen domains): the memory map `XENMEM_memory_map` gives
+    /// the guest, as (address, size, e820 type) entries.
+    pub fn set_memory_map(&self, entries: &[(u64, u64, u32)]) -> Result<(), Error> {
+        let table: Vec<uapi::keel_e820_entry> = entries
+            .iter()
+            .map(|&(addr, size, type_)| uapi::keel_e820_entry {
+                addr,
+                size,
+                type_,
+                pad: 0,
+            })
+            .collect();
+        let m = uapi::keel_memory_map {
+            nr_entries: table.len() as u32,
+            pad: 0,
+            entries: table.as_ptr() as u64,
+        };
+        // SAFETY: KEEL_DOMAIN_SET_MEMORY_MAP is `iow::<keel_memory_map>`; it reads the
+        // structure and `nr_entries` entries at `entries`, which `table` holds for the call.
+        unsafe {
+            ioctl::ioctl_with_ref(
+                self.fd.as_fd(),
+                "KEEL_DOMAIN_SET_MEMORY_MAP",
+                uapi::KEEL_DOMAIN_SET_MEMORY_MAP,
+                &m,
+            )
+        }?;
+        Ok(())
+    }
+
     /// `KEEL_DOMAIN_GET_PARAM` (Xen domains): HVM param `param`'s value.
     pub fn param(&self, param: XenParam) -> Result<u64, Error> {
         let mut p = uapi::keel_xen_param {
