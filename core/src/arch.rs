@@ -96,6 +96,8 @@ pub mod msr {
     pub const IA32_DEBUGCTL: u32 = 0x1d9;
     pub const IA32_PAT: u32 = 0x277;
     pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    /// RDTSCP's and RDPID's value (the CPU number, for Linux).
+    pub const TSC_AUX: u32 = 0xc000_0103;
     pub const MTRR_CAP: u32 = 0xfe;
     pub const MTRR_DEF_TYPE: u32 = 0x2ff;
     /// AMD's interrupt-pending message MSR (C1E), read by Linux on some AMD families.

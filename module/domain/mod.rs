@@ -287,6 +287,7 @@ impl Domain {
                     abi_version: uapi::KEEL_ABI_VERSION,
                 },
                 limits: self.caps.limits,
+                tsc_aux: has_tsc_aux(),
                 state: spinlock::SpinLock::new(DomainState {
                     exits: [0; EXIT_KINDS],
                 }),
@@ -592,6 +593,15 @@ impl Domain {
             _ => self.xen_ioctl(cmd, &mut reader, &mut writer),
         }
     }
+}
+
+/// Whether this CPU has TSC_AUX: RDTSCP (CPUID 0x80000001 EDX bit 27) or RDPID (leaf 7 ECX
+/// bit 22).
+fn has_tsc_aux() -> bool {
+    let ext = x86::cpuid(0x8000_0000, 0)[0] >= 0x8000_0001
+        && x86::cpuid(0x8000_0001, 0)[3] & (1 << 27) != 0;
+    let rdpid = x86::cpuid(0, 0)[0] >= 7 && x86::cpuid(7, 0)[2] & (1 << 22) != 0;
+    ext || rdpid
 }
 
 /// `KEEL_LIST_DOMAINS`.

@@ -96,7 +96,7 @@ impl Vcpu {
                 if deadline.is_some() {
                     x.sync(self.id).disarm();
                 }
-                x.after_run(self.id, &mut s);
+                x.after_run(self.id, &mut s, shared);
                 if !matches!(s.exit, UserExit::None) {
                     match x.handle_exit(self.id, &mut s, shared) {
                         Ok((Handled::Resume, w)) => {

@@ -74,6 +74,8 @@ pub(crate) struct DomainShared {
     pub(crate) xcr0_supported: u64,
     /// What Keel's CPUID leaves report.
     pub(crate) identity: cpuid::Identity,
+    /// The CPU has TSC_AUX (RDTSCP or RDPID): each run switches it.
+    pub(crate) tsc_aux: bool,
     /// What the vCPUs' control registers may hold (`keel_core::state`).
     pub(crate) limits: state::Limits,
     /// What vCPUs change at once.

@@ -48,7 +48,7 @@ pub(crate) const FPU_PAGES: usize = 3;
 /// MSRs a guest reads and writes without exits: kept in the VMCS/VMCB (FS/GS base, SYSENTER,
 /// and on SVM the VMLOAD/VMSAVE state) or switched by each VMX run (KERNEL_GS_BASE, STAR,
 /// LSTAR, CSTAR, SFMASK).
-pub(crate) const PASSTHROUGH_MSRS: [u32; 10] = [
+pub(crate) const PASSTHROUGH_MSRS: [u32; 11] = [
     msr::FS_BASE,
     msr::GS_BASE,
     msr::KERNEL_GS_BASE,
@@ -59,7 +59,43 @@ pub(crate) const PASSTHROUGH_MSRS: [u32; 10] = [
     msr::IA32_SYSENTER_CS,
     msr::IA32_SYSENTER_ESP,
     msr::IA32_SYSENTER_EIP,
+    // Switched around each run where the CPU has it (`switch_tsc_aux`); without it, the
+    // guest's access faults in the hardware, as its CPUID says.
+    msr::TSC_AUX,
 ];
+
+/// Gives the guest its TSC_AUX for the run (RDTSCP and RDPID read it, and Linux keeps its CPU
+/// number there) and returns Dom0's, when the CPU has the MSR.
+///
+/// # Safety
+///
+/// Root mode, with `switch_back_tsc_aux` called with the result before Dom0 runs.
+pub(crate) unsafe fn switch_tsc_aux(v: &VcpuState, has: bool) -> Option<u64> {
+    if !has {
+        return None;
+    }
+    // SAFETY: The CPU has TSC_AUX (CPUID); Dom0's value is restored by the caller's contract.
+    unsafe {
+        let dom0 = x86::rdmsr(msr::TSC_AUX);
+        x86::wrmsr(msr::TSC_AUX, v.arch.tsc_aux);
+        Some(dom0)
+    }
+}
+
+/// Keeps the guest's TSC_AUX and gives Dom0 its own back (see `switch_tsc_aux`).
+///
+/// # Safety
+///
+/// Root mode, after the run, with what `switch_tsc_aux` returned.
+pub(crate) unsafe fn switch_back_tsc_aux(v: &mut VcpuState, dom0: Option<u64>) {
+    if let Some(d) = dom0 {
+        // SAFETY: As in `switch_tsc_aux`.
+        unsafe {
+            v.arch.tsc_aux = x86::rdmsr(msr::TSC_AUX);
+            x86::wrmsr(msr::TSC_AUX, d);
+        }
+    }
+}
 
 /// The guest's architectural state between runs, vendor-neutral: what `KEEL_VCPU_GET/SET_*`
 /// exchange. Root mode loads it into the VMCS/VMCB when `arch_dirty` and saves it back at the
@@ -94,6 +130,8 @@ pub(crate) struct ArchState {
     pub(crate) sysenter_cs: u64,
     pub(crate) sysenter_esp: u64,
     pub(crate) sysenter_eip: u64,
+    /// TSC_AUX (not in the uapi; 0 at reset).
+    pub(crate) tsc_aux: u64,
     /// DR6 and DR7 (not in the uapi: the guest's own, kept across Dom0's state changes).
     pub(crate) dr6: u64,
     pub(crate) dr7: u64,

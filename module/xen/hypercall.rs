@@ -20,7 +20,7 @@ use crate::keel_core::xen::{
     time,
 };
 use crate::root::domain::{DomainShared, RangeKind};
-use crate::root::vcpu::VcpuState;
+use crate::root::vcpu::{ArchState, VcpuState};
 
 /// `console_io` write: bytes read from the guest at a time.
 const CONSOLE_CHUNK: usize = 256;
@@ -63,14 +63,14 @@ pub(super) fn dispatch(
         }
         nr::EVENT_CHANNEL_OP => evtchn_op(x, v, dom, &g, cmd, args[1], &mut wake),
         nr::SCHED_OP => match cmd {
-            schedop::BLOCK => match x.block(v, dom, None) {
+            schedop::BLOCK => match x.block(v, &s.arch, dom) {
                 Ok(()) => Ok(0),
                 Err(e) => {
                     s.completion_data = 0;
                     return Err(e);
                 }
             },
-            schedop::POLL => match poll(x, v, dom, &g, args[1]) {
+            schedop::POLL => match poll(x, v, &s.arch, dom, &g, args[1]) {
                 Ok(r) => Ok(r),
                 Err(PollEnd::Guest(e)) => Err(e),
                 Err(PollEnd::Signal(e)) => {
@@ -83,7 +83,10 @@ pub(super) fn dispatch(
         nr::GRANT_TABLE_OP => gnttab_op(x, &g, cmd, args[1], args[2]),
         nr::CONSOLE_IO => console_io(x, &g, cmd, args[1], args[2]),
         nr::VM_ASSIST => {
-            if cmd == vmasst::CMD_ENABLE && args[1] as u32 == vmasst::TYPE_RUNSTATE_UPDATE_FLAG {
+            if args[1] as u32 == vmasst::TYPE_RUNSTATE_UPDATE_FLAG
+                && (cmd == vmasst::CMD_ENABLE || cmd == vmasst::CMD_DISABLE)
+            {
+                x.inner.lock().runstate_flag = cmd == vmasst::CMD_ENABLE;
                 Ok(0)
             } else {
                 Err(Errno::EINVAL)
@@ -309,7 +312,7 @@ fn vcpu_op(
             let b = g.get::<8>(arg)?;
             let r =
                 VcpuRegisterRunstateMemoryArea::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
-            x.inner.lock().vcpus[t as usize].runstate = r.addr;
+            x.inner.lock().vcpus[t as usize].runstate.gva = r.addr;
             Ok(0)
         }
         vcpuop::SET_PERIODIC_TIMER => {
@@ -371,7 +374,14 @@ enum PollEnd {
 
 /// `SCHEDOP_poll`: returns 0 once one of the ports is pending (masked or not), an event is
 /// for the vCPU, or the timeout (absolute system time, 0 none) passes.
-fn poll(x: &Xen, v: u32, dom: &DomainShared, g: &Guest<'_>, arg: u64) -> Result<u64, PollEnd> {
+fn poll(
+    x: &Xen,
+    v: u32,
+    arch: &ArchState,
+    dom: &DomainShared,
+    g: &Guest<'_>,
+    arg: u64,
+) -> Result<u64, PollEnd> {
     let b = g.get::<24>(arg).map_err(PollEnd::Guest)?;
     let p = SchedPoll::decode(Width::Bits64, &b).ok_or(PollEnd::Guest(Errno::EFAULT))?;
     if p.nr_ports > schedop::POLL_MAX_PORTS {
@@ -386,7 +396,7 @@ fn poll(x: &Xen, v: u32, dom: &DomainShared, g: &Guest<'_>, arg: u64) -> Result<
         }
     }
     let deadline = (p.timeout != 0).then_some(p.timeout);
-    x.block_until(v, dom, Some(&ports[..p.nr_ports as usize]), deadline)
+    x.block_until(v, arch, dom, Some(&ports[..p.nr_ports as usize]), deadline)
         .map_err(PollEnd::Signal)?;
     Ok(0)
 }

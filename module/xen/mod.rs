@@ -33,7 +33,7 @@ use kernel::{
 use crate::keel_core::{
     lapic::{self, Lapic},
     xen::{
-        abi::{Errno, SharedInfoLayout, Width},
+        abi::{runstate, Errno, SharedInfoLayout, Width},
         evtchn::{self, Map, Port, Raised, SendTarget, Table, Words},
         time::{self as xtime, Timebase, Wallclock},
     },
@@ -77,13 +77,38 @@ pub(crate) struct E820 {
     pub(crate) kind: u32,
 }
 
+/// A vCPU's runstate (Xen's `vcpu_runstate_info`): its state since when, and the time spent
+/// in each state, kept from the vCPU's first run and written to the guest's area, if it
+/// registered one, at each change.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Runstate {
+    /// The area's guest-virtual address, 0 for none.
+    pub(crate) gva: u64,
+    state: i32,
+    entry: u64,
+    time: [u64; 4],
+}
+
+impl Runstate {
+    /// The 64-bit `vcpu_runstate_info`: state, state_entry_time (with `flag`), time[4].
+    fn bytes(&self, flag: u64) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        b[..4].copy_from_slice(&self.state.to_le_bytes());
+        b[8..16].copy_from_slice(&(self.entry | flag).to_le_bytes());
+        for (i, t) in self.time.iter().enumerate() {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        b
+    }
+}
+
 /// One vCPU's Xen state.
 struct VcpuXen {
     lapic: Lapic,
     /// The registered vcpu_info's guest-physical address (else shared_info's slot).
     vcpu_info: Option<u64>,
-    /// The runstate area's guest-virtual address (accepted; not updated yet).
-    runstate: u64,
+    /// The runstate: where the guest reads it and the times kept.
+    runstate: Runstate,
     /// The one-shot timer's deadline (system time, ns).
     deadline: Option<u64>,
     /// The periodic timer's period (ns; 0 = stopped) and its next expiry.
@@ -121,6 +146,8 @@ struct Inner {
     /// The memory map the toolstack set (`KEEL_DOMAIN_SET_MEMORY_MAP`): e820 entries.
     memmap: [E820; uapi::KEEL_MAX_E820 as usize],
     memmap_len: usize,
+    /// VMASST_TYPE_runstate_update_flag: runstate writes mark state_entry_time's top bit.
+    pub(crate) runstate_flag: bool,
     /// console_io's rate limit: the second (system time) and the lines logged in it.
     console_second: u64,
     console_lines: u32,
@@ -280,7 +307,7 @@ impl Xen {
                 VcpuXen {
                     lapic,
                     vcpu_info: None,
-                    runstate: 0,
+                    runstate: Runstate::default(),
                     deadline: None,
                     period: 0,
                     next_tick: 0,
@@ -307,6 +334,7 @@ impl Xen {
                     vcpus,
                     memmap: [E820::default(); uapi::KEEL_MAX_E820 as usize],
                     memmap_len: 0,
+                    runstate_flag: false,
                     console_second: 0,
                     console_lines: 0,
                 }),
@@ -523,6 +551,7 @@ impl Xen {
             }
             if x.lapic.waiting_for_sipi() || x.down {
                 drop(inner);
+                self.set_runstate(v, &s.arch, dom, runstate::OFFLINE);
                 self.sync(v).block(
                     || {
                         let inner = self.inner.lock();
@@ -564,7 +593,45 @@ impl Xen {
             s.irq = irq;
             s.injected = 0;
             inner.vcpus[v as usize].irq_from_lapic = from_lapic;
+            drop(inner);
+            self.set_runstate(v, &s.arch, dom, runstate::RUNNING);
             return Ok(wake);
+        }
+    }
+
+    /// vCPU `v` enters runstate `state` (`abi::runstate`) now; its area, if registered, is
+    /// written through the vCPU's paging as it was at the end of its last run.
+    pub(crate) fn set_runstate(&self, v: u32, arch: &ArchState, dom: &DomainShared, state: i32) {
+        let now = self.now();
+        let mut inner = self.inner.lock();
+        let flag = inner.runstate_flag;
+        let r = &mut inner.vcpus[v as usize].runstate;
+        if r.state == state && r.entry != 0 {
+            return;
+        }
+        if r.entry != 0 {
+            r.time[(r.state & 3) as usize] += now.saturating_sub(r.entry);
+        }
+        r.state = state;
+        r.entry = now.max(1);
+        if r.gva == 0 {
+            return;
+        }
+        let r = *r;
+        drop(inner);
+        let long = arch.efer & crate::keel_core::arch::efer::LMA != 0;
+        let g = guest::Guest::new(dom, arch, long);
+        const UPDATE: u64 = crate::keel_core::xen::abi::runstate::UPDATE;
+        if flag {
+            // The protocol a guest reading it expects: the flag first, then the rest, then
+            // the entry time without the flag.
+            let _ = g.write(r.gva + 8, &(r.entry | UPDATE).to_le_bytes());
+            core::sync::atomic::fence(Ordering::SeqCst);
+            let _ = g.write(r.gva, &r.bytes(UPDATE));
+            core::sync::atomic::fence(Ordering::SeqCst);
+            let _ = g.write(r.gva + 8, &r.entry.to_le_bytes());
+        } else {
+            let _ = g.write(r.gva, &r.bytes(0));
         }
     }
 
@@ -575,7 +642,8 @@ impl Xen {
     }
 
     /// After a run: the local APIC takes the interrupt root mode injected into service.
-    pub(crate) fn after_run(&self, v: u32, s: &mut VcpuState) {
+    pub(crate) fn after_run(&self, v: u32, s: &mut VcpuState, dom: &DomainShared) {
+        self.set_runstate(v, &s.arch, dom, runstate::RUNNABLE);
         if s.injected & IRQ_VALID == 0 {
             return;
         }
@@ -614,7 +682,7 @@ impl Xen {
                 if s.arch.rflags & crate::keel_core::arch::rflags::IF == 0 {
                     return Ok(self.vcpu_down(v, s));
                 }
-                self.block(v, dom, None)?;
+                self.block(v, &s.arch, dom)?;
                 Ok((Handled::Resume, WakeSet::default()))
             }
             UserExit::Mmio {
@@ -650,11 +718,25 @@ impl Xen {
 
     /// Sleeps until vCPU `v` has work (or, with `poll`, until one of those ports is pending)
     /// or system time `deadline`.
-    fn block(&self, v: u32, dom: &DomainShared, poll: Option<&[Port]>) -> Result {
-        self.block_until(v, dom, poll, None)
+    fn block(&self, v: u32, arch: &ArchState, dom: &DomainShared) -> Result {
+        self.block_until(v, arch, dom, None, None)
     }
 
     fn block_until(
+        &self,
+        v: u32,
+        arch: &ArchState,
+        dom: &DomainShared,
+        poll: Option<&[Port]>,
+        deadline: Option<u64>,
+    ) -> Result {
+        self.set_runstate(v, arch, dom, runstate::BLOCKED);
+        let r = self.sleep(v, dom, poll, deadline);
+        self.set_runstate(v, arch, dom, runstate::RUNNABLE);
+        r
+    }
+
+    fn sleep(
         &self,
         v: u32,
         dom: &DomainShared,

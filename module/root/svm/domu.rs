@@ -20,7 +20,10 @@ use crate::keel_core::{
 };
 use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, IRQ_VALID, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{
+    switch_back_tsc_aux, switch_tsc_aux, take_forced_failure, ArchState, VcpuState, IRQ_VALID,
+    PASSTHROUGH_MSRS,
+};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
     push_callee_saved, save_gprs_to_rax, x86, GuestRegs, Page, RAX,
@@ -220,6 +223,7 @@ fn save_arch(vmcb: &Vmcb, lme_held: bool, a: &mut ArchState) {
         efer: (s.efer & !efer::SVME) | if lme_held { efer::LME } else { 0 },
         pat: s.g_pat,
         xcr0: a.xcr0,
+        tsc_aux: a.tsc_aux,
         star: s.star,
         lstar: s.lstar,
         cstar: s.cstar,
@@ -289,6 +293,8 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
     let xcr0 = fpu::host_xcr0(xcr0_supported);
     // SAFETY: The areas are the vCPU's, sized for the domain's XCR0 (the Linux side checked).
     unsafe { fpu::enter(v, xcr0_supported, xcr0) };
+    // SAFETY: Switched back below, before Dom0 runs.
+    let dom0_tsc_aux = unsafe { switch_tsc_aux(v, domain.tsc_aux) };
     // The breakpoint addresses are the guest's while it runs, Dom0's after (VMRUN and #VMEXIT
     // switch DR6 and DR7, not these). Root mode's DR7 has every breakpoint off.
     let dom0_dr = x86::read_dr0_3();
@@ -350,8 +356,11 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
     v.guest_dr = x86::read_dr0_3();
     // SAFETY: Dom0's own values, back before it runs.
     unsafe { x86::write_dr0_3(&dom0_dr) };
-    // SAFETY: As for `fpu::enter`.
-    unsafe { fpu::leave(v, xcr0_supported, xcr0) };
+    // SAFETY: As for `fpu::enter`; the TSC_AUX switched above.
+    unsafe {
+        fpu::leave(v, xcr0_supported, xcr0);
+        switch_back_tsc_aux(v, dom0_tsc_aux);
+    }
     if matches!(v.exit, UserExit::EntryFailure { .. }) {
         // A refused VMRUN may leave the save area half written (QEMU stores the host's state
         // there): the guest's state is still the one Dom0 gave, loaded again next time.

@@ -28,7 +28,10 @@ use crate::keel_core::{
 };
 use crate::root::exit::{self, Action, UserExit};
 use crate::root::fpu;
-use crate::root::vcpu::{take_forced_failure, ArchState, VcpuState, IRQ_VALID, PASSTHROUGH_MSRS};
+use crate::root::vcpu::{
+    switch_back_tsc_aux, switch_tsc_aux, take_forced_failure, ArchState, VcpuState, IRQ_VALID,
+    PASSTHROUGH_MSRS,
+};
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
     push_callee_saved, save_gprs_to_rax, x86, GuestRegs,
@@ -514,6 +517,8 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         x86::write_dr6(v.arch.dr6);
     }
 
+    // SAFETY: Switched back below, before Dom0 runs.
+    let dom0_tsc_aux = unsafe { switch_tsc_aux(v, domain.tsc_aux) };
     let mut launched = false;
     loop {
         if nmi_pending.load(Ordering::Relaxed) {
@@ -574,6 +579,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     // SAFETY: As above, in reverse.
     unsafe {
         fpu::leave(v, xcr0_supported, xcr0);
+        switch_back_tsc_aux(v, dom0_tsc_aux);
         v.arch.cr2 = x86::read_cr2();
         x86::write_cr2(dom0_cr2);
         (v.guest_dr, v.arch.dr6) = (x86::read_dr0_3(), x86::read_dr6());
