@@ -473,13 +473,7 @@ fn evtchn_op(
             }
             let inner = &mut *inner;
             // Dom0's ends go with the DomU's ports.
-            for p in inner.dom0.iter_mut().filter(|p| p.ctx != 0) {
-                // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
-                unsafe {
-                    kernel::bindings::eventfd_ctx_put(p.ctx as *mut kernel::bindings::eventfd_ctx)
-                };
-                p.ctx = 0;
-            }
+            inner.dom0.iter_mut().for_each(super::Dom0Port::release);
             let Some(shared_info) = inner.shared_info else {
                 return Ok(0);
             };
@@ -500,17 +494,14 @@ fn evtchn_op(
         }
         evtchnop::CLOSE => {
             let a = EvtchnClose::from_bytes(&g.get::<4>(arg)?).ok_or(Errno::EFAULT)?;
-            if inner.dom0.iter().any(|p| p.ctx != 0 && p.port == a.port) {
-                // Dom0's end stays until Dom0 unbinds; the DomU's port closes.
-                if let Some(p) = inner.dom0.iter_mut().find(|p| p.port == a.port) {
-                    // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
-                    unsafe {
-                        kernel::bindings::eventfd_ctx_put(
-                            p.ctx as *mut kernel::bindings::eventfd_ctx,
-                        )
-                    };
-                    p.ctx = 0;
-                }
+            // A port connected to Dom0 loses Dom0's end with it (Dom0's notify and unbind then
+            // get EINVAL).
+            if let Some(p) = inner
+                .dom0
+                .iter_mut()
+                .find(|p| p.ctx != 0 && p.port == a.port)
+            {
+                p.release();
             }
             let Some(shared_info) = inner.shared_info else {
                 return Err(Errno::EINVAL);

@@ -63,10 +63,21 @@ const PARAMS: [u32; 4] = [
 
 /// A port connected to Dom0, and the eventfd its notifications signal.
 #[derive(Clone, Copy)]
-struct Dom0Port {
+pub(crate) struct Dom0Port {
     port: Port,
     /// `struct eventfd_ctx *` (a reference held), 0 for a free slot.
     ctx: usize,
+}
+
+impl Dom0Port {
+    /// Drops the eventfd reference and frees the slot.
+    pub(crate) fn release(&mut self) {
+        if self.ctx != 0 {
+            // SAFETY: A used slot holds a reference from `eventfd_ctx_fdget`, dropped once here.
+            unsafe { bindings::eventfd_ctx_put(self.ctx as *mut bindings::eventfd_ctx) };
+        }
+        *self = Dom0Port { port: 0, ctx: 0 };
+    }
 }
 
 /// One entry of the guest's memory map.
@@ -168,11 +179,8 @@ pub(crate) struct Xen {
 #[pinned_drop]
 impl PinnedDrop for Xen {
     fn drop(self: Pin<&mut Self>) {
-        let inner = self.inner.lock();
-        for p in inner.dom0.iter().filter(|p| p.ctx != 0) {
-            // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
-            unsafe { bindings::eventfd_ctx_put(p.ctx as *mut bindings::eventfd_ctx) };
-        }
+        let mut inner = self.inner.lock();
+        inner.dom0.iter_mut().for_each(Dom0Port::release);
     }
 }
 
@@ -421,9 +429,7 @@ impl Xen {
             .iter_mut()
             .find(|p| p.ctx != 0 && p.port == port)
             .ok_or(EINVAL)?;
-        // SAFETY: The slot holds a reference from `eventfd_ctx_fdget`.
-        unsafe { bindings::eventfd_ctx_put(p.ctx as *mut bindings::eventfd_ctx) };
-        *p = Dom0Port { port: 0, ctx: 0 };
+        p.release();
         Ok(())
     }
 
