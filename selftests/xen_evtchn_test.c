@@ -3,13 +3,14 @@
  * xen_evtchn_test: 2-level event channels of a Xen PVH domain, guest and Dom0 sides.
  * HVM_PARAM_CALLBACK_IRQ of type vector names the upcall vector; a send on an IPI port sets
  * the pending bit, the vCPU's selector bit and evtchn_upcall_pending and runs the guest's
- * handler (IDT) once interrupts are on; a masked port raises nothing until EVTCHNOP_unmask;
- * close, status, bind_vcpu, alloc_unbound, bind_virq, and Xen's errno for every bad argument.
- * Dom0's side: KEEL_DOMAIN_EVTCHN_BIND (with and without KEEL_EVTCHN_ALLOC) signals an eventfd
- * on the guest's sends, KEEL_DOMAIN_EVTCHN_NOTIFY raises the guest's callback, and the bad
- * arguments of those ioctls; HVM params between Dom0 (SET/GET_PARAM) and the guest (get_param
- * reads them, set_param of anything but CALLBACK_IRQ is -EPERM). Runs inside the test VM, as
- * root, after keel.ko is loaded.
+ * handler (IDT) once interrupts are on (on another vCPU asleep in HLT: its own vcpu_info and
+ * callback); a masked port raises nothing until EVTCHNOP_unmask; close, status, bind_vcpu,
+ * alloc_unbound, bind_virq, and Xen's errno for every bad argument (ESRCH for a domain that
+ * does not exist). Dom0's side: KEEL_DOMAIN_EVTCHN_BIND (with and without KEEL_EVTCHN_ALLOC)
+ * signals an eventfd on the guest's sends, KEEL_DOMAIN_EVTCHN_NOTIFY raises the guest's
+ * callback (waking it from HLT), and the bad arguments of those ioctls; HVM params between
+ * Dom0 (SET/GET_PARAM) and the guest (get_param reads them, set_param of anything but
+ * CALLBACK_IRQ is -EPERM). Runs inside the test VM, as root, after keel.ko is loaded.
  */
 #include <stdint.h>
 #include <string.h>
@@ -314,6 +315,79 @@ static GUEST_CODE void guest_params(void)
 	GUEST_ASSERT_EQ(v, STORE_PFN + 1);
 }
 
+/* Dom0's notify wakes a vCPU asleep in HLT (a backstop timer at +PATIENCE would end the sleep
+ * otherwise: the test then fails instead of hanging). */
+#define MS       1000000ULL
+#define PATIENCE (5000 * MS)
+
+static GUEST_CODE void guest_hlt_until_notify(uint64_t dport)
+{
+	uint64_t now;
+	uint32_t tport;
+
+	setup_events();
+	GUEST_ASSERT_EQ(xen_bind_virq(VIRQ_TIMER, 0, &tport, SCRATCH), 0);
+	now = pvclock_read(VI0);
+	GUEST_ASSERT_EQ(xen_singleshot(0, now + PATIENCE, 0, SCRATCH), 0);
+	GUEST_SYNC(0);
+	__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_ASSERT_EQ(IRQ0->cb_count, 1);
+	GUEST_ASSERT(test_bit64(SHINFO + SI_EVTCHN_PENDING, dport));
+	GUEST_ASSERT(!test_bit64(SHINFO + SI_EVTCHN_PENDING, tport));
+	GUEST_ASSERT(pvclock_read(VI0) < now + PATIENCE);
+	xen_ack_port(SHINFO, VI0, dport);
+}
+
+/* An IPI port bound to vCPU 1 (asleep in HLT), sent by vCPU 0: vCPU 1's vcpu_info and
+ * callback, not vCPU 0's. */
+#define SHARED   0x30000ULL
+#define P_PORT   ((volatile uint64_t *)(SHARED + 0x00))
+#define AP_READY ((volatile uint64_t *)(SHARED + 0x08))
+#define AP_DONE  ((volatile uint64_t *)(SHARED + 0x10))
+#define VI1      (SHINFO + XEN_VCPU_INFO_SIZE)
+#define SPINS    200000000ULL
+
+static GUEST_CODE void guest_ipi_ap(uint64_t unused)
+{
+	uint64_t now;
+	uint32_t port = *P_PORT, tport;
+
+	(void)unused;
+	XEN_IRQ(1)->vcpu_info = VI1;
+	GUEST_ASSERT_EQ(xen_bind_virq(VIRQ_TIMER, 1, &tport, SCRATCH + 0x100), 0);
+	now = pvclock_read(VI1);
+	GUEST_ASSERT_EQ(xen_singleshot(1, now + PATIENCE, 0, SCRATCH + 0x100), 0);
+	*AP_READY = 1;
+	while (XEN_IRQ(1)->cb_count == 0)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_ASSERT(test_bit64(SHINFO + SI_EVTCHN_PENDING, port));
+	GUEST_ASSERT(!test_bit64(SHINFO + SI_EVTCHN_PENDING, tport));
+	GUEST_ASSERT(test_bit64(VI1 + VI_PENDING_SEL, port / 64));
+	GUEST_ASSERT_EQ(XEN_IRQ(1)->cb_upcall, 1);
+	xen_ack_port(SHINFO, VI1, port);
+	*AP_DONE = 1;
+}
+
+static GUEST_CODE void guest_ipi_bsp(void)
+{
+	uint32_t port;
+	uint64_t now;
+
+	setup_events();
+	GUEST_ASSERT_EQ(xen_bind_ipi(1, &port, SCRATCH), 0);
+	*P_PORT = port;
+	apic_start_ap(1);
+	GUEST_ASSERT(spin_until_eq(AP_READY, 1, SPINS));
+	now = pvclock_read(VI0);
+	while (pvclock_read(VI0) < now + 20 * MS)
+		guest_pause();
+	GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, port, SCRATCH), 0);
+	GUEST_ASSERT_EQ(*(volatile uint8_t *)(VI0 + VI_UPCALL_PENDING), 0);
+	GUEST_ASSERT(spin_until_eq(AP_DONE, 1, SPINS));
+	irq_window();
+	GUEST_ASSERT_EQ(IRQ0->cb_count, 0);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -463,6 +537,54 @@ TEST_F(domain, hvm_params)
 	/* The guest's refused writes changed nothing. */
 	ASSERT_EQ(0, ioctl(vm->fd, KEEL_DOMAIN_GET_PARAM, &xp));
 	EXPECT_EQ(CONSOLE_PFN, xp.value);
+	vm_destroy(vm);
+}
+
+struct notifier {
+	struct keel_vm *vm;
+	uint32_t port;
+	int ret;
+};
+
+static void *notify_later(void *arg)
+{
+	struct notifier *n = arg;
+
+	usleep(100 * 1000);
+	n->ret = xen_evtchn_notify(n->vm, n->port);
+	return NULL;
+}
+
+TEST_F(domain, dom0_notify_wakes_hlt)
+{
+	struct keel_vm *vm = events_vm("xen-evtchn-hlt", 1, guest_hlt_until_notify);
+	int efd = eventfd(0, EFD_NONBLOCK);
+	struct notifier n = { .vm = vm, .ret = -1 };
+	pthread_t tid;
+
+	ASSERT_LE(0, efd);
+	ASSERT_EQ(0, xen_evtchn_bind(vm, KEEL_EVTCHN_ALLOC, 0, efd, &n.port));
+	vcpu_args_set(vm->vcpus[0], 1, (uint64_t)n.port);
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vm->vcpus[0], NULL));
+	ASSERT_EQ(0, pthread_create(&tid, NULL, notify_later, &n));
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	pthread_join(tid, NULL);
+	EXPECT_EQ(0, n.ret);
+	vm_destroy(vm);
+	close(efd);
+}
+
+TEST_F(domain, ipi_port_wakes_other_vcpu)
+{
+	struct keel_vm *vm = events_vm("xen-evtchn-smp", 2, guest_ipi_bsp);
+	struct xen_runner ap;
+
+	xen_setup_ap(vm, guest_ipi_ap, 0);
+	xen_runner_start(&ap, vm->vcpus[1], true);
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	xen_runner_join(&ap);
+	EXPECT_TRUE(ap.done) TH_LOG("vCPU 1's run ended: reason %u, errno %d", ap.last_reason,
+				    ap.err);
 	vm_destroy(vm);
 }
 

@@ -9,7 +9,8 @@
  * HLT with interrupts off on every vCPU powers the domain off (KEEL_EXIT_SHUTDOWN,
  * KEEL_SHUTDOWN_XEN, poweroff) on the last one, while the other's thread sleeps until a
  * signal. Port I/O reads all-ones and a read of an unmapped hole too, with no exit to Dom0
- * (writes dropped), while a KEEL_RANGE_MMIO range still exits. Runs inside the test VM, as
+ * (writes dropped), while a KEEL_RANGE_MMIO range still exits. The APIC timer (one-shot)
+ * interrupts a vCPU asleep in HLT and one that runs. Runs inside the test VM, as
  * root, after keel.ko is loaded.
  */
 #include <stdint.h>
@@ -150,6 +151,49 @@ static GUEST_CODE void guest_io_and_holes(void)
 	GUEST_ASSERT_EQ(*(volatile uint32_t *)MMIO, 0xabcd1234);
 }
 
+/* The APIC timer (one-shot, divide by 1: it counts TSC ticks, Keel's bus clock). A Xen
+ * one-shot timer at +PATIENCE is the backstop that ends the HLT if the APIC timer never
+ * fires (the test then fails instead of hanging). */
+#define APIC_LVT_TIMER  0x320
+#define APIC_TIMER_INIT 0x380
+#define APIC_TIMER_DIV  0x3e0
+#define VEC_TIMER       (XEN_LAPIC_VECTOR0 + 3)
+#define SHINFO          0x10000ULL
+#define SCRATCH         0x20000ULL
+#define MS              1000000ULL
+#define PATIENCE        (1000 * MS)
+
+static GUEST_CODE void guest_apic_timer(void)
+{
+	uint64_t v = HVM_CALLBACK_VECTOR(XEN_CB_VECTOR), now;
+	uint32_t tport;
+
+	GUEST_ASSERT_EQ(xen_add_to_physmap(XENMAPSPACE_shared_info, 0, SHINFO >> 12, SCRATCH), 0);
+	GUEST_ASSERT_EQ(xen_hvm_param(HVMOP_set_param, HVM_PARAM_CALLBACK_IRQ, &v, SCRATCH), 0);
+	XEN_IRQ(0)->vcpu_info = SHINFO;
+	GUEST_ASSERT_EQ(xen_bind_virq(VIRQ_TIMER, 0, &tport, SCRATCH), 0);
+	apic_write(APIC_SVR, 0x1ff);
+	apic_write(APIC_TIMER_DIV, 0xb);
+	apic_write(APIC_LVT_TIMER, VEC_TIMER);
+
+	/* Asleep in HLT: the APIC timer wakes the vCPU. */
+	now = pvclock_read(SHINFO);
+	GUEST_ASSERT_EQ(xen_singleshot(0, now + PATIENCE, 0, SCRATCH), 0);
+	apic_write(APIC_TIMER_INIT, 1000000);
+	__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_SYNC(pvclock_read(SHINFO) - now);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->cb_count, 0);
+
+	/* Running, touching no APIC register: delivered all the same. */
+	GUEST_ASSERT_EQ(xen_hc(HC_vcpu_op, VCPUOP_stop_singleshot_timer, 0, 0), 0);
+	now = pvclock_read(SHINFO);
+	apic_write(APIC_TIMER_INIT, 1000000);
+	while (XEN_IRQ(0)->lapic_count == 1 && pvclock_read(SHINFO) < now + PATIENCE)
+		irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -221,6 +265,18 @@ TEST_F(domain, port_io_and_holes_read_all_ones)
 	EXPECT_EQ(4, vcpu->run.exit.mmio.size);
 	vcpu->run.exit.mmio.data = 0xabcd1234;
 	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vcpu, &uc));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, apic_timer_one_shot)
+{
+	struct keel_vm *vm = vm_create_xen("xen-apic-timer", 1, SZ_1M);
+	struct keel_ucall uc;
+
+	xen_setup_vcpu0(vm, guest_apic_timer);
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vm->vcpus[0], &uc));
+	TH_LOG("the HLT ended after %llu us", (ull)(uc.args[0] / 1000));
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc));
 	vm_destroy(vm);
 }
 

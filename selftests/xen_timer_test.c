@@ -6,7 +6,8 @@
  * VCPU_SSHOTTMR_future asks otherwise (-ETIME); stop_singleshot_timer and set_timer_op(0)
  * cancel it; set_timer_op arms it. SCHEDOP_block returns when the timer fires; SCHEDOP_poll on
  * a masked port returns when Dom0 raises that port (no callback: masked), and with a timeout
- * returns after it; bad poll arguments. HLT with interrupts on sleeps until the timer, and the
+ * returns after it, and when another vCPU sends on it; bad poll arguments. vCPU 1's own timer
+ * (VIRQ_TIMER bound for vCPU 1) wakes it from HLT. HLT with interrupts on sleeps until the timer, and the
  * vCPU's thread uses little CPU meanwhile. Runs inside the test VM, as root, after keel.ko is
  * loaded.
  */
@@ -186,9 +187,92 @@ static GUEST_CODE void guest_hlt(void)
 	after = pvclock_read(VI0);
 	GUEST_SYNC(1);
 	GUEST_ASSERT(after >= deadline);
+	GUEST_ASSERT_EQ(IRQ0->cb_spurious, 0);
 	GUEST_ASSERT_EQ(IRQ0->cb_count, 1);
 	GUEST_ASSERT(pvclock_tsc(VI0, IRQ0->cb_tsc) >= deadline);
 	xen_ack_port(SHINFO, VI0, port);
+}
+
+/* Two vCPUs: vCPU 1 (started by INIT/SIPI) sleeps in HLT on its own timer, then sends on an
+ * IPI port of vCPU 0 that vCPU 0 masked and polls. */
+#define SHARED   0x30000ULL
+#define P_PORT   ((volatile uint64_t *)(SHARED + 0x00))
+#define T_SEND   ((volatile uint64_t *)(SHARED + 0x08))
+#define AP_DONE  ((volatile uint64_t *)(SHARED + 0x10))
+#define VI1      (SHINFO + XEN_VCPU_INFO_SIZE)
+#define SPINS    200000000ULL
+
+static GUEST_CODE void guest_poll_ap(uint64_t unused)
+{
+	uint64_t now, deadline;
+	uint32_t t1;
+
+	(void)unused;
+	XEN_IRQ(1)->vcpu_info = VI1;
+	GUEST_ASSERT_EQ(xen_bind_virq(VIRQ_TIMER, 1, &t1, SCRATCH + 0x100), 0);
+	now = pvclock_read(VI1);
+	deadline = now + 20 * MS;
+	GUEST_ASSERT_EQ(xen_singleshot(1, deadline, 0, SCRATCH + 0x100), 0);
+	while (XEN_IRQ(1)->cb_count == 0 && pvclock_read(VI1) < now + PATIENCE)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_ASSERT_EQ(XEN_IRQ(1)->cb_count, 1);
+	GUEST_ASSERT(pvclock_tsc(VI1, XEN_IRQ(1)->cb_tsc) >= deadline);
+	GUEST_ASSERT(test_bit64(SHINFO + SI_EVTCHN_PENDING, t1));
+	GUEST_ASSERT(test_bit64(VI1 + VI_PENDING_SEL, t1 / 64));
+	xen_ack_port(SHINFO, VI1, t1);
+	/* vCPU 0 had time to go to sleep in its poll. */
+	now = pvclock_read(VI1);
+	while (pvclock_read(VI1) < now + 30 * MS)
+		guest_pause();
+	*T_SEND = pvclock_read(VI1);
+	GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, *P_PORT, SCRATCH + 0x100), 0);
+	*AP_DONE = 1;
+}
+
+static GUEST_CODE void guest_poll_bsp(void)
+{
+	volatile struct sched_poll *p = (volatile struct sched_poll *)SCRATCH;
+	volatile uint32_t *ports = (volatile uint32_t *)PORTS;
+	uint64_t now, after;
+	uint32_t port;
+
+	setup_timer_events();
+	GUEST_ASSERT_EQ(xen_bind_ipi(0, &port, SCRATCH), 0);
+	set_bit64(SHINFO + SI_EVTCHN_MASK, port);
+	*P_PORT = port;
+	apic_start_ap(1);
+	now = pvclock_read(VI0);
+	ports[0] = port;
+	p->ports = PORTS;
+	p->nr_ports = 1;
+	p->timeout = now + PATIENCE;
+	GUEST_ASSERT_EQ(xen_sched_op(SCHEDOP_poll, SCRATCH), 0);
+	after = pvclock_read(VI0);
+	GUEST_ASSERT(test_bit64(SHINFO + SI_EVTCHN_PENDING, port));
+	GUEST_ASSERT(after < now + PATIENCE);
+	GUEST_ASSERT(after >= *T_SEND);
+	GUEST_ASSERT_EQ(IRQ0->cb_count, 0);
+	GUEST_ASSERT(spin_until_eq(AP_DONE, 1, SPINS));
+}
+
+/* Many short HLT sleeps on the timer: each wakes with exactly one callback, which finds
+ * evtchn_upcall_pending set (Xen injects the vector only while it is). */
+#define ROUNDS 50
+
+static GUEST_CODE void guest_hlt_rounds(void)
+{
+	uint32_t port = setup_timer_events();
+
+	for (uint64_t i = 1; i <= ROUNDS; i++) {
+		uint64_t deadline = pvclock_read(VI0) + MS;
+
+		GUEST_ASSERT_EQ(xen_singleshot(0, deadline, 0, SCRATCH), 0);
+		while (IRQ0->cb_count < i && pvclock_read(VI0) < deadline + PATIENCE)
+			__asm__ volatile("sti; hlt; cli" ::: "memory");
+		GUEST_ASSERT_EQ(IRQ0->cb_spurious, 0);
+		GUEST_ASSERT_EQ(IRQ0->cb_count, i);
+		xen_ack_port(SHINFO, VI0, port);
+	}
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -275,6 +359,30 @@ TEST_F(domain, hlt_sleeps_until_timer)
 	TH_LOG("HLT: %llu ms wall, %llu ms CPU", (ull)(wall / MS), (ull)(cpu / MS));
 	EXPECT_GE(wall, HLT_SLEEP * 9 / 10);
 	EXPECT_LT(cpu, wall / 4);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, hlt_timer_rounds_one_callback_each)
+{
+	struct keel_vm *vm = vm_create_xen("xen-hlt-rounds", 1, SZ_1M);
+
+	xen_setup_vcpu0(vm, guest_hlt_rounds);
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, poll_woken_by_other_vcpu_and_ap_timer)
+{
+	struct keel_vm *vm = vm_create_xen("xen-poll-smp", 2, SZ_1M);
+	struct xen_runner ap;
+
+	xen_setup_vcpu0(vm, guest_poll_bsp);
+	xen_setup_ap(vm, guest_poll_ap, 0);
+	xen_runner_start(&ap, vm->vcpus[1], true);
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	xen_runner_join(&ap);
+	EXPECT_TRUE(ap.done) TH_LOG("vCPU 1's run ended: reason %u, errno %d", ap.last_reason,
+				    ap.err);
 	vm_destroy(vm);
 }
 

@@ -224,7 +224,7 @@ struct xen_irq_state {
 	uint64_t vcpu_info;    /* 0x18: the vcpu_info's address (the guest sets it; 0: none) */
 	uint64_t lapic_count;  /* 0x20: local APIC interrupts taken (each EOIed) */
 	uint64_t lapic_tsc;    /* 0x28: TSC at the last one */
-	uint64_t exc_vector;   /* 0x30: unused */
+	uint64_t cb_spurious;  /* 0x30: callbacks that found evtchn_upcall_pending clear */
 };
 
 #define XEN_IRQ(n) ((volatile struct xen_irq_state *)XEN_IRQ_GPA(n))
@@ -253,6 +253,9 @@ asm(".pushsection .text\n"
     "	xor %eax, %eax\n"
     "	xchg %al, (%rdx)\n"
     "	mov %rax, 0x6010 + \\cpu * 0x100\n"
+    "	test %eax, %eax\n"
+    "	jnz 1f\n"
+    "	lock incq 0x6030 + \\cpu * 0x100\n"
     "1:	lock incq 0x6000 + \\cpu * 0x100\n"
     "	pop %rdx\n"
     "	pop %rax\n"
