@@ -10,7 +10,8 @@
  * signals an eventfd on the guest's sends, KEEL_DOMAIN_EVTCHN_NOTIFY raises the guest's
  * callback (waking it from HLT), and the bad arguments of those ioctls; HVM params between
  * Dom0 (SET/GET_PARAM) and the guest (get_param reads them, set_param of anything but
- * CALLBACK_IRQ is -EPERM). Runs inside the test VM, as root, after keel.ko is loaded.
+ * CALLBACK_IRQ is -EPERM). A send before STI; HLT brings exactly one callback per round,
+ * hundreds of rounds. Runs inside the test VM, as root, after keel.ko is loaded.
  */
 #include <stdint.h>
 #include <string.h>
@@ -388,6 +389,25 @@ static GUEST_CODE void guest_ipi_bsp(void)
 	GUEST_ASSERT_EQ(IRQ0->cb_count, 0);
 }
 
+/* An IPI port sent with interrupts off, then STI; HLT: one callback per round, each finding
+ * evtchn_upcall_pending set. */
+#define ROUNDS 300
+
+static GUEST_CODE void guest_send_hlt_rounds(void)
+{
+	uint32_t port;
+
+	setup_events();
+	GUEST_ASSERT_EQ(xen_bind_ipi(0, &port, SCRATCH), 0);
+	for (uint64_t i = 1; i <= ROUNDS; i++) {
+		GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, port, SCRATCH), 0);
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		if (IRQ0->cb_count != i || IRQ0->cb_spurious)
+			GUEST_SYNC(i);
+		xen_ack_port(SHINFO, VI0, port);
+	}
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -585,6 +605,18 @@ TEST_F(domain, ipi_port_wakes_other_vcpu)
 	xen_runner_join(&ap);
 	EXPECT_TRUE(ap.done) TH_LOG("vCPU 1's run ended: reason %u, errno %d", ap.last_reason,
 				    ap.err);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, send_hlt_rounds_one_callback_each)
+{
+	struct keel_vm *vm = events_vm("xen-evtchn-rounds", 1, guest_send_hlt_rounds);
+	struct keel_ucall uc;
+
+	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
+		TH_LOG("round %llu of %d: %llu callbacks, %llu spurious", (ull)uc.args[0], ROUNDS,
+		       (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->cb_count,
+		       (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->cb_spurious);
 	vm_destroy(vm);
 }
 

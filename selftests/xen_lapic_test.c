@@ -10,7 +10,8 @@
  * KEEL_SHUTDOWN_XEN, poweroff) on the last one, while the other's thread sleeps until a
  * signal. Port I/O reads all-ones and a read of an unmapped hole too, with no exit to Dom0
  * (writes dropped), while a KEEL_RANGE_MMIO range still exits. The APIC timer (one-shot)
- * interrupts a vCPU asleep in HLT and one that runs. Runs inside the test VM, as
+ * interrupts a vCPU asleep in HLT and one that runs. A self IPI before STI; HLT is taken
+ * exactly once per round, hundreds of rounds. Runs inside the test VM, as
  * root, after keel.ko is loaded.
  */
 #include <stdint.h>
@@ -194,6 +195,22 @@ static GUEST_CODE void guest_apic_timer(void)
 	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
 }
 
+/* A self IPI pending while interrupts are off, then STI; HLT: taken once per round (the
+ * vCPU does not sleep: the interrupt is there). */
+#define ROUNDS 300
+
+static GUEST_CODE void guest_self_ipi_hlt_rounds(void)
+{
+	apic_write(APIC_SVR, 0x1ff);
+	for (uint64_t i = 1; i <= ROUNDS; i++) {
+		apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		if (XEN_IRQ(0)->lapic_count != i)
+			GUEST_SYNC(i);
+		GUEST_ASSERT(!apic_bit(APIC_ISR, VEC_SELF));
+	}
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -277,6 +294,18 @@ TEST_F(domain, apic_timer_one_shot)
 	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vm->vcpus[0], &uc));
 	TH_LOG("the HLT ended after %llu us", (ull)(uc.args[0] / 1000));
 	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, self_ipi_hlt_rounds_once_each)
+{
+	struct keel_vm *vm = vm_create_xen("xen-ipi-rounds", 1, SZ_1M);
+	struct keel_ucall uc;
+
+	xen_setup_vcpu0(vm, guest_self_ipi_hlt_rounds);
+	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
+		TH_LOG("round %llu of %d: the interrupt count is off (%llu)", (ull)uc.args[0],
+		       ROUNDS, (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->lapic_count);
 	vm_destroy(vm);
 }
 
