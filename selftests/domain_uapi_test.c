@@ -71,7 +71,8 @@ TEST_F(domain, create_domain_bad_args)
 		EXPECT_ERRNO(err, __keel_create_domain(&c));                                 \
 	} while (0)
 
-	TRY_CREATE(EINVAL, c.flags = 1);
+	/* Flags: KEEL_CREATE_DOMAIN_XEN is the only one (bit 0). */
+	TRY_CREATE(EINVAL, c.flags = KEEL_CREATE_DOMAIN_XEN << 1);
 	TRY_CREATE(EINVAL, c.flags = 0x80000000);
 	TRY_CREATE(EINVAL, c.pad = 1);
 	TRY_CREATE(EINVAL, c.domid = 7);

@@ -89,15 +89,23 @@ const char *keel_exit_str(const struct keel_exit *e)
 
 struct keel_vm *vm_create_empty(const char *name, uint32_t max_vcpus, uint64_t memory_size)
 {
-	struct keel_domain_create create = { .max_vcpus = max_vcpus, .memory_size = memory_size };
+	return vm_create_empty_flags(name, max_vcpus, memory_size, 0);
+}
+
+struct keel_vm *vm_create_empty_flags(const char *name, uint32_t max_vcpus, uint64_t memory_size,
+				      uint32_t flags)
+{
+	struct keel_domain_create create = { .flags = flags, .max_vcpus = max_vcpus,
+					     .memory_size = memory_size };
 	struct keel_vm *vm = calloc(1, sizeof(*vm));
 
 	KEEL_ASSERT(vm, "out of memory");
 	KEEL_ASSERT(strlen(name) < KEEL_NAME_LEN, "domain name '%s' is too long", name);
 	strcpy(create.name, name);
 	vm->fd = __keel_create_domain(&create);
-	KEEL_ASSERT(vm->fd >= 0, "KEEL_CREATE_DOMAIN('%s', max_vcpus %u, memory_size %#llx) failed: %s",
-		    name, max_vcpus, (ull)memory_size, keel_errstr());
+	KEEL_ASSERT(vm->fd >= 0,
+		    "KEEL_CREATE_DOMAIN('%s', flags %#x, max_vcpus %u, memory_size %#llx) failed: %s",
+		    name, flags, max_vcpus, (ull)memory_size, keel_errstr());
 	vm->domid = create.domid;
 	strcpy(vm->name, name);
 	vm->max_vcpus = max_vcpus;
@@ -107,7 +115,14 @@ struct keel_vm *vm_create_empty(const char *name, uint32_t max_vcpus, uint64_t m
 
 struct keel_vm *vm_create(const char *name, uint32_t nr_vcpus, uint64_t ram_size)
 {
-	struct keel_vm *vm = vm_create_empty(name, nr_vcpus, ram_size + KEEL_SYS_RESERVE);
+	return vm_create_flags(name, nr_vcpus, ram_size, 0);
+}
+
+struct keel_vm *vm_create_flags(const char *name, uint32_t nr_vcpus, uint64_t ram_size,
+				uint32_t flags)
+{
+	struct keel_vm *vm = vm_create_empty_flags(name, nr_vcpus, ram_size + KEEL_SYS_RESERVE,
+						   flags);
 
 	if (ram_size) {
 		vm->ram = vm_add_range(vm, 0, ram_size, KEEL_RANGE_RAM);

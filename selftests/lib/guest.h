@@ -153,6 +153,16 @@ static inline int __vcpu_run(struct keel_vcpu *vcpu)
 struct keel_vm *vm_create(const char *name, uint32_t nr_vcpus, uint64_t ram_size);
 /* A domain with nothing in it: no range, no vCPU. */
 struct keel_vm *vm_create_empty(const char *name, uint32_t max_vcpus, uint64_t memory_size);
+/* The same with KEEL_CREATE_DOMAIN flags (e.g. KEEL_CREATE_DOMAIN_XEN); the forms above pass 0. */
+struct keel_vm *vm_create_flags(const char *name, uint32_t nr_vcpus, uint64_t ram_size,
+				uint32_t flags);
+struct keel_vm *vm_create_empty_flags(const char *name, uint32_t max_vcpus, uint64_t memory_size,
+				      uint32_t flags);
+/* A Xen PVH domain (KEEL_CREATE_DOMAIN_XEN), otherwise as vm_create(). */
+static inline struct keel_vm *vm_create_xen(const char *name, uint32_t nr_vcpus, uint64_t ram_size)
+{
+	return vm_create_flags(name, nr_vcpus, ram_size, KEEL_CREATE_DOMAIN_XEN);
+}
 /* Closes the vCPUs and the domain, unmaps its memory. */
 void vm_destroy(struct keel_vm *vm);
 

@@ -207,6 +207,17 @@ static void vm_setup_long_mode(struct keel_vm *vm)
 	vm->long_mode = true;
 }
 
+void vm_long64_boot(struct keel_vm *vm, uint32_t id, struct keel_long64_boot *boot)
+{
+	KEEL_ASSERT(vm->long_mode, "'%s' has no long-mode setup yet (vcpu_setup_long64 first)",
+		    vm->name);
+	KEEL_ASSERT(id < vm->max_vcpus, "vCPU %u of '%s'", id, vm->name);
+	boot->cr3 = vm->pml4_gpa;
+	boot->stack = vm->stacks_gpa + (id + 1) * STACK_SIZE;
+	*(uint64_t *)gva_hva(vm, boot->stack - 8, 8) = (uint64_t)(uintptr_t)keel_guest_return;
+	boot->stack -= 8;
+}
+
 /* --- vCPU state -------------------------------------------------------------------------- */
 
 void vcpu_args_set(struct keel_vcpu *vcpu, unsigned int n, ...)

@@ -75,6 +75,18 @@ void vcpu_setup_real(struct keel_vcpu *vcpu, uint64_t cs_base_gpa, uint16_t ip);
 void vcpu_setup_prot32(struct keel_vcpu *vcpu, uint32_t entry);
 void vcpu_setup_long64(struct keel_vm *vm, struct keel_vcpu *vcpu, uint64_t entry, uint64_t stack);
 
+/*
+ * What a vCPU that enters long mode by itself (e.g. one that INIT/SIPI started in real mode)
+ * needs to use the library's setup: CR3 (below 4 GiB), and its stack (vCPU `id`'s own, as
+ * vcpu_setup_long64 would give it: [stack] holds a return address that reports UCALL_DONE).
+ * The domain's long-mode setup must exist (a vcpu_setup_long64() before).
+ */
+struct keel_long64_boot {
+	uint64_t cr3;
+	uint64_t stack;
+};
+void vm_long64_boot(struct keel_vm *vm, uint32_t id, struct keel_long64_boot *boot);
+
 /* A guest function's address for vcpu_setup_long64(). */
 #define GUEST_FN(fn) ((uint64_t)(uintptr_t)(fn))
 

@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * xen_lapic_test: the local APIC a Xen PVH vCPU has (xAPIC MMIO at 0xFEE00000) and the rest
+ * of its platform. ID and version registers; a self IPI (ICR shorthand self) is pending in IRR
+ * while interrupts are off, then runs the guest's IDT handler, whose EOI clears it; a
+ * software-disabled APIC drops it. vCPU 0's INIT/SIPI starts vCPU 1 (whose thread was already
+ * asleep inside KEEL_VCPU_RUN) in real mode at the SIPI vector; VCPUOP_is_up follows it; a
+ * fixed IPI to vCPU 1 and an all-but-self IPI wake its HLT and run its handler, not vCPU 0's.
+ * HLT with interrupts off on every vCPU powers the domain off (KEEL_EXIT_SHUTDOWN,
+ * KEEL_SHUTDOWN_XEN, poweroff) on the last one, while the other's thread sleeps until a
+ * signal. Port I/O reads all-ones and a read of an unmapped hole too, with no exit to Dom0
+ * (writes dropped), while a KEEL_RANGE_MMIO range still exits. The APIC timer (one-shot)
+ * interrupts a vCPU asleep in HLT and one that runs. A self IPI before STI; HLT is taken
+ * exactly once per round, hundreds of rounds. Runs inside the test VM, as
+ * root, after keel.ko is loaded.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "kselftest_harness.h"
+#include "domain_test.h"
+#include "xen.h"
+
+#define SHARED   0x30000ULL
+#define AP_READY ((volatile uint64_t *)(SHARED + 0x00))
+#define AP_CMD   ((volatile uint64_t *)(SHARED + 0x08))
+#define SPINS    200000000ULL
+#define HOLE     0xc0000000ULL
+#define MMIO     0xd0000000ULL
+
+#define VEC_SELF  XEN_LAPIC_VECTOR0
+#define VEC_FIXED (XEN_LAPIC_VECTOR0 + 1)
+#define VEC_ABS   (XEN_LAPIC_VECTOR0 + 2)
+
+/* ---------------------------------------------------------------------------------------
+ * Guest code (long mode). */
+
+GUEST_INLINE bool apic_bit(uint32_t base, uint32_t vector)
+{
+	return (apic_read(base + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
+
+GUEST_INLINE int64_t is_up(uint32_t vcpu)
+{
+	return xen_hc(HC_vcpu_op, VCPUOP_is_up, vcpu, 0);
+}
+
+static GUEST_CODE void guest_ap(uint64_t unused)
+{
+	(void)unused;
+	GUEST_ASSERT_EQ(apic_read(APIC_ID) >> 24, 1);
+	apic_write(APIC_SVR, 0x1ff);
+	*AP_READY = 1;
+	/* Asleep in HLT until each IPI; the handler counts and EOIs. */
+	while (XEN_IRQ(1)->lapic_count < 2)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT(spin_until_eq(AP_CMD, 1, SPINS));
+	/* Down. */
+	__asm__ volatile("cli; hlt" ::: "memory");
+	GUEST_ASSERT(0);
+}
+
+static GUEST_CODE void guest_bsp(void)
+{
+	GUEST_ASSERT_EQ(apic_read(APIC_ID) >> 24, 0);
+	GUEST_ASSERT_EQ(apic_read(APIC_VERSION), 0x00060014);
+
+	/* Self IPI: pending while interrupts are off, taken and EOIed after. */
+	apic_write(APIC_SVR, 0x1ff);
+	apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+	GUEST_ASSERT(apic_bit(APIC_IRR, VEC_SELF));
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 0);
+	irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT(!apic_bit(APIC_IRR, VEC_SELF));
+	GUEST_ASSERT(!apic_bit(APIC_ISR, VEC_SELF));
+	/* Software-disabled: a fixed interrupt is dropped. */
+	apic_write(APIC_SVR, 0xff);
+	apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+	irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT(!apic_bit(APIC_IRR, VEC_SELF));
+	apic_write(APIC_SVR, 0x1ff);
+
+	/* vCPU 1 waits for INIT/SIPI. */
+	GUEST_ASSERT_EQ(is_up(0), 1);
+	GUEST_ASSERT_EQ(is_up(1), 0);
+	GUEST_ASSERT_EQ(is_up(2), -XEN_ENOENT);
+	apic_start_ap(1);
+	GUEST_ASSERT(spin_until_eq(AP_READY, 1, SPINS));
+	GUEST_ASSERT_EQ(is_up(1), 1);
+
+	/* A fixed IPI to APIC id 1, then one to all but self. */
+	apic_icr(1, APIC_DM_FIXED | VEC_FIXED);
+	GUEST_ASSERT(spin_until_eq(&XEN_IRQ(1)->lapic_count, 1, SPINS));
+	apic_write(APIC_ICR_LOW, APIC_SH_ALL_BUT_SELF | APIC_DM_FIXED | VEC_ABS);
+	GUEST_ASSERT(spin_until_eq(&XEN_IRQ(1)->lapic_count, 2, SPINS));
+	irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+
+	/* vCPU 1 goes down first, then this one: the domain powers off here. */
+	*AP_CMD = 1;
+	for (uint64_t i = 0; is_up(1); i++)
+		GUEST_ASSERT(i < 1000000);
+	GUEST_SYNC(0);
+	__asm__ volatile("cli; hlt" ::: "memory");
+	GUEST_ASSERT(0);
+}
+
+GUEST_INLINE uint32_t inl(uint16_t port)
+{
+	uint32_t v;
+
+	__asm__ volatile("inl %w1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+GUEST_INLINE uint16_t inw(uint16_t port)
+{
+	uint16_t v;
+
+	__asm__ volatile("inw %w1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+GUEST_INLINE uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+
+	__asm__ volatile("inb %w1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static GUEST_CODE void guest_io_and_holes(void)
+{
+	/* Ports: all-ones whatever the size; writes vanish (no exit). */
+	GUEST_ASSERT_EQ(inb(0x80), 0xff);
+	GUEST_ASSERT_EQ(inw(0x510), 0xffff);
+	GUEST_ASSERT_EQ(inl(0xcf8), 0xffffffff);
+	__asm__ volatile("outl %0, %w1" ::"a"(0x80000000U), "Nd"((uint16_t)0xcf8));
+	__asm__ volatile("outb %0, %w1" ::"a"((uint8_t)0x12), "Nd"((uint16_t)0x80));
+	GUEST_ASSERT_EQ(inl(0xcf8), 0xffffffff);
+	/* A hole: all-ones at every size, writes dropped. */
+	GUEST_ASSERT_EQ(*(volatile uint8_t *)HOLE, 0xff);
+	GUEST_ASSERT_EQ(*(volatile uint16_t *)(HOLE + 2), 0xffff);
+	GUEST_ASSERT_EQ(*(volatile uint32_t *)(HOLE + 4), 0xffffffff);
+	GUEST_ASSERT_EQ(*(volatile uint64_t *)(HOLE + 8), ~0ULL);
+	*(volatile uint32_t *)HOLE = 0x1234;
+	GUEST_ASSERT_EQ(*(volatile uint32_t *)HOLE, 0xffffffff);
+	/* An MMIO range is Dom0's: the host answers. */
+	GUEST_ASSERT_EQ(*(volatile uint32_t *)MMIO, 0xabcd1234);
+}
+
+/* The APIC timer (one-shot, divide by 1: it counts TSC ticks, Keel's bus clock). A Xen
+ * one-shot timer at +PATIENCE is the backstop that ends the HLT if the APIC timer never
+ * fires (the test then fails instead of hanging). */
+#define APIC_LVT_TIMER  0x320
+#define APIC_TIMER_INIT 0x380
+#define APIC_TIMER_DIV  0x3e0
+#define VEC_TIMER       (XEN_LAPIC_VECTOR0 + 3)
+#define SHINFO          0x10000ULL
+#define SCRATCH         0x20000ULL
+#define MS              1000000ULL
+#define PATIENCE        (1000 * MS)
+
+static GUEST_CODE void guest_apic_timer(void)
+{
+	uint64_t v = HVM_CALLBACK_VECTOR(XEN_CB_VECTOR), now;
+	uint32_t tport;
+
+	GUEST_ASSERT_EQ(xen_add_to_physmap(XENMAPSPACE_shared_info, 0, SHINFO >> 12, SCRATCH), 0);
+	GUEST_ASSERT_EQ(xen_hvm_param(HVMOP_set_param, HVM_PARAM_CALLBACK_IRQ, &v, SCRATCH), 0);
+	XEN_IRQ(0)->vcpu_info = SHINFO;
+	GUEST_ASSERT_EQ(xen_bind_virq(VIRQ_TIMER, 0, &tport, SCRATCH), 0);
+	apic_write(APIC_SVR, 0x1ff);
+	apic_write(APIC_TIMER_DIV, 0xb);
+	apic_write(APIC_LVT_TIMER, VEC_TIMER);
+
+	/* Asleep in HLT: the APIC timer wakes the vCPU. */
+	now = pvclock_read(SHINFO);
+	GUEST_ASSERT_EQ(xen_singleshot(0, now + PATIENCE, 0, SCRATCH), 0);
+	apic_write(APIC_TIMER_INIT, 1000000);
+	__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_SYNC(pvclock_read(SHINFO) - now);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->cb_count, 0);
+
+	/* Running, touching no APIC register: delivered all the same. */
+	GUEST_ASSERT_EQ(xen_hc(HC_vcpu_op, VCPUOP_stop_singleshot_timer, 0, 0), 0);
+	now = pvclock_read(SHINFO);
+	apic_write(APIC_TIMER_INIT, 1000000);
+	while (XEN_IRQ(0)->lapic_count == 1 && pvclock_read(SHINFO) < now + PATIENCE)
+		irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
+}
+
+/* A self IPI pending while interrupts are off, then STI; HLT: taken once per round (the
+ * vCPU does not sleep: the interrupt is there). */
+#define ROUNDS 300
+
+static GUEST_CODE void guest_self_ipi_hlt_rounds(void)
+{
+	apic_write(APIC_SVR, 0x1ff);
+	for (uint64_t i = 1; i <= ROUNDS; i++) {
+		apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		if (XEN_IRQ(0)->lapic_count != i)
+			GUEST_SYNC(i);
+		GUEST_ASSERT(!apic_bit(APIC_ISR, VEC_SELF));
+	}
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Tests. */
+
+TEST_F(domain, ipis_sipi_and_poweroff)
+{
+	struct keel_vm *vm = vm_create_xen("xen-lapic", 2, SZ_1M);
+	struct keel_vcpu *bsp = vm->vcpus[0];
+	struct keel_domain_info info;
+	struct xen_runner ap;
+	struct keel_ucall uc;
+
+	xen_install_sigusr1();
+	xen_setup_vcpu0(vm, guest_bsp);
+	xen_setup_ap(vm, guest_ap, 0);
+	xen_runner_start(&ap, vm->vcpus[1], true);
+	/* vCPU 1's thread is inside KEEL_VCPU_RUN, asleep, before vCPU 0 starts it. */
+	ASSERT_TRUE(xen_wait_running(vm, 1, 2000));
+	usleep(20000);
+	EXPECT_FALSE(ap.real_seen);
+
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(bsp, &uc));
+	vcpu_run(bsp);
+	ASSERT_EXIT(bsp, KEEL_EXIT_SHUTDOWN);
+	EXPECT_EQ(KEEL_SHUTDOWN_XEN, bsp->run.exit.shutdown.kind);
+	EXPECT_EQ(KEEL_XEN_SHUTDOWN_POWEROFF, bsp->run.exit.shutdown.reason);
+
+	/* vCPU 1 is down, its thread asleep in the run until a signal. */
+	vm_info(vm, &info);
+	EXPECT_TRUE(info.running_mask & 2);
+	pthread_kill(ap.tid, SIGUSR1);
+	xen_runner_join(&ap);
+	EXPECT_EQ(EINTR, ap.err);
+	EXPECT_EQ(KEEL_EXIT_INTR, ap.last_reason);
+	EXPECT_TRUE(ap.real_seen);
+	EXPECT_EQ(XEN_AP_VECTOR << 8, ap.real_cs) TH_LOG("vCPU 1 started with CS %#llx",
+							 (ull)ap.real_cs);
+	EXPECT_EQ(0, ap.real_longmode);
+	EXPECT_FALSE(ap.done);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, lone_vcpu_hlt_without_interrupts_powers_off)
+{
+	struct keel_vm *vm = vm_create_xen("xen-lapic-off", 2, SZ_1M);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+
+	/* vCPU 1 never started: vCPU 0's HLT with IF=0 is the last one down. */
+	vm_write(vm, CODE_GPA, blob_real_hlt_start, BLOB_SIZE(real_hlt));
+	vcpu_setup_real(vcpu, CODE_GPA, 0);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_SHUTDOWN);
+	EXPECT_EQ(KEEL_SHUTDOWN_XEN, vcpu->run.exit.shutdown.kind);
+	EXPECT_EQ(KEEL_XEN_SHUTDOWN_POWEROFF, vcpu->run.exit.shutdown.reason);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, port_io_and_holes_read_all_ones)
+{
+	struct keel_vm *vm = vm_create_xen("xen-holes", 1, SZ_1M);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_ucall uc;
+
+	vm_add_range(vm, MMIO, SZ_4K, KEEL_RANGE_MMIO);
+	xen_setup_vcpu0(vm, guest_io_and_holes);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_MMIO);
+	EXPECT_EQ(MMIO, vcpu->run.exit.mmio.gpa);
+	EXPECT_EQ(KEEL_IO_IN, vcpu->run.exit.mmio.direction);
+	EXPECT_EQ(4, vcpu->run.exit.mmio.size);
+	vcpu->run.exit.mmio.data = 0xabcd1234;
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vcpu, &uc));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, apic_timer_one_shot)
+{
+	struct keel_vm *vm = vm_create_xen("xen-apic-timer", 1, SZ_1M);
+	struct keel_ucall uc;
+
+	xen_setup_vcpu0(vm, guest_apic_timer);
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vm->vcpus[0], &uc));
+	TH_LOG("the HLT ended after %llu us", (ull)(uc.args[0] / 1000));
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, self_ipi_hlt_rounds_once_each)
+{
+	struct keel_vm *vm = vm_create_xen("xen-ipi-rounds", 1, SZ_1M);
+	struct keel_ucall uc;
+
+	xen_setup_vcpu0(vm, guest_self_ipi_hlt_rounds);
+	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
+		TH_LOG("round %llu of %d: the interrupt count is off (%llu)", (ull)uc.args[0],
+		       ROUNDS, (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->lapic_count);
+	vm_destroy(vm);
+}
+
+TEST_HARNESS_MAIN
