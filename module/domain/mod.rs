@@ -120,7 +120,7 @@ impl Domain {
         let (max_vcpus, memory_size, flags) = (arg.max_vcpus, arg.memory_size, arg.flags);
         let domid = registry::next_domid()?;
         let xen = if flags & uapi::KEEL_CREATE_DOMAIN_XEN != 0 {
-            Some(Xen::new(domid as u16, max_vcpus)?)
+            Some(Xen::new(domid as u16, max_vcpus, registry::exists)?)
         } else {
             None
         };

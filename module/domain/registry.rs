@@ -89,6 +89,16 @@ pub(super) fn remove(domid: u32) {
     drop(gone);
 }
 
+/// Whether domain `domid` exists: Dom0 (0) or a live DomU.
+pub(crate) fn exists(domid: u16) -> bool {
+    domid == 0
+        || REGISTRY
+            .lock()
+            .list
+            .iter()
+            .any(|d| d.domid == u32::from(domid))
+}
+
 /// Counted references to the first `max` live domains, in domid order, and how many are
 /// live.
 pub(super) fn all(max: usize) -> Result<(KVec<Arc<Domain>>, usize)> {

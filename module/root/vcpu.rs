@@ -862,9 +862,11 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         Action::RunLoop
     }
 
-    /// The entry that follows injects the pending interrupt (`VcpuState::irq`).
+    /// The guest takes interrupts again: the run loop picks what to inject now (what it picked
+    /// before may be stale: a callback whose upcall flag the guest has cleared since, in the
+    /// handler of an event delivered meanwhile).
     fn interrupt_window(&mut self, _exit: &Exit) -> Action {
-        Action::Resume
+        Action::RunLoop
     }
 
     /// INIT: Linux sends none to a CPU it is using; ignore it.

@@ -411,8 +411,23 @@ fn evtchn_op(
     arg: u64,
     wake: &mut WakeSet,
 ) -> HResult {
-    let mut inner = x.inner.lock();
     let me = x.domid;
+    // Another domain: ESRCH if it does not exist, else EPERM (a DomU is not privileged), as
+    // Xen's lookup then XSM check answer; asked before the lock (the registry sleeps).
+    if matches!(
+        cmd,
+        evtchnop::ALLOC_UNBOUND | evtchnop::STATUS | evtchnop::RESET
+    ) {
+        let dom = u16::from_le_bytes(g.get::<2>(arg)?);
+        if dom != domid::SELF && dom != me {
+            return Err(if (x.exists)(dom) {
+                Errno::EPERM
+            } else {
+                Errno::ESRCH
+            });
+        }
+    }
+    let mut inner = x.inner.lock();
     match cmd {
         evtchnop::ALLOC_UNBOUND => {
             let mut a = EvtchnAllocUnbound::from_bytes(&g.get::<8>(arg)?).ok_or(Errno::EFAULT)?;
@@ -566,7 +581,11 @@ fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult 
         gnttabop::QUERY_SIZE => {
             let mut q = GnttabQuerySize::from_bytes(&g.get::<16>(arg)?).ok_or(Errno::EFAULT)?;
             if q.dom != domid::SELF && q.dom != x.domid {
-                q.status = gnttabop::ST_BAD_DOMAIN;
+                q.status = if (x.exists)(q.dom) {
+                    gnttabop::ST_PERMISSION_DENIED
+                } else {
+                    gnttabop::ST_BAD_DOMAIN
+                };
             } else {
                 let inner = x.inner.lock();
                 q.nr_frames = inner.gnttab.iter().filter(|f| f.is_some()).count() as u32;
@@ -580,7 +599,11 @@ fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult 
             let mut t =
                 GnttabSetupTable::decode(Width::Bits64, &g.get::<24>(arg)?).ok_or(Errno::EFAULT)?;
             if t.dom != domid::SELF && t.dom != x.domid {
-                t.status = gnttabop::ST_BAD_DOMAIN;
+                t.status = if (x.exists)(t.dom) {
+                    gnttabop::ST_PERMISSION_DENIED
+                } else {
+                    gnttabop::ST_BAD_DOMAIN
+                };
             } else if t.nr_frames as usize > GNTTAB_FRAMES {
                 t.status = gnttabop::ST_GENERAL_ERROR;
             } else {

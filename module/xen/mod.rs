@@ -132,13 +132,15 @@ struct VcpuXen {
 }
 
 impl VcpuXen {
-    /// The next expiry of either timer.
-    fn next_timer(&self) -> Option<u64> {
+    /// The next expiry of any of its timers (the one-shot, the periodic, the local APIC's), in
+    /// system time.
+    fn next_timer(&self, timebase: &Timebase) -> Option<u64> {
         let tick = (self.period != 0).then_some(self.next_tick);
-        match (self.deadline, tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let apic = self
+            .lapic
+            .next_deadline()
+            .map(|tsc| timebase.system_time(tsc));
+        [self.deadline, tick, apic].into_iter().flatten().min()
     }
 }
 
@@ -168,6 +170,8 @@ struct Inner {
 #[pin_data(PinnedDrop)]
 pub(crate) struct Xen {
     domid: u16,
+    /// Whether a domain id names a live domain (the registry; takes a mutex).
+    exists: fn(u16) -> bool,
     nr_vcpus: u32,
     timebase: Timebase,
     wallclock: Wallclock,
@@ -285,7 +289,11 @@ impl WakeSet {
 
 impl Xen {
     /// The Xen state of a new domain with `nr_vcpus` vCPUs.
-    pub(crate) fn new(domid: u16, nr_vcpus: u32) -> Result<Pin<KBox<Self>>> {
+    pub(crate) fn new(
+        domid: u16,
+        nr_vcpus: u32,
+        exists: fn(u16) -> bool,
+    ) -> Result<Pin<KBox<Self>>> {
         // SAFETY: Set at boot (the TSC's calibrated rate), read only.
         let tsc_khz = u64::from(unsafe { bindings::tsc_khz });
         let tsc0 = x86::rdtsc();
@@ -329,6 +337,7 @@ impl Xen {
         KBox::pin_init(
             try_pin_init!(Xen {
                 domid,
+                exists,
                 nr_vcpus,
                 timebase,
                 wallclock,
@@ -516,7 +525,7 @@ impl Xen {
         if x.lapic.has_event() || x.lapic.highest_pending().is_some() {
             return true;
         }
-        if x.next_timer().is_some_and(|d| d <= now) {
+        if x.next_timer(&self.timebase).is_some_and(|d| d <= now) {
             return true;
         }
         self.upcall_pending(inner, dom, v)
@@ -586,9 +595,10 @@ impl Xen {
                     wake.0 |= w.0 & !(1u64 << v);
                 }
             }
-            let x = &inner.vcpus[v as usize];
+            let x = &mut inner.vcpus[v as usize];
+            x.lapic.advance_timer(x86::rdtsc());
             let callback = inner.callback;
-            let lapic_irq = x.lapic.highest_pending();
+            let lapic_irq = inner.vcpus[v as usize].lapic.highest_pending();
             let (irq, from_lapic) = if callback != 0 && self.upcall_pending(&inner, dom, v) {
                 (IRQ_VALID | u16::from(callback), false)
             } else if let Some(vec) = lapic_irq {
@@ -643,7 +653,7 @@ impl Xen {
 
     /// The deadline of vCPU `v`'s timer as a relative time from now, for the run's hrtimer.
     pub(crate) fn deadline_in(&self, v: u32) -> Option<u64> {
-        let d = self.inner.lock().vcpus[v as usize].next_timer()?;
+        let d = self.inner.lock().vcpus[v as usize].next_timer(&self.timebase)?;
         Some(d.saturating_sub(self.now()))
     }
 
@@ -749,7 +759,7 @@ impl Xen {
         poll: Option<&[Port]>,
         deadline: Option<u64>,
     ) -> Result {
-        let timer = self.inner.lock().vcpus[v as usize].next_timer();
+        let timer = self.inner.lock().vcpus[v as usize].next_timer(&self.timebase);
         let until = match (deadline, timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -183,14 +183,16 @@ struct keel_domain_list {
  *
  * Dom0's side of event channels: Dom0 has no ports of its own. KEEL_DOMAIN_EVTCHN_BIND
  * connects a port of the DomU to Dom0: with KEEL_EVTCHN_ALLOC it allocates a new port in the
- * DomU, bound to Dom0 (what libxl does for the console and XenStore before the guest starts,
- * and what the guest's EVTCHNOP_bind_interdomain to Dom0 then finds connected); without it,
+ * DomU, bound to Dom0 (what libxl does for the console and XenStore before the guest starts:
+ * the guest learns the port from an HVM param or XenStore and uses it as it is); without it,
  * it binds a port the DomU allocated with EVTCHNOP_alloc_unbound for remote domain 0 (a PV
- * backend's way; EINVAL if the port is not such a port). The module signals `eventfd` each
+ * frontend's way; EINVAL if the port is not such a port). The module signals `eventfd` each
  * time the DomU sends on the port. KEEL_DOMAIN_EVTCHN_NOTIFY raises the DomU's port (the
  * guest's upcall, waking the vCPU the port is bound to); KEEL_DOMAIN_EVTCHN_UNBIND closes
- * Dom0's end (the DomU's port stays, as after a peer's close on Xen: unbound). Closing the
- * domain fd unbinds everything.
+ * Dom0's end (the DomU's port stays, unbound). The DomU's EVTCHNOP_close of the port, or its
+ * EVTCHNOP_reset, drops Dom0's end too (NOTIFY and UNBIND then get EINVAL). Dom0 has no ports
+ * of its own: a DomU's EVTCHNOP_bind_interdomain to domain 0 gets -EINVAL. Closing the domain
+ * fd unbinds everything.
  */
 /* The guest's memory map (XENMEM_memory_map answers with it; Xen's XENMEM_set_memory_map):
  * KEEL_DOMAIN_SET_MEMORY_MAP, before or after the first run, with 1..KEEL_MAX_E820 entries
