@@ -23,6 +23,8 @@ pub(super) fn page_offset() -> u64 {
 pub(super) struct Chunk {
     va: u64,
     pub(super) pages: u64,
+    /// The chunk's first byte, as an offset in its range (set when the range takes it).
+    pub(super) offset: u64,
 }
 
 impl Chunk {
@@ -45,6 +47,7 @@ impl Chunk {
         Some(Self {
             va,
             pages: 1 << order,
+            offset: 0,
         })
     }
 
@@ -79,16 +82,16 @@ pub(super) struct RangeMem {
 
 impl RangeMem {
     /// The direct-map address of the page at `gpa`, inside the range.
+    /// The chunks are in address order, each knowing its offset: a binary search (mmap asks
+    /// for every page of a range, so a linear walk made it quadratic).
     pub(super) fn page_va(&self, gpa: u64) -> Option<u64> {
-        let mut at = self.range.gpa;
-        for c in &self.chunks {
-            let size = c.pages * PAGE;
-            if gpa >= at && gpa < at + size {
-                return Some(c.va + (gpa - at));
-            }
-            at += size;
-        }
-        None
+        let off = gpa.checked_sub(self.range.gpa)?;
+        let i = self
+            .chunks
+            .partition_point(|c| c.offset <= off)
+            .checked_sub(1)?;
+        let c = &self.chunks[i];
+        (off - c.offset < c.pages * PAGE).then(|| c.va + (off - c.offset))
     }
 }
 

@@ -228,11 +228,12 @@ impl Domain {
             let mut at = r.gpa;
             while at < end {
                 let big = at % SIZE_2M == 0 && end - at >= SIZE_2M;
-                let chunk = big
+                let mut chunk = big
                     .then(|| Chunk::alloc(9))
                     .flatten()
                     .or_else(|| Chunk::alloc(0))
                     .ok_or(ENOMEM)?;
+                chunk.offset = at - r.gpa;
                 at += chunk.pages * PAGE;
                 mem.chunks.push(chunk, GFP_KERNEL)?;
             }
