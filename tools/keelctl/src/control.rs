@@ -82,32 +82,42 @@ fn wait_gone(pid: u32, within: Duration) -> bool {
 /// `keelctl destroy`: asks the domain's process to end it; kills the process when it does
 /// not answer within [`DESTROY_GRACE`] or does not go away.
 pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
-    let d = find(dev, arg)?;
-    let s = domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
-    let asked = proto::request(&dirs.socket(&d.name), Request::Destroy, DESTROY_GRACE);
+    let (name, pid) = match find(dev, arg) {
+        Ok(d) => {
+            let s = domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
+            (d.name, s.pid)
+        }
+        // A domain its keel-domd is restarting has no domain in the module for a moment: the
+        // process still answers for the name.
+        Err(e) => match StateFile::read(&dirs.state(arg)) {
+            Ok(s) if process_alive(s.pid) => (s.name, s.pid),
+            _ => return Err(e),
+        },
+    };
+    let asked = proto::request(&dirs.socket(&name), Request::Destroy, DESTROY_GRACE);
     let answered = matches!(&asked, Ok((r, _, _)) if r.ok);
-    if !(answered && wait_gone(s.pid, DESTROY_GRACE)) && process_alive(s.pid) {
+    if !(answered && wait_gone(pid, DESTROY_GRACE)) && process_alive(pid) {
         // SAFETY: kill takes no pointers; the pid is a live keel-domd's (checked just above).
-        unsafe { libc::kill(s.pid as libc::pid_t, libc::SIGKILL) };
-        if !wait_gone(s.pid, Duration::from_secs(5)) {
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        if !wait_gone(pid, Duration::from_secs(5)) {
             return Err(format!(
-                "keel-domd pid {} of domain {} survived SIGKILL",
-                s.pid, d.name
+                "keel-domd pid {pid} of domain {name} survived SIGKILL"
             ));
         }
     }
-    dirs.remove(&d.name);
-    // Closing the process's fds destroys the domain; the module may take a moment.
+    dirs.remove(&name);
+    // Closing the process's fds destroys the domain (whichever incarnation it was at); the
+    // module may take a moment.
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let domains = dev.list_domains().map_err(|e| e.to_string())?;
-        if !domains.iter().any(|x| x.domid == d.domid) {
+        let Some(left) = domains.iter().find(|x| x.name == name) else {
             return Ok(());
-        }
+        };
         if Instant::now() >= end {
             return Err(format!(
                 "domain {} (id {}) is still listed after its process ended",
-                d.name, d.domid
+                name, left.domid
             ));
         }
         sleep(Duration::from_millis(20));
