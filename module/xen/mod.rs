@@ -389,7 +389,9 @@ impl Xen {
             return Err(EINVAL);
         }
         let mut inner = self.inner.lock();
-        inner.memmap[..entries.len()].copy_from_slice(entries);
+        for (d, e) in inner.memmap.iter_mut().zip(entries) {
+            *d = *e;
+        }
         inner.memmap_len = entries.len();
         Ok(())
     }
