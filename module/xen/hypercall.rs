@@ -170,7 +170,9 @@ fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> 
             let mut done = 0u64;
             while done < r.nr_extents {
                 let mut e = [0u8; 8];
-                if g.read(r.extent_start + done * 8, &mut e).is_err() {
+                if g.read(r.extent_start.wrapping_add(done.wrapping_mul(8)), &mut e)
+                    .is_err()
+                {
                     break;
                 }
                 let gpa = u64::from_le_bytes(e).checked_mul(4096);
@@ -286,7 +288,11 @@ fn vcpu_op(
             if r.offset > 4096 - size || r.offset % 8 != 0 {
                 return Err(Errno::EINVAL);
             }
-            let gpa = r.mfn.checked_mul(4096).ok_or(Errno::EINVAL)? + u64::from(r.offset);
+            let gpa = r
+                .mfn
+                .checked_mul(4096)
+                .and_then(|a| a.checked_add(u64::from(r.offset)))
+                .ok_or(Errno::EINVAL)?;
             if dom.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
                 return Err(Errno::EINVAL);
             }
@@ -389,7 +395,9 @@ fn poll(
     }
     let mut ports = [0 as Port; schedop::POLL_MAX_PORTS as usize];
     for (i, port) in ports.iter_mut().take(p.nr_ports as usize).enumerate() {
-        let e = g.get::<4>(p.ports + 4 * i as u64).map_err(PollEnd::Guest)?;
+        let e = g
+            .get::<4>(p.ports.wrapping_add(4 * i as u64))
+            .map_err(PollEnd::Guest)?;
         *port = u32::from_le_bytes(e);
         if *port > super::MAX_PORT {
             return Err(PollEnd::Guest(Errno::EINVAL));

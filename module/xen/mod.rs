@@ -643,11 +643,11 @@ impl Xen {
         if flag {
             // The protocol a guest reading it expects: the flag first, then the rest, then
             // the entry time without the flag.
-            let _ = g.write(r.gva + 8, &(r.entry | UPDATE).to_le_bytes());
+            let _ = g.write(r.gva.wrapping_add(8), &(r.entry | UPDATE).to_le_bytes());
             core::sync::atomic::fence(Ordering::SeqCst);
             let _ = g.write(r.gva, &r.bytes(UPDATE));
             core::sync::atomic::fence(Ordering::SeqCst);
-            let _ = g.write(r.gva + 8, &r.entry.to_le_bytes());
+            let _ = g.write(r.gva.wrapping_add(8), &r.entry.to_le_bytes());
         } else {
             let _ = g.write(r.gva, &r.bytes(0));
         }
