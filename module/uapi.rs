@@ -63,7 +63,10 @@ plain_data!(
     keel_evtchn_bind,
     keel_evtchn_port,
     keel_memory_map,
-    keel_e820_entry
+    keel_e820_entry,
+    keel_grant_copy,
+    keel_grant_copy_seg,
+    keel_grant_map
 );
 
 // The core crate's capability bits are the uapi's.

@@ -146,7 +146,7 @@ unsafe extern "C" fn vcpu_release(
 }
 
 /// Builds a `file_operations` table.
-const fn fops(
+pub(super) const fn fops(
     ioctl: unsafe extern "C" fn(*mut bindings::file, c_uint, usize) -> isize,
     mmap: Option<unsafe extern "C" fn(*mut bindings::file, *mut bindings::vm_area_struct) -> c_int>,
     release: unsafe extern "C" fn(*mut bindings::inode, *mut bindings::file) -> c_int,

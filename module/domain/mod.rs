@@ -19,6 +19,7 @@
 //! and the domain's `root::domain::DomainShared`, made at the first run.
 
 mod fd;
+mod grant;
 mod memory;
 mod registry;
 mod run;
@@ -591,6 +592,8 @@ impl Domain {
                 writer.write(&self.info())?;
                 Ok(0)
             }
+            uapi::KEEL_DOMAIN_GRANT_COPY => self.grant_copy(&reader.read()?),
+            uapi::KEEL_DOMAIN_GRANT_MAP => self.grant_map(&reader.read()?),
             _ => self.xen_ioctl(cmd, &mut reader, &mut writer),
         }
     }

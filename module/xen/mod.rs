@@ -18,6 +18,7 @@
 //! The domain-wide state is behind one spinlock (never taken in interrupt context): the event
 //! channel table, shared_info's place, the HVM params, the local APICs.
 
+mod grant;
 mod guest;
 mod hypercall;
 mod sync;
@@ -155,6 +156,8 @@ struct Inner {
     dom0: [Dom0Port; MAX_DOM0_PORTS],
     /// Guest-physical address of each grant-table frame the guest placed.
     gnttab: [Option<u64>; GNTTAB_FRAMES],
+    /// Dom0's uses of the DomU's grants, per reference.
+    grants: KVVec<crate::keel_core::xen::grant::Active>,
     vcpus: KVec<VcpuXen>,
     /// The memory map the toolstack set (`KEEL_DOMAIN_SET_MEMORY_MAP`): e820 entries.
     memmap: [E820; uapi::KEEL_MAX_E820 as usize],
@@ -334,6 +337,7 @@ impl Xen {
             )?;
             sync.push(VcpuSync::new()?, GFP_KERNEL)?;
         }
+        let grants = grant::new_table()?;
         KBox::pin_init(
             try_pin_init!(Xen {
                 domid,
@@ -348,6 +352,7 @@ impl Xen {
                     callback: 0,
                     dom0: [Dom0Port { port: 0, ctx: 0 }; MAX_DOM0_PORTS],
                     gnttab: [None; GNTTAB_FRAMES],
+                    grants,
                     vcpus,
                     memmap: [E820::default(); uapi::KEEL_MAX_E820 as usize],
                     memmap_len: 0,

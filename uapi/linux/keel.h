@@ -236,6 +236,53 @@ struct keel_evtchn_port {
 };
 
 /*
+ * Dom0's side of grant tables (Xen's grant copy and gntdev): a Dom0 backend reaches a DomU
+ * page only if the DomU granted it to domain 0, checked against the grant table the DomU set
+ * up (GNTTABOP_setup_table / XENMAPSPACE_grant_table), with Xen's rules: the entry's type is
+ * GTF_permit_access, its domid 0, and a write needs no GTF_readonly. While Dom0 uses the page
+ * the module keeps GTF_reading (and GTF_writing for writes) set in the entry, so the DomU
+ * cannot end the access under it; the last use clears them.
+ *
+ * KEEL_DOMAIN_GRANT_COPY copies, for each of `count` segments, `len` bytes between the granted
+ * page at `offset` and Dom0's buffer `buf` (KEEL_GRANT_TO_GUEST: from `buf` into the page, which
+ * needs a writable grant). Each segment gets its own `status`: 0, or Xen's GNTST_* (-1
+ * general_error: no such grant, another grantee, read-only; -3 bad_gntref: a reference beyond
+ * the DomU's table; -10 bad_copy_arg: offset + len beyond the page). The ioctl fails with
+ * EINVAL for a bad count, flags or pad, and with EFAULT when a `buf` cannot be read or
+ * written (that segment and the ones after it have no status).
+ *
+ * KEEL_DOMAIN_GRANT_MAP takes `count` references at once (all granted, or the ioctl fails
+ * with EACCES, or ENOENT for a reference beyond the table, and nothing is kept) and returns a
+ * new fd: mmap it at offset 0, `count` pages long, for the granted pages in order (PROT_WRITE
+ * only with KEEL_GRANT_MAP_WRITABLE; a read-only map cannot be made writable by mprotect).
+ * The grants stay in use until the fd is closed and every mapping of it unmapped; a domain
+ * destroyed meanwhile keeps its memory until then, as Xen keeps a dying domain's granted pages.
+ */
+#define KEEL_GRANT_TO_GUEST     (1U << 0)
+#define KEEL_GRANT_MAP_WRITABLE (1U << 0)
+#define KEEL_MAX_GRANT_COPY     1024 /* segments per KEEL_DOMAIN_GRANT_COPY */
+#define KEEL_MAX_GRANT_MAP      1024 /* pages per KEEL_DOMAIN_GRANT_MAP */
+struct keel_grant_copy_seg {
+	__u32 ref;     /* in: the DomU's grant reference */
+	__u16 offset;  /* in: byte offset in the granted page */
+	__u16 len;     /* in: bytes; offset + len <= 4096 */
+	__u64 buf;     /* in: Dom0's side, a user address */
+	__u32 flags;   /* in: 0 (page to buf) or KEEL_GRANT_TO_GUEST */
+	__s16 status;  /* out: 0 or a GNTST_* value */
+	__u16 pad;     /* in: must be 0 */
+};
+struct keel_grant_copy {
+	__u32 count;   /* in: 1..KEEL_MAX_GRANT_COPY */
+	__u32 pad;     /* in: must be 0 */
+	__u64 segs;    /* in: user pointer to count struct keel_grant_copy_seg (status written) */
+};
+struct keel_grant_map {
+	__u32 count;   /* in: 1..KEEL_MAX_GRANT_MAP */
+	__u32 flags;   /* in: 0 (read-only) or KEEL_GRANT_MAP_WRITABLE */
+	__u64 refs;    /* in: user pointer to count __u32 grant references */
+};
+
+/*
  * vCPU state
  * ==========
  *
@@ -413,6 +460,8 @@ struct keel_run {
 #define KEEL_DOMAIN_EVTCHN_NOTIFY _IOW(KEEL_IOCTL_TYPE, 0x18, struct keel_evtchn_port)
 #define KEEL_DOMAIN_EVTCHN_UNBIND _IOW(KEEL_IOCTL_TYPE, 0x19, struct keel_evtchn_port)
 #define KEEL_DOMAIN_SET_MEMORY_MAP _IOW(KEEL_IOCTL_TYPE, 0x1a, struct keel_memory_map)
+#define KEEL_DOMAIN_GRANT_COPY   _IOW(KEEL_IOCTL_TYPE, 0x1b, struct keel_grant_copy)
+#define KEEL_DOMAIN_GRANT_MAP    _IOW(KEEL_IOCTL_TYPE, 0x1c, struct keel_grant_map) /* returns an fd */
 
 #define KEEL_VCPU_GET_REGS       _IOR(KEEL_IOCTL_TYPE, 0x20, struct keel_regs)
 #define KEEL_VCPU_SET_REGS       _IOW(KEEL_IOCTL_TYPE, 0x21, struct keel_regs)

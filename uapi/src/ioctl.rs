@@ -11,8 +11,8 @@
 
 use super::{
     keel_caps, keel_domain_create, keel_domain_info, keel_domain_list, keel_evtchn_bind,
-    keel_evtchn_port, keel_mem_range, keel_memory_map, keel_regs, keel_run, keel_sregs,
-    keel_vcpu_create, keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
+    keel_evtchn_port, keel_grant_copy, keel_grant_map, keel_mem_range, keel_memory_map, keel_regs,
+    keel_run, keel_sregs, keel_vcpu_create, keel_version, keel_xen_param, KEEL_IOCTL_TYPE,
 };
 
 /// `_IOC` direction: no argument.
@@ -89,6 +89,10 @@ pub const KEEL_DOMAIN_EVTCHN_NOTIFY: u32 = iow::<keel_evtchn_port>(KEEL_IOCTL_TY
 pub const KEEL_DOMAIN_EVTCHN_UNBIND: u32 = iow::<keel_evtchn_port>(KEEL_IOCTL_TYPE, 0x19);
 /// `KEEL_DOMAIN_SET_MEMORY_MAP` (on a Xen domain's fd).
 pub const KEEL_DOMAIN_SET_MEMORY_MAP: u32 = iow::<keel_memory_map>(KEEL_IOCTL_TYPE, 0x1a);
+/// `KEEL_DOMAIN_GRANT_COPY` (on a Xen domain's fd).
+pub const KEEL_DOMAIN_GRANT_COPY: u32 = iow::<keel_grant_copy>(KEEL_IOCTL_TYPE, 0x1b);
+/// `KEEL_DOMAIN_GRANT_MAP` (on a Xen domain's fd): returns a new fd.
+pub const KEEL_DOMAIN_GRANT_MAP: u32 = iow::<keel_grant_map>(KEEL_IOCTL_TYPE, 0x1c);
 
 /// `KEEL_VCPU_GET_REGS` (on a vCPU fd).
 pub const KEEL_VCPU_GET_REGS: u32 = ior::<keel_regs>(KEEL_IOCTL_TYPE, 0x20);

@@ -1,5 +1,5 @@
 //! The Xen PVH guest ABI, hardware-independent: the layouts and numbers DomUs and the tools
-//! share (`abi`, `start_info`), the 2-level event-channel rules (`evtchn`), and the pvclock
+//! share (`abi`, `start_info`), the 2-level event-channel rules (`evtchn`), the grantee's grant rules (`grant`), and the pvclock
 //! timebase (`time`). Root mode (`module/root/xen/`) and the toolstack (`tools/`) build on it.
 //! Facts come from Xen's public headers (`xen/include/public/`) and Linux's copies of them
 //! (`include/xen/interface/`); the code is Keel's own.
@@ -7,5 +7,6 @@
 pub mod abi;
 pub mod cpuid;
 pub mod evtchn;
+pub mod grant;
 pub mod start_info;
 pub mod time;

@@ -448,13 +448,13 @@ impl Daemon {
         let mut out = Vec::new();
         let mut moved = false;
         for _ in 0..4 {
-            if live.guest.console.read_out(&mut out) == 0 {
+            if live.guest.console.read_out(&mut out).unwrap_or(0) == 0 {
                 break;
             }
             moved = true;
         }
         if !self.input.is_empty() {
-            let n = live.guest.console.write_in(&self.input);
+            let n = live.guest.console.write_in(&self.input).unwrap_or(0);
             self.input.drain(..n);
             moved |= n > 0;
         }

@@ -304,7 +304,7 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
     domain
         .set_memory_map(&memmap)
         .map_err(|e| module_error("setting the memory map", cfg, e))?;
-    // SAFETY: the page is 4096 bytes (more than RING_BYTES), page-aligned, mapped as long as
+    // SAFETY: the page is 4096 bytes (more than the ring's bytes), page-aligned, mapped as long as
     // `_console_page` lives, which the Guest drops after the ring; it is only accessed through
     // raw pointers.
     let console = unsafe { ConsoleRing::new(console_page.as_ptr()) };

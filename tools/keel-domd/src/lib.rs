@@ -4,7 +4,8 @@
 //! PV console ring ([`ring`]) into a log file and to an attached client, applies the
 //! config's `on_*` actions to shutdowns and crashes ([`exit`]), and answers `keelctl` on a
 //! Unix socket ([`proto`]) whose place, with the state file's, [`files`] gives. `keelctl`
-//! uses this library's types to talk to it.
+//! uses this library's types to talk to it. [`xsnodes`] lays out the XenStore nodes of a
+//! domain and its disks as libxl does.
 #![deny(missing_docs)]
 
 pub mod daemon;
@@ -13,3 +14,4 @@ pub mod files;
 pub mod guest;
 pub mod proto;
 pub mod ring;
+pub mod xsnodes;

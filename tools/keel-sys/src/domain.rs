@@ -183,6 +183,11 @@ impl Domain {
         self.domid
     }
 
+    /// The domain fd, for this crate's other modules.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// `KEEL_DOMAIN_ADD_RANGE`: adds `size` bytes at `gpa` of kind `kind` to the map.
     pub fn add_range(&self, gpa: GuestAddress, size: u64, kind: RangeKind) -> Result<(), Error> {
         let range = uapi::keel_mem_range {

@@ -1,0 +1,301 @@
+//! The XenStore nodes the toolstack writes for a domain and its virtual disks, laid out as
+//! Xen's libxl lays them out (tools/libs/light/libxl_create.c `libxl__domain_make`,
+//! libxl_dom.c `libxl__build_post`, libxl_disk.c / libxl_device.c for `vbd`), with Xen's
+//! permission strings: the first entry names the owner (who may do anything) and what every
+//! other domain may do (`n` nothing, `r` read, `w` write, `b` both); later entries grant one
+//! domain more. Pure data: the daemon writes them through its XenStore connection.
+
+use keel_xlcfg::{Access, Disk};
+
+/// One node: an absolute path, its value and its permissions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// The absolute path.
+    pub path: String,
+    /// The value.
+    pub value: String,
+    /// Xen's permission strings, owner first (`["n0", "r5"]`).
+    pub perms: Vec<String>,
+}
+
+/// What a domain's nodes are made from.
+#[derive(Clone, Debug)]
+pub struct DomainFacts<'a> {
+    /// The domain's id.
+    pub domid: u32,
+    /// Its name.
+    pub name: &'a str,
+    /// Its UUID, as text.
+    pub uuid: String,
+    /// vCPUs online at boot.
+    pub vcpus: u32,
+    /// vCPUs the domain may have (`maxvcpus`).
+    pub max_vcpus: u32,
+    /// RAM at boot, KiB (`memory/target`).
+    pub target_kib: u64,
+    /// The most RAM it may have, KiB (`memory/static-max`).
+    pub max_kib: u64,
+    /// The XenStore ring's pfn and port.
+    pub store: (u64, u32),
+    /// The console ring's pfn and port.
+    pub console: (u64, u32),
+}
+
+/// Owned by Dom0, readable by the domain (libxl's `roperm`).
+fn ro(domid: u32) -> Vec<String> {
+    vec!["n0".into(), format!("r{domid}")]
+}
+
+/// Owned by the domain (libxl's `rwperm`): it may read and write, and so may Dom0.
+fn rw(domid: u32) -> Vec<String> {
+    vec![format!("n{domid}")]
+}
+
+/// The domain's home, `/local/domain/<domid>`.
+pub fn home(domid: u32) -> String {
+    format!("/local/domain/{domid}")
+}
+
+/// The nodes of a new domain: its home and the `/vm/<uuid>` entry.
+pub fn domain_nodes(f: &DomainFacts<'_>) -> Vec<Node> {
+    let d = f.domid;
+    let home = home(d);
+    let vm = format!("/vm/{}", f.uuid);
+    let mut v = Vec::new();
+    let mut add =
+        |path: String, value: String, perms: Vec<String>| v.push(Node { path, value, perms });
+    add(home.clone(), String::new(), ro(d));
+    add(vm.clone(), String::new(), ro(d));
+    add(format!("{vm}/uuid"), f.uuid.clone(), ro(d));
+    add(format!("{vm}/name"), f.name.into(), ro(d));
+    add(format!("{home}/vm"), vm.clone(), ro(d));
+    add(format!("{home}/name"), f.name.into(), ro(d));
+    add(format!("{home}/domid"), d.to_string(), ro(d));
+    // The directories the guest writes into.
+    for dir in [
+        "control", "device", "error", "drivers", "attr", "data", "messages", "feature",
+    ] {
+        add(format!("{home}/{dir}"), String::new(), rw(d));
+    }
+    // Written "" by the guest when it takes a request (a transaction in `shutdown_handler`).
+    add(format!("{home}/control/shutdown"), String::new(), rw(d));
+    add(format!("{home}/control/sysrq"), String::new(), rw(d));
+    add(
+        format!("{home}/control/platform-feature-multiprocessor-suspend"),
+        "1".into(),
+        ro(d),
+    );
+    add(
+        format!("{home}/control/platform-feature-xs_reset_watches"),
+        "1".into(),
+        ro(d),
+    );
+    add(format!("{home}/memory"), String::new(), ro(d));
+    add(
+        format!("{home}/memory/static-max"),
+        f.max_kib.to_string(),
+        ro(d),
+    );
+    add(
+        format!("{home}/memory/target"),
+        f.target_kib.to_string(),
+        ro(d),
+    );
+    add(format!("{home}/memory/videoram"), "-1".into(), ro(d));
+    for i in 0..f.max_vcpus {
+        let state = if i < f.vcpus { "online" } else { "offline" };
+        add(format!("{home}/cpu/{i}/availability"), state.into(), ro(d));
+    }
+    add(format!("{home}/store/port"), f.store.1.to_string(), ro(d));
+    add(
+        format!("{home}/store/ring-ref"),
+        f.store.0.to_string(),
+        ro(d),
+    );
+    add(
+        format!("{home}/console/port"),
+        f.console.1.to_string(),
+        ro(d),
+    );
+    add(
+        format!("{home}/console/ring-ref"),
+        f.console.0.to_string(),
+        ro(d),
+    );
+    add(format!("{home}/console/limit"), "1048576".into(), ro(d));
+    add(format!("{home}/console/type"), "xenconsoled".into(), ro(d));
+    v
+}
+
+/// Where a virtual disk's two halves live: the frontend's directory (the guest's) and the
+/// backend's (Dom0's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VbdPaths {
+    /// `/local/domain/<domid>/device/vbd/<devid>`.
+    pub frontend: String,
+    /// `/local/domain/0/backend/vbd/<domid>/<devid>`.
+    pub backend: String,
+}
+
+/// The paths of disk `devid` (the vdev's number) of domain `domid`.
+pub fn vbd_paths(domid: u32, devid: u32) -> VbdPaths {
+    VbdPaths {
+        frontend: format!("{}/device/vbd/{devid}", home(domid)),
+        backend: format!("/local/domain/0/backend/vbd/{domid}/{devid}"),
+    }
+}
+
+/// The nodes of a disk before either side connects (both in state 1, Initialising): the
+/// frontend's owned by the guest and readable by Dom0, the backend's owned by Dom0 and
+/// readable by the guest (blkfront reads the backend's state and features).
+pub fn vbd_nodes(domid: u32, disk: &Disk) -> (VbdPaths, Vec<Node>) {
+    let devid = disk.vdev.number;
+    let p = vbd_paths(domid, devid);
+    let fperms = vec![format!("n{domid}"), "r0".to_string()];
+    let bperms = vec!["n0".to_string(), format!("r{domid}")];
+    let target = disk
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mode = match disk.access {
+        Access::ReadOnly => "r",
+        Access::ReadWrite => "w",
+    };
+    let kind = if disk.cdrom { "cdrom" } else { "disk" };
+    let mut v = Vec::new();
+    let mut add = |path: String, value: String, perms: &Vec<String>| {
+        v.push(Node {
+            path,
+            value,
+            perms: perms.clone(),
+        })
+    };
+    let (f, b) = (&p.frontend, &p.backend);
+    add(f.clone(), String::new(), &fperms);
+    add(format!("{f}/backend"), b.clone(), &fperms);
+    add(format!("{f}/backend-id"), "0".into(), &fperms);
+    add(format!("{f}/virtual-device"), devid.to_string(), &fperms);
+    add(format!("{f}/device-type"), kind.into(), &fperms);
+    add(format!("{f}/state"), "1".into(), &fperms);
+    add(b.clone(), String::new(), &bperms);
+    add(format!("{b}/frontend"), f.clone(), &bperms);
+    add(format!("{b}/frontend-id"), domid.to_string(), &bperms);
+    add(format!("{b}/online"), "1".into(), &bperms);
+    add(
+        format!("{b}/removable"),
+        u8::from(disk.cdrom).to_string(),
+        &bperms,
+    );
+    add(format!("{b}/bootable"), "1".into(), &bperms);
+    add(format!("{b}/dev"), disk.vdev.name.clone(), &bperms);
+    add(format!("{b}/type"), "file".into(), &bperms);
+    add(format!("{b}/mode"), mode.into(), &bperms);
+    add(format!("{b}/params"), target, &bperms);
+    add(format!("{b}/device-type"), kind.into(), &bperms);
+    add(format!("{b}/state"), "1".into(), &bperms);
+    (p, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_xlcfg::Disk;
+
+    fn facts() -> DomainFacts<'static> {
+        DomainFacts {
+            domid: 7,
+            name: "web",
+            uuid: "00000000-0000-0000-0000-000000000007".into(),
+            vcpus: 2,
+            max_vcpus: 3,
+            target_kib: 262144,
+            max_kib: 524288,
+            store: (0xfeffc, 1),
+            console: (0xfeffd, 2),
+        }
+    }
+
+    fn find<'a>(v: &'a [Node], path: &str) -> &'a Node {
+        v.iter()
+            .find(|n| n.path == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+    }
+
+    #[test]
+    fn domain_nodes_are_libxls() {
+        let v = domain_nodes(&facts());
+        let home = find(&v, "/local/domain/7");
+        assert_eq!(
+            home.perms,
+            ["n0", "r7"],
+            "the guest reads its home, Dom0 owns it"
+        );
+        assert_eq!(
+            find(&v, "/local/domain/7/vm").value,
+            "/vm/00000000-0000-0000-0000-000000000007"
+        );
+        assert_eq!(
+            find(&v, "/local/domain/7/control").perms,
+            ["n7"],
+            "the guest writes control/"
+        );
+        assert_eq!(find(&v, "/local/domain/7/control/shutdown").perms, ["n7"]);
+        assert_eq!(find(&v, "/local/domain/7/memory/target").value, "262144");
+        assert_eq!(
+            find(&v, "/local/domain/7/memory/target").perms,
+            ["n0", "r7"]
+        );
+        assert_eq!(
+            find(&v, "/local/domain/7/cpu/1/availability").value,
+            "online"
+        );
+        assert_eq!(
+            find(&v, "/local/domain/7/cpu/2/availability").value,
+            "offline"
+        );
+        assert!(!v
+            .iter()
+            .any(|n| n.path == "/local/domain/7/cpu/3/availability"));
+        assert_eq!(find(&v, "/local/domain/7/store/port").value, "1");
+        assert_eq!(
+            find(&v, "/local/domain/7/store/ring-ref").value,
+            (0xfeffc).to_string()
+        );
+        // Parents come before their children, so each write finds its parent's perms.
+        for (i, n) in v.iter().enumerate() {
+            let parent = &n.path[..n.path.rfind('/').unwrap()];
+            if let Some(j) = v.iter().position(|m| m.path == parent) {
+                assert!(j < i, "{} after its child {}", parent, n.path);
+            }
+        }
+    }
+
+    #[test]
+    fn vbd_nodes_both_halves() {
+        let d = Disk::parse("/srv/a.img,raw,xvdb,r").unwrap();
+        let (p, v) = vbd_nodes(7, &d);
+        assert_eq!(p.frontend, "/local/domain/7/device/vbd/51728");
+        assert_eq!(p.backend, "/local/domain/0/backend/vbd/7/51728");
+        assert_eq!(find(&v, &p.frontend).perms, ["n7", "r0"]);
+        assert_eq!(find(&v, &p.backend).perms, ["n0", "r7"]);
+        assert_eq!(
+            find(&v, &format!("{}/backend", p.frontend)).value,
+            p.backend
+        );
+        assert_eq!(
+            find(&v, &format!("{}/device-type", p.frontend)).value,
+            "disk"
+        );
+        assert_eq!(
+            find(&v, &format!("{}/virtual-device", p.frontend)).value,
+            "51728"
+        );
+        assert_eq!(find(&v, &format!("{}/state", p.frontend)).value, "1");
+        assert_eq!(find(&v, &format!("{}/mode", p.backend)).value, "r");
+        assert_eq!(
+            find(&v, &format!("{}/params", p.backend)).value,
+            "/srv/a.img"
+        );
+        assert_eq!(find(&v, &format!("{}/frontend-id", p.backend)).value, "7");
+    }
+}
