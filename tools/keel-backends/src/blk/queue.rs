@@ -102,6 +102,10 @@ struct AlignedBuf {
     len: usize,
 }
 
+// SAFETY: the buffer is an allocation this value owns alone; moving it to another thread moves
+// that ownership (the engine's use of it is bounded by the queue's Drop, wherever it runs).
+unsafe impl Send for AlignedBuf {}
+
 impl AlignedBuf {
     fn layout(len: usize) -> Layout {
         Layout::from_size_align(len.max(1), blkif::PAGE_SIZE).expect("bounce buffer layout")
@@ -180,6 +184,12 @@ pub struct Queue {
     entry: Vec<u8>,
     completions: Vec<Completion>,
 }
+
+// A queue runs on a thread of its own.
+const _: () = {
+    const fn is_send<T: Send>() {}
+    is_send::<Queue>();
+};
 
 /// Passes of [`Queue::process`] before it lets the caller look at its other fds.
 const MAX_PASSES: usize = 16;
