@@ -5,9 +5,10 @@
 
 use std::alloc::{self, Layout};
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::ptr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keel_core::xen::abi::gnttabop;
@@ -423,4 +424,23 @@ impl FakeFrontend {
             }
         }
     }
+}
+
+/// A temporary file of `sectors` 512-byte sectors, already unlinked (for tests).
+pub fn temp_file(sectors: u64) -> File {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "keel-blk-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("temp file");
+    std::fs::remove_file(&path).expect("unlink");
+    f.set_len(sectors * 512).expect("set_len");
+    f
 }

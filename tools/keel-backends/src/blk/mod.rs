@@ -190,3 +190,35 @@ impl Disk {
 fn valid_sector_size(size: u32) -> bool {
     size.is_power_of_two() && (SECTOR_SIZE..=PAGE_SIZE as u32).contains(&size)
 }
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+    use crate::testing::temp_file;
+
+    #[test]
+    fn disks_probe_files_and_refuse_other_files() {
+        let d = Disk::from_file(temp_file(100), false).unwrap();
+        assert_eq!(
+            (d.sectors(), d.sector_size(), d.read_only(), d.discard()),
+            (100, 512, false, true)
+        );
+        let d = d.with_sector_size(4096).unwrap();
+        assert_eq!(d.sectors(), 96);
+        assert!(d.with_sectors(97).is_err());
+        let d = Disk::from_file(temp_file(100), false)
+            .unwrap()
+            .with_sectors(10)
+            .unwrap();
+        assert_eq!(d.sectors(), 10);
+        assert!(Disk::from_file(File::open("/dev/null").unwrap(), true).is_err());
+        assert!(Disk::from_file(temp_file(1), false)
+            .unwrap()
+            .with_sector_size(1024)
+            .is_ok());
+        assert!(Disk::from_file(temp_file(1), false)
+            .unwrap()
+            .with_sector_size(8192)
+            .is_err());
+    }
+}

@@ -236,3 +236,215 @@ pub fn parse_frontend_keys(
         queues,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::temp_file;
+
+    fn writable_disk() -> Disk {
+        Disk::from_file(temp_file(2048), false).expect("disk")
+    }
+
+    #[test]
+    fn backend_keys_describe_the_disk() {
+        let disk = writable_disk();
+        let keys = backend_keys(&disk, &Limits::default());
+        let get = |v: &Vec<(String, String)>, k: &str| {
+            v.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&keys.device, "sectors").as_deref(), Some("2048"));
+        assert_eq!(get(&keys.device, "info").as_deref(), Some("0"));
+        assert_eq!(get(&keys.device, "sector-size").as_deref(), Some("512"));
+        assert_eq!(
+            get(&keys.device, "physical-sector-size").as_deref(),
+            Some("512")
+        );
+        for (k, v) in [
+            ("feature-flush-cache", "1"),
+            ("feature-persistent", "1"),
+            ("feature-max-indirect-segments", "256"),
+            ("multi-queue-max-queues", "4"),
+            ("max-ring-page-order", "4"),
+            ("feature-discard", "1"),
+            ("discard-granularity", "512"),
+            ("discard-alignment", "0"),
+            ("discard-secure", "0"),
+        ] {
+            assert_eq!(get(&keys.features, k).as_deref(), Some(v), "{k}");
+        }
+        let ro = Disk::from_file(temp_file(64), true)
+            .unwrap()
+            .with_sector_size(4096)
+            .unwrap();
+        let keys = backend_keys(
+            &ro,
+            &Limits {
+                max_indirect_segments: 0,
+                ..Limits::default()
+            },
+        );
+        assert_eq!(get(&keys.device, "info").as_deref(), Some("4"));
+        assert_eq!(get(&keys.device, "sector-size").as_deref(), Some("4096"));
+        assert_eq!(get(&keys.features, "feature-discard"), None);
+        assert_eq!(get(&keys.features, "feature-max-indirect-segments"), None);
+    }
+
+    fn frontend<'a>(keys: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            keys.iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn frontend_keys_are_read_and_checked() {
+        let l = Limits::default();
+        let c = parse_frontend_keys(
+            frontend(&[
+                ("ring-ref", "8"),
+                ("event-channel", "5"),
+                ("protocol", "x86_64-abi"),
+            ]),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(
+            c.queues,
+            [RingConfig {
+                ring_refs: vec![8],
+                event_channel: 5
+            }]
+        );
+        assert!(!c.persistent);
+        let c = parse_frontend_keys(
+            frontend(&[
+                ("ring-page-order", "1"),
+                ("multi-queue-num-queues", "2"),
+                ("feature-persistent", "1"),
+                ("queue-0/ring-ref0", "10"),
+                ("queue-0/ring-ref1", "11"),
+                ("queue-0/event-channel", "6"),
+                ("queue-1/ring-ref0", "12"),
+                ("queue-1/ring-ref1", "13"),
+                ("queue-1/event-channel", "7"),
+            ]),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ring_page_order, c.persistent, c.queues.len()),
+            (1, true, 2)
+        );
+        assert_eq!(
+            c.queues[1],
+            RingConfig {
+                ring_refs: vec![12, 13],
+                event_channel: 7
+            }
+        );
+        let no_persistent = Limits {
+            persistent: false,
+            ..l
+        };
+        let c = parse_frontend_keys(
+            frontend(&[
+                ("ring-ref", "8"),
+                ("event-channel", "5"),
+                ("feature-persistent", "1"),
+            ]),
+            &no_persistent,
+        )
+        .unwrap();
+        assert!(!c.persistent);
+
+        for (keys, msg) in [
+            (
+                vec![
+                    ("ring-ref", "8"),
+                    ("event-channel", "5"),
+                    ("protocol", "x86_32-abi"),
+                ],
+                "not supported",
+            ),
+            (
+                vec![
+                    ("ring-ref", "8"),
+                    ("event-channel", "5"),
+                    ("protocol", "vax"),
+                ],
+                "unknown",
+            ),
+            (vec![("event-channel", "5")], "ring-ref is missing"),
+            (vec![("ring-ref", "8")], "event-channel is missing"),
+            (
+                vec![("ring-ref", "8"), ("event-channel", "0")],
+                "event-channel",
+            ),
+            (
+                vec![("ring-ref", "8"), ("event-channel", "4096")],
+                "event-channel",
+            ),
+            (vec![("ring-ref", "-8"), ("event-channel", "5")], "ring-ref"),
+            (
+                vec![("ring-ref", "4294967296"), ("event-channel", "5")],
+                "ring-ref",
+            ),
+            (vec![("ring-ref", " 8"), ("event-channel", "5")], "ring-ref"),
+            (
+                vec![
+                    ("ring-page-order", "5"),
+                    ("ring-ref0", "8"),
+                    ("event-channel", "5"),
+                ],
+                "ring-page-order",
+            ),
+            (
+                vec![
+                    ("ring-page-order", "1"),
+                    ("ring-ref0", "8"),
+                    ("event-channel", "5"),
+                ],
+                "ring-ref1 is missing",
+            ),
+            (
+                vec![
+                    ("multi-queue-num-queues", "5"),
+                    ("ring-ref", "8"),
+                    ("event-channel", "5"),
+                ],
+                "multi-queue-num-queues",
+            ),
+            (
+                vec![
+                    ("multi-queue-num-queues", "0"),
+                    ("ring-ref", "8"),
+                    ("event-channel", "5"),
+                ],
+                "multi-queue-num-queues",
+            ),
+            (
+                vec![
+                    ("multi-queue-num-queues", "2"),
+                    ("queue-0/ring-ref", "8"),
+                    ("queue-0/event-channel", "5"),
+                ],
+                "queue-1/ring-ref",
+            ),
+            (
+                vec![
+                    ("feature-persistent", "2"),
+                    ("ring-ref", "8"),
+                    ("event-channel", "5"),
+                ],
+                "feature-persistent",
+            ),
+        ] {
+            let err = parse_frontend_keys(frontend(&keys), &l)
+                .expect_err(msg)
+                .to_string();
+            assert!(err.contains(msg), "{keys:?}: {err}");
+        }
+    }
+}
