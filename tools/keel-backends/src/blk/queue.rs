@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
 use std::sync::Arc;
 
-use keel_core::xen::blkif::{self, rsp, BlkifResponse, SECTOR_SIZE};
+use keel_core::xen::blkif::{self, rsp, BlkifResponse, Protocol, SECTOR_SIZE};
 
 use super::io::{clear_eventfd, Completion, Engine, IoOp};
 use super::request::{self, Geometry, IndirectHead, Kind, Parsed, Request, Segment};
@@ -228,6 +228,21 @@ impl Queue {
             entry: vec![0; blkif::ENTRY_SIZE],
             completions: Vec::new(),
         })
+    }
+
+    /// Maps the ring the frontend granted (`ring_refs`, in page order, as
+    /// [`super::xenstore::parse_frontend_keys`] read them) writable and builds a queue on it.
+    pub fn attach(
+        grants: Arc<dyn GrantAccess>,
+        ring_refs: &[u32],
+        protocol: Protocol,
+        disk: Arc<Disk>,
+        options: QueueOptions,
+    ) -> io::Result<Queue> {
+        let map = grants.map(ring_refs, true)?;
+        let ring = BackRing::new(map, protocol.entry_size())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Queue::new(ring, disk, grants, options)
     }
 
     /// Whether the I/O goes through io_uring (else through the worker thread).

@@ -12,12 +12,11 @@ use std::sync::Arc;
 
 use keel_core::xen::blkif::{
     op, rsp, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
-    BlkifResponse,
+    BlkifResponse, Protocol,
 };
 
 use super::{Disk, Queue, QueueError, QueueOptions};
 use crate::grant::GrantAccess;
-use crate::ring::BackRing;
 use crate::testing::{temp_file, FakeFrontend, FakeGuest};
 
 /// Guest pages: the ring from page 0, data pages from [`DATA`], granted as `GREF + page`.
@@ -66,11 +65,16 @@ impl Rig {
             guest.grant(GREF + p as u32, p, false);
         }
         let front = FakeFrontend::new(&guest, 0, pages, 1);
-        let map = guest.map(front.ring_refs(), true).expect("map ring");
-        let ring = BackRing::new(map, keel_core::xen::blkif::ENTRY_SIZE).expect("ring");
         let file = disk.file().try_clone().expect("dup");
         let grants: Arc<dyn GrantAccess> = Arc::new(guest.clone());
-        let queue = Queue::new(ring, Arc::new(disk), grants, options).expect("queue");
+        let queue = Queue::attach(
+            grants,
+            front.ring_refs(),
+            Protocol::X86_64,
+            Arc::new(disk),
+            options,
+        )
+        .expect("queue");
         Rig {
             guest,
             front,
