@@ -6,7 +6,7 @@
 //!   checked [`xenstore::FrontendConfig`] (blkif.h, "Feature and Parameter Negotiation");
 //! - [`Queue`]: one ring's data path: requests copied out and checked ([`request`]), data
 //!   moved with batched grant copies (or persistent grant mappings) through aligned bounce
-//!   buffers, I/O through io_uring or, where the kernel refuses it, a worker thread ([`io`]),
+//!   buffers, I/O through io_uring or, where the kernel refuses it, a worker thread (`io.rs`),
 //!   responses in completion order, notifications only when the frontend asked;
 //!   [`Queue::run`] is its blocking loop.
 //!
