@@ -1,4 +1,5 @@
-//! `keel-fuzz`: host-side fuzz targets over the core crate's decoders, on stable Rust.
+//! `keel-fuzz`: host-side fuzz targets over the core crate's decoders and the Dom0 backends'
+//! request handling, on stable Rust.
 //!
 //! Each target generates inputs from a seeded random generator (structure-aware where blind
 //! bytes would never get past the first check: instructions from prefix, opcode, ModRM, SIB,
@@ -7,6 +8,7 @@
 //! panic. Iteration `i` of target `t` draws from a generator seeded by (seed, `t`, `i`) alone,
 //! so `--seed S --target T --iteration I` replays one input exactly, whatever ran before it.
 
+mod blkif;
 mod exit;
 mod insn;
 mod misc;
@@ -74,6 +76,13 @@ const TARGETS: &[Target] = &[
         run: state::run,
     },
     Target {
+        name: "blkif",
+        what: "keel_backends::blk::Queue against hostile rings, grants and indexes: no panic or \
+               hang, each request answered once with its op, OKAY only through granted pages, \
+               nothing written to a read-only disk or past the disk's end",
+        run: blkif::run,
+    },
+    Target {
         name: "logring",
         what: "logring::LogRing: arbitrary messages come back in order, truncated at a \
                character boundary, drops counted",
@@ -98,7 +107,8 @@ const TARGETS: &[Target] = &[
         exit          VMX and SVM exit decoding (exit.rs)\n  \
         paging        guest page walks (paging.rs)\n  \
         guest-values  hypercall numbers, CPUID leaves, XSETBV values\n  \
-        logring       the root-mode log ring (logring.rs)"
+        logring       the root-mode log ring (logring.rs)\n  \
+        blkif         the block backend's queue (keel-backends, blkif.rs)"
 )]
 struct Args {
     /// The target to run, or `all`.

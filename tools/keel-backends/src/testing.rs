@@ -1,0 +1,446 @@
+//! In-memory stand-ins for a DomU, for tests and the fuzzer: [`FakeGuest`], guest memory with a
+//! grant table model implementing [`GrantAccess`], and [`FakeFrontend`], the frontend's side
+//! of a blkif ring in that memory (what xen-blkfront does with `RING_PUSH_REQUESTS...` and
+//! `RING_FINAL_CHECK_FOR_RESPONSES`).
+
+use std::alloc::{self, Layout};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use keel_core::xen::abi::gnttabop;
+use keel_core::xen::blkif::{
+    self, sring, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifResponse,
+    SRING_HEADER_SIZE,
+};
+
+use crate::grant::{GrantAccess, GrantCopy, GrantMapping};
+
+const PAGE: usize = blkif::PAGE_SIZE;
+
+/// One entry of the fake grant table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The guest page granted.
+    pub page: usize,
+    /// `GTF_readonly`: the backend may only read it.
+    pub readonly: bool,
+}
+
+#[derive(Default)]
+struct State {
+    grants: HashMap<u32, Grant>,
+    /// References mapped, with how many mappings hold each.
+    mapped: HashMap<u32, usize>,
+    copied_segments: u64,
+    map_calls: u64,
+    fail_copies: bool,
+}
+
+/// Guest memory: page-aligned, only accessed through raw pointers.
+///
+/// # Invariants
+///
+/// `base` is an allocation of `pages * 4096` bytes with [`Inner::layout`], live until drop.
+struct Inner {
+    base: *mut u8,
+    pages: usize,
+    state: Mutex<State>,
+}
+
+// SAFETY: the memory behind `base` is plain bytes reached only through raw-pointer copies and
+// atomics (like a DomU's memory shared with Dom0), and the grant table is behind a Mutex.
+unsafe impl Send for Inner {}
+// SAFETY: as for Send: no `&` access to the bytes is ever handed out.
+unsafe impl Sync for Inner {}
+
+impl Inner {
+    fn layout(pages: usize) -> Layout {
+        Layout::from_size_align(pages.max(1) * PAGE, PAGE).expect("guest memory layout")
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `alloc_zeroed` with this layout (type invariant); every
+        // mapping holds an `Arc<Inner>`, so none outlives this.
+        unsafe { alloc::dealloc(self.base, Self::layout(self.pages)) };
+    }
+}
+
+/// A DomU's memory and grant table, as Dom0's [`GrantAccess`] sees them. Cloning shares it.
+#[derive(Clone)]
+pub struct FakeGuest {
+    inner: Arc<Inner>,
+}
+
+impl FakeGuest {
+    /// `pages` zeroed pages and an empty grant table.
+    pub fn new(pages: usize) -> FakeGuest {
+        let layout = Inner::layout(pages);
+        // SAFETY: the layout has a non-zero size.
+        let base = unsafe { alloc::alloc_zeroed(layout) };
+        if base.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        FakeGuest {
+            inner: Arc::new(Inner {
+                base,
+                pages,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Pages of memory.
+    pub fn pages(&self) -> usize {
+        self.inner.pages
+    }
+
+    /// Grants `page` under `gref` (replacing an earlier grant of `gref`).
+    pub fn grant(&self, gref: u32, page: usize, readonly: bool) {
+        assert!(page < self.inner.pages, "page {page} outside guest memory");
+        self.inner
+            .state()
+            .grants
+            .insert(gref, Grant { page, readonly });
+    }
+
+    /// Ends the grant `gref`; refused (`false`) while Dom0 has it mapped, as Xen's
+    /// `GTF_reading`/`GTF_writing` make the guest's end of access fail.
+    pub fn revoke(&self, gref: u32) -> bool {
+        let mut st = self.inner.state();
+        if st.mapped.get(&gref).is_some_and(|&n| n > 0) {
+            return false;
+        }
+        st.grants.remove(&gref);
+        true
+    }
+
+    /// The grant `gref`, if any.
+    pub fn grant_of(&self, gref: u32) -> Option<Grant> {
+        self.inner.state().grants.get(&gref).copied()
+    }
+
+    /// References mapped now.
+    pub fn mapped_refs(&self) -> usize {
+        self.inner
+            .state()
+            .mapped
+            .values()
+            .filter(|&&n| n > 0)
+            .count()
+    }
+
+    /// Segments copied so far (successful or not).
+    pub fn copied_segments(&self) -> u64 {
+        self.inner.state().copied_segments
+    }
+
+    /// `map` calls so far.
+    pub fn map_calls(&self) -> u64 {
+        self.inner.state().map_calls
+    }
+
+    /// Makes every later `copy` fail as a whole (the device went away).
+    pub fn fail_copies(&self, fail: bool) {
+        self.inner.state().fail_copies = fail;
+    }
+
+    /// The first byte of `page`.
+    pub fn page_ptr(&self, page: usize) -> *mut u8 {
+        assert!(page < self.inner.pages, "page {page} outside guest memory");
+        // SAFETY: inside the allocation (type invariant of Inner).
+        unsafe { self.inner.base.add(page * PAGE) }
+    }
+
+    /// Writes `data` at `offset` of `page` (the guest's own store).
+    pub fn write(&self, page: usize, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= PAGE, "write crosses the page");
+        // SAFETY: inside the page (checked), which is inside the allocation; `data` is a
+        // distinct Rust allocation.
+        unsafe {
+            ptr::copy_nonoverlapping(data.as_ptr(), self.page_ptr(page).add(offset), data.len())
+        };
+    }
+
+    /// Reads `len` bytes at `offset` of `page`.
+    pub fn read(&self, page: usize, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= PAGE, "read crosses the page");
+        let mut v = vec![0; len];
+        // SAFETY: as in `write`.
+        unsafe { ptr::copy_nonoverlapping(self.page_ptr(page).add(offset), v.as_mut_ptr(), len) };
+        v
+    }
+
+    fn u32_at(&self, page: usize, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(4) && offset + 4 <= PAGE);
+        // SAFETY: an aligned u32 inside the allocation, accessed only atomically (ring indexes)
+        // by both sides; the reference lives no longer than `self`, which keeps it allocated.
+        unsafe { AtomicU32::from_ptr(self.page_ptr(page).add(offset).cast()) }
+    }
+}
+
+impl GrantAccess for FakeGuest {
+    fn copy(&self, ops: &mut [GrantCopy<'_>]) -> io::Result<()> {
+        let mut st = self.inner.state();
+        if st.fail_copies {
+            return Err(io::Error::from_raw_os_error(libc::ENODEV));
+        }
+        for op in ops.iter_mut() {
+            st.copied_segments += 1;
+            let grant = st.grants.get(&op.gref).copied();
+            op.status = match grant {
+                None => gnttabop::ST_BAD_GNTREF,
+                Some(_) if usize::from(op.offset) + op.buf.len() > PAGE => {
+                    gnttabop::ST_BAD_COPY_ARG
+                }
+                Some(g) if g.readonly && op.to_guest => gnttabop::ST_PERMISSION_DENIED,
+                Some(g) => {
+                    // SAFETY: offset + len <= 4096 (checked) inside a page of the allocation;
+                    // `buf` is a distinct Rust slice of exactly `len` bytes.
+                    unsafe {
+                        let at = self.page_ptr(g.page).add(usize::from(op.offset));
+                        if op.to_guest {
+                            ptr::copy_nonoverlapping(op.buf.as_ptr(), at, op.buf.len());
+                        } else {
+                            ptr::copy_nonoverlapping(at, op.buf.as_mut_ptr(), op.buf.len());
+                        }
+                    }
+                    gnttabop::ST_OKAY
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn map(&self, refs: &[u32], writable: bool) -> io::Result<Box<dyn GrantMapping>> {
+        let mut st = self.inner.state();
+        st.map_calls += 1;
+        let mut first = None;
+        for (i, r) in refs.iter().enumerate() {
+            let g = st
+                .grants
+                .get(r)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            if writable && g.readonly {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            let start = *first.get_or_insert(g.page);
+            if g.page != start + i {
+                // The fake maps guest-contiguous pages only.
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+        }
+        let Some(start) = first else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        for r in refs {
+            *st.mapped.entry(*r).or_default() += 1;
+        }
+        Ok(Box::new(FakeMapping {
+            ptr: self.page_ptr(start),
+            len: refs.len() * PAGE,
+            refs: refs.to_vec(),
+            guest: self.inner.clone(),
+        }))
+    }
+}
+
+/// A mapping of guest pages; the guest memory stays allocated while it lives.
+struct FakeMapping {
+    ptr: *mut u8,
+    len: usize,
+    refs: Vec<u32>,
+    guest: Arc<Inner>,
+}
+
+// SAFETY: the pointer is into `guest`'s memory, which this value keeps alive, and which is
+// only accessed through raw pointers.
+unsafe impl Send for FakeMapping {}
+
+impl GrantMapping for FakeMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for FakeMapping {
+    fn drop(&mut self) {
+        let mut st = self.guest.state();
+        for r in &self.refs {
+            if let Some(n) = st.mapped.get_mut(r) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The frontend's side of a blkif ring in a [`FakeGuest`], laid out as blkfront lays it out.
+pub struct FakeFrontend {
+    guest: FakeGuest,
+    first_page: usize,
+    refs: Vec<u32>,
+    entries: u32,
+    req_prod_pvt: u32,
+    rsp_cons: u32,
+}
+
+impl FakeFrontend {
+    /// A ring over `pages` guest pages from `first_page`, granted writable under
+    /// `first_gref`.., initialized as `XEN_FRONT_RING_INIT` does.
+    pub fn new(
+        guest: &FakeGuest,
+        first_page: usize,
+        pages: usize,
+        first_gref: u32,
+    ) -> FakeFrontend {
+        let refs: Vec<u32> = (0..pages as u32).map(|i| first_gref + i).collect();
+        for (i, r) in refs.iter().enumerate() {
+            guest.write(first_page + i, 0, &[0; PAGE]);
+            guest.grant(*r, first_page + i, false);
+        }
+        let f = FakeFrontend {
+            guest: guest.clone(),
+            first_page,
+            refs,
+            entries: blkif::blk_ring_entries(pages) as u32,
+            req_prod_pvt: 0,
+            rsp_cons: 0,
+        };
+        f.shared_index(sring::REQ_EVENT).store(1, Ordering::Relaxed);
+        f.shared_index(sring::RSP_EVENT).store(1, Ordering::Relaxed);
+        f
+    }
+
+    /// The ring's grant references, in page order.
+    pub fn ring_refs(&self) -> &[u32] {
+        &self.refs
+    }
+
+    /// The ring's entries.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Requests queued and not yet answered.
+    pub fn outstanding(&self) -> u32 {
+        self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// A shared index (see [`blkif::sring`]).
+    pub fn shared_index(&self, offset: usize) -> &AtomicU32 {
+        self.guest.u32_at(self.first_page, offset)
+    }
+
+    fn write_entry(&self, idx: u32, bytes: &[u8]) {
+        let at = SRING_HEADER_SIZE + (idx & (self.entries - 1)) as usize * blkif::ENTRY_SIZE;
+        let (page, off) = (self.first_page + at / PAGE, at % PAGE);
+        // An entry may straddle two ring pages.
+        let first = bytes.len().min(PAGE - off);
+        self.guest.write(page, off, &bytes[..first]);
+        if first < bytes.len() {
+            self.guest.write(page + 1, 0, &bytes[first..]);
+        }
+    }
+
+    fn read_entry(&self, idx: u32, len: usize) -> Vec<u8> {
+        let at = SRING_HEADER_SIZE + (idx & (self.entries - 1)) as usize * blkif::ENTRY_SIZE;
+        let (page, off) = (self.first_page + at / PAGE, at % PAGE);
+        let first = len.min(PAGE - off);
+        let mut v = self.guest.read(page, off, first);
+        if first < len {
+            v.extend(self.guest.read(page + 1, 0, len - first));
+        }
+        v
+    }
+
+    /// Queues raw entry bytes (not yet visible to the backend: see [`Self::publish`]).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.write_entry(self.req_prod_pvt, bytes);
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+    }
+
+    /// Queues a read/write/flush request.
+    pub fn queue(&mut self, r: &BlkifRequest) {
+        self.queue_raw(&r.to_bytes());
+    }
+
+    /// Queues a discard request.
+    pub fn queue_discard(&mut self, r: &BlkifRequestDiscard) {
+        self.queue_raw(&r.to_bytes());
+    }
+
+    /// Queues an indirect request.
+    pub fn queue_indirect(&mut self, r: &BlkifRequestIndirect) {
+        self.queue_raw(&r.to_bytes());
+    }
+
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publishes the queued requests; `true` when the
+    /// backend asked to be notified.
+    pub fn publish(&mut self) -> bool {
+        let old = self.shared_index(sring::REQ_PROD).load(Ordering::Relaxed);
+        let new = self.req_prod_pvt;
+        self.shared_index(sring::REQ_PROD)
+            .store(new, Ordering::Release);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let event = self.shared_index(sring::REQ_EVENT).load(Ordering::Relaxed);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// Sets `req_prod` to anything (a hostile frontend).
+    pub fn set_req_prod(&mut self, value: u32) {
+        self.shared_index(sring::REQ_PROD)
+            .store(value, Ordering::Release);
+    }
+
+    /// Takes the published responses and sets `rsp_event` as
+    /// `RING_FINAL_CHECK_FOR_RESPONSES` does (notify me at the next one).
+    pub fn take_responses(&mut self) -> Vec<BlkifResponse> {
+        let mut out = Vec::new();
+        loop {
+            let prod = self.shared_index(sring::RSP_PROD).load(Ordering::Acquire);
+            while self.rsp_cons != prod {
+                let b = self.read_entry(self.rsp_cons, BlkifResponse::SIZE);
+                out.push(BlkifResponse::from_bytes(&b).expect("16 bytes"));
+                self.rsp_cons = self.rsp_cons.wrapping_add(1);
+            }
+            self.shared_index(sring::RSP_EVENT)
+                .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.shared_index(sring::RSP_PROD).load(Ordering::Acquire) == self.rsp_cons {
+                return out;
+            }
+        }
+    }
+}
+
+/// A temporary file of `sectors` 512-byte sectors, already unlinked (for tests).
+pub fn temp_file(sectors: u64) -> File {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "keel-blk-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("temp file");
+    std::fs::remove_file(&path).expect("unlink");
+    f.set_len(sectors * 512).expect("set_len");
+    f
+}
