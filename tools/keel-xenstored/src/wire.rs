@@ -101,10 +101,9 @@ impl MsgType {
 /// The errors of xs_wire.h's `xsd_errors` table, sent by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[expect(
-    clippy::upper_case_acronyms,
+    missing_docs,
     reason = "the errno names as xs_wire.h spells them (and as they go on the wire)"
 )]
-#[expect(missing_docs, reason = "the errno names of xs_wire.h")]
 pub enum Errno {
     EINVAL,
     EACCES,

@@ -129,9 +129,9 @@ fn domain_ops() {
     assert_eq!(h.err(d0, MsgType::GetDomainPath, 0, "x\0"), Errno::EINVAL);
     assert_eq!(h.ok(d0, MsgType::IsDomainIntroduced, 0, "7\0"), b"F\0");
     assert_eq!(h.ok(d0, MsgType::IsDomainIntroduced, 0, "0\0"), b"T\0");
-    h.ok(d0, MsgType::Introduce, 0, "7\0123\0 4\0");
+    h.ok(d0, MsgType::Introduce, 0, "7\x00123\x004\0");
     assert_eq!(h.ok(d0, MsgType::IsDomainIntroduced, 0, "7\0"), b"T\0");
-    h.ok(d0, MsgType::Introduce, 0, "7\0123\04\0"); // again: fine
+    h.ok(d0, MsgType::Introduce, 0, "7\x00123\x004\0"); // again: fine
     assert_eq!(h.err(d0, MsgType::Introduce, 0, "0\0"), Errno::EINVAL);
     assert_eq!(h.err(d0, MsgType::Introduce, 0, "32752\0"), Errno::EINVAL);
     h.ok(d0, MsgType::Resume, 0, "7\0");
