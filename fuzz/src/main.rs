@@ -13,6 +13,7 @@ mod misc;
 mod mmio;
 mod paging;
 mod state;
+mod xenstore;
 
 use std::panic;
 use std::process::ExitCode;
@@ -79,6 +80,13 @@ const TARGETS: &[Target] = &[
                character boundary, drops counted",
         run: misc::run_logring,
     },
+    Target {
+        name: "xenstore",
+        what: "keel_xenstored::XenStore over Dom0, DomU and handshake streams: output \
+               well-formed, no DomU sees another's private value, node quotas kept, tree \
+               consistent",
+        run: xenstore::run,
+    },
 ];
 
 /// Command-line options.
@@ -98,7 +106,8 @@ const TARGETS: &[Target] = &[
         exit          VMX and SVM exit decoding (exit.rs)\n  \
         paging        guest page walks (paging.rs)\n  \
         guest-values  hypercall numbers, CPUID leaves, XSETBV values\n  \
-        logring       the root-mode log ring (logring.rs)"
+        logring       the root-mode log ring (logring.rs)\n  \
+        xenstore      the XenStore daemon's connection logic (xenstore.rs)"
 )]
 struct Args {
     /// The target to run, or `all`.
