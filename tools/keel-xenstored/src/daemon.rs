@@ -16,6 +16,15 @@ use crate::store::{event_path, Change, Tree, View};
 use crate::wire::{self, Errno, Message, MsgType, PAYLOAD_MAX};
 use crate::DomId;
 
+/// Log lines kept for [`XenStore::take_log`]; later ones are dropped until it is called.
+const LOG_LINES: usize = 1024;
+
+fn push_log(log: &mut Vec<String>, line: String) {
+    if log.len() < LOG_LINES {
+        log.push(line);
+    }
+}
+
 /// A connection's handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -146,8 +155,8 @@ impl XenStore {
     pub(crate) fn close(&mut self, id: ConnId, why: &str) {
         if let Some(c) = self.conns.get_mut(&id) {
             if c.state != State::Closed {
-                self.log
-                    .push(format!("connection {} (dom{}): {why}", id.0, c.domid()));
+                let line = format!("connection {} (dom{}): {why}", id.0, c.domid());
+                push_log(&mut self.log, line);
             }
             c.state = State::Closed;
             c.clear();
@@ -348,7 +357,7 @@ impl XenStore {
             return Err(Errno::EINVAL);
         }
         if self.introduced.insert(domid) {
-            self.log.push(format!("dom{domid} introduced"));
+            push_log(&mut self.log, format!("dom{domid} introduced"));
             self.with_view(0, |v| {
                 v.special(crate::store::SPECIALS[0], domid);
                 Ok(())
@@ -370,7 +379,7 @@ impl XenStore {
         if let Some(&id) = self.domain_conns.get(&domid) {
             self.close(id, "domain released");
         }
-        self.log.push(format!("dom{domid} released"));
+        push_log(&mut self.log, format!("dom{domid} released"));
         for root in self.tree.owned_roots(domid) {
             // Best effort: a root removed with an earlier one is simply gone.
             let _ = self.with_view(0, |v| v.rm(&root));
