@@ -109,7 +109,7 @@ pub fn child(parent: &str, name: &str) -> String {
     }
 }
 
-/// Whether `path` is `ancestor` or below it (xenstore.txt's "<child> of <parent>").
+/// Whether `path` is `ancestor` or below it (xenstore.txt's "`<child>` of `<parent>`").
 pub fn is_at_or_below(path: &str, ancestor: &str) -> bool {
     if ancestor == "/" {
         return path.starts_with('/');
