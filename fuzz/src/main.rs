@@ -15,6 +15,7 @@ mod misc;
 mod mmio;
 mod paging;
 mod state;
+mod xenstore;
 
 use std::panic;
 use std::process::ExitCode;
@@ -88,6 +89,13 @@ const TARGETS: &[Target] = &[
                character boundary, drops counted",
         run: misc::run_logring,
     },
+    Target {
+        name: "xenstore",
+        what: "keel_xenstored::XenStore over Dom0, DomU and handshake streams: output \
+               well-formed, no DomU sees another's private value, node quotas kept, tree \
+               consistent",
+        run: xenstore::run,
+    },
 ];
 
 /// Command-line options.
@@ -108,7 +116,8 @@ const TARGETS: &[Target] = &[
         paging        guest page walks (paging.rs)\n  \
         guest-values  hypercall numbers, CPUID leaves, XSETBV values\n  \
         logring       the root-mode log ring (logring.rs)\n  \
-        blkif         the block backend's queue (keel-backends, blkif.rs)"
+        blkif         the block backend's queue (keel-backends, blkif.rs)\n  \
+        xenstore      the XenStore daemon's connection logic (xenstore.rs)"
 )]
 struct Args {
     /// The target to run, or `all`.
