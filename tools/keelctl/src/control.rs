@@ -1,5 +1,6 @@
 //! Naming a domain (`NAME|ID`) and asking its keel-domd to destroy, pause or unpause it.
 use std::{
+    path::Path,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -9,6 +10,10 @@ use keel_domd::{
     proto::{self, Request},
 };
 use keel_sys::{DomainInfo, KeelDev};
+use keel_xenstored::{
+    client::{Client, Error as XsError, TxId},
+    Errno,
+};
 
 use crate::list::Domd;
 
@@ -32,6 +37,74 @@ pub fn resolve<'a>(domains: &'a [DomainInfo], arg: &str) -> Result<&'a DomainInf
             .find(|d| d.name == arg)
             .ok_or_else(|| format!("no domain named '{arg}'"))
     }
+}
+
+/// The testing hook: with `KEELCTL_NO_MODULE=1` in the environment, the verbs that reach a
+/// domain through XenStore (`shutdown`, `reboot`, `mem-set`) learn the domains from XenStore
+/// instead of the module (see [`Domains::XenStore`]), so that they can be tested on a host
+/// without /dev/keel. Not meant for anything else: nothing then checks that a domain is real,
+/// and `-F` cannot destroy one.
+pub const NO_MODULE_ENV: &str = "KEELCTL_NO_MODULE";
+
+/// Where the domain-control verbs learn which domains exist.
+pub enum Domains {
+    /// The module's list (`KEEL_LIST_DOMAINS`), as every other verb.
+    Module(KeelDev),
+    /// The testing hook ([`NO_MODULE_ENV`]): each `/local/domain/<domid>` with a `name` node
+    /// (Dom0's excepted) is a domain of that name; one without is named by its id.
+    XenStore,
+}
+
+impl Domains {
+    /// The module's list, or XenStore's when the testing hook is on.
+    pub fn open(device: &Path) -> Result<Self, keel_sys::Error> {
+        if std::env::var_os(NO_MODULE_ENV).is_some_and(|v| v == "1") {
+            Ok(Domains::XenStore)
+        } else {
+            KeelDev::open(device).map(Domains::Module)
+        }
+    }
+
+    /// The live domains.
+    pub fn list(&self, xs: &mut Client) -> Result<Vec<DomainInfo>, String> {
+        match self {
+            Domains::Module(dev) => dev.list_domains().map_err(|e| e.to_string()),
+            Domains::XenStore => xenstore_domains(xs),
+        }
+    }
+
+    /// The domain `arg` (`NAME|ID`) names, as [`resolve`] finds it.
+    pub fn find(&self, xs: &mut Client, arg: &str) -> Result<DomainInfo, String> {
+        resolve(&self.list(xs)?, arg).cloned()
+    }
+}
+
+/// The domains XenStore knows, for [`Domains::XenStore`].
+fn xenstore_domains(xs: &mut Client) -> Result<Vec<DomainInfo>, String> {
+    let what = |e: XsError| crate::xenstore::op_error("list", "/local/domain", &e);
+    let ids = match xs.directory(TxId::NONE, "/local/domain") {
+        Ok(ids) => ids,
+        Err(XsError::Xs(Errno::ENOENT)) => Vec::new(),
+        Err(e) => return Err(what(e)),
+    };
+    let mut domains = Vec::new();
+    for id in ids {
+        let Ok(domid) = id.parse::<u32>() else {
+            continue;
+        };
+        if domid == 0 {
+            continue;
+        }
+        let name = xs
+            .read_string(TxId::NONE, &format!("/local/domain/{id}/name"))
+            .unwrap_or_else(|_| id.clone());
+        domains.push(DomainInfo {
+            domid,
+            name,
+            ..Default::default()
+        });
+    }
+    Ok(domains)
 }
 
 /// The state file of the keel-domd serving `d`, if a live one does.

@@ -4,12 +4,17 @@
 //! the module and the hardware offer and the hypervisor's exit counters, runs bare guest images
 //! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
 //! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
-//! `unpause`.
+//! `unpause`, and through XenStore (keel-xenstored) `shutdown`, `reboot`, `mem-set` and the
+//! `xenstore` tools.
 #![deny(missing_docs)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
+use shutdown::Request::{Poweroff, Reboot};
 
 mod boot;
 mod console;
@@ -18,17 +23,32 @@ mod create;
 mod image;
 mod info;
 mod list;
+mod memset;
 mod run;
+mod shutdown;
 mod stats;
 mod units;
+mod xenstore;
 
 /// Control the Keel hypervisor through /dev/keel.
 #[derive(Parser, Debug)]
-#[command(name = "keelctl", version, about, long_about = None)]
+#[command(
+    name = "keelctl",
+    version,
+    about,
+    long_about = None,
+    after_long_help = "Testing hook: with KEELCTL_NO_MODULE=1 in the environment, shutdown, \
+        reboot and mem-set take the domains from XenStore (/local/domain/<id>/name) instead of \
+        the keel module, so that they can be tried without it; -F cannot destroy then."
+)]
 struct Cli {
     /// The Keel device node.
     #[arg(long, global = true, default_value = keel_sys::DEVICE_PATH)]
     device: PathBuf,
+    /// The XenStore daemon's socket (keel-xenstored), for xenstore, shutdown, reboot and
+    /// mem-set.
+    #[arg(long, global = true, value_name = "PATH", default_value = keel_xenstored::DEFAULT_SOCKET)]
+    xenstore_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,6 +179,56 @@ enum Command {
         /// The domain's name or id.
         domain: String,
     },
+    /// Ask a domain to power off, as `xl shutdown`.
+    ///
+    /// Writes "poweroff" to /local/domain/<id>/control/shutdown; the guest's Xen drivers
+    /// clear the node when they take the request and power the guest off. The domain then
+    /// goes away, restarts or stays shut down as its on_poweroff says. Refused when the guest
+    /// advertises no PV control (no control/feature-poweroff, which Linux writes once its
+    /// Xen drivers run): -F destroys it then.
+    ///
+    /// Without -w or -F, returns once the request is written. -w waits until the domain is
+    /// gone from the domain list (or shut down and preserved), at most --timeout seconds. -F
+    /// waits until the guest takes the request, and destroys the domain (as `keelctl
+    /// destroy`) if it has not within --timeout. Needs XenStore (see --xenstore-socket), and
+    /// the keel module and root.
+    Shutdown(shutdown::PowerArgs),
+    /// Ask a domain to restart, as `xl reboot`.
+    ///
+    /// Writes "reboot" to /local/domain/<id>/control/shutdown; the guest's Xen drivers
+    /// clear the node when they take the request and reboot. Its keel-domd restarts the
+    /// domain under a new id (or ends or keeps it, as its on_reboot says). Refused when the
+    /// guest advertises no PV control (no control/feature-reboot): -F destroys it then.
+    ///
+    /// Without -w or -F, returns once the request is written. -w waits until a domain of the
+    /// same name runs with a new id, or the domain is gone, at most --timeout seconds. -F
+    /// waits until the guest takes the request, and destroys the domain if it has not within
+    /// --timeout. Needs XenStore (see --xenstore-socket), and the keel module and root.
+    Reboot(shutdown::PowerArgs),
+    /// Set a domain's memory target, as `xl mem-set`.
+    ///
+    /// Writes SIZE, in KiB, to /local/domain/<id>/memory/target, which the guest's balloon
+    /// driver follows, giving memory back or taking it again. SIZE is in MiB, or with one
+    /// suffix letter: b bytes, k KiB, m MiB, g GiB, t TiB (512, 512m, 2g). Refused above the
+    /// domain's memory/static-max (its maxmem), and for 0. Needs XenStore (see
+    /// --xenstore-socket), and the keel module and root.
+    #[command(name = "mem-set")]
+    MemSet {
+        /// The domain's name or id.
+        #[arg(value_name = "NAME|ID")]
+        domain: String,
+        /// The new target: MiB, or with a suffix b, k, m, g, t.
+        #[arg(value_name = "SIZE")]
+        size: String,
+    },
+    /// Read and change XenStore, as Xen's xenstore-* tools.
+    ///
+    /// Talks to keel-xenstored (--xenstore-socket, default /run/keel/xenstored.sock) as Dom0:
+    /// every node is readable and writable. Paths are absolute (/local/domain/3/name).
+    Xenstore {
+        #[command(subcommand)]
+        command: xenstore::XsCommand,
+    },
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -229,8 +299,31 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let dev = keel_sys::KeelDev::open(&cli.device)?;
             control::pause(&dev, &keel_domd::files::Dirs::from_env(), &domain, pause)?;
         }
+        Command::Shutdown(args) => power(&cli.device, &cli.xenstore_socket, &args, Poweroff)?,
+        Command::Reboot(args) => power(&cli.device, &cli.xenstore_socket, &args, Reboot)?,
+        Command::MemSet { domain, size } => {
+            memset::parse_kib(&size)?;
+            let domains = control::Domains::open(&cli.device)?;
+            let mut xs = xenstore::connect(&cli.xenstore_socket)?;
+            memset::run(&domains, &mut xs, &domain, &size)?;
+        }
+        Command::Xenstore { command } => xenstore::run(&command, &cli.xenstore_socket)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keelctl shutdown` / `reboot`.
+fn power(
+    device: &Path,
+    socket: &Path,
+    args: &shutdown::PowerArgs,
+    request: shutdown::Request,
+) -> Result<(), Box<dyn std::error::Error>> {
+    shutdown::timeout(args.timeout)?;
+    let domains = control::Domains::open(device)?;
+    let mut xs = xenstore::connect(socket)?;
+    let dirs = keel_domd::files::Dirs::from_env();
+    Ok(shutdown::run(&domains, &mut xs, &dirs, args, request)?)
 }
 
 /// An error as keelctl words it: keel-sys's errors about opening the device say what to do
