@@ -233,7 +233,9 @@ fn seen(
             Seen::Gone
         });
     };
-    if d.domid == domid
+    let module = matches!(domains, Domains::Module(_));
+    if module
+        && d.domid == domid
         && control::domd_status(dirs, d).and_then(|s| s.state) == Some(RunState::Shutdown)
     {
         return Ok(Seen::Preserved);
