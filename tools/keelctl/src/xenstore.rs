@@ -151,8 +151,8 @@ pub fn op_error(op: &str, path: &str, e: &Error) -> String {
     match e {
         Error::Xs(errno) => format!("{op} {path}: {} ({errno})", errno_text(*errno)),
         Error::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => format!(
-            "{op} {path}: XenStore closed the connection (it accepts only root and its own \
-             user: run keelctl as root)"
+            "{op} {path}: XenStore closed the connection (it stopped, or refused this user: \
+             it accepts only root and its own user)"
         ),
         other => format!("{op} {path}: {other}"),
     }
