@@ -207,10 +207,10 @@ enum Command {
     Reboot(shutdown::PowerArgs),
     /// Set a domain's memory target, as `xl mem-set`.
     ///
-    /// Writes SIZE, in KiB, to /local/domain/<id>/memory/target, which the guest's balloon
-    /// driver follows, giving memory back or taking it again. SIZE is in MiB, or with one
-    /// suffix letter: b bytes, k KiB, m MiB, g GiB, t TiB (512, 512m, 2g). Refused above the
-    /// domain's memory/static-max (its maxmem), and for 0. Needs XenStore (see
+    /// Writes SIZE, converted to KiB, to /local/domain/<id>/memory/target, which the guest's
+    /// balloon driver follows, giving memory back or taking it again. SIZE is in MiB, or with
+    /// one suffix letter: b bytes, k KiB, m MiB, g GiB, t TiB (512, 512m, 2g). Refused above
+    /// the domain's memory/static-max (its maxmem), and for 0. Needs XenStore (see
     /// --xenstore-socket), and the keel module and root.
     #[command(name = "mem-set")]
     MemSet {
