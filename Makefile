@@ -34,7 +34,7 @@ module-clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean
 
 tool:
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target $(HOST_TARGET) -p keelctl -p keel-domd
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target $(HOST_TARGET) -p keelctl -p keel-domd -p keel-xenstored
 
 selftests:
 	$(MAKE) -C selftests KSRC=$(KSRC)

@@ -17,7 +17,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicI32, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -27,6 +27,7 @@ use keel_sys::{EventFd, KeelDev, Vcpu};
 use keel_xlcfg::{Action, DomainConfig};
 
 use crate::{
+    devices::Devices,
     exit::{classify, Outcome, Shutdown},
     files::{process_alive, Dirs, StateFile},
     guest::{build, Guest},
@@ -101,6 +102,8 @@ struct Event {
 
 /// A live domain and its vCPU threads.
 struct Live {
+    /// XenStore and the backends (none when the domain has no XenStore).
+    devices: Option<Devices>,
     guest: Guest,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -126,6 +129,37 @@ pub struct Daemon {
     rx: mpsc::Receiver<Event>,
     daemonized: bool,
     notify_failed: bool,
+    /// The domain's log for the backends' threads.
+    log_line: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// A thread-safe writer of `[keel-domd]` lines into the domain's log.
+fn log_writer(log: &File) -> Arc<dyn Fn(&str) + Send + Sync> {
+    let file = Mutex::new(log.try_clone().ok());
+    Arc::new(move |msg: &str| {
+        if let Ok(mut f) = file.lock() {
+            if let Some(f) = f.as_mut() {
+                let _ = f.write_all(format!("[keel-domd] {msg}\n").as_bytes());
+            }
+        }
+    })
+}
+
+/// Starts XenStore and the devices of a freshly built guest. Without disks, a domain whose
+/// XenStore cannot start still runs (the guest finds no XenStore); with disks it cannot.
+fn start_devices(
+    guest: &Guest,
+    cfg: &DomainConfig,
+    log: &Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<Option<Devices>, String> {
+    match Devices::start(guest, cfg, log.clone()) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if cfg.disks.is_empty() => {
+            log(&format!("running without XenStore: {e}"));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn vcpu_loop(mut vcpu: Vcpu, stop: Arc<AtomicBool>, tx: mpsc::Sender<Event>, wake: Arc<EventFd>) {
@@ -208,12 +242,15 @@ impl Daemon {
         };
         let (tx, rx) = mpsc::channel();
         let domid = guest.domain.domid();
+        let log_line = log_writer(&log);
+        let devices = start_devices(&guest, &cfg, &log_line).map_err(&cleanup)?;
         let mut d = Daemon {
             cfg,
             dev,
             log,
             listener,
             live: Some(Live {
+                devices,
                 guest,
                 stop: Arc::new(AtomicBool::new(false)),
                 threads: Vec::new(),
@@ -230,6 +267,7 @@ impl Daemon {
             rx,
             daemonized: false,
             notify_failed: false,
+            log_line,
             opts,
         };
         d.write_state().map_err(cleanup)?;
@@ -356,6 +394,9 @@ impl Daemon {
     /// Ends the domain and the process.
     fn destroy(&mut self, why: &str) -> ! {
         self.state = RunState::Dying;
+        if let Some(d) = self.live.as_mut().and_then(|l| l.devices.take()) {
+            d.stop();
+        }
         self.note(&format!("domain {} destroyed: {why}", self.cfg.name));
         self.opts.dirs.remove(&self.cfg.name);
         let _ = self.log.flush();
@@ -398,6 +439,9 @@ impl Daemon {
     fn restart(&mut self) {
         let ran = if let Some(mut live) = self.live.take() {
             Self::stop_vcpus(&mut live);
+            if let Some(d) = live.devices.take() {
+                d.stop();
+            }
             let ran = live.started.elapsed();
             drop(live);
             ran
@@ -425,7 +469,15 @@ impl Daemon {
                 }
             }
         };
+        let devices = match start_devices(&guest, &self.cfg, &self.log_line) {
+            Ok(d) => d,
+            Err(e) => {
+                self.note(&format!("restart failed: {e}"));
+                self.destroy("its restart failed");
+            }
+        };
         self.live = Some(Live {
+            devices,
             guest,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
@@ -438,6 +490,25 @@ impl Daemon {
         }
         self.note(&format!("domain {} restarted (id {domid})", self.cfg.name));
         self.start_vcpus();
+    }
+
+    /// Relays the XenStore ring and notifies the guest when it moved.
+    fn pump_store(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let Some(d) = live.devices.as_mut() else {
+            return;
+        };
+        if d.store.dead.is_some() {
+            return;
+        }
+        if d.store.pump(&live.guest) {
+            let _ = live.guest.domain.evtchn_notify(live.guest.store_port);
+        }
+        if let Some(why) = d.store.dead.clone() {
+            self.note(&format!("XenStore relay stopped: {why}"));
+        }
     }
 
     /// Moves console bytes both ways and notifies the guest when the ring moved.
@@ -604,14 +675,21 @@ impl Daemon {
             };
             add(self.wake.as_raw());
             let listener = add(self.listener.as_raw_fd());
+            let mut store_out = None;
             if let Some(l) = self.live.as_ref() {
                 add(l.guest.console_evt.as_raw());
                 add(l.guest.store_evt.as_raw());
+                if let Some(d) = l.devices.as_ref().filter(|d| d.store.dead.is_none()) {
+                    store_out = Some((add(d.store.fd()), d.store.wants_write()));
+                }
             }
             let client = match self.client.as_ref() {
                 Some(c) if self.input.len() < INPUT_MAX => Some(add(c.as_raw_fd())),
                 _ => None,
             };
+            if let Some((i, true)) = store_out {
+                fds[i].events |= libc::POLLOUT;
+            }
             // SAFETY: `fds` is a live array of `fds.len()` pollfds for the call.
             unsafe {
                 libc::poll(
@@ -623,9 +701,9 @@ impl Daemon {
             let _ = self.wake.take();
             if let Some(l) = self.live.as_ref() {
                 let _ = l.guest.console_evt.take();
-                // No XenStore daemon serves the store ring yet: its events are dropped.
                 let _ = l.guest.store_evt.take();
             }
+            self.pump_store();
             if let Some(i) = client {
                 if fds[i].revents != 0 {
                     self.read_client();

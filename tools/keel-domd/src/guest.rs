@@ -1,7 +1,7 @@
 //! Building a Xen PVH domain from its config: the checks `keelctl create` also makes before it
 //! starts a process, and the domain itself (memory, vCPUs, console and XenStore rings, event
 //! channels, HVM params).
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use keel_builder::{vcpu::Segment, VcpuState};
 use keel_sys::{
@@ -10,7 +10,7 @@ use keel_sys::{
 };
 use keel_xlcfg::DomainConfig;
 
-use crate::ring::ConsoleRing;
+use crate::ring::{ByteRing, ConsoleRing, XENSTORE};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -77,8 +77,9 @@ pub fn name_in_use(dev: &KeelDev, name: &str) -> Result<Option<u32>, keel_sys::E
 
 /// A built domain, not yet running.
 pub struct Guest {
-    /// The domain (dropping it, after the vCPUs, destroys the domain).
-    pub domain: Domain,
+    /// The domain (dropping the last reference, after the vCPUs, destroys the domain; the
+    /// device backends hold the others while they run).
+    pub domain: Arc<Domain>,
     /// Its vCPUs, vCPU 0 at the PVH entry.
     pub vcpus: Vec<Vcpu>,
     /// Dom0's end of the console ring.
@@ -91,6 +92,12 @@ pub struct Guest {
     pub store_evt: EventFd,
     /// The XenStore's port in the DomU.
     pub store_port: u32,
+    /// Dom0's end of the XenStore ring.
+    pub store: ByteRing,
+    /// The XenStore ring's pfn.
+    pub store_pfn: u64,
+    /// The console ring's pfn.
+    pub console_pfn: u64,
     // The mappings the rings live in; the console ring points into `_console_page`, so it is
     // declared (and dropped) before it.
     _console_page: GuestRam,
@@ -285,9 +292,9 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
     for (param, value) in [
         (XenParam::ConsolePfn, image.special.console_pfn),
         (XenParam::ConsoleEvtchn, u64::from(console_port)),
-        // No XenStore daemon serves the ring yet: a store pfn of 0 tells the guest there is
-        // none (xenbus_init gives up with ENOENT) rather than letting its first request wait
-        // forever. The page, its event channel and the param are ready for the daemon.
+        // Set by the devices once the XenStore daemon serves the ring: until then a store pfn
+        // of 0 tells the guest there is none (xenbus_init gives up with ENOENT) rather than
+        // letting its first request wait forever.
         (XenParam::StorePfn, 0),
         (XenParam::StoreEvtchn, u64::from(store_port)),
     ] {
@@ -308,14 +315,20 @@ pub fn build(dev: &KeelDev, cfg: &DomainConfig) -> Result<Guest, String> {
     // `_console_page` lives, which the Guest drops after the ring; it is only accessed through
     // raw pointers.
     let console = unsafe { ConsoleRing::new(console_page.as_ptr()) };
+    // SAFETY: as for the console: a 4096-byte page (more than XENSTORE's bytes), mapped as
+    // long as `_store_page`, which is dropped after the ring, accessed through raw pointers.
+    let store = unsafe { ByteRing::with_layout(store_page.as_ptr(), &XENSTORE) };
     Ok(Guest {
-        domain,
+        domain: Arc::new(domain),
         vcpus,
         console,
         console_evt,
         console_port,
         store_evt,
         store_port,
+        store,
+        store_pfn: image.special.xenstore_pfn,
+        console_pfn: image.special.console_pfn,
         _console_page: console_page,
         _store_page: store_page,
     })

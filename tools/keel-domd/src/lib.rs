@@ -9,9 +9,11 @@
 #![deny(missing_docs)]
 
 pub mod daemon;
+pub mod devices;
 pub mod exit;
 pub mod files;
 pub mod guest;
 pub mod proto;
 pub mod ring;
+pub mod vbd;
 pub mod xsnodes;

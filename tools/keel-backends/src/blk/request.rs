@@ -185,6 +185,18 @@ pub fn parse(entry: &[u8], geo: &Geometry) -> Parsed {
     {
         return reject(rsp::ERROR);
     }
+    // A flush without data names no sector: Linux's flush requests carry sector -1
+    // (blk_rq_init), which blkfront passes on as it is.
+    if n == 0 {
+        return Parsed::Ready(Request {
+            id: rw.id,
+            rsp_op: rw.operation,
+            kind,
+            sector: 0,
+            sectors: 0,
+            segments: Vec::new(),
+        });
+    }
     match check_segments(kind, rw.sector_number, &rw.seg[..n], geo) {
         Ok((segments, sectors)) => Parsed::Ready(Request {
             id: rw.id,
@@ -433,6 +445,18 @@ mod tests {
             status(parse(&rw(op::READ, u64::MAX - 3, &[(1, 0, 7)]), &GEO)),
             Some(rsp::ERROR)
         );
+    }
+
+    #[test]
+    fn an_empty_flush_names_no_sector() {
+        let Parsed::Ready(r) = parse(&rw(op::FLUSH_DISKCACHE, u64::MAX, &[]), &GEO) else {
+            panic!("Linux's empty flush (sector -1) refused");
+        };
+        assert_eq!((r.kind, r.sectors), (Kind::Flush, 0));
+        let Parsed::Ready(r) = parse(&rw(op::WRITE_BARRIER, u64::MAX, &[]), &GEO) else {
+            panic!("an empty barrier refused");
+        };
+        assert_eq!(r.kind, Kind::Barrier);
     }
 
     #[test]

@@ -1,0 +1,207 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# xen_disk_test: XenStore and the PV block backend with a Linux DomU, in TAP. Runs in the test
+# VM (busybox sh) as root. A DomU with three disks (an ext4 image as xvda in xl's key=value
+# syntax, a raw image as xvdb and a read-only one as xvdc in the positional syntax) sees all
+# three with their sizes and xvdc read-only, mounts xvda, writes a checksummed file, reads it
+# back from the disk; both halves of each disk are Connected in XenStore; `keelctl shutdown -w`
+# powers it off through control/shutdown and the data is in the image; `keelctl reboot -w`
+# restarts it (a new id) and the file is still there; data fsync'd just before a
+# `keelctl destroy` is in the image; nothing is left in XenStore afterwards; bad disk
+# specs are refused naming the disk, leaving nothing behind.
+# Inputs: KEEL_DOMU_KERNEL, KEEL_DOMU_INITRD, KEEL_DOMU_DISK (scripts/build-initramfs --domu);
+# the tests that boot a DomU SKIP, naming the variable, when one is missing.
+. "$(dirname "$0")/tap.sh"
+out=/tmp/xen_disk.out err=/tmp/xen_disk.err dir=/tmp/xen_disk
+mkdir -p $dir /mnt/keel-disk
+
+tap_plan 8
+
+has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
+
+need_domu() {
+    for v in KEEL_DOMU_KERNEL KEEL_DOMU_INITRD KEEL_DOMU_DISK; do
+        eval f=\$$v
+        [ -n "$f" ] || { echo "$v is not set"; return 4; }
+        [ -r "$f" ] || { echo "$v=$f is not readable"; return 4; }
+    done
+}
+
+# cfg NAME [LINES...]: an xl.cfg for a 1-vCPU DomU running the disk checks, with three disks.
+cfg() {
+    n=$1; shift
+    {
+        echo "name = \"$n\""
+        echo 'type = "pvh"'
+        echo "kernel = \"$KEEL_DOMU_KERNEL\""
+        echo "ramdisk = \"$KEEL_DOMU_INITRD\""
+        echo 'memory = 128'
+        echo 'vcpus = 1'
+        echo 'extra = "console=hvc0 keel.run=disk"'
+        echo "disk = [ 'format=raw, vdev=xvda, access=rw, target=$dir/a.ext4',"
+        echo "         '$dir/b.img,raw,xvdb,rw', '$dir/c.img,raw,xvdc,r' ]"
+        for l in "$@"; do echo "$l"; done
+    } >$dir/$n.cfg
+}
+
+fresh_disks() {
+    cp "$KEEL_DOMU_DISK" $dir/a.ext4 &&
+        dd if=/dev/zero of=$dir/b.img bs=1M count=3 2>/dev/null &&
+        dd if=/dev/zero of=$dir/c.img bs=1M count=1 2>/dev/null
+}
+
+# wait_for NAME PATTERN SECONDS [COUNT]: COUNT (default 1) lines of NAME's console log match.
+wait_for() {
+    f=/var/log/keel/$1.log i=0
+    while [ $i -lt $(($3 * 10)) ]; do
+        [ -f $f ] && [ "$(tr -d '\r' <$f | grep -c -- "$2")" -ge "${4:-1}" ] && return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    echo "no ${4:-1} '$2' in $f after $3 s:"; tail -n 40 $f 2>/dev/null; return 1
+}
+
+domid() { keelctl list | sed -n "s/^$1  *\([0-9][0-9]*\) .*/\1/p"; }
+
+# The sums the DomU printed last: "WRITTEN READ".
+sums() { tr -d '\r' </var/log/keel/$1.log | sed -n 's/^keel-domu: disk data \([0-9a-f]*\) \([0-9a-f]*\)$/\1 \2/p' | tail -n1; }
+
+# image_sum: the sha256 of /data in the ext4 image, as Dom0's kernel mounts a copy of it (the
+# guest was stopped without unmounting: mounting replays the journal, as a reboot would).
+image_sum() {
+    cp $dir/a.ext4 $dir/check.ext4 || return 1
+    mount -o loop -t ext4 $dir/check.ext4 /mnt/keel-disk || return 1
+    set -- $(sha256sum </mnt/keel-disk/data 2>/dev/null)
+    umount /mnt/keel-disk
+    rm -f $dir/check.ext4
+    echo "$1"
+}
+
+# nothing_left NAME DOMID: no domain, process or XenStore node for it.
+nothing_left() {
+    keelctl list 2>/dev/null | grep -q "^$1 " && { echo "domain $1 left:"; keelctl list; return 1; }
+    [ -z "$2" ] && return 0
+    for p in /local/domain/$2 /local/domain/0/backend/vbd/$2; do
+        if keelctl xenstore read $p >/dev/null 2>&1; then
+            echo "$p is still in XenStore:"; keelctl xenstore ls $p; return 1
+        fi
+    done
+}
+
+gone() { # gone NAME SECONDS
+    i=0
+    while [ $i -lt $(($2 * 10)) ]; do
+        keelctl list 2>/dev/null | grep -q "^$1 " || return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    echo "$1 still there after $2 s:"; keelctl list; return 1
+}
+
+bad_disk() {
+    cp "$KEEL_DOMU_KERNEL" $dir/k 2>/dev/null || echo kernel >$dir/k
+    printf 'name = "baddisk"\ntype = "pvh"\nkernel = "%s"\nmemory = 64\n%s\n' $dir/k \
+        "disk = [ '$dir/missing.img,raw,xvda,rw' ]" >$dir/bad.cfg
+    if keelctl create $dir/bad.cfg >$out 2>$err; then echo "create succeeded"; cat $out $err; return 1; fi
+    has $err "disk xvda: cannot open $dir/missing.img" || return 1
+    printf 'name = "baddisk"\ntype = "pvh"\nkernel = "%s"\nmemory = 64\n%s\n' $dir/k \
+        "disk = [ 'format=qcow2, vdev=xvda, target=$dir/k' ]" >$dir/bad.cfg
+    if keelctl create $dir/bad.cfg >$out 2>$err; then echo "create succeeded"; cat $out $err; return 1; fi
+    has $err "disk xvda: format" || return 1
+    nothing_left baddisk ""
+}
+check xen_disk.bad_disk_refused bad_disk
+
+# One DomU: the disks as the guest sees them, the data round trip, XenStore's view.
+boot_disks() {
+    need_domu || return $?
+    fresh_disks || return 1
+    rm -f /var/log/keel/disks.log
+    cfg disks 'on_poweroff = "destroy"' 'on_reboot = "restart"'
+    keelctl create $dir/disks.cfg >$out 2>$err || { cat $out $err; return 1; }
+    wait_for disks "keel-domu: ready" 300 || return 1
+    f=/var/log/keel/disks.log
+    # 16 MiB, 3 MiB and 1 MiB in 512-byte sectors; xvdc read-only.
+    for l in "disk xvda sectors=32768 ro=0" "disk xvdb sectors=6144 ro=0" \
+        "disk xvdc sectors=2048 ro=1" "disk ro-write refused"; do
+        tr -d '\r' <$f | grep -q "keel-domu: $l" || { echo "no '$l':"; grep keel-domu $f; return 1; }
+    done
+    set -- $(sums disks)
+    [ -n "$1" ] && [ "$1" = "$2" ] || { echo "written '$1' read '$2'"; grep keel-domu $f; return 1; }
+}
+check xen_disk.domu_sees_three_disks_and_reads_back boot_disks
+
+xenstore_view() {
+    need_domu || return $?
+    d=$(domid disks); [ -n "$d" ] || { echo "no domain disks"; keelctl list; return 1; }
+    for dev in 51712 51728 51744; do
+        fe=$(keelctl xenstore read /local/domain/$d/device/vbd/$dev/state) || return 1
+        be=$(keelctl xenstore read /local/domain/0/backend/vbd/$d/$dev/state) || return 1
+        [ "$fe $be" = "4 4" ] || { echo "vbd $dev: frontend $fe backend $be"; keelctl xenstore ls /local/domain/0/backend/vbd/$d; return 1; }
+    done
+    [ "$(keelctl xenstore read /local/domain/0/backend/vbd/$d/51744/mode)" = r ] || return 1
+    [ "$(keelctl xenstore read /local/domain/$d/name)" = disks ] || return 1
+    # The guest announced its PV shutdown control.
+    keelctl xenstore read /local/domain/$d/control/feature-poweroff >/dev/null || return 1
+}
+check xen_disk.both_halves_connected_in_xenstore xenstore_view
+
+# keelctl shutdown -w: control/shutdown, the guest powers off, the data is in the image.
+shutdown_w() {
+    need_domu || return $?
+    d=$(domid disks)
+    set -- $(sums disks); written=$1
+    keelctl shutdown -w --timeout 120 disks >$out 2>$err || { cat $out $err; tail -n 20 /var/log/keel/disks.log; return 1; }
+    gone disks 30 || return 1
+    nothing_left disks "$d" || return 1
+    s=$(image_sum) || return 1
+    [ "$s" = "$written" ] || { echo "image has '$s', the guest wrote '$written'"; return 1; }
+}
+check xen_disk.shutdown_powers_off_and_data_is_kept shutdown_w
+
+# keelctl reboot -w: a new domain id; the file written before is there; data written and
+# fsync'd right before a destroy is in the image.
+reboot_then_destroy() {
+    need_domu || return $?
+    rm -f /var/log/keel/disks.log
+    keelctl create $dir/disks.cfg >$out 2>$err || { cat $out $err; return 1; }
+    wait_for disks "keel-domu: ready" 300 || return 1
+    d1=$(domid disks)
+    set -- $(sums disks); first=$1
+    keelctl reboot -w --timeout 120 disks >$out 2>$err || { cat $out $err; return 1; }
+    d2=$(domid disks)
+    [ -n "$d2" ] && [ "$d2" != "$d1" ] || { echo "ids $d1 -> $d2"; keelctl list; return 1; }
+    wait_for disks "keel-domu: ready" 300 2 || return 1
+    tr -d '\r' </var/log/keel/disks.log | grep -q "keel-domu: disk old $first" ||
+        { echo "the file written before the reboot ($first) is not there:"; grep keel-domu /var/log/keel/disks.log; return 1; }
+    set -- $(sums disks); second=$1
+    [ "$second" != "$first" ] || { echo "the second run wrote the same data"; return 1; }
+    keelctl destroy disks || return 1
+    nothing_left disks "$d2" || return 1
+    s=$(image_sum) || return 1
+    [ "$s" = "$second" ] || { echo "image has '$s', the guest wrote '$second' before the destroy"; return 1; }
+}
+check xen_disk.reboot_keeps_data_and_destroy_loses_nothing reboot_then_destroy
+
+xenstore_cleaned() {
+    need_domu || return $?
+    keelctl xenstore ls /local/domain >$out 2>$err || { cat $err; return 1; }
+    if grep -q "^ *[1-9][0-9]* = " $out; then echo "a DomU's home is left:"; cat $out; return 1; fi
+    keelctl xenstore ls /local/domain/0/backend/vbd >$out 2>/dev/null
+    if grep -q "^ *[1-9]" $out; then echo "backend nodes left:"; cat $out; return 1; fi
+}
+check xen_disk.xenstore_cleaned_after xenstore_cleaned
+
+host_fine() {
+    # The host still works and its log has no warning after all of it.
+    dmesg | grep -E "WARNING|BUG:|Oops" && return 1
+    keelctl info >/dev/null
+}
+check xen_disk.host_unaffected host_fine
+
+xenstored_running() {
+    need_domu || return $?
+    pidof keel-xenstored >/dev/null || { echo "no keel-xenstored"; ps; return 1; }
+    keelctl xenstore read /local/domain/0/name >/dev/null 2>&1 || keelctl xenstore ls / >/dev/null
+}
+check xen_disk.xenstored_started_on_demand xenstored_running
+
+tap_done
