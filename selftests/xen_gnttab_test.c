@@ -10,6 +10,7 @@
  * keel.ko is loaded.
  */
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <string.h>
 
 #include "kselftest_harness.h"
@@ -48,7 +49,7 @@ GUEST_INLINE int64_t set_version(uint32_t version, uint32_t *out)
 	return r;
 }
 
-GUEST_INLINE int64_t decrease(uint64_t nr, uint32_t order)
+GUEST_INLINE int64_t reservation(uint32_t op, uint64_t nr, uint32_t order)
 {
 	volatile struct xen_memory_reservation *r =
 		(volatile struct xen_memory_reservation *)SCRATCH;
@@ -58,7 +59,12 @@ GUEST_INLINE int64_t decrease(uint64_t nr, uint32_t order)
 	r->extent_order = order;
 	r->mem_flags = 0;
 	r->domid = DOMID_SELF;
-	return xen_hc(HC_memory_op, XENMEM_decrease_reservation, SCRATCH, 0);
+	return xen_hc(HC_memory_op, op, SCRATCH, 0);
+}
+
+GUEST_INLINE int64_t decrease(uint64_t nr, uint32_t order)
+{
+	return reservation(XENMEM_decrease_reservation, nr, order);
 }
 
 static GUEST_CODE void guest_gnttab(void)
@@ -108,20 +114,47 @@ static GUEST_CODE void guest_gnttab(void)
 static GUEST_CODE void guest_decrease_reservation(void)
 {
 	volatile uint64_t *e = (volatile uint64_t *)EXTENTS;
+	volatile uint64_t *page = (volatile uint64_t *)(0x52ULL << 12);
 
+	page[7] = 0x1234;
 	e[0] = 0x50;
 	e[1] = 0x51;
 	e[2] = 0x52;
 	GUEST_ASSERT_EQ(decrease(3, 0), 3);
+	GUEST_SYNC(1); /* Dom0 checks the domain's memory went down. */
 	GUEST_ASSERT_EQ(decrease(0, 0), 0);
+	/* Given back already: nothing more to give. */
+	GUEST_ASSERT_EQ(decrease(1, 0), 0);
 	/* Stops at the first extent that is not RAM. */
+	e[0] = 0x53;
+	e[1] = 0x54;
 	e[2] = OUTSIDE_RAM_GFN;
 	GUEST_ASSERT_EQ(decrease(3, 0), 2);
-	/* Another domain's memory. */
+	/* Populated again: new zeroed pages; a hole outside RAM is not populated. */
+	e[0] = 0x50;
+	e[1] = 0x51;
+	e[2] = 0x52;
+	e[3] = 0x53;
+	e[4] = 0x54;
+	GUEST_ASSERT_EQ(reservation(XENMEM_populate_physmap, 5, 0), 5);
+	GUEST_ASSERT_EQ(page[7], 0);
+	page[7] = 0x5678;
+	GUEST_ASSERT_EQ(page[7], 0x5678);
+	e[0] = OUTSIDE_RAM_GFN;
+	GUEST_ASSERT_EQ(reservation(XENMEM_populate_physmap, 1, 0), 0);
+	/* A backed page is populated already: done, unchanged. */
+	e[0] = 0x52;
+	GUEST_ASSERT_EQ(reservation(XENMEM_populate_physmap, 1, 0), 1);
+	GUEST_ASSERT_EQ(page[7], 0x5678);
+	GUEST_SYNC(2); /* Dom0 checks the memory came back. */
+	/* Orders other than 0, increase_reservation, another domain, bad pointers. */
+	GUEST_ASSERT_EQ(decrease(1, 1), -XEN_EINVAL);
+	GUEST_ASSERT_EQ(reservation(XENMEM_increase_reservation, 1, 0), -XEN_ENOSYS);
 	{
 		volatile struct xen_memory_reservation *r =
 			(volatile struct xen_memory_reservation *)SCRATCH;
 
+		r->extent_order = 0;
 		r->domid = 0;
 		GUEST_ASSERT_EQ(xen_hc(HC_memory_op, XENMEM_decrease_reservation, SCRATCH, 0),
 				-XEN_EPERM);
@@ -142,12 +175,31 @@ TEST_F(domain, grant_table)
 	vm_destroy(vm);
 }
 
+/* The domain's memory as the module counts it (KEEL_DOMAIN_INFO's memory_used). */
+static uint64_t memory_used(struct keel_vm *vm)
+{
+	struct keel_domain_info info = { 0 };
+
+	if (ioctl(vm->fd, KEEL_DOMAIN_INFO, &info))
+		return 0;
+	return info.memory_used;
+}
+
 TEST_F(domain, decrease_reservation)
 {
 	struct keel_vm *vm = vm_create_xen("xen-decrease", 1, SZ_1M);
+	struct keel_ucall uc;
+	uint64_t before;
 
 	xen_setup_vcpu0(vm, guest_decrease_reservation);
-	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	before = memory_used(vm);
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vm->vcpus[0], &uc));
+	EXPECT_EQ(1, uc.args[0]);
+	EXPECT_EQ(before - 3 * 4096, memory_used(vm));
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vm->vcpus[0], &uc));
+	EXPECT_EQ(2, uc.args[0]);
+	EXPECT_EQ(before, memory_used(vm));
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc));
 	vm_destroy(vm);
 }
 

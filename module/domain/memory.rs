@@ -56,11 +56,13 @@ impl Chunk {
     }
 }
 
-impl Drop for Chunk {
-    fn drop(&mut self) {
+impl Chunk {
+    /// Frees the chunk's pages: only for a chunk that never went into the domain's tables
+    /// (once mapped, the pages are the tables' to free: `balloon::free_mapped`).
+    pub(super) fn free(self) {
         for i in 0..self.pages {
-            // SAFETY: Each page of the chunk is an order-0 page this chunk allocated; pages a
-            // builder still maps keep their own reference and are freed at munmap.
+            // SAFETY: Each page of the chunk is an order-0 page this chunk allocated, mapped
+            // nowhere.
             unsafe { bindings::free_pages((self.va + i * PAGE) as usize, 0) };
         }
     }
@@ -81,6 +83,13 @@ pub(super) struct RangeMem {
 }
 
 impl RangeMem {
+    /// Frees the range's memory, which never went into the domain's tables.
+    pub(super) fn free_chunks(mut self) {
+        for c in self.chunks.drain_all() {
+            c.free();
+        }
+    }
+
     /// The direct-map address of the page at `gpa`, inside the range.
     /// The chunks are in address order, each knowing its offset: a binary search (mmap asks
     /// for every page of a range, so a linear walk made it quadratic).
@@ -97,7 +106,7 @@ impl RangeMem {
 
 /// Second-level table pages, allocated here and freed as a set.
 pub(super) struct TableSet {
-    pages: KVec<u64>,
+    pub(super) pages: KVec<u64>,
     pub(super) root: u64,
 }
 

@@ -18,6 +18,7 @@
 //! This is Dom0 code: it allocates and takes Linux locks. Root mode sees only `VcpuState`
 //! and the domain's `root::domain::DomainShared`, made at the first run.
 
+mod balloon;
 mod fd;
 mod grant;
 mod memory;
@@ -53,6 +54,8 @@ use vcpu::{alloc_vcpu_state, Vcpu};
 
 /// What a domain's lock protects.
 struct DomainInner {
+    /// The tables' format (for the teardown, which frees what they map).
+    format: Format,
     ranges: KVec<RangeMem>,
     tables: Option<TableSet>,
     /// Root mode's view, made at the first run and fixed from then on.
@@ -62,6 +65,15 @@ struct DomainInner {
     vcpu_mask: u64,
     pause_count: u32,
     started: bool,
+    /// Pages given back whose free had to wait for the domain's end.
+    deferred: KVec<u64>,
+}
+
+impl Drop for DomainInner {
+    fn drop(&mut self) {
+        let fmt = self.format;
+        balloon::free_mapped(self, fmt);
+    }
 }
 
 /// A domain.
@@ -134,6 +146,7 @@ impl Domain {
                 memory_size,
                 caps,
                 inner <- new_mutex!(DomainInner {
+                    format: crate::vendor::slat_format(caps.vendor),
                     ranges: KVec::new(),
                     tables: Some(TableSet::new()?),
                     shared: None,
@@ -141,6 +154,7 @@ impl Domain {
                     vcpu_mask: 0,
                     pause_count: 0,
                     started: false,
+                    deferred: KVec::new(),
                 }),
                 unpaused <- new_condvar!(),
                 runners <- new_spinlock!([0; 64]),
@@ -229,20 +243,36 @@ impl Domain {
             let mut at = r.gpa;
             while at < end {
                 let big = at % SIZE_2M == 0 && end - at >= SIZE_2M;
-                let mut chunk = big
+                let Some(mut chunk) = big
                     .then(|| Chunk::alloc(9))
                     .flatten()
                     .or_else(|| Chunk::alloc(0))
-                    .ok_or(ENOMEM)?;
+                else {
+                    mem.free_chunks();
+                    return Err(ENOMEM);
+                };
                 chunk.offset = at - r.gpa;
                 at += chunk.pages * PAGE;
-                mem.chunks.push(chunk, GFP_KERNEL)?;
+                if mem.chunks.reserve(1, GFP_KERNEL).is_err() {
+                    chunk.free();
+                    mem.free_chunks();
+                    return Err(ENOMEM);
+                }
+                // Room reserved just above.
+                let _ = mem.chunks.push_within_capacity(chunk);
             }
         }
         // Rebuild the tables with the new range: on failure the old ones stay as they were.
-        inner.ranges.push(mem, GFP_KERNEL)?;
+        if inner.ranges.reserve(1, GFP_KERNEL).is_err() {
+            mem.free_chunks();
+            return Err(ENOMEM);
+        }
+        // Room reserved just above.
+        let _ = inner.ranges.push_within_capacity(mem);
         match build_tables(&inner.ranges, self.format(), self.large_pages()) {
             Ok(t) => {
+                // The old tables mapped only the ranges before: their pages are the new
+                // tables' now, so the old set goes without freeing what it mapped.
                 inner.tables = Some(t);
                 if memory {
                     inner.memory_used += r.size;
@@ -250,7 +280,9 @@ impl Domain {
                 Ok(0)
             }
             Err(e) => {
-                inner.ranges.pop();
+                if let Some(m) = inner.ranges.pop() {
+                    m.free_chunks();
+                }
                 Err(e)
             }
         }

@@ -47,11 +47,19 @@ impl Vcpu {
         let shared = unsafe { &*s.domain };
         let current = Task::current_raw() as usize;
         let result = loop {
+            // From here until the next turn the thread may use translations of this
+            // generation of the tables, or later ones (`Xen::quiesce` waits for it).
+            if let Some(x) = xen {
+                x.sync(self.id).hold(x.slat_gen());
+            }
             // SAFETY: `current` is the running task.
             if unsafe { bindings::signal_pending(Task::current_raw()) } != 0 {
                 break Err(EINTR);
             }
             if d.paused.load(Ordering::SeqCst) != 0 {
+                if let Some(x) = xen {
+                    x.sync(self.id).let_go();
+                }
                 let mut inner = d.inner.lock();
                 let mut interrupted = false;
                 while inner.pause_count != 0 && !interrupted {
@@ -98,7 +106,7 @@ impl Vcpu {
                 }
                 x.after_run(self.id, &mut s, shared);
                 if !matches!(s.exit, UserExit::None) {
-                    match x.handle_exit(self.id, &mut s, shared) {
+                    match x.handle_exit(&**d, self.id, &mut s, shared) {
                         Ok((Handled::Resume, w)) => {
                             d.wake(w);
                             s.exit = UserExit::None;
@@ -113,6 +121,9 @@ impl Vcpu {
                 break Ok(0);
             }
         };
+        if let Some(x) = xen {
+            x.sync(self.id).let_go();
+        }
         s.user_completion = result.is_ok() && !matches!(s.completion, Completion::None);
         if let UserExit::EntryFailure {
             reason,

@@ -5,7 +5,7 @@
 
 use kernel::prelude::*;
 
-use super::{guest::Guest, WakeSet, Xen, GNTTAB_FRAMES};
+use super::{guest::Guest, Balloon, WakeSet, Xen, GNTTAB_FRAMES};
 use crate::keel_core::xen::abi::{evtchnop, XenMemoryMap, E820_ENTRY_SIZE};
 use crate::keel_core::xen::{
     abi::{
@@ -39,12 +39,11 @@ type HResult = Result<u64, Errno>;
 /// 0 when the vCPU runs again, as a wakeup would.
 pub(super) fn dispatch(
     x: &Xen,
+    mem: &dyn Balloon,
     v: u32,
     s: &mut VcpuState,
     dom: &DomainShared,
-    call: u64,
-    args: [u64; 5],
-    long_mode: bool,
+    (call, args, long_mode): (u64, [u64; 5], bool),
 ) -> Result<(u64, WakeSet)> {
     if !long_mode {
         // 32-bit guests' layouts are not served yet.
@@ -54,7 +53,7 @@ pub(super) fn dispatch(
     let mut wake = WakeSet::default();
     let cmd = args[0] as u32;
     let r = match call {
-        nr::MEMORY_OP => memory_op(x, dom, &g, cmd, args[1]),
+        nr::MEMORY_OP => memory_op(x, mem, v, dom, &g, cmd, args[1]),
         nr::HVM_OP => hvm_op(x, &g, cmd, args[1]),
         nr::VCPU_OP => vcpu_op(x, v, dom, &g, cmd, args[1], args[2]),
         nr::SET_TIMER_OP => {
@@ -101,8 +100,20 @@ pub(super) fn dispatch(
     Ok((rax, wake))
 }
 
-/// `memory_op`: add_to_physmap for shared_info and grant frames, decrease_reservation.
-fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
+/// Extents read from the guest per call of the balloon (one TLB shootdown per batch).
+const EXTENT_BATCH: usize = 256;
+
+/// `memory_op`: add_to_physmap for shared_info and grant frames, the memory map,
+/// decrease_reservation and populate_physmap (pages given back to Dom0 and taken again).
+fn memory_op(
+    x: &Xen,
+    mem: &dyn Balloon,
+    v: u32,
+    dom: &DomainShared,
+    g: &Guest<'_>,
+    cmd: u32,
+    arg: u64,
+) -> HResult {
     match cmd {
         xenmem::ADD_TO_PHYSMAP => {
             let b = g.get::<24>(arg)?;
@@ -111,9 +122,14 @@ fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> 
                 return Err(Errno::EPERM);
             }
             let gpa = a.gpfn.checked_mul(4096).ok_or(Errno::EINVAL)?;
-            // The page stays the guest's RAM page at that gfn, which Keel uses in place.
+            // The page at that gfn of the guest's RAM becomes the frame, used in place; a gfn
+            // the guest gave back (Linux places its grant frames on ballooned-out pages) gets
+            // a new page first.
             if dom.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
                 return Err(Errno::EINVAL);
+            }
+            if dom.ram_ptr(gpa).is_none() && mem.populate(&[a.gpfn]) != 1 {
+                return Err(Errno::ENOMEM);
             }
             match a.space {
                 xenmem::MAPSPACE_SHARED_INFO if a.idx == 0 => {
@@ -155,7 +171,7 @@ fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> 
             g.write(arg, &out)?;
             Ok(0)
         }
-        xenmem::POPULATE_PHYSMAP | xenmem::INCREASE_RESERVATION | xenmem::DECREASE_RESERVATION => {
+        xenmem::POPULATE_PHYSMAP | xenmem::DECREASE_RESERVATION => {
             let b = g.get::<32>(arg)?;
             let r = XenMemoryReservation::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
             if r.domid != domid::SELF && r.domid != x.domid {
@@ -164,25 +180,39 @@ fn memory_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> 
             if r.extent_order != 0 {
                 return Err(Errno::EINVAL);
             }
-            // The extents done: each must be a RAM gfn. The pages stay allocated and mapped
-            // (giving them back to Dom0 comes with the balloon work), so decreasing and
-            // populating again both succeed; the first gfn outside RAM ends the count.
+            // Xen's answer: how many extents were done, in order; the first one that cannot
+            // be done (or cannot be read) ends the call.
             let mut done = 0u64;
+            let mut gfns = [0u64; EXTENT_BATCH];
             while done < r.nr_extents {
-                let mut e = [0u8; 8];
-                if g.read(r.extent_start.wrapping_add(done.wrapping_mul(8)), &mut e)
-                    .is_err()
-                {
+                let want = (r.nr_extents - done).min(EXTENT_BATCH as u64) as usize;
+                let mut n = 0;
+                while n < want {
+                    let mut e = [0u8; 8];
+                    let at = r
+                        .extent_start
+                        .wrapping_add((done + n as u64).wrapping_mul(8));
+                    if g.read(at, &mut e).is_err() {
+                        break;
+                    }
+                    gfns[n] = u64::from_le_bytes(e);
+                    n += 1;
+                }
+                let ok = if cmd == xenmem::DECREASE_RESERVATION {
+                    mem.release(v, &gfns[..n])
+                } else {
+                    mem.populate(&gfns[..n])
+                };
+                done += ok as u64;
+                if ok < want {
                     break;
                 }
-                let gpa = u64::from_le_bytes(e).checked_mul(4096);
-                if gpa.and_then(|a| dom.range_of(a)).map(|r| r.kind) != Some(RangeKind::Ram) {
-                    break;
-                }
-                done += 1;
             }
             Ok(done)
         }
+        // A translated guest has no use for frames that are not in its physical map (Xen's
+        // PVH and HVM guests populate at gfns instead).
+        xenmem::INCREASE_RESERVATION => Err(Errno::ENOSYS),
         _ => Err(Errno::ENOSYS),
     }
 }

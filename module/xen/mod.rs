@@ -169,10 +169,26 @@ struct Inner {
     console_lines: u32,
 }
 
+/// The guest-physical memory changes of `XENMEM_decrease_reservation` and
+/// `XENMEM_populate_physmap`, which the domain's memory does (the `Domain` implements it).
+pub(crate) trait Balloon {
+    /// Gives the RAM pages at `gfns` back to Dom0, in order, for vCPU `me`'s hypercall; stops
+    /// at the first it cannot (not RAM of the domain, already given back, in use by Dom0
+    /// through a grant). Returns how many it gave back.
+    fn release(&self, me: u32, gfns: &[u64]) -> usize;
+    /// Backs the RAM gfns at `gfns`, given back before, with new zeroed pages, in order;
+    /// stops at the first it cannot (not a given-back RAM gfn, the domain at its maximum,
+    /// no memory). Returns how many it backed.
+    fn populate(&self, gfns: &[u64]) -> usize;
+}
+
 /// A Xen domain's state beside its `Domain`.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Xen {
     domid: u16,
+    /// The generation of the domain's second-level tables: bumped after a change that
+    /// removes a translation (see [`Xen::quiesce`]).
+    slat_gen: AtomicU64,
     /// Whether a domain id names a live domain (the registry; takes a mutex).
     exists: fn(u16) -> bool,
     nr_vcpus: u32,
@@ -341,6 +357,7 @@ impl Xen {
         KBox::pin_init(
             try_pin_init!(Xen {
                 domid,
+                slat_gen: AtomicU64::new(0),
                 exists,
                 nr_vcpus,
                 timebase,
@@ -364,6 +381,60 @@ impl Xen {
             }? Error),
             GFP_KERNEL,
         )
+    }
+
+    /// The second-level tables' generation now.
+    pub(crate) fn slat_gen(&self) -> u64 {
+        self.slat_gen.load(Ordering::SeqCst)
+    }
+
+    /// After a change of the second-level tables that removed translations: a new
+    /// generation, and the wait until every vCPU's thread but `me` holds no translation older
+    /// than it (each run starts by flushing the CPU's cached translations: a vCPU in the guest
+    /// is kicked out by `kick`; a sleeping one holds none). Returns false when `me`'s thread
+    /// got a signal first: what was unmapped must then not be freed yet. Takes no lock.
+    pub(crate) fn quiesce(&self, me: u32, kick: impl Fn()) -> bool {
+        let gen = self.slat_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        // Others waiting for us meanwhile need not wait: we use no translation while here.
+        let held = self.sync(me).let_go();
+        let mut done = false;
+        loop {
+            if self
+                .sync
+                .iter()
+                .enumerate()
+                .all(|(v, s)| v as u32 == me || s.held() >= gen)
+            {
+                done = true;
+                break;
+            }
+            // SAFETY: `current` is the running task.
+            if unsafe { bindings::signal_pending(kernel::task::Task::current_raw()) } != 0 {
+                break;
+            }
+            kick();
+            // SAFETY: Sleeps a jiffy; the thread is in process context with no lock held.
+            unsafe { bindings::schedule_timeout_uninterruptible(1) };
+        }
+        self.sync(me).hold(held);
+        done
+    }
+
+    /// Runs `unmap` (which takes frame `gfn` out of the tables) unless Dom0 uses a grant of
+    /// that frame now (its page must stay): `None` then. Under the lock that grant uses and
+    /// event paths take while they walk the tables, so that no such walk straddles the change.
+    pub(crate) fn unmap_unless_granted<R>(&self, gfn: u64, unmap: impl FnOnce() -> R) -> Option<R> {
+        let inner = self.inner.lock();
+        if inner
+            .grants
+            .iter()
+            .any(|a| a.pins != 0 && u64::from(a.frame) == gfn)
+        {
+            return None;
+        }
+        let r = unmap();
+        drop(inner);
+        Some(r)
     }
 
     /// System time now (ns since the domain was made).
@@ -682,6 +753,7 @@ impl Xen {
     /// loop does next, and the vCPUs to wake; EINTR when a signal interrupted a sleep.
     pub(crate) fn handle_exit(
         &self,
+        mem: &dyn Balloon,
         v: u32,
         s: &mut VcpuState,
         dom: &DomainShared,
@@ -697,7 +769,7 @@ impl Xen {
                 args,
                 long_mode,
             } => {
-                let (ret, wake) = hypercall::dispatch(self, v, s, dom, nr, args, long_mode)?;
+                let (ret, wake) = hypercall::dispatch(self, mem, v, s, dom, (nr, args, long_mode))?;
                 s.completion_data = ret;
                 Ok((Handled::Resume, wake))
             }

@@ -2,7 +2,10 @@
 //! A Xen vCPU's sleeping and waking: a wait queue for a blocked vCPU, and an hrtimer that makes
 //! a running one exit at its timer's deadline.
 
-use core::marker::PhantomPinned;
+use core::{
+    marker::PhantomPinned,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use kernel::{bindings, prelude::*, static_lock_class, task::Task, types::Opaque};
 
@@ -18,6 +21,10 @@ pub(crate) struct VcpuSync {
     wq: Opaque<bindings::wait_queue_head>,
     #[pin]
     timer: Opaque<bindings::hrtimer>,
+    /// The oldest generation of the domain's second-level tables whose translations the
+    /// vCPU's thread may still use (the TLB, pointers from a walk), `u64::MAX` for none (it
+    /// sleeps, or is outside its run): see `Xen::quiesce`.
+    epoch: AtomicU64,
     #[pin]
     _pin: PhantomPinned,
 }
@@ -72,6 +79,7 @@ impl VcpuSync {
                         )
                     })
                 },
+                epoch: AtomicU64::new(u64::MAX),
                 _pin: PhantomPinned,
             }),
             GFP_KERNEL,
@@ -104,9 +112,37 @@ impl VcpuSync {
         unsafe { bindings::hrtimer_cancel(self.timer.get()) };
     }
 
+    /// The vCPU's thread may use translations of generation `gen` from now on.
+    pub(crate) fn hold(&self, gen: u64) {
+        self.epoch.store(gen, Ordering::SeqCst);
+    }
+
+    /// What [`Self::hold`] last said (`u64::MAX`: nothing).
+    pub(crate) fn held(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The vCPU's thread holds no translation until it says otherwise; returns what it held.
+    pub(crate) fn let_go(&self) -> u64 {
+        self.epoch.swap(u64::MAX, Ordering::SeqCst)
+    }
+
     /// Sleeps until `done()` holds, system time reaches `until` (`now()` reads it), or a signal
-    /// arrives (EINTR). `done` may take spinlocks, not sleep.
+    /// arrives (EINTR). `done` may take spinlocks, not sleep. While asleep the thread holds no
+    /// translation (`Xen::quiesce` does not wait for it).
     pub(crate) fn block(
+        &self,
+        done: impl Fn() -> bool,
+        until: Option<u64>,
+        now: impl Fn() -> u64,
+    ) -> Result {
+        let held = self.let_go();
+        let r = self.block_inner(done, until, now);
+        self.hold(held);
+        r
+    }
+
+    fn block_inner(
         &self,
         done: impl Fn() -> bool,
         until: Option<u64>,

@@ -49,7 +49,9 @@
 
 #define DOMID_SELF 0x7ff0
 
+#define XENMEM_increase_reservation 0
 #define XENMEM_decrease_reservation 1
+#define XENMEM_populate_physmap     6
 #define XENMEM_add_to_physmap       7
 #define XENMAPSPACE_shared_info     0
 #define XENMAPSPACE_grant_table     1
