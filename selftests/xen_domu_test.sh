@@ -10,7 +10,7 @@ domu=keeltest-domu
 log=/var/log/keel/$domu.log
 mkdir -p $dir
 
-tap_plan 19
+tap_plan 20
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -139,6 +139,36 @@ pause_unpause() {
     ! keelctl unpause $domu 2>$err && has $err "not paused"
 }
 check xen_domu.pause_unpause pause_unpause
+
+# keelctl mem-set: the guest's balloon gives memory back (the module's count, `Mem`, goes
+# down to the target) and Dom0's free memory grows by about that much; then takes it again.
+mem_kib() { sed -n 's/^MemFree: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+mem_col() { keelctl list | awk -v n=$domu '$1 == n { print $3 }'; }
+wait_mem() { # wait_mem MAX_MIB MIN_MIB SECONDS: Mem within [MIN, MAX]
+    i=0
+    while [ $i -lt $(($3 * 10)) ]; do
+        m=$(mem_col); [ -n "$m" ] && [ "$m" -le $1 ] && [ "$m" -ge $2 ] && return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    echo "Mem is '$(mem_col)' MiB after $3 s, not within $2..$1"; keelctl list; return 1
+}
+mem_set() {
+    need_domu || return $?
+    # The guest's balloon driver is up once its XenStore works: the boot's console log is
+    # complete by the shell's prompt.
+    wait_log "keel-domu: shell" 240 || return 1
+    before=$(mem_kib)
+    keelctl mem-set $domu 64 || return 1
+    wait_mem 66 60 60 || return 1
+    sleep 1
+    after=$(mem_kib)
+    echo "Dom0 MemFree $before -> $after kB (+$(((after - before) / 1024)) MiB)"
+    [ $((after - before)) -ge $((48 * 1024)) ] || { echo "Dom0 got less than 48 MiB back"; return 1; }
+    keelctl mem-set $domu 128m || return 1
+    wait_mem 128 124 60 || return 1
+    ! keelctl mem-set $domu 4g 2>$err && has $err "more than its maximum memory"
+}
+check xen_domu.mem_set_balloons_down_and_up mem_set
 
 duplicate_name() {
     need_domu || return $?
