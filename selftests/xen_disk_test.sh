@@ -162,6 +162,11 @@ check xen_disk.shutdown_powers_off_and_data_is_kept shutdown_w
 # fsync'd right before a destroy is in the image.
 reboot_then_destroy() {
     need_domu || return $?
+    # Two more Linux boots: about 5 minutes under Bochs, where the CI's time budget does not
+    # have them; QEMU runs it (the backend and the toolstack are the same on both vendors).
+    if [ "$(tr ' ' '\n' </proc/cmdline | sed -n 's/^keel_emulator=//p' | tail -n1)" = bochs ]; then
+        echo "two more DomU boots under Bochs: run under QEMU only (time budget)"; return 4
+    fi
     rm -f /var/log/keel/disks.log
     keelctl create $dir/disks.cfg >$out 2>$err || { cat $out $err; return 1; }
     wait_for disks "keel-domu: ready" 300 || return 1
