@@ -18,9 +18,10 @@
 . "$(dirname "$0")/tap.sh"
 out=/tmp/xen_disk.out err=/tmp/xen_disk.err dir=/tmp/xen_disk
 mkdir -p $dir /mnt/keel-disk
+rm -f $dir/guest_n
 dmesg_lines=$(dmesg | wc -l)
 
-tap_plan 13
+tap_plan 12
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -69,10 +70,9 @@ domid() { keelctl list | sed -n "s/^$1  *\([0-9][0-9]*\) .*/\1/p"; }
 
 # guest NAME CMD: runs CMD in the shell on NAME's console and prints its output (one line),
 # waiting up to 60 s for it. Each answer is tagged; the tag is typed as "blkN""=" so that the
-# echo of the typed line never matches it.
-guest_n=0
+# echo of the typed line never matches it. The count is in a file: guest runs in $(...).
 guest() {
-    guest_n=$((guest_n + 1)); tag=blk$guest_n
+    n=$(($(cat $dir/guest_n 2>/dev/null || echo 0) + 1)); echo $n >$dir/guest_n; tag=blk$n
     printf '%s\n\035' "echo \"$tag\"\"=\$($2)\"" | keelctl console --timeout 10 $1 >/dev/null 2>&1
     wait_for $1 "^$tag=" 60 >&2 || return 1
     tr -d '\r' </var/log/keel/$1.log | sed -n "s/^$tag=//p" | tail -n1

@@ -258,7 +258,7 @@ enum Command {
         domain: String,
         /// The disk: its vdev (xvdb) or device number (51728), as block-list shows it.
         #[arg(value_name = "VDEV|DEVID")]
-        device: String,
+        vdev: String,
         /// Remove it at once, without waiting for the guest.
         #[arg(short, long)]
         force: bool,
@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::BlockDetach {
             domain,
-            device,
+            vdev,
             force,
         } => {
             let dev = keel_sys::KeelDev::open(&cli.device)?;
@@ -372,7 +372,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 &dev,
                 &keel_domd::files::Dirs::from_env(),
                 &domain,
-                &device,
+                &vdev,
                 force,
             )?;
         }
@@ -460,6 +460,43 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn block_verbs_parse_as_xls() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        let Ok(Command::BlockDetach {
+            domain,
+            vdev,
+            force,
+        }) = parse(&["keelctl", "block-detach", "web", "xvdb", "--force"])
+        else {
+            panic!("block-detach did not parse");
+        };
+        assert_eq!(
+            (domain.as_str(), vdev.as_str(), force),
+            ("web", "xvdb", true)
+        );
+        let Ok(Command::BlockAttach { spec, .. }) =
+            parse(&["keelctl", "block-attach", "3", "/srv/b.img,raw", "xvdb,rw"])
+        else {
+            panic!("block-attach did not parse");
+        };
+        assert_eq!(spec, ["/srv/b.img,raw", "xvdb,rw"]);
+        let Ok(Command::BlockList { domains, json }) =
+            parse(&["keelctl", "block-list", "--json", "a", "b"])
+        else {
+            panic!("block-list did not parse");
+        };
+        assert_eq!((domains.len(), json), (2, true));
+        assert!(parse(&["keelctl", "block-attach", "web"]).is_err());
+        assert!(parse(&["keelctl", "block-list"]).is_err());
+    }
 
     #[test]
     fn device_errors_say_what_to_do() {
