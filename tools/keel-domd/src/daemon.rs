@@ -737,8 +737,8 @@ impl Daemon {
                     "disk {vdev}: a detach of it is already waiting for the guest"
                 ));
             }
+            // The backend logs that it asks the guest.
             self.devices_mut()?.close_disk(devid);
-            self.note(&format!("disk {vdev}: detaching"));
             return Ok(Some((devid, vdev)));
         }
         self.finish_detach(devid);
