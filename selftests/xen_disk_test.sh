@@ -11,8 +11,8 @@
 # specs are refused naming the disk, leaving nothing behind. The DomU has 2 vCPUs and its
 # disks one ring per vCPU. While it runs, `keelctl block-attach` adds a disk the guest sees
 # and writes to, `block-list` shows it Connected, `block-detach` takes it from the guest
-# and from XenStore (and --force at once); attach errors name the disk; a disk attached
-# before a reboot is there after it.
+# and from XenStore; a paused guest keeps it after 10 s, and --force takes it at once; attach
+# errors name the disk; a disk attached before a reboot is there after it.
 # Inputs: KEEL_DOMU_KERNEL, KEEL_DOMU_INITRD, KEEL_DOMU_DISK (scripts/build-initramfs --domu);
 # the tests that boot a DomU SKIP, naming the variable, when one is missing.
 . "$(dirname "$0")/tap.sh"
@@ -221,11 +221,21 @@ hot_detach() {
     no_vbd $d 51760 || return 1
     keelctl block-list disks >$out 2>$err || { cat $out $err; return 1; }
     if grep -q "^51760 " $out; then echo "block-list still lists it:"; cat $out; return 1; fi
-    # --force removes a disk without asking the guest; by device number too.
+    # A guest that does not answer (paused) keeps the disk after 10 s, and the error says
+    # so; --force removes it without asking, by device number too.
     keelctl block-attach disks "$dir/d.img,raw,xvde,r" >$out 2>$err || { cat $out $err; return 1; }
     size=$(guest disks "$(appears xvde)") || return 1
     [ "$size" = 4096 ] || { echo "the guest's xvde has '$size' sectors"; return 1; }
-    keelctl block-detach --force disks 51776 >$out 2>$err || { cat $out $err; return 1; }
+    keelctl pause disks || return 1
+    if keelctl block-detach disks xvde >$out 2>$err; then
+        keelctl unpause disks; echo "detached from a paused guest"; return 1
+    fi
+    has $err "disk xvde: the guest did not release it within 10 s (its frontend is 4 (Connected)" ||
+        { keelctl unpause disks; return 1; }
+    [ "$(keelctl xenstore read /local/domain/0/backend/vbd/$d/51776/state)" = 5 ] ||
+        { keelctl unpause disks; echo "the backend is not Closing"; return 1; }
+    keelctl block-detach --force disks 51776 >$out 2>$err || { keelctl unpause disks; cat $out $err; return 1; }
+    keelctl unpause disks || return 1
     no_vbd $d 51776 || return 1
     size=$(guest disks "$(goes xvde)") || return 1
     [ "$size" = none ] || { echo "the guest still has xvde ($size sectors)"; return 1; }
