@@ -8,15 +8,20 @@
 # powers it off through control/shutdown and the data is in the image; `keelctl reboot -w`
 # restarts it (a new id) and the file is still there; data fsync'd just before a
 # `keelctl destroy` is in the image; nothing is left in XenStore afterwards; bad disk
-# specs are refused naming the disk, leaving nothing behind.
+# specs are refused naming the disk, leaving nothing behind. The DomU has 2 vCPUs and its
+# disks one ring per vCPU. While it runs, `keelctl block-attach` adds a disk the guest sees
+# and writes to, `block-list` shows it Connected, `block-detach` takes it from the guest
+# and from XenStore; a paused guest keeps it after 10 s, and --force takes it at once; attach
+# errors name the disk; a disk attached before a reboot is there after it.
 # Inputs: KEEL_DOMU_KERNEL, KEEL_DOMU_INITRD, KEEL_DOMU_DISK (scripts/build-initramfs --domu);
 # the tests that boot a DomU SKIP, naming the variable, when one is missing.
 . "$(dirname "$0")/tap.sh"
 out=/tmp/xen_disk.out err=/tmp/xen_disk.err dir=/tmp/xen_disk
 mkdir -p $dir /mnt/keel-disk
+rm -f $dir/guest_n
 dmesg_lines=$(dmesg | wc -l)
 
-tap_plan 8
+tap_plan 12
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -28,7 +33,7 @@ need_domu() {
     done
 }
 
-# cfg NAME [LINES...]: an xl.cfg for a 1-vCPU DomU running the disk checks, with three disks.
+# cfg NAME [LINES...]: an xl.cfg for a 2-vCPU DomU running the disk checks, with three disks.
 cfg() {
     n=$1; shift
     {
@@ -37,7 +42,7 @@ cfg() {
         echo "kernel = \"$KEEL_DOMU_KERNEL\""
         echo "ramdisk = \"$KEEL_DOMU_INITRD\""
         echo 'memory = 128'
-        echo 'vcpus = 1'
+        echo 'vcpus = 2'
         echo 'extra = "console=hvc0 keel.run=disk"'
         echo "disk = [ 'format=raw, vdev=xvda, access=rw, target=$dir/a.ext4',"
         echo "         '$dir/b.img,raw,xvdb,rw', '$dir/c.img,raw,xvdc,r' ]"
@@ -62,6 +67,30 @@ wait_for() {
 }
 
 domid() { keelctl list | sed -n "s/^$1  *\([0-9][0-9]*\) .*/\1/p"; }
+
+# guest NAME CMD: runs CMD in the shell on NAME's console and prints its output (one line),
+# waiting up to 60 s for it. Each answer is tagged; the tag is typed as "blkN""=" so that the
+# echo of the typed line never matches it. The count is in a file: guest runs in $(...).
+guest() {
+    n=$(($(cat $dir/guest_n 2>/dev/null || echo 0) + 1)); echo $n >$dir/guest_n; tag=blk$n
+    printf '%s\n\035' "echo \"$tag\"\"=\$($2)\"" | keelctl console --timeout 10 $1 >/dev/null 2>&1
+    wait_for $1 "^$tag=" 60 >&2 || return 1
+    tr -d '\r' </var/log/keel/$1.log | sed -n "s/^$tag=//p" | tail -n1
+}
+
+# The guest's commands that wait (up to 30 s) for a disk to come or go, then print its size
+# in sectors or "none".
+appears() { echo "i=0; while [ ! -e /sys/block/$1 ] && [ \$i -lt 30 ]; do sleep 1; i=\$((i+1)); done; cat /sys/block/$1/size 2>/dev/null || echo none"; }
+goes() { echo "i=0; while [ -e /sys/block/$1 ] && [ \$i -lt 30 ]; do sleep 1; i=\$((i+1)); done; cat /sys/block/$1/size 2>/dev/null || echo none"; }
+
+# no_vbd DOMID DEVID: neither half of disk DEVID is in XenStore.
+no_vbd() {
+    for p in /local/domain/$1/device/vbd/$2 /local/domain/0/backend/vbd/$1/$2; do
+        if keelctl xenstore read $p >/dev/null 2>&1; then
+            echo "$p is still in XenStore:"; keelctl xenstore ls $p; return 1
+        fi
+    done
+}
 
 # The sums the DomU printed last: "WRITTEN READ".
 sums() { tr -d '\r' </var/log/keel/$1.log | sed -n 's/^keel-domu: disk data \([0-9a-f]*\) \([0-9a-f]*\)$/\1 \2/p' | tail -n1; }
@@ -145,6 +174,96 @@ xenstore_view() {
 }
 check xen_disk.both_halves_connected_in_xenstore xenstore_view
 
+# vcpus = 2: the backend offers two rings and blkfront sets up both, under queue-N/.
+multi_queue() {
+    need_domu || return $?
+    d=$(domid disks); [ -n "$d" ] || { echo "no domain disks"; keelctl list; return 1; }
+    for dev in 51712 51728 51744; do
+        fe=/local/domain/$d/device/vbd/$dev be=/local/domain/0/backend/vbd/$d/$dev
+        m=$(keelctl xenstore read $be/multi-queue-max-queues) || return 1
+        q=$(keelctl xenstore read $fe/multi-queue-num-queues) || { keelctl xenstore ls $fe; return 1; }
+        [ "$m $q" = "2 2" ] || { echo "vbd $dev: max-queues $m num-queues $q"; return 1; }
+        keelctl xenstore read $fe/queue-1/event-channel >/dev/null || { keelctl xenstore ls $fe; return 1; }
+    done
+}
+check xen_disk.one_ring_per_vcpu multi_queue
+
+# block-attach: a 2 MiB image as xvdd (51760) reaches the running guest, which writes to it;
+# block-list shows it Connected.
+hot_attach() {
+    need_domu || return $?
+    d=$(domid disks); [ -n "$d" ] || { echo "no domain disks"; keelctl list; return 1; }
+    dd if=/dev/zero of=$dir/d.img bs=1M count=2 2>/dev/null || return 1
+    keelctl block-attach disks "format=raw, vdev=xvdd, access=rw, target=$dir/d.img" >$out 2>$err ||
+        { cat $out $err; return 1; }
+    size=$(guest disks "$(appears xvdd)") || return 1
+    [ "$size" = 4096 ] || { echo "the guest's xvdd has '$size' sectors"; return 1; }
+    w=$(guest disks "printf hotplugged | dd of=/dev/xvdd conv=fsync 2>/dev/null && echo written") || return 1
+    [ "$w" = written ] && [ "$(head -c 10 $dir/d.img)" = hotplugged ] ||
+        { echo "the guest's write: '$w'; the image has '$(head -c 10 $dir/d.img)'"; return 1; }
+    keelctl block-list disks >$out 2>$err || { cat $out $err; return 1; }
+    grep -q "^51760 *0 *$d *4 .*/local/domain/0/backend/vbd/$d/51760\$" $out ||
+        { echo "xvdd not Connected:"; cat $out; return 1; }
+    [ "$(head -n1 $out)" = "Vdev  BE  handle state evt-ch ring-ref BE-path" ] || { cat $out; return 1; }
+    [ "$(grep -c '^5' $out)" = 4 ] || { echo "not 4 disks:"; cat $out; return 1; }
+    keelctl block-list --json disks >$out 2>$err || { cat $out $err; return 1; }
+    has $out '"vdev": "xvdd"' && has $out "\"target\": \"$dir/d.img\"" && has $out '"queues": 2'
+}
+check xen_disk.block_attach_reaches_the_guest hot_attach
+
+# block-detach: the guest lets xvdd go, it leaves the guest, XenStore and block-list.
+hot_detach() {
+    need_domu || return $?
+    d=$(domid disks); [ -n "$d" ] || { echo "no domain disks"; keelctl list; return 1; }
+    keelctl block-detach disks xvdd >$out 2>$err || { cat $out $err; tail -n 20 /var/log/keel/disks.log; return 1; }
+    size=$(guest disks "$(goes xvdd)") || return 1
+    [ "$size" = none ] || { echo "the guest still has xvdd ($size sectors)"; return 1; }
+    no_vbd $d 51760 || return 1
+    keelctl block-list disks >$out 2>$err || { cat $out $err; return 1; }
+    if grep -q "^51760 " $out; then echo "block-list still lists it:"; cat $out; return 1; fi
+    # A guest that does not answer (paused) keeps the disk after 10 s, and the error says
+    # so; --force removes it without asking, by device number too.
+    keelctl block-attach disks "$dir/d.img,raw,xvde,r" >$out 2>$err || { cat $out $err; return 1; }
+    size=$(guest disks "$(appears xvde)") || return 1
+    [ "$size" = 4096 ] || { echo "the guest's xvde has '$size' sectors"; return 1; }
+    keelctl pause disks || return 1
+    if keelctl block-detach disks xvde >$out 2>$err; then
+        keelctl unpause disks; echo "detached from a paused guest"; return 1
+    fi
+    has $err "disk xvde: the guest did not release it within 10 s (its frontend is 4 (Connected)" ||
+        { keelctl unpause disks; return 1; }
+    [ "$(keelctl xenstore read /local/domain/0/backend/vbd/$d/51776/state)" = 5 ] ||
+        { keelctl unpause disks; echo "the backend is not Closing"; return 1; }
+    keelctl block-detach --force disks 51776 >$out 2>$err || { keelctl unpause disks; cat $out $err; return 1; }
+    keelctl unpause disks || return 1
+    no_vbd $d 51776 || return 1
+    size=$(guest disks "$(goes xvde)") || return 1
+    [ "$size" = none ] || { echo "the guest still has xvde ($size sectors)"; return 1; }
+}
+check xen_disk.block_detach_takes_it_from_guest_and_xenstore hot_detach
+
+# refused SPEC MESSAGE: block-attach of SPEC to "disks" fails saying MESSAGE.
+refused() {
+    if keelctl block-attach disks "$1" >$out 2>$err; then echo "'$1' was attached"; return 1; fi
+    has $err "$2"
+}
+
+# Attach and detach errors name the disk and leave nothing behind.
+hot_errors() {
+    need_domu || return $?
+    d=$(domid disks); [ -n "$d" ] || { echo "no domain disks"; keelctl list; return 1; }
+    refused "$dir/d.img,raw,xvdb,rw" "disk xvdb: the domain already has a disk xvdb" || return 1
+    refused "$dir/none.img,raw,xvdf,rw" "disk xvdf: cannot open $dir/none.img" || return 1
+    refused "format=qcow2, vdev=xvdf, target=$dir/d.img" "disk xvdf: format" || return 1
+    refused "$dir/d.img,raw,xvd0,rw" "invalid virtual disk identifier" || return 1
+    no_vbd $d 51792 || return 1
+    if keelctl block-detach disks xvdz >$out 2>$err; then echo "detached xvdz"; return 1; fi
+    has $err "has no disk xvdz" || return 1
+    # xvdb is still served.
+    keelctl block-list disks >$out 2>$err && grep -q "^51728 *0 *$d *4 " $out || { cat $out $err; return 1; }
+}
+check xen_disk.block_attach_errors_name_the_disk hot_errors
+
 # keelctl shutdown -w: control/shutdown, the guest powers off, the data is in the image.
 shutdown_w() {
     need_domu || return $?
@@ -172,12 +291,16 @@ reboot_then_destroy() {
     wait_for disks "keel-domu: ready" 300 || return 1
     d1=$(domid disks)
     set -- $(sums disks); first=$1
+    # A disk attached now is there after the reboot, as xl keeps it.
+    keelctl block-attach disks "$dir/d.img,raw,xvdd,rw" >$out 2>$err || { cat $out $err; return 1; }
     keelctl reboot -w --timeout 120 disks >$out 2>$err || { cat $out $err; return 1; }
     d2=$(domid disks)
     [ -n "$d2" ] && [ "$d2" != "$d1" ] || { echo "ids $d1 -> $d2"; keelctl list; return 1; }
     wait_for disks "keel-domu: ready" 300 2 || return 1
     tr -d '\r' </var/log/keel/disks.log | grep -q "keel-domu: disk old $first" ||
         { echo "the file written before the reboot ($first) is not there:"; grep keel-domu /var/log/keel/disks.log; return 1; }
+    tr -d '\r' </var/log/keel/disks.log | grep -q "keel-domu: disk xvdd sectors=4096 ro=0" ||
+        { echo "the disk attached before the reboot is not there:"; grep keel-domu /var/log/keel/disks.log; return 1; }
     set -- $(sums disks); second=$1
     [ "$second" != "$first" ] || { echo "the second run wrote the same data"; return 1; }
     keelctl destroy disks || return 1

@@ -24,14 +24,15 @@ use std::{
 };
 
 use keel_sys::{EventFd, KeelDev, Vcpu};
-use keel_xlcfg::{Action, DomainConfig};
+use keel_xlcfg::{Action, Disk, DomainConfig};
 
 use crate::{
     devices::Devices,
     exit::{classify, Outcome, Shutdown},
     files::{process_alive, Dirs, StateFile},
     guest::{build, Guest},
-    proto::{Reply, Request, RunState, Status},
+    proto::{Reply, Request, RunState, Status, DETACH_TIMEOUT, REQUEST_MAX},
+    vbd::state,
 };
 
 /// How often the console ring is polled when the guest sends no event.
@@ -100,6 +101,14 @@ struct Event {
     shutdown: Shutdown,
 }
 
+/// A `block-detach` waiting for the guest to release its disk; answered by the main loop.
+struct PendingDetach {
+    client: UnixStream,
+    devid: u32,
+    vdev: String,
+    deadline: Instant,
+}
+
 /// A live domain and its vCPU threads.
 struct Live {
     /// XenStore and the backends (none when the domain has no XenStore).
@@ -131,6 +140,8 @@ pub struct Daemon {
     notify_failed: bool,
     /// The domain's log for the backends' threads.
     log_line: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Detaches waiting for the guest.
+    detaching: Vec<PendingDetach>,
 }
 
 /// A thread-safe writer of `[keel-domd]` lines into the domain's log.
@@ -268,6 +279,7 @@ impl Daemon {
             daemonized: false,
             notify_failed: false,
             log_line,
+            detaching: Vec::new(),
             opts,
         };
         d.write_state().map_err(cleanup)?;
@@ -394,6 +406,12 @@ impl Daemon {
     /// Ends the domain and the process.
     fn destroy(&mut self, why: &str) -> ! {
         self.state = RunState::Dying;
+        for p in std::mem::take(&mut self.detaching) {
+            Self::answer(
+                p.client,
+                Reply::error(format!("disk {}: the domain was destroyed", p.vdev)),
+            );
+        }
         if let Some(d) = self.live.as_mut().and_then(|l| l.devices.take()) {
             d.stop();
         }
@@ -437,6 +455,12 @@ impl Daemon {
     }
 
     fn restart(&mut self) {
+        // A disk being detached is released by the guest's going: it is not attached again.
+        for p in std::mem::take(&mut self.detaching) {
+            self.cfg.disks.retain(|d| d.vdev.number != p.devid);
+            self.note(&format!("disk {} detached (the domain restarted)", p.vdev));
+            Self::answer(p.client, Reply::ok());
+        }
         let ran = if let Some(mut live) = self.live.take() {
             Self::stop_vcpus(&mut live);
             if let Some(d) = live.devices.take() {
@@ -573,7 +597,7 @@ impl Daemon {
     fn read_request(s: &mut UnixStream) -> io::Result<String> {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
-        while line.len() < 64 {
+        while line.len() < REQUEST_MAX {
             if s.read(&mut b)? == 0 || b[0] == b'\n' {
                 break;
             }
@@ -607,6 +631,31 @@ impl Daemon {
                 self.destroy("destroyed by request");
             }
             Request::Pause | Request::Unpause => self.pause(request == Request::Pause),
+            Request::BlockList => match self.devices().and_then(|d| d.list()) {
+                Ok(disks) => Reply {
+                    disks: Some(disks),
+                    ..Reply::ok()
+                },
+                Err(e) => Reply::error(e),
+            },
+            Request::BlockAttach { spec } => match self.block_attach(&spec) {
+                Ok(()) => Reply::ok(),
+                Err(e) => Reply::error(e),
+            },
+            Request::BlockDetach { device, force } => match self.block_detach(&device, force) {
+                Ok(None) => Reply::ok(),
+                Ok(Some((devid, vdev))) => {
+                    // Answered by `poll_detaches` once the guest lets the disk go.
+                    self.detaching.push(PendingDetach {
+                        client: s,
+                        devid,
+                        vdev,
+                        deadline: Instant::now() + DETACH_TIMEOUT,
+                    });
+                    return;
+                }
+                Err(e) => Reply::error(e),
+            },
             Request::Console => {
                 if let Some(mut old) = self.client.take() {
                     let _ =
@@ -621,6 +670,130 @@ impl Daemon {
             }
         };
         let _ = s.write_all(reply.line().as_bytes());
+    }
+
+    fn answer(mut client: UnixStream, reply: Reply) {
+        let _ = client.write_all(reply.line().as_bytes());
+    }
+
+    /// The live domain's devices, for the block requests; the error says why there are none.
+    fn devices(&self) -> Result<&Devices, String> {
+        let name = &self.cfg.name;
+        let live = self
+            .live
+            .as_ref()
+            .ok_or_else(|| format!("domain {name} is not running"))?;
+        live.devices.as_ref().ok_or_else(|| {
+            format!(
+                "domain {name} has no XenStore (keel-xenstored could not be started when it \
+                 was built; see its log), so it has no PV disks"
+            )
+        })
+    }
+
+    fn devices_mut(&mut self) -> Result<&mut Devices, String> {
+        let name = self.cfg.name.clone();
+        if self.state != RunState::Running {
+            return Err(format!(
+                "domain {name} has shut down ({}); its disks cannot change",
+                self.reason.as_deref().unwrap_or("?")
+            ));
+        }
+        self.devices()?;
+        Ok(self
+            .live
+            .as_mut()
+            .and_then(|l| l.devices.as_mut())
+            .expect("checked just above"))
+    }
+
+    /// `block-attach`: the disk joins the running domain, and its config, so that a restart
+    /// keeps it (xl's restart takes the domain's devices as they are then:
+    /// `reload_domain_config`).
+    fn block_attach(&mut self, spec: &str) -> Result<(), String> {
+        let disk = Disk::parse(spec).map_err(|e| format!("disk spec `{spec}': {e}"))?;
+        self.devices_mut()?.attach(&disk)?;
+        self.note(&format!(
+            "disk {} attached ({})",
+            disk.vdev.name,
+            disk.target.as_deref().unwrap_or("")
+        ));
+        self.cfg.disks.push(disk);
+        Ok(())
+    }
+
+    /// `block-detach`: with `force`, the disk goes at once (`None`); otherwise the guest is
+    /// asked to release it and the request waits (`Some((devid, vdev))`).
+    fn block_detach(&mut self, device: &str, force: bool) -> Result<Option<(u32, String)>, String> {
+        let devices = self.devices_mut()?;
+        let devid = devices.find_disk(device)?;
+        let vdev = devices
+            .disk_name(devid)
+            .unwrap_or_else(|| device.to_owned());
+        let state = devices.disk_frontend_state(devid);
+        if !force {
+            if self.detaching.iter().any(|p| p.devid == devid) {
+                return Err(format!(
+                    "disk {vdev}: a detach of it is already waiting for the guest"
+                ));
+            }
+            // The backend logs that it asks the guest.
+            self.devices_mut()?.close_disk(devid);
+            return Ok(Some((devid, vdev)));
+        }
+        self.finish_detach(devid);
+        self.note(&format!(
+            "disk {vdev} detached by force (its frontend was {})",
+            state::describe(state)
+        ));
+        // A detach that was waiting for this disk is over too.
+        let (done, waiting) = std::mem::take(&mut self.detaching)
+            .into_iter()
+            .partition(|p| p.devid == devid);
+        self.detaching = waiting;
+        for p in done {
+            Self::answer(p.client, Reply::ok());
+        }
+        Ok(None)
+    }
+
+    /// Removes disk `devid` from the domain and its config.
+    fn finish_detach(&mut self, devid: u32) {
+        if let Some(d) = self.live.as_mut().and_then(|l| l.devices.as_mut()) {
+            d.remove_disk(devid);
+        }
+        self.cfg.disks.retain(|d| d.vdev.number != devid);
+    }
+
+    /// Answers the detaches whose disk the guest released, or that waited too long.
+    fn poll_detaches(&mut self) {
+        let mut i = 0;
+        while i < self.detaching.len() {
+            let p = &self.detaching[i];
+            let devices = self.live.as_ref().and_then(|l| l.devices.as_ref());
+            let released = devices.is_none_or(|d| d.disk_released(p.devid));
+            if released {
+                let p = self.detaching.remove(i);
+                self.finish_detach(p.devid);
+                self.note(&format!("disk {} detached", p.vdev));
+                Self::answer(p.client, Reply::ok());
+            } else if Instant::now() >= p.deadline {
+                let fe = devices.map_or(0, |d| d.disk_frontend_state(p.devid));
+                let p = self.detaching.remove(i);
+                let why = format!(
+                    "disk {}: the guest did not release it within {} s (its frontend is {}; \
+                     is it in use?); it stays attached, its backend Closing; \
+                     `block-detach --force` removes it anyway",
+                    p.vdev,
+                    DETACH_TIMEOUT.as_secs(),
+                    state::describe(fe)
+                );
+                self.note(&why);
+                Self::answer(p.client, Reply::error(why));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn pause(&mut self, pause: bool) -> Reply {
@@ -718,6 +891,7 @@ impl Daemon {
                     self.serve(s);
                 }
             }
+            self.poll_detaches();
         }
     }
 }

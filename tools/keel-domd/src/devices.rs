@@ -1,8 +1,9 @@
 //! A domain's life in XenStore and its PV devices: the XenStore daemon started on demand, the
 //! domain introduced with libxl's nodes ([`crate::xsnodes`]), its store ring relayed to the
 //! daemon ([`StorePump`], pumped by the main loop), and one backend per `disk =` entry
-//! ([`crate::vbd`]). [`Devices::stop`] undoes it all: backends stopped, nodes removed, the
-//! domain released.
+//! ([`crate::vbd`]), more attached and detached while it runs ([`Devices::attach`],
+//! [`Devices::close_disk`], [`Devices::remove_disk`]). [`Devices::stop`] undoes it all:
+//! backends stopped, nodes removed, the domain released.
 use std::{
     io::{self, Read, Write},
     os::unix::net::UnixStream,
@@ -12,18 +13,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keel_sys::XenParam;
+use keel_sys::{Domain, XenParam};
 use keel_xenstored::{
-    client::{connect_domain, Client, TxId},
+    client::{connect_domain, Client, Error as XsError, TxId},
     perms::Perms,
+    Errno,
 };
-use keel_xlcfg::{Access, DiskFormat, DomainConfig};
+use keel_xlcfg::{Access, Disk, DiskFormat, DomainConfig, Vdev};
 
 use crate::{
     guest::Guest,
+    proto::BlockInfo,
     ring::Confused,
     vbd::{open_disk, VbdBackend, VbdSetup},
-    xsnodes::{domain_nodes, home, vbd_nodes, DomainFacts, Node},
+    xsnodes::{domain_nodes, home, vbd_nodes, DomainFacts, Node, VbdPaths},
 };
 
 /// Bytes of guest requests or daemon replies held while the other side does not take them.
@@ -151,13 +154,24 @@ impl StorePump {
     }
 }
 
+/// A disk being served: its config, its XenStore directories and its backend.
+struct ServedDisk {
+    disk: Disk,
+    paths: VbdPaths,
+    backend: VbdBackend,
+}
+
 /// The domain's XenStore presence and backends.
 pub struct Devices {
     socket: PathBuf,
     domid: u16,
     /// The store relay, pumped by the main loop.
     pub store: StorePump,
-    disks: Vec<VbdBackend>,
+    domain: Arc<Domain>,
+    log: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Rings offered per disk: the domain's vCPUs.
+    max_queues: u32,
+    disks: Vec<ServedDisk>,
     /// Paths removed when the domain goes.
     owned: Vec<String>,
 }
@@ -167,19 +181,64 @@ fn perms(n: &Node) -> Result<Perms, String> {
     Perms::parse(&strings).map_err(|e| format!("bad permissions {:?}: {e:?}", n.perms))
 }
 
+fn write_node(c: &mut Client, tx: TxId, n: &Node) -> Result<(), XsError> {
+    c.write(tx, &n.path, &n.value)?;
+    c.set_perms(tx, &n.path, &perms(n).map_err(XsError::Protocol)?)
+}
+
 fn write_nodes(c: &mut Client, nodes: &[Node]) -> Result<(), String> {
     for n in nodes {
-        c.write(TxId::NONE, &n.path, &n.value)
-            .and_then(|()| {
-                c.set_perms(
-                    TxId::NONE,
-                    &n.path,
-                    &perms(n).map_err(keel_xenstored::client::Error::Protocol)?,
-                )
-            })
-            .map_err(|e| format!("XenStore: writing {}: {e}", n.path))?;
+        write_node(c, TxId::NONE, n).map_err(|e| format!("XenStore: writing {}: {e}", n.path))?;
     }
     Ok(())
+}
+
+/// Writes `nodes` in one transaction, as libxl writes a device's two directories, so that a
+/// running guest never sees its half of a disk before the backend's half is there (Linux's
+/// xenbus gives up on a device whose backend directory is missing when it probes it).
+fn write_nodes_at_once(c: &mut Client, nodes: &[Node]) -> Result<(), String> {
+    for _ in 0..16 {
+        let tx = c
+            .transaction_start()
+            .map_err(|e| format!("XenStore: starting a transaction: {e}"))?;
+        if let Some((n, e)) = nodes
+            .iter()
+            .find_map(|n| write_node(c, tx, n).err().map(|e| (n, e)))
+        {
+            let _ = c.transaction_end(tx, false);
+            return Err(format!("XenStore: writing {}: {e}", n.path));
+        }
+        match c.transaction_end(tx, true) {
+            Ok(()) => return Ok(()),
+            Err(XsError::Xs(Errno::EAGAIN)) => continue,
+            Err(e) => return Err(format!("XenStore: committing a transaction: {e}")),
+        }
+    }
+    Err("XenStore: a transaction kept conflicting (EAGAIN 16 times)".into())
+}
+
+/// The file or device a disk serves; the message names the disk when Keel cannot serve it.
+fn served_path(disk: &Disk) -> Result<PathBuf, String> {
+    let vdev = &disk.vdev.name;
+    if disk.format != DiskFormat::Raw {
+        return Err(format!(
+            "disk {vdev}: format {:?} is not served (Keel serves raw images and block devices)",
+            disk.format
+        ));
+    }
+    disk.path().ok_or_else(|| {
+        format!(
+            "disk {vdev}: Keel serves raw image files and block devices only (target {:?})",
+            disk.target
+        )
+    })
+}
+
+/// A state number in a node, if the node is there and holds one.
+fn read_u32(c: &mut Client, path: &str) -> Option<u32> {
+    c.read_string(TxId::NONE, path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 impl Devices {
@@ -234,10 +293,13 @@ impl Devices {
                 to_guest: Vec::new(),
                 dead: None,
             },
+            domain: guest.domain.clone(),
+            log,
+            max_queues: cfg.vcpus.max(1),
             disks: Vec::new(),
             owned,
         };
-        match devices.populate(&mut c, guest, cfg, &facts, log) {
+        match devices.populate(&mut c, guest, cfg, &facts) {
             Ok(()) => Ok(devices),
             Err(e) => {
                 devices.stop();
@@ -253,44 +315,194 @@ impl Devices {
         guest: &Guest,
         cfg: &DomainConfig,
         facts: &DomainFacts<'_>,
-        log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Result<(), String> {
-        let (socket, domid) = (self.socket.clone(), self.domid);
         self.store
             .sock
             .set_nonblocking(true)
             .map_err(|e| format!("XenStore socket: {e}"))?;
         write_nodes(c, &domain_nodes(facts))?;
         for disk in &cfg.disks {
-            let vdev = &disk.vdev.name;
-            if disk.format != DiskFormat::Raw {
-                return Err(format!(
-                    "disk {vdev}: format {:?} is not served (Keel serves raw images and block devices)",
-                    disk.format
-                ));
-            }
-            let path = disk.path().ok_or_else(|| {
-                format!(
-                    "disk {vdev}: Keel serves raw image files and block devices only (target {:?})",
-                    disk.target
-                )
-            })?;
-            let opened = open_disk(vdev, &path, disk.access == Access::ReadOnly || disk.cdrom)?;
-            let (paths, nodes) = vbd_nodes(domid.into(), disk);
-            write_nodes(c, &nodes)?;
-            self.disks.push(VbdBackend::start(VbdSetup {
-                socket: socket.clone(),
-                domain: guest.domain.clone(),
-                paths,
-                disk: Arc::new(opened),
-                name: vdev.clone(),
-                log: log.clone(),
-            })?);
+            self.add_disk(c, disk)?;
         }
         guest
             .domain
             .set_param(XenParam::StorePfn, guest.store_pfn)
             .map_err(|e| format!("setting the XenStore pfn: {e}"))
+    }
+
+    /// Opens a disk, writes its two directories and starts its backend.
+    fn add_disk(&mut self, c: &mut Client, disk: &Disk) -> Result<(), String> {
+        let vdev = &disk.vdev.name;
+        let path = served_path(disk)?;
+        let opened = open_disk(vdev, &path, disk.access == Access::ReadOnly || disk.cdrom)?;
+        let (paths, nodes) = vbd_nodes(self.domid.into(), disk);
+        write_nodes_at_once(c, &nodes)?;
+        let started = VbdBackend::start(VbdSetup {
+            socket: self.socket.clone(),
+            domain: self.domain.clone(),
+            paths: paths.clone(),
+            disk: Arc::new(opened),
+            name: vdev.clone(),
+            log: self.log.clone(),
+            max_queues: self.max_queues,
+        });
+        match started {
+            Ok(backend) => {
+                self.disks.push(ServedDisk {
+                    disk: disk.clone(),
+                    paths,
+                    backend,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = c.rm(TxId::NONE, &paths.frontend);
+                let _ = c.rm(TxId::NONE, &paths.backend);
+                Err(format!("disk {vdev}: {e}"))
+            }
+        }
+    }
+
+    /// Adds `disk` to the running domain (`block-attach`): refused, naming the disk, when its
+    /// vdev is taken, it is not a raw image or device, or it cannot be opened. The guest
+    /// finds it through its watch on `device/`.
+    pub fn attach(&mut self, disk: &Disk) -> Result<(), String> {
+        let vdev = &disk.vdev.name;
+        if let Some(d) = self
+            .disks
+            .iter()
+            .find(|d| d.disk.vdev.number == disk.vdev.number)
+        {
+            return Err(if d.disk.vdev.name == *vdev {
+                format!("disk {vdev}: the domain already has a disk {vdev}")
+            } else {
+                format!(
+                    "disk {vdev}: the domain's disk {} is the same device ({})",
+                    d.disk.vdev.name, disk.vdev.number
+                )
+            });
+        }
+        let mut c =
+            Client::connect(&self.socket).map_err(|e| format!("XenStore: connecting: {e}"))?;
+        let paths = crate::xsnodes::vbd_paths(self.domid.into(), disk.vdev.number);
+        for p in [&paths.frontend, &paths.backend] {
+            if c.read(TxId::NONE, p).is_ok() {
+                return Err(format!(
+                    "disk {vdev}: {p} is in XenStore already (left by another toolstack?)"
+                ));
+            }
+        }
+        self.add_disk(&mut c, disk)
+    }
+
+    /// The disk `device` names (a vdev such as `xvdb`, or its number): its device number.
+    pub fn find_disk(&self, device: &str) -> Result<u32, String> {
+        let number = Vdev::parse(device)
+            .map_err(|e| format!("{device}: {e}"))?
+            .number;
+        self.disks
+            .iter()
+            .find(|d| d.disk.vdev.number == number)
+            .map(|d| d.disk.vdev.number)
+            .ok_or_else(|| format!("the domain has no disk {device}"))
+    }
+
+    fn served(&self, devid: u32) -> Option<&ServedDisk> {
+        self.disks.iter().find(|d| d.disk.vdev.number == devid)
+    }
+
+    /// Asks the guest to release disk `devid` ([`VbdBackend::close`]).
+    pub fn close_disk(&self, devid: u32) {
+        if let Some(d) = self.served(devid) {
+            d.backend.close();
+        }
+    }
+
+    /// Whether the guest has released disk `devid` after [`Devices::close_disk`] (true for a
+    /// disk no longer served).
+    pub fn disk_released(&self, devid: u32) -> bool {
+        self.served(devid).is_none_or(|d| d.backend.released())
+    }
+
+    /// The state of disk `devid`'s frontend as its backend last saw it (0: none).
+    pub fn disk_frontend_state(&self, devid: u32) -> u32 {
+        self.served(devid).map_or(0, |d| d.backend.frontend_state())
+    }
+
+    /// The vdev name of disk `devid`.
+    pub fn disk_name(&self, devid: u32) -> Option<String> {
+        self.served(devid).map(|d| d.disk.vdev.name.clone())
+    }
+
+    /// Stops disk `devid`'s backend and removes both its directories (libxl's
+    /// `libxl__device_destroy`); returns its config.
+    pub fn remove_disk(&mut self, devid: u32) -> Option<Disk> {
+        let i = self
+            .disks
+            .iter()
+            .position(|d| d.disk.vdev.number == devid)?;
+        let ServedDisk {
+            disk,
+            paths,
+            backend,
+        } = self.disks.remove(i);
+        drop(backend);
+        match Client::connect(&self.socket) {
+            Ok(mut c) => {
+                for p in [&paths.frontend, &paths.backend] {
+                    if let Err(e) = c.rm(TxId::NONE, p) {
+                        if e.errno() != Some(Errno::ENOENT) {
+                            (self.log)(&format!("disk {}: removing {p}: {e}", disk.vdev.name));
+                        }
+                    }
+                }
+            }
+            Err(e) => (self.log)(&format!(
+                "disk {}: cannot remove its XenStore nodes: {e}",
+                disk.vdev.name
+            )),
+        }
+        Some(disk)
+    }
+
+    /// The disks as `block-list` shows them, read from XenStore as libxl reads them.
+    pub fn list(&self) -> Result<Vec<BlockInfo>, String> {
+        let mut c =
+            Client::connect(&self.socket).map_err(|e| format!("XenStore: connecting: {e}"))?;
+        Ok(self
+            .disks
+            .iter()
+            .map(|d| {
+                let (fe, be) = (&d.paths.frontend, &d.paths.backend);
+                let state = read_u32(&mut c, &format!("{fe}/state"));
+                let event_channel = read_u32(&mut c, &format!("{fe}/event-channel"));
+                let ring_ref = read_u32(&mut c, &format!("{fe}/ring-ref"));
+                let queues =
+                    read_u32(&mut c, &format!("{fe}/multi-queue-num-queues")).unwrap_or(u32::from(
+                        event_channel.is_some()
+                            || read_u32(&mut c, &format!("{fe}/queue-0/event-channel")).is_some(),
+                    ));
+                BlockInfo {
+                    vdev: d.disk.vdev.name.clone(),
+                    devid: d.disk.vdev.number,
+                    backend_id: 0,
+                    frontend_id: self.domid.into(),
+                    state,
+                    backend_state: read_u32(&mut c, &format!("{be}/state")),
+                    event_channel,
+                    ring_ref,
+                    queues,
+                    backend_path: be.clone(),
+                    frontend_path: fe.clone(),
+                    target: d
+                        .disk
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    read_only: d.disk.access == Access::ReadOnly || d.disk.cdrom,
+                }
+            })
+            .collect())
     }
 
     /// Stops the backends, removes the domain's nodes and releases it.

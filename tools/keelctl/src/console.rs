@@ -88,7 +88,7 @@ fn forward_input(mut stream: UnixStream, detached: Arc<AtomicBool>) {
 /// detaches, or `timeout` passes.
 pub fn attach(name: &str, socket: &Path, timeout: Option<Duration>) -> Result<(), String> {
     let (reply, mut stream, rest) =
-        proto::request(socket, Request::Console, Duration::from_secs(5))
+        proto::request(socket, &Request::Console, Duration::from_secs(5))
             .map_err(|e| format!("domain {name}: {e}"))?;
     if !reply.ok {
         return Err(reply

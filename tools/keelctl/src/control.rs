@@ -1,4 +1,5 @@
-//! Naming a domain (`NAME|ID`) and asking its keel-domd to destroy, pause or unpause it.
+//! Naming a domain (`NAME|ID`) and asking its keel-domd to destroy, pause or unpause it (and,
+//! through [`find_domd`], anything else it serves).
 use std::{
     path::Path,
     thread::sleep,
@@ -19,6 +20,9 @@ use crate::list::Domd;
 
 /// How long destroy waits for the process to answer before it kills it.
 pub const DESTROY_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a request to a domain's process may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The domain `arg` names among `domains`: an id when it is all digits (domain names never
 /// are, as in xl), a name otherwise.
@@ -118,7 +122,7 @@ pub fn domd_status(dirs: &Dirs, d: &DomainInfo) -> Option<Domd> {
     let s = domd_of(dirs, d)?;
     let state = proto::request(
         &dirs.socket(&d.name),
-        Request::Status,
+        &Request::Status,
         Duration::from_millis(300),
     )
     .ok()
@@ -167,7 +171,7 @@ pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
             _ => return Err(e),
         },
     };
-    let asked = proto::request(&dirs.socket(&name), Request::Destroy, DESTROY_GRACE);
+    let asked = proto::request(&dirs.socket(&name), &Request::Destroy, DESTROY_GRACE);
     let answered = matches!(&asked, Ok((r, _, _)) if r.ok);
     if !(answered && wait_gone(pid, DESTROY_GRACE)) && process_alive(pid) {
         // SAFETY: kill takes no pointers; the pid is a live keel-domd's (checked just above).
@@ -197,17 +201,24 @@ pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
     }
 }
 
-/// `keelctl pause` / `unpause`.
-pub fn pause(dev: &KeelDev, dirs: &Dirs, arg: &str, pause: bool) -> Result<(), String> {
+/// The name of the domain `arg` names, when a keel-domd serves it (its socket is
+/// `dirs.socket(name)`).
+pub fn find_domd(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<String, String> {
     let d = find(dev, arg)?;
     domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
+    Ok(d.name)
+}
+
+/// `keelctl pause` / `unpause`.
+pub fn pause(dev: &KeelDev, dirs: &Dirs, arg: &str, pause: bool) -> Result<(), String> {
+    let name = find_domd(dev, dirs, arg)?;
     let req = if pause {
         Request::Pause
     } else {
         Request::Unpause
     };
-    let (reply, _, _) = proto::request(&dirs.socket(&d.name), req, Duration::from_secs(5))
-        .map_err(|e| format!("domain {}: {e}", d.name))?;
+    let (reply, _, _) = proto::request(&dirs.socket(&name), &req, REQUEST_TIMEOUT)
+        .map_err(|e| format!("domain {name}: {e}"))?;
     if reply.ok {
         Ok(())
     } else {

@@ -4,8 +4,8 @@
 //! the module and the hardware offer and the hypervisor's exit counters, runs bare guest images
 //! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
 //! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
-//! `unpause`, and through XenStore (keel-xenstored) `shutdown`, `reboot`, `mem-set` and the
-//! `xenstore` tools.
+//! `unpause`, `block-attach`, `block-detach`, `block-list`, and through XenStore
+//! (keel-xenstored) `shutdown`, `reboot`, `mem-set` and the `xenstore` tools.
 #![deny(missing_docs)]
 
 use std::{
@@ -16,6 +16,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use shutdown::Request::{Poweroff, Reboot};
 
+mod block;
 mod boot;
 mod console;
 mod control;
@@ -221,6 +222,64 @@ enum Command {
         #[arg(value_name = "SIZE")]
         size: String,
     },
+    /// Add a disk to a running domain, as `xl block-attach`.
+    ///
+    /// DISKSPEC is one disk in xl's syntax (xl-disk-configuration(5)), as in the `disk =`
+    /// list of an xl.cfg: 'format=raw, vdev=xvdb, access=rw, target=/srv/b.img' or
+    /// '/srv/b.img,raw,xvdb,rw'; several arguments are joined with commas into one spec, as
+    /// xl does. Keel serves raw image files and block devices. The domain's keel-domd writes
+    /// the disk's XenStore directories and starts its backend; the guest's blkfront finds it
+    /// and connects. Refused, naming the disk, when the vdev is taken, the target cannot be
+    /// opened, the format is not raw, or the domain has no XenStore. The disk joins the
+    /// domain's config: a restart of the domain (on_reboot = "restart") keeps it, as xl's
+    /// does.
+    #[command(name = "block-attach", verbatim_doc_comment)]
+    BlockAttach {
+        /// The domain's name or id.
+        #[arg(value_name = "NAME|ID")]
+        domain: String,
+        /// The disk, in xl's disk syntax.
+        #[arg(value_name = "DISKSPEC", required = true, num_args = 1..)]
+        spec: Vec<String>,
+    },
+    /// Remove a disk from a running domain, as `xl block-detach`.
+    ///
+    /// Asks the guest to release the disk as libxl does (the backend goes to state 5,
+    /// Closing, with `online` = 0) and waits up to 10 s for it to let the disk go (its
+    /// frontend Closed, 6); then stops the backend and removes both XenStore directories. A
+    /// guest that does not release it in time (a hung one, or one without blkfront) keeps
+    /// it: the command fails saying so; --force removes it without asking. Note that Linux's
+    /// blkfront releases a disk even while it is mounted (its I/O then fails). The disk
+    /// leaves the domain's config: a restart does not bring it back.
+    #[command(name = "block-detach", verbatim_doc_comment)]
+    BlockDetach {
+        /// The domain's name or id.
+        #[arg(value_name = "NAME|ID")]
+        domain: String,
+        /// The disk: its vdev (xvdb) or device number (51728), as block-list shows it.
+        #[arg(value_name = "VDEV|DEVID")]
+        vdev: String,
+        /// Remove it at once, without waiting for the guest.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List the disks of domains, as `xl block-list`.
+    ///
+    /// xl's columns: Vdev (the device number: 51712 is xvda), BE (the backend's domain),
+    /// handle (the guest's domain id, as xl fills it), state (the guest's frontend: 1
+    /// Initialising, 3 Initialised, 4 Connected, 5 Closing, 6 Closed), evt-ch and ring-ref
+    /// (-1 before the guest connects, and with several rings, whose are under queue-N/),
+    /// BE-path. --json adds the vdev name, the target, the backend's state, the frontend's
+    /// directory and the number of rings.
+    #[command(name = "block-list", verbatim_doc_comment)]
+    BlockList {
+        /// The domains' names or ids.
+        #[arg(value_name = "NAME|ID", required = true, num_args = 1..)]
+        domains: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and change XenStore, as Xen's xenstore-* tools.
     ///
     /// Talks to keel-xenstored (--xenstore-socket, default /run/keel/xenstored.sock) as Dom0:
@@ -299,6 +358,48 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let dev = keel_sys::KeelDev::open(&cli.device)?;
             control::pause(&dev, &keel_domd::files::Dirs::from_env(), &domain, pause)?;
         }
+        Command::BlockAttach { domain, spec } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            block::attach(&dev, &keel_domd::files::Dirs::from_env(), &domain, &spec)?;
+        }
+        Command::BlockDetach {
+            domain,
+            vdev,
+            force,
+        } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            block::detach(
+                &dev,
+                &keel_domd::files::Dirs::from_env(),
+                &domain,
+                &vdev,
+                force,
+            )?;
+        }
+        Command::BlockList { domains, json } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let dirs = keel_domd::files::Dirs::from_env();
+            // As xl: a domain that cannot be listed is reported and the others still are.
+            let mut disks = Vec::new();
+            let mut failed = false;
+            for d in &domains {
+                match block::list(&dev, &dirs, d) {
+                    Ok(mut l) => disks.append(&mut l),
+                    Err(e) => {
+                        eprintln!("keelctl: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&disks)?);
+            } else {
+                print!("{}", block::human(&disks));
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Shutdown(args) => power(&cli.device, &cli.xenstore_socket, &args, Poweroff)?,
         Command::Reboot(args) => power(&cli.device, &cli.xenstore_socket, &args, Reboot)?,
         Command::MemSet { domain, size } => {
@@ -359,6 +460,43 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn block_verbs_parse_as_xls() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        let Ok(Command::BlockDetach {
+            domain,
+            vdev,
+            force,
+        }) = parse(&["keelctl", "block-detach", "web", "xvdb", "--force"])
+        else {
+            panic!("block-detach did not parse");
+        };
+        assert_eq!(
+            (domain.as_str(), vdev.as_str(), force),
+            ("web", "xvdb", true)
+        );
+        let Ok(Command::BlockAttach { spec, .. }) =
+            parse(&["keelctl", "block-attach", "3", "/srv/b.img,raw", "xvdb,rw"])
+        else {
+            panic!("block-attach did not parse");
+        };
+        assert_eq!(spec, ["/srv/b.img,raw", "xvdb,rw"]);
+        let Ok(Command::BlockList { domains, json }) =
+            parse(&["keelctl", "block-list", "--json", "a", "b"])
+        else {
+            panic!("block-list did not parse");
+        };
+        assert_eq!((domains.len(), json), (2, true));
+        assert!(parse(&["keelctl", "block-attach", "web"]).is_err());
+        assert!(parse(&["keelctl", "block-list"]).is_err());
+    }
 
     #[test]
     fn device_errors_say_what_to_do() {
