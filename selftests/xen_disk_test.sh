@@ -127,7 +127,9 @@ gone() { # gone NAME SECONDS
 }
 
 bad_disk() {
-    cp "$KEEL_DOMU_KERNEL" $dir/k 2>/dev/null || echo kernel >$dir/k
+    # The disk checks come after the kernel's: a real kernel is needed.
+    need_domu || return $?
+    cp "$KEEL_DOMU_KERNEL" $dir/k
     printf 'name = "baddisk"\ntype = "pvh"\nkernel = "%s"\nmemory = 64\n%s\n' $dir/k \
         "disk = [ '$dir/missing.img,raw,xvda,rw' ]" >$dir/bad.cfg
     if keelctl create $dir/bad.cfg >$out 2>$err; then echo "create succeeded"; cat $out $err; return 1; fi
