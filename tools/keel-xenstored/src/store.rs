@@ -344,44 +344,42 @@ impl<'a> View<'a> {
 
     /// Stores `node`; every path given here was looked at first (so this cannot fail).
     fn put(&mut self, path: &str, node: Node) {
-        match self.tx.as_deref_mut() {
-            Some(tx) => {
-                let old = tx
-                    .overlay
-                    .get(path)
-                    .map(|n| n.as_ref().map(|n| n.perms.owner()))
-                    .unwrap_or_else(|| self.tree.get(path).map(|n| n.perms.owner()));
-                if let Some(o) = old {
-                    *tx.owned_delta.entry(o).or_insert(0) -= 1;
-                }
-                *tx.owned_delta.entry(node.perms.owner()).or_insert(0) += 1;
-                tx.observed
-                    .entry(path.to_string())
-                    .or_insert_with(|| self.tree.get(path).map(|n| n.gen));
-                tx.overlay.insert(path.to_string(), Some(node));
-            }
-            None => self.tree.put(path.to_string(), node),
+        if self.tx.is_some() {
+            self.stage(path, Some(node));
+        } else {
+            self.tree.put(path.to_string(), node);
         }
     }
 
     fn del(&mut self, path: &str) {
-        match self.tx.as_deref_mut() {
-            Some(tx) => {
-                let old = tx
-                    .overlay
-                    .get(path)
-                    .map(|n| n.as_ref().map(|n| n.perms.owner()))
-                    .unwrap_or_else(|| self.tree.get(path).map(|n| n.perms.owner()));
-                if let Some(o) = old {
-                    *tx.owned_delta.entry(o).or_insert(0) -= 1;
-                }
-                tx.observed
-                    .entry(path.to_string())
-                    .or_insert_with(|| self.tree.get(path).map(|n| n.gen));
-                tx.overlay.insert(path.to_string(), None);
-            }
-            None => self.tree.del(path),
+        if self.tx.is_some() {
+            self.stage(path, None);
+        } else {
+            self.tree.del(path);
         }
+    }
+
+    /// In a transaction: `path` becomes `node` (or goes) in the overlay, the owners' node
+    /// counts follow, and the node's generation is observed for the conflict check.
+    fn stage(&mut self, path: &str, node: Option<Node>) {
+        let Some(tx) = self.tx.as_deref_mut() else {
+            return;
+        };
+        let old = tx
+            .overlay
+            .get(path)
+            .map(|n| n.as_ref().map(|n| n.perms.owner()))
+            .unwrap_or_else(|| self.tree.get(path).map(|n| n.perms.owner()));
+        if let Some(o) = old {
+            *tx.owned_delta.entry(o).or_insert(0) -= 1;
+        }
+        if let Some(n) = &node {
+            *tx.owned_delta.entry(n.perms.owner()).or_insert(0) += 1;
+        }
+        tx.observed
+            .entry(path.to_string())
+            .or_insert_with(|| self.tree.get(path).map(|n| n.gen));
+        tx.overlay.insert(path.to_string(), node);
     }
 
     fn owned_now(&self) -> usize {
