@@ -611,12 +611,13 @@ TEST_F(domain, ipi_port_wakes_other_vcpu)
 TEST_F(domain, send_hlt_rounds_one_callback_each)
 {
 	struct keel_vm *vm = events_vm("xen-evtchn-rounds", 1, guest_send_hlt_rounds);
+	struct xen_irq_state *irq = gpa_hva(vm, XEN_IRQ_GPA(0), sizeof(*irq));
 	struct keel_ucall uc;
 
 	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
-		TH_LOG("round %llu of %d: %llu callbacks, %llu spurious", (ull)uc.args[0], ROUNDS,
-		       (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->cb_count,
-		       (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->cb_spurious);
+		TH_LOG("round %llu of %d: %llu callbacks, %llu spurious (the last at rip %#llx)",
+		       (ull)uc.args[0], ROUNDS, (ull)irq->cb_count, (ull)irq->cb_spurious,
+		       (ull)irq->spurious_rip);
 	vm_destroy(vm);
 }
 

@@ -418,12 +418,13 @@ TEST_F(domain, hlt_sleeps_until_timer)
 static void run_rounds(struct __test_metadata *_metadata, const char *name, void *entry)
 {
 	struct keel_vm *vm = vm_create_xen(name, 1, SZ_1M);
+	struct xen_irq_state *irq = gpa_hva(vm, XEN_IRQ_GPA(0), sizeof(*irq));
 	struct keel_ucall uc;
 
 	xen_setup_vcpu0(vm, entry);
 	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
-		TH_LOG("a callback found evtchn_upcall_pending clear (a spurious injection) by round %llu of %d",
-		       (ull)uc.args[0], ROUNDS);
+		TH_LOG("a callback found evtchn_upcall_pending clear (a spurious injection) by round %llu of %d (the last at rip %#llx)",
+		       (ull)uc.args[0], ROUNDS, (ull)irq->spurious_rip);
 	vm_destroy(vm);
 }
 

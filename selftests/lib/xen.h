@@ -227,6 +227,7 @@ struct xen_irq_state {
 	uint64_t lapic_count;  /* 0x20: local APIC interrupts taken (each EOIed) */
 	uint64_t lapic_tsc;    /* 0x28: TSC at the last one */
 	uint64_t cb_spurious;  /* 0x30: callbacks that found evtchn_upcall_pending clear */
+	uint64_t spurious_rip; /* 0x38: the RIP the last of those interrupted */
 };
 
 #define XEN_IRQ(n) ((volatile struct xen_irq_state *)XEN_IRQ_GPA(n))
@@ -257,6 +258,8 @@ asm(".pushsection .text\n"
     "	mov %rax, 0x6010 + \\cpu * 0x100\n"
     "	test %eax, %eax\n"
     "	jnz 1f\n"
+    "	mov 16(%rsp), %rax\n"
+    "	mov %rax, 0x6038 + \\cpu * 0x100\n"
     "	lock incq 0x6030 + \\cpu * 0x100\n"
     "1:	lock incq 0x6000 + \\cpu * 0x100\n"
     "	pop %rdx\n"
