@@ -53,13 +53,11 @@ echo "# selftest: keel_fuzz_ioctl"
 keel_fuzz_ioctl --seconds $ioctl_s --hang-seconds $hang $args; ioctl_rc=$?
 echo "# selftest: keel_fuzz_guest"
 if [ "$emulator" = qemu ] && [ "$(cmdline_arg keel_tcg)" != single ]; then
-    # QEMU 10's multi-threaded TCG crashes (SIGSEGV) or saves another context's RIP and RFLAGS
-    # into a nested guest's VMCB under some hostile guests (README); scripts/test runs the
-    # hostile-guest fuzzer under QEMU in a VM of its own with single-threaded TCG
-    # (run-vm --tcg-single).
+    # QEMU's multi-threaded TCG corrupts nested SVM guests' memory (run-vm --help): the
+    # hostile-guest fuzzer only runs under single-threaded TCG, run-vm's default.
     echo "TAP version 13"
     echo "1..1"
-    echo "ok 1 fuzz.guest_fuzzer # SKIP under QEMU it runs in the single-threaded TCG VM (run-vm --tcg-single)"
+    echo "ok 1 fuzz.guest_fuzzer # SKIP multi-threaded TCG (run-vm --mttcg) corrupts nested guests: run without --mttcg"
     guest_rc=skipped
 else
     # shellcheck disable=SC2086
