@@ -408,6 +408,63 @@ static GUEST_CODE void guest_send_hlt_rounds(void)
 	}
 }
 
+/*
+ * A callback handler for vCPU 0 that makes a hypercall Dom0 serves (vcpu_op VCPUOP_is_up for
+ * vCPU 0) before it takes the upcall,
+ * as a guest's handler does when an exit interrupts it: the run loop picks the callback again
+ * while evtchn_upcall_pending is still set, and the entry after the handler's IRET must not
+ * inject it once the handler has cleared the byte (Xen checks it at each entry). Counts as the
+ * library's handler does.
+ */
+asm(".pushsection .text\n"
+    ".globl xen_cb_hypercall_handler\n"
+    "xen_cb_hypercall_handler:\n"
+    "	push %rax\n"
+    "	push %rdi\n"
+    "	push %rsi\n"
+    "	push %rdx\n"
+    "	mov $24, %eax\n"
+    "	mov $3, %edi\n"
+    "	xor %esi, %esi\n"
+    "	xor %edx, %edx\n"
+    "	.byte 0x0f, 0x01, 0xc1\n"
+    "	mov 0x6018, %rdx\n"
+    "	xor %eax, %eax\n"
+    "	xchg %al, (%rdx)\n"
+    "	mov %rax, 0x6010\n"
+    "	test %eax, %eax\n"
+    "	jnz 1f\n"
+    "	mov 32(%rsp), %rax\n"
+    "	mov %rax, 0x6038\n"
+    "	lock incq 0x6030\n"
+    "1:	lock incq 0x6000\n"
+    "	pop %rdx\n"
+    "	pop %rsi\n"
+    "	pop %rdi\n"
+    "	pop %rax\n"
+    "	iretq\n"
+    ".popsection\n");
+
+extern const char xen_cb_hypercall_handler[];
+
+#define HC_ROUNDS 20
+
+static GUEST_CODE void guest_handler_hypercall_rounds(void)
+{
+	uint32_t port;
+
+	setup_events();
+	GUEST_ASSERT_EQ(xen_bind_ipi(0, &port, SCRATCH), 0);
+	for (uint64_t i = 1; i <= HC_ROUNDS; i++) {
+		GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, port, SCRATCH), 0);
+		irq_window();
+		irq_window();
+		if (IRQ0->cb_count != i || IRQ0->cb_spurious)
+			GUEST_SYNC(i);
+		xen_ack_port(SHINFO, VI0, port);
+	}
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -617,6 +674,24 @@ TEST_F(domain, send_hlt_rounds_one_callback_each)
 	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
 		TH_LOG("round %llu of %d: %llu callbacks, %llu spurious (the last at rip %#llx)",
 		       (ull)uc.args[0], ROUNDS, (ull)irq->cb_count, (ull)irq->cb_spurious,
+		       (ull)irq->spurious_rip);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, callback_not_repeated_after_handler_took_upcall)
+{
+	struct keel_vm *vm = events_vm("xen-evtchn-hc", 1, guest_handler_hypercall_rounds);
+	struct xen_irq_state *irq = gpa_hva(vm, XEN_IRQ_GPA(0), sizeof(*irq));
+	uint64_t *idt = gpa_hva(vm, XEN_IDT_GPA(0), 4096);
+	uint64_t a = (uint64_t)(uintptr_t)xen_cb_hypercall_handler;
+	struct keel_ucall uc;
+
+	idt[2 * XEN_CB_VECTOR] = (a & 0xffff) | ((uint64_t)KEEL_SEL_CODE << 16) | (0x8eULL << 40) |
+				 (((a >> 16) & 0xffff) << 48);
+	idt[2 * XEN_CB_VECTOR + 1] = a >> 32;
+	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
+		TH_LOG("round %llu of %d: %llu callbacks, %llu found the upcall taken (the last at rip %#llx)",
+		       (ull)uc.args[0], HC_ROUNDS, (ull)irq->cb_count, (ull)irq->cb_spurious,
 		       (ull)irq->spurious_rip);
 	vm_destroy(vm);
 }

@@ -260,6 +260,10 @@ pub(crate) struct VcpuState {
     /// The interrupt root mode injected during the run (`IRQ_VALID | vector`), or 0: the run
     /// loop acknowledges it (the local APIC moves it from IRR to ISR).
     pub(crate) injected: u16,
+    /// Set with `irq`: the guest-physical address of a byte that must still be non-zero when
+    /// `irq` is injected (Xen's callback vector: the vCPU's `evtchn_upcall_pending`), or 0
+    /// for an interrupt that stays pending until taken (the local APIC's).
+    pub(crate) irq_gate: u64,
     /// SVM: the vCPU's ASID.
     pub(crate) asid: u32,
     /// The physical address of this state (computed by the Linux side).
@@ -267,6 +271,20 @@ pub(crate) struct VcpuState {
 }
 
 impl VcpuState {
+    /// Drops `irq` if its gate byte (`irq_gate`) is clear by now. Xen injects the callback
+    /// vector only while `evtchn_upcall_pending` is set, checked at each entry: a handler that
+    /// took the upcall after the run loop picked the vector (an exit inside the handler, or
+    /// the delivery itself cut short and redelivered) must not be entered for it again.
+    pub(crate) fn drop_stale_irq(&mut self, domain: &DomainShared) {
+        if self.irq & IRQ_VALID == 0 || self.irq_gate == 0 {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        if domain.read(self.irq_gate, &mut byte) == 1 && byte[0] == 0 {
+            self.irq = 0;
+        }
+    }
+
     /// The physical address of something inside this state.
     pub(crate) fn pa_of(&self, p: *const u8) -> u64 {
         self.pa + (p as u64 - core::ptr::from_ref(self) as u64)

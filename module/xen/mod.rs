@@ -609,6 +609,17 @@ impl Xen {
         self.upcall_pending(inner, dom, v)
     }
 
+    /// The guest-physical address of vCPU `v`'s `evtchn_upcall_pending` byte.
+    fn upcall_gpa(&self, inner: &Inner, dom: &DomainShared, v: u32) -> Option<u64> {
+        let shared_info = inner.shared_info?;
+        let words = GuestWords {
+            dom,
+            shared_info,
+            vcpus: &inner.vcpus,
+        };
+        Some(words.vcpu_info(v)? + GuestWords::LAYOUT.upcall_pending as u64)
+    }
+
     fn upcall_pending(&self, inner: &Inner, dom: &DomainShared, v: u32) -> bool {
         let Some(shared_info) = inner.shared_info else {
             return false;
@@ -683,6 +694,12 @@ impl Xen {
                 (IRQ_VALID | u16::from(vec), true)
             } else {
                 (0, false)
+            };
+            // The callback is injected only while the upcall is still pending (root mode
+            // checks the byte at each entry: `VcpuState::drop_stale_irq`).
+            s.irq_gate = match (irq, from_lapic) {
+                (0, _) | (_, true) => 0,
+                _ => self.upcall_gpa(&inner, dom, v).unwrap_or(0),
             };
             s.irq = irq;
             s.injected = 0;

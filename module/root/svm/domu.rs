@@ -305,6 +305,8 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         let vm = vmcb_of(&mut v.control);
         vm.save.rax = rax;
         keep_exits(&mut vm.control);
+        v.drop_stale_irq(domain);
+        let vm = vmcb_of(&mut v.control);
         deliver_irq(vm, &mut v.irq, &mut v.injected);
         // Testing: VMRUN refuses a VMCB without the VMRUN intercept (APM 15.5.1).
         let forced = take_forced_failure();

@@ -543,6 +543,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             vmx.vmcs
                 .write(field::GUEST_ACTIVITY_STATE, FORCED_FAILURE_ACTIVITY);
         }
+        v.drop_stale_irq(domain);
         deliver_irq(&vmx.vmcs, v);
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
