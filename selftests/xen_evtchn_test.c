@@ -389,32 +389,42 @@ static GUEST_CODE void guest_ipi_bsp(void)
 	GUEST_ASSERT_EQ(IRQ0->cb_count, 0);
 }
 
-/* An IPI port sent with interrupts off, then STI; HLT: one callback per round, each finding
- * evtchn_upcall_pending set. */
+/* An IPI port sent with interrupts off, then interrupts on (STI; HLT, or two short windows):
+ * one callback per round, each finding evtchn_upcall_pending set; GUEST_SYNC(round) at the
+ * first round that breaks this. */
 #define ROUNDS 300
 
-static GUEST_CODE void guest_send_hlt_rounds(void)
+GUEST_INLINE void send_rounds(uint64_t rounds, bool hlt)
 {
 	uint32_t port;
 
 	setup_events();
 	GUEST_ASSERT_EQ(xen_bind_ipi(0, &port, SCRATCH), 0);
-	for (uint64_t i = 1; i <= ROUNDS; i++) {
+	for (uint64_t i = 1; i <= rounds; i++) {
 		GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, port, SCRATCH), 0);
-		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		if (hlt) {
+			__asm__ volatile("sti; hlt; cli" ::: "memory");
+		} else {
+			irq_window();
+			irq_window();
+		}
 		if (IRQ0->cb_count != i || IRQ0->cb_spurious)
 			GUEST_SYNC(i);
 		xen_ack_port(SHINFO, VI0, port);
 	}
 }
 
+static GUEST_CODE void guest_send_hlt_rounds(void)
+{
+	send_rounds(ROUNDS, true);
+}
+
 /*
  * A callback handler for vCPU 0 that makes a hypercall Dom0 serves (vcpu_op VCPUOP_is_up for
- * vCPU 0) before it takes the upcall,
- * as a guest's handler does when an exit interrupts it: the run loop picks the callback again
- * while evtchn_upcall_pending is still set, and the entry after the handler's IRET must not
- * inject it once the handler has cleared the byte (Xen checks it at each entry). Counts as the
- * library's handler does.
+ * vCPU 0) before it takes the upcall, as a guest's handler does when an exit interrupts it:
+ * the run loop picks the callback again while evtchn_upcall_pending is still set, and the
+ * entry after the handler's IRET must not inject it once the handler has cleared the byte
+ * (Xen checks it at each entry). Counts as the library's handler does.
  */
 asm(".pushsection .text\n"
     ".globl xen_cb_hypercall_handler\n"
@@ -451,18 +461,7 @@ extern const char xen_cb_hypercall_handler[];
 
 static GUEST_CODE void guest_handler_hypercall_rounds(void)
 {
-	uint32_t port;
-
-	setup_events();
-	GUEST_ASSERT_EQ(xen_bind_ipi(0, &port, SCRATCH), 0);
-	for (uint64_t i = 1; i <= HC_ROUNDS; i++) {
-		GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, port, SCRATCH), 0);
-		irq_window();
-		irq_window();
-		if (IRQ0->cb_count != i || IRQ0->cb_spurious)
-			GUEST_SYNC(i);
-		xen_ack_port(SHINFO, VI0, port);
-	}
+	send_rounds(HC_ROUNDS, false);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -682,13 +681,9 @@ TEST_F(domain, callback_not_repeated_after_handler_took_upcall)
 {
 	struct keel_vm *vm = events_vm("xen-evtchn-hc", 1, guest_handler_hypercall_rounds);
 	struct xen_irq_state *irq = gpa_hva(vm, XEN_IRQ_GPA(0), sizeof(*irq));
-	uint64_t *idt = gpa_hva(vm, XEN_IDT_GPA(0), 4096);
-	uint64_t a = (uint64_t)(uintptr_t)xen_cb_hypercall_handler;
 	struct keel_ucall uc;
 
-	idt[2 * XEN_CB_VECTOR] = (a & 0xffff) | ((uint64_t)KEEL_SEL_CODE << 16) | (0x8eULL << 40) |
-				 (((a >> 16) & 0xffff) << 48);
-	idt[2 * XEN_CB_VECTOR + 1] = a >> 32;
+	xen_idt_gate(gpa_hva(vm, XEN_IDT_GPA(0), 4096), XEN_CB_VECTOR, xen_cb_hypercall_handler);
 	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
 		TH_LOG("round %llu of %d: %llu callbacks, %llu found the upcall taken (the last at rip %#llx)",
 		       (ull)uc.args[0], HC_ROUNDS, (ull)irq->cb_count, (ull)irq->cb_spurious,

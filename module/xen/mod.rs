@@ -251,11 +251,14 @@ impl GuestWords<'_> {
         Some((unsafe { AtomicU64::from_ptr(p.cast()) }, bit % 64))
     }
 
+    /// The guest-physical address of vCPU `v`'s `evtchn_upcall_pending` byte.
+    fn upcall_gpa(&self, v: u32) -> Option<u64> {
+        Some(self.vcpu_info(v)? + Self::LAYOUT.upcall_pending as u64)
+    }
+
     /// vCPU `v`'s `evtchn_upcall_pending` byte.
     fn upcall(&self, v: u32) -> Option<&AtomicU8> {
-        let p = self
-            .dom
-            .ram_ptr(self.vcpu_info(v)? + Self::LAYOUT.upcall_pending as u64)?;
+        let p = self.dom.ram_ptr(self.upcall_gpa(v)?)?;
         // SAFETY: As in `word`; a byte needs no alignment.
         Some(unsafe { AtomicU8::from_ptr(p) })
     }
@@ -617,7 +620,7 @@ impl Xen {
             shared_info,
             vcpus: &inner.vcpus,
         };
-        Some(words.vcpu_info(v)? + GuestWords::LAYOUT.upcall_pending as u64)
+        words.upcall_gpa(v)
     }
 
     fn upcall_pending(&self, inner: &Inner, dom: &DomainShared, v: u32) -> bool {
@@ -697,9 +700,10 @@ impl Xen {
             };
             // The callback is injected only while the upcall is still pending (root mode
             // checks the byte at each entry: `VcpuState::drop_stale_irq`).
-            s.irq_gate = match (irq, from_lapic) {
-                (0, _) | (_, true) => 0,
-                _ => self.upcall_gpa(&inner, dom, v).unwrap_or(0),
+            s.irq_gate = if irq != 0 && !from_lapic {
+                self.upcall_gpa(&inner, dom, v).unwrap_or(0)
+            } else {
+                0
             };
             s.irq = irq;
             s.injected = 0;

@@ -572,6 +572,16 @@ GUEST_INLINE bool spin_until_eq(volatile uint64_t *p, uint64_t v, uint64_t spins
 
 /* --- Host side -------------------------------------------------------------------------- */
 
+/* Points `vector` of the IDT at `idt` to `handler` (a 64-bit interrupt gate). */
+static inline void xen_idt_gate(uint64_t *idt, int vector, const void *handler)
+{
+	uint64_t a = (uint64_t)(uintptr_t)handler;
+
+	idt[2 * vector] = (a & 0xffff) | ((uint64_t)KEEL_SEL_CODE << 16) | (0x8eULL << 40) |
+			  (((a >> 16) & 0xffff) << 48);
+	idt[2 * vector + 1] = a >> 32;
+}
+
 /* vCPU n's IDT at XEN_IDT_GPA(n): the callback, the APIC vectors, exceptions 0-31. */
 static inline void xen_write_idt(struct keel_vm *vm, uint32_t n)
 {
@@ -585,13 +595,9 @@ static inline void xen_write_idt(struct keel_vm *vm, uint32_t n)
 				v == XEN_CB_VECTOR ? cb :
 				(v >= XEN_LAPIC_VECTOR0 && v < XEN_LAPIC_VECTOR0 + XEN_LAPIC_VECTORS) ?
 				lapic : NULL;
-		uint64_t a = (uint64_t)(uintptr_t)h;
 
-		if (!h)
-			continue;
-		idt[2 * v] = (a & 0xffff) | ((uint64_t)KEEL_SEL_CODE << 16) | (0x8eULL << 40) |
-			     (((a >> 16) & 0xffff) << 48);
-		idt[2 * v + 1] = a >> 32;
+		if (h)
+			xen_idt_gate(idt, v, h);
 	}
 	memset(gpa_hva(vm, XEN_IRQ_GPA(n), sizeof(struct xen_irq_state)), 0,
 	       sizeof(struct xen_irq_state));
