@@ -104,6 +104,29 @@ TEST_F(domain, ram_written_by_guest_seen_by_host)
 	vm_destroy(vm);
 }
 
+/* RAM the host mapped but never touched before the run: the module inserts a page at its first
+ * touch, which comes after the run here, through the domain's live tables. */
+TEST_F(domain, ram_first_touched_after_run_seen_by_host)
+{
+	const uint64_t gpa = 8 * SZ_1M, size = SZ_1M, seed = 0x7a7a000000000000ULL;
+	struct keel_vm *vm = vm_create("ram-late", 1, SZ_2M);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	uint64_t *ram = vm_add_range(vm, gpa, size, KEEL_RANGE_RAM), bad = 0, first_bad = 0;
+
+	vcpu_setup_long64(vm, vcpu, GUEST_FN(guest_fill), 0);
+	vcpu_args_set(vcpu, 3, gpa, size, seed);
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vcpu, NULL));
+	for (uint64_t i = 0; i < size / 8; i++) {
+		if (ram[i] != (seed ^ (gpa + i * 8))) {
+			if (!bad++)
+				first_bad = i * 8;
+		}
+	}
+	EXPECT_EQ(0, bad) TH_LOG("%llu qwords differ, the first at gpa %#llx: %#llx",
+				 (ull)bad, (ull)(gpa + first_bad), (ull)ram[first_bad / 8]);
+	vm_destroy(vm);
+}
+
 TEST_F(domain, rom_readable_write_faults)
 {
 	const uint64_t rom_gpa = 0x10000000, size = SZ_64K, seed = 0x0badf00d00000000ULL;

@@ -162,5 +162,45 @@ pub(super) const fn fops(
     })
 }
 
+/// A `vm_operations_struct`, shareable.
+struct VmOps(bindings::vm_operations_struct);
+
+// SAFETY: The table is immutable; its pointers are to functions.
+unsafe impl Sync for VmOps {}
+
+/// The operations of a domain fd's VMAs: pages go in at their first touch.
+static DOMAIN_VM_OPS: VmOps = VmOps(bindings::vm_operations_struct {
+    fault: Some(domain_vma_fault),
+    ..pin_init::zeroed()
+});
+
+/// The table for [`Domain::mmap`].
+pub(super) fn domain_vm_ops() -> *const bindings::vm_operations_struct {
+    &raw const DOMAIN_VM_OPS.0
+}
+
+/// The `vm_operations_struct` fault handler.
+///
+/// # Safety
+///
+/// Called by the MM only, for a VMA that [`Domain::mmap`] set up on a domain file.
+unsafe extern "C" fn domain_vma_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: The MM passes a valid fault description for the call.
+    let f = unsafe { &(*vmf).__bindgen_anon_1 };
+    // SAFETY: The VMA holds a reference on its file (`vm_file`), a domain file that
+    // `Domain::mmap` set up, so the domain lives for the call.
+    let d = unsafe { object::<Domain>((*f.vma).vm_file) };
+    let Some(gpa) = (f.pgoff as u64).checked_mul(4096) else {
+        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
+    };
+    match d.fault_page(f.vma, f.address, gpa) {
+        // Inserted, or another thread's fault inserted it first.
+        Ok(()) => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
+        Err(e) if e == EBUSY => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
+        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM,
+        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+    }
+}
+
 pub(super) static DOMAIN_FOPS: Fops = fops(domain_ioctl, Some(domain_mmap), domain_release);
 pub(super) static VCPU_FOPS: Fops = fops(vcpu_ioctl, None, vcpu_release);

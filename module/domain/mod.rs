@@ -39,7 +39,7 @@ use crate::keel_core::{
     arch::cr4,
     caps::{flags, Caps},
     exit::EXIT_KINDS,
-    slat::{Format, LargePages},
+    slat::{self, Format, LargePages},
     spinlock,
 };
 use crate::root::domain::{DomainShared, DomainState, Range, RangeKind, MAX_RANGES};
@@ -571,44 +571,77 @@ impl Domain {
         info
     }
 
-    /// mmap of the domain fd: the pages of one RAM/ROM range, before the first run.
+    /// mmap of the domain fd: the pages of one RAM/ROM range, before the first run. Nothing
+    /// is mapped here: each page goes in at its first touch ([`Domain::fault_page`]), so a
+    /// builder that writes a 20 MB kernel into 512 MiB of RAM maps 5000 pages, not 131072
+    /// (inserting every page took most of a DomU's launch time).
     pub(super) fn mmap(&self, vma: *mut bindings::vm_area_struct) -> Result<isize> {
         // SAFETY: The mmap callback gets a valid VMA that it may set up.
         let vma_new = unsafe { kernel::mm::virt::VmaNew::from_raw(vma) };
         // SAFETY: As above.
         let pgoff = unsafe { (*vma).vm_pgoff };
-        let (start, end) = (vma_new.start(), vma_new.end());
-        let len = (end - start) as u64;
+        let len = (vma_new.end() - vma_new.start()) as u64;
         let gpa = (pgoff as u64).checked_mul(PAGE).ok_or(EINVAL)?;
         let inner = self.inner.lock();
         if inner.started {
             return Err(EBUSY);
         }
-        let m = inner
-            .ranges
-            .iter()
-            .find(|m| {
-                m.range.kind != RangeKind::Mmio
-                    && gpa >= m.range.gpa
-                    && gpa
-                        .checked_add(len)
-                        .is_some_and(|e| e <= m.range.gpa + m.range.size)
-            })
-            .ok_or(EINVAL)?;
+        Self::mappable(&inner, gpa, len).ok_or(EINVAL)?;
         vma_new.set_dontcopy();
         vma_new.set_dontexpand();
-        let mut off = 0;
-        while off < len {
-            let va = m.page_va(gpa + off).ok_or(EINVAL)?;
-            // SAFETY: The VMA is being set up under the mmap lock; the page is an order-0 page
-            // of the domain, which gets its own reference from the mapping.
-            let r = unsafe { bindings::vm_insert_page(vma, start + off as usize, page_of(va)) };
-            if r != 0 {
-                return Err(Error::from_errno(r));
-            }
-            off += PAGE;
-        }
+        // Pages are inserted by the fault handler, under the mmap lock taken for reading: the
+        // flag must be set now, under the write lock (`vm_insert_page`).
+        vma_new.set_mixedmap();
+        // SAFETY: As above; the table is static and its handler serves this file's VMAs
+        // (`vm_file` keeps the file, and so the domain, alive while the VMA lives).
+        unsafe { (*vma).vm_ops = fd::domain_vm_ops() };
         Ok(0)
+    }
+
+    /// The RAM or ROM range that holds `len` bytes at `gpa`.
+    fn mappable(inner: &DomainInner, gpa: u64, len: u64) -> Option<&RangeMem> {
+        inner.ranges.iter().find(|m| {
+            m.range.kind != RangeKind::Mmio
+                && gpa >= m.range.gpa
+                && gpa
+                    .checked_add(len)
+                    .is_some_and(|e| e <= m.range.gpa + m.range.size)
+        })
+    }
+
+    /// A page fault in a VMA of [`Domain::mmap`] at `gpa` (page-aligned): inserts the page
+    /// that backs it at `addr`. Before the first run that is the range's own page; from then
+    /// on what the second-level tables map there (memory given back is unmapped there, and
+    /// taken again maps new pages), looked up and inserted under the domain's lock so that
+    /// a page given back meanwhile cannot be freed in between (the mapping holds its own
+    /// reference). Unbacked: `EFAULT` (SIGBUS).
+    pub(super) fn fault_page(
+        &self,
+        vma: *mut bindings::vm_area_struct,
+        addr: usize,
+        gpa: u64,
+    ) -> Result {
+        let mut inner = self.inner.lock();
+        let va = if !inner.started {
+            Self::mappable(&inner, gpa, PAGE)
+                .and_then(|m| m.page_va(gpa))
+                .ok_or(EFAULT)?
+        } else {
+            Self::mappable(&inner, gpa, PAGE).ok_or(EFAULT)?;
+            let fmt = self.format();
+            let tables = inner.tables.as_mut().ok_or(EFAULT)?;
+            let root = tables.root;
+            let m = slat::translate(tables, fmt, root, gpa).ok_or(EFAULT)?;
+            (m.hpa & !(PAGE - 1)) + page_offset()
+        };
+        // SAFETY: The VMA is the faulting one (VM_MIXEDMAP, set at mmap); the page is an
+        // order-0 page that the domain owns while its lock is held, and the mapping takes its
+        // own reference.
+        let r = unsafe { bindings::vm_insert_page(vma, addr, page_of(va)) };
+        match r {
+            0 => Ok(()),
+            r => Err(Error::from_errno(r)),
+        }
     }
 
     pub(super) fn ioctl(self: &Arc<Self>, cmd: u32, arg: usize) -> Result<isize> {
