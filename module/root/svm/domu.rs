@@ -32,9 +32,11 @@ use crate::root::{
 /// V_INTR_MASKING (VMCB int_ctl bit 24).
 const V_INTR_MASKING: u32 = 1 << 24;
 /// A virtual interrupt request (int_ctl V_IRQ, bit 8) at the highest priority (V_INTR_PRIO,
-/// bits 19:16) whatever the guest's TPR (V_IGN_TPR, bit 20): with the VINTR intercept, an exit
-/// as soon as the guest takes interrupts.
-const V_IRQ_WINDOW: u32 = (1 << 8) | (0xf << 16) | (1 << 20);
+/// bits 19:16) whatever the guest's TPR (V_IGN_TPR, bit 20): the guest takes it (vector
+/// `int_vector`) as soon as it takes interrupts, or with the VINTR intercept exits then.
+const V_IRQ_WINDOW: u32 = V_IRQ | (0xf << 16) | (1 << 20);
+/// int_ctl V_IRQ (bit 8).
+const V_IRQ: u32 = 1 << 8;
 /// The VINTR intercept (misc1 bit 4).
 const INTERCEPT_VINTR: u32 = 1 << 4;
 /// EVENTINJ type: external interrupt.
@@ -63,27 +65,49 @@ fn keep_exits(c: &mut layout::VmcbControl) {
     c.intercept_misc1 |= INTERCEPT_INTR | INTERCEPT_NMI;
 }
 
-/// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
-/// now (RFLAGS.IF, no interrupt shadow, no other event being injected); otherwise asks for a
-/// VINTR exit (a virtual interrupt request the guest takes when it can), after which the next
-/// entry tries again.
-fn deliver_irq(vm: &mut layout::Vmcb, irq: &mut u16, injected: &mut u16) {
+/// Offers the run loop's pending interrupt (`VcpuState::irq`) as a virtual interrupt (V_IRQ
+/// with its vector) if the guest takes interrupts now (RFLAGS.IF, no interrupt shadow, no
+/// other event being injected): the processor takes it at the first instruction boundary and
+/// clears V_IRQ ([`took_irq`] tells after the exit). Otherwise asks for a VINTR exit (the same
+/// request, intercepted), after which the next entry tries again. Returns whether it offered.
+///
+/// Not EVENTINJ: QEMU's VMRUN delivers an injected interrupt at once but leaves its vector as
+/// the CPU's pending exception (`cs->exception_index`), and the next exit request of its
+/// execution loop (a round-robin or I/O kick) delivers that vector a second time, as an
+/// exception, wherever the guest then is, even with interrupts off: a Linux DomU's callback
+/// handler then runs inside its own entry code. A virtual interrupt is delivered by QEMU's
+/// interrupt path, which leaves nothing behind; on hardware both work.
+fn deliver_irq(vm: &mut layout::Vmcb, irq: u16) -> bool {
     let c = &mut vm.control;
     c.int_ctl &= !V_IRQ_WINDOW;
     c.intercept_misc1 &= !INTERCEPT_VINTR;
-    if *irq & IRQ_VALID == 0 {
-        return;
+    if irq & IRQ_VALID == 0 {
+        return false;
     }
     let busy = c.event_inj & event::VALID != 0;
     let shadow = c.int_state & layout::INT_STATE_SHADOW != 0;
+    c.int_ctl |= V_IRQ_WINDOW;
     if !busy && !shadow && vm.save.rflags & rflags::IF != 0 {
-        c.event_inj = u32::from(*irq & 0xff) | EVENT_TYPE_INTR | event::VALID;
-        *injected = *irq;
-        *irq = 0;
+        c.int_vector = u32::from(irq & 0xff);
+        true
     } else {
-        c.int_ctl |= V_IRQ_WINDOW;
+        c.int_vector = 0;
         c.intercept_misc1 |= INTERCEPT_VINTR;
+        false
     }
+}
+
+/// After an exit: whether the guest took the virtual interrupt [`deliver_irq`] offered with
+/// `vector`. The processor clears V_IRQ when it takes it; an exit in the middle of the
+/// delivery leaves it in `exit_int_info` instead (as an external interrupt; QEMU, which leaves
+/// V_IRQ set then, names it an exception), to be delivered again.
+fn took_irq(c: &layout::VmcbControl, vector: u8) -> bool {
+    let info = c.exit_int_info;
+    let kind = info & (7 << 8);
+    let in_delivery = info & event::VALID != 0
+        && info & 0xff == u32::from(vector)
+        && (kind == EVENT_TYPE_INTR || (kind == event::TYPE_EXCEPTION && vector > 31));
+    c.int_ctl & V_IRQ == 0 || in_delivery
 }
 
 /// Sets up the VMCB controls and maps of a vCPU, once.
@@ -307,7 +331,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         keep_exits(&mut vm.control);
         v.drop_stale_irq(domain);
         let vm = vmcb_of(&mut v.control);
-        deliver_irq(vm, &mut v.irq, &mut v.injected);
+        let offered = deliver_irq(vm, v.irq);
         // Testing: VMRUN refuses a VMCB without the VMRUN intercept (APM 15.5.1).
         let forced = take_forced_failure();
         if forced {
@@ -321,16 +345,32 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         c.intercept_misc2 |= misc2::VMRUN;
         c.tlb_ctl = 0;
         c.event_inj = 0;
-        // An event whose delivery the exit interrupted is delivered again (NMIs and hardware
-        // exceptions; a software interrupt's instruction simply runs again).
-        let kind = c.exit_int_info & (7 << 8);
+        let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
+        // A refused VMRUN delivers nothing (and QEMU's may clear int_ctl).
+        if offered && !matches!(exit, Exit::EntryFailure { .. }) && took_irq(c, v.irq as u8) {
+            v.injected = v.irq;
+            v.irq = 0;
+        }
+        c.int_ctl &= !V_IRQ_WINDOW;
+        // An event whose delivery the exit interrupted is delivered again (NMIs, hardware
+        // exceptions and interrupts; a software interrupt's instruction simply runs again).
+        // An "exception" above vector 31 is QEMU's name for an interrupt in delivery
+        // (EVENTINJ refuses that type for those vectors).
+        let mut kind = c.exit_int_info & (7 << 8);
+        if kind == event::TYPE_EXCEPTION && c.exit_int_info & 0xff > 31 {
+            kind = EVENT_TYPE_INTR;
+        }
         if c.exit_int_info & event::VALID != 0
             && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION || kind == EVENT_TYPE_INTR)
         {
-            c.event_inj = c.exit_int_info;
+            let error = if kind == EVENT_TYPE_INTR {
+                0
+            } else {
+                c.exit_int_info & event::ERROR_VALID
+            };
+            c.event_inj = (c.exit_int_info & 0xff) | kind | error | event::VALID;
             c.event_inj_err = c.exit_int_info_err;
         }
-        let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
         let raw_reason = c.exit_code;
         if !matches!(exit, Exit::EntryFailure { .. }) {
             v.regs.gpr[RAX] = vm.save.rax;
