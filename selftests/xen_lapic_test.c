@@ -211,6 +211,21 @@ static GUEST_CODE void guest_self_ipi_hlt_rounds(void)
 	}
 }
 
+/* NMIs by the ICR (self): taken with interrupts off, at once; one the handler sends itself
+ * waits until that handler's IRET (no NMI nests), then comes. */
+static GUEST_CODE void guest_nmi_self(void)
+{
+	apic_write(APIC_SVR, 0x1ff);
+	apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_NMI);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->nmi_count, 1);
+	XEN_IRQ(0)->nmi_resend = 2;
+	apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_NMI);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->nmi_count, 4);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->nmi_nested, 0);
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 0);
+	GUEST_DONE();
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -306,6 +321,15 @@ TEST_F(domain, self_ipi_hlt_rounds_once_each)
 	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
 		TH_LOG("round %llu of %d: the interrupt count is off (%llu)", (ull)uc.args[0],
 		       ROUNDS, (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->lapic_count);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, nmi_self_not_nested)
+{
+	struct keel_vm *vm = vm_create_xen("xen-nmi", 1, SZ_1M);
+
+	xen_setup_vcpu0(vm, guest_nmi_self);
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
 	vm_destroy(vm);
 }
 

@@ -245,6 +245,8 @@ pub mod pin_based {
     pub const EXT_INTR_EXITING: u32 = 1 << 0;
     /// NMIs cause VM exits.
     pub const NMI_EXITING: u32 = 1 << 3;
+    /// Virtual NMIs: the CPU tracks the guest's NMI blocking (injected NMI to IRET).
+    pub const VIRTUAL_NMIS: u32 = 1 << 5;
     /// The VMX-preemption timer counts down in the guest and exits at zero.
     pub const PREEMPTION_TIMER: u32 = 1 << 6;
 }
@@ -253,6 +255,8 @@ pub mod pin_based {
 pub mod cpu_based {
     /// Interrupt-window exiting: an exit as soon as the guest takes interrupts.
     pub const INTR_WINDOW_EXITING: u32 = 1 << 2;
+    /// NMI-window exiting (with virtual NMIs): an exit as soon as the guest takes NMIs.
+    pub const NMI_WINDOW_EXITING: u32 = 1 << 22;
     /// HLT exits.
     pub const HLT_EXITING: u32 = 1 << 7;
     /// MWAIT exits.
@@ -348,6 +352,8 @@ pub mod interruptibility {
     pub const STI: u32 = 1 << 0;
     /// Blocking by MOV SS.
     pub const MOV_SS: u32 = 1 << 1;
+    /// Blocking by NMI (virtual-NMI blocking with virtual NMIs).
+    pub const NMI: u32 = 1 << 3;
 }
 
 /// Segment access rights in the VMCS format (SDM 25.4.1): descriptor bits 40..55 with bits

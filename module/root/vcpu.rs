@@ -264,6 +264,12 @@ pub(crate) struct VcpuState {
     /// `irq` is injected (Xen's callback vector: the vCPU's `evtchn_upcall_pending`), or 0
     /// for an interrupt that stays pending until taken (the local APIC's).
     pub(crate) irq_gate: u64,
+    /// Set by the run loop: an NMI to deliver (the local APIC's). Root mode injects it at
+    /// the first entry where the guest is not handling an NMI already, and clears it.
+    pub(crate) nmi: bool,
+    /// SVM: the guest is in an NMI handler that root mode entered (until its IRET, which is
+    /// intercepted meanwhile); VMX keeps this in the guest's interruptibility state.
+    pub(crate) nmi_masked: bool,
     /// SVM: the vCPU's ASID.
     pub(crate) asid: u32,
     /// The physical address of this state (computed by the Linux side).

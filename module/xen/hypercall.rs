@@ -14,7 +14,7 @@ use crate::keel_core::xen::{
         EvtchnClose, EvtchnReset, EvtchnSend, EvtchnStatus, EvtchnUnmask, GnttabQuerySize,
         GnttabSetVersion, GnttabSetupTable, SchedPoll, VcpuRegisterRunstateMemoryArea,
         VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VcpuTimeInfo, Width, XenAddToPhysmap,
-        XenHvmParam, XenMemoryReservation,
+        XenHvmEvtchnUpcallVector, XenHvmParam, XenMemoryReservation,
     },
     evtchn::{self, Peer, Port},
     time,
@@ -289,6 +289,16 @@ fn hvm_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
             g.write(arg, &p.to_bytes())?;
             Ok(0)
         }
+        hvmop::SET_EVTCHN_UPCALL_VECTOR => {
+            let b = g.get::<8>(arg)?;
+            let op = XenHvmEvtchnUpcallVector::from_bytes(&b).ok_or(Errno::EFAULT)?;
+            // Xen checks the vector first, then the vCPU.
+            if op.vector < 0x10 {
+                return Err(Errno::EINVAL);
+            }
+            x.set_upcall_vector(op.vcpu, op.vector)?;
+            Ok(0)
+        }
         _ => Err(Errno::ENOSYS),
     }
 }
@@ -512,6 +522,7 @@ fn evtchn_op(
                     .bind_interdomain(Peer::SameDomain, a.remote_port, &words)?;
             a.local_port = port;
             if raised.notify {
+                x.upcall_raised(inner, port);
                 if let Some(t) = inner.evtchn.notify_vcpu(port) {
                     wake.add(t);
                 }
@@ -598,6 +609,7 @@ fn evtchn_op(
                 vcpus: &inner.vcpus,
             };
             if inner.evtchn.unmask(a.port, &words)? {
+                x.upcall_raised(&inner, a.port);
                 if let Some(t) = inner.evtchn.notify_vcpu(a.port) {
                     if t != v {
                         wake.add(t);

@@ -130,6 +130,9 @@ struct VcpuXen {
     irq_from_lapic: bool,
     /// Down: halted with interrupts off (only INIT brings it back).
     down: bool,
+    /// The vCPU's own upcall vector (`HVMOP_set_evtchn_upcall_vector`), 0 for none: its
+    /// upcalls go through its local APIC (an edge interrupt the guest EOIs), not the callback.
+    upcall_vector: u8,
 }
 
 impl VcpuXen {
@@ -189,6 +192,10 @@ pub(crate) struct Xen {
     /// The generation of the domain's second-level tables: bumped after a change that
     /// removes a translation (see [`Xen::quiesce`]).
     slat_gen: AtomicU64,
+    /// Per vCPU: its `evtchn_upcall_pending` went from 0 to 1 since its last entry (or its
+    /// upcall vector was set), so a vCPU with its own upcall vector gets that vector once in
+    /// its APIC's IRR, as Xen asserts it at each new upcall.
+    upcall_edges: AtomicU64,
     /// Whether a domain id names a live domain (the registry; takes a mutex).
     exists: fn(u16) -> bool,
     nr_vcpus: u32,
@@ -351,6 +358,7 @@ impl Xen {
                     next_tick: 0,
                     irq_from_lapic: false,
                     down: false,
+                    upcall_vector: 0,
                 },
                 GFP_KERNEL,
             )?;
@@ -361,6 +369,7 @@ impl Xen {
             try_pin_init!(Xen {
                 domid,
                 slat_gen: AtomicU64::new(0),
+                upcall_edges: AtomicU64::new(0),
                 exists,
                 nr_vcpus,
                 timebase,
@@ -557,6 +566,9 @@ impl Xen {
             vcpus: &inner.vcpus,
         };
         let r: Raised = inner.evtchn.raise(port, &words);
+        if r.notify {
+            self.upcall_raised(inner, port);
+        }
         let mut wake = WakeSet::default();
         if r.newly_pending {
             wake.0 = u64::MAX;
@@ -566,6 +578,13 @@ impl Xen {
             }
         }
         wake
+    }
+
+    /// The upcall of the vCPU that `port` notifies went from 0 to 1 (see `upcall_edges`).
+    fn upcall_raised(&self, inner: &Inner, port: Port) {
+        if let Some(v) = inner.evtchn.notify_vcpu(port).filter(|&v| v < 64) {
+            self.upcall_edges.fetch_or(1 << v, Ordering::SeqCst);
+        }
     }
 
     /// A guest's send on `port`: its own port, or Dom0's eventfd.
@@ -654,7 +673,12 @@ impl Xen {
                     start_real_mode(s, vector);
                     continue;
                 }
-                Some(lapic::Event::Nmi) | None => {}
+                Some(lapic::Event::Nmi) => {
+                    // NMIs do not queue: one pending at most.
+                    s.nmi = true;
+                    continue;
+                }
+                None => {}
             }
             if x.lapic.waiting_for_sipi() || x.down {
                 drop(inner);
@@ -689,7 +713,19 @@ impl Xen {
             }
             let x = &mut inner.vcpus[v as usize];
             x.lapic.advance_timer(x86::rdtsc());
-            let callback = inner.callback;
+            // A vCPU with its own upcall vector: each new upcall puts that vector in its
+            // APIC's IRR once (an edge, as Xen's `hvm_assert_evtchn_irq`; Linux EOIs before it
+            // clears the upcall).
+            let upcall_vector = x.upcall_vector;
+            let edge = self.upcall_edges.fetch_and(!(1u64 << v), Ordering::SeqCst) & (1 << v);
+            if upcall_vector != 0 && edge != 0 {
+                x.lapic.accept(upcall_vector, lapic::Trigger::Edge);
+            }
+            let callback = if upcall_vector == 0 {
+                inner.callback
+            } else {
+                0
+            };
             let lapic_irq = inner.vcpus[v as usize].lapic.highest_pending();
             let (irq, from_lapic) = if callback != 0 && self.upcall_pending(&inner, dom, v) {
                 (IRQ_VALID | u16::from(callback), false)
@@ -750,6 +786,20 @@ impl Xen {
         }
     }
 
+    /// `HVMOP_set_evtchn_upcall_vector`: vCPU `v`'s upcalls go to `vector` through its local
+    /// APIC from now on (a pending one too, at its next entry).
+    pub(crate) fn set_upcall_vector(&self, v: u32, vector: u8) -> Result<(), Errno> {
+        if vector < 0x10 {
+            return Err(Errno::EINVAL);
+        }
+        let mut inner = self.inner.lock();
+        let x = inner.vcpus.get_mut(v as usize).ok_or(Errno::ENOENT)?;
+        x.upcall_vector = vector;
+        // Asserted once now, as Xen does, so that an upcall already pending is seen.
+        self.upcall_edges.fetch_or(1 << v, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// The deadline of vCPU `v`'s timer as a relative time from now, for the run's hrtimer.
     pub(crate) fn deadline_in(&self, v: u32) -> Option<u64> {
         let d = self.inner.lock().vcpus[v as usize].next_timer(&self.timebase)?;
@@ -798,7 +848,11 @@ impl Xen {
                 if s.arch.rflags & crate::keel_core::arch::rflags::IF == 0 {
                     return Ok(self.vcpu_down(v, s));
                 }
-                self.block(v, &s.arch, dom)?;
+                // An NMI root mode could not inject yet (an interrupt shadow, another event)
+                // ends the HLT at once.
+                if !s.nmi {
+                    self.block(v, &s.arch, dom)?;
+                }
                 Ok((Handled::Resume, WakeSet::default()))
             }
             UserExit::Mmio {
@@ -941,4 +995,6 @@ fn start_real_mode(s: &mut VcpuState, vector: u8) {
     s.regs.gpr = [0; 16];
     s.arch_dirty = true;
     s.completion = Completion::None;
+    s.nmi = false;
+    s.nmi_masked = false;
 }

@@ -59,6 +59,7 @@
 
 #define HVMOP_set_param 0
 #define HVMOP_get_param 1
+#define HVMOP_set_evtchn_upcall_vector 23
 #define HVM_PARAM_CALLBACK_IRQ  0
 #define HVM_PARAM_STORE_PFN     1
 #define HVM_PARAM_STORE_EVTCHN  2
@@ -199,6 +200,7 @@ struct xen_memory_reservation {
 #define APIC_ICR_LOW   0x300
 #define APIC_ICR_HIGH  0x310
 #define APIC_DM_FIXED  0x000
+#define APIC_DM_NMI    0x400
 #define APIC_DM_INIT   0x500
 #define APIC_DM_SIPI   0x600
 #define APIC_LEVEL_ASSERT (1 << 14)
@@ -228,6 +230,10 @@ struct xen_irq_state {
 	uint64_t lapic_tsc;    /* 0x28: TSC at the last one */
 	uint64_t cb_spurious;  /* 0x30: callbacks that found evtchn_upcall_pending clear */
 	uint64_t spurious_rip; /* 0x38: the RIP the last of those interrupted */
+	uint64_t nmi_count;    /* 0x40: NMIs taken */
+	uint64_t nmi_nested;   /* 0x48: NMIs that came while the handler of another ran */
+	uint64_t nmi_in;       /* 0x50: the NMI handler runs */
+	uint64_t nmi_resend;   /* 0x58: the handler sends itself that many more NMIs (self IPI) */
 };
 
 #define XEN_IRQ(n) ((volatile struct xen_irq_state *)XEN_IRQ_GPA(n))
@@ -239,6 +245,8 @@ struct xen_irq_state {
  * ucall: the test fails showing the exit, with RIP and the error code/RIP in the arguments).
  */
 #define XEN_HC_EXCEPTION 0x4b20
+/* The NMI handler's self NMI (APIC_SH_SELF | APIC_DM_NMI), as one literal for the assembly. */
+#define APIC_SH_SELF_NMI 0x40400
 
 asm(".pushsection .text\n"
     ".macro XEN_HANDLERS cpu\n"
@@ -279,6 +287,22 @@ asm(".pushsection .text\n"
     "	pop %rdx\n"
     "	pop %rax\n"
     "	iretq\n"
+    ".globl xen_nmi_handler_\\cpu\n"
+    "xen_nmi_handler_\\cpu:\n"
+    "	push %rax\n"
+    "	cmpq $0, 0x6050 + \\cpu * 0x100\n"
+    "	je 1f\n"
+    "	lock incq 0x6048 + \\cpu * 0x100\n"
+    "1:	movq $1, 0x6050 + \\cpu * 0x100\n"
+    "	lock incq 0x6040 + \\cpu * 0x100\n"
+    "	cmpq $0, 0x6058 + \\cpu * 0x100\n"
+    "	je 2f\n"
+    "	decq 0x6058 + \\cpu * 0x100\n"
+    "	mov $0xfee00300, %eax\n"
+    "	movl $" KEEL_STR(APIC_SH_SELF_NMI) ", (%rax)\n"
+    "2:	movq $0, 0x6050 + \\cpu * 0x100\n"
+    "	pop %rax\n"
+    "	iretq\n"
     ".endm\n"
     "XEN_HANDLERS 0\n"
     "XEN_HANDLERS 1\n"
@@ -292,7 +316,7 @@ asm(".pushsection .text\n"
     ".popsection\n");
 
 extern const char xen_cb_handler_0[], xen_cb_handler_1[], xen_lapic_handler_0[],
-	xen_lapic_handler_1[], xen_exc_handler[];
+	xen_lapic_handler_1[], xen_nmi_handler_0[], xen_nmi_handler_1[], xen_exc_handler[];
 
 /*
  * The AP trampoline, copied to XEN_AP_GPA: real mode (CS = XEN_AP_VECTOR << 8, as SIPI left
@@ -582,16 +606,18 @@ static inline void xen_idt_gate(uint64_t *idt, int vector, const void *handler)
 	idt[2 * vector + 1] = a >> 32;
 }
 
-/* vCPU n's IDT at XEN_IDT_GPA(n): the callback, the APIC vectors, exceptions 0-31. */
+/* vCPU n's IDT at XEN_IDT_GPA(n): the callback, the APIC vectors, NMIs, exceptions 0-31. */
 static inline void xen_write_idt(struct keel_vm *vm, uint32_t n)
 {
 	uint64_t *idt = gpa_hva(vm, XEN_IDT_GPA(n), 4096);
 	const char *cb = n ? xen_cb_handler_1 : xen_cb_handler_0;
 	const char *lapic = n ? xen_lapic_handler_1 : xen_lapic_handler_0;
+	const char *nmi = n ? xen_nmi_handler_1 : xen_nmi_handler_0;
 
 	memset(idt, 0, 4096);
 	for (int v = 0; v < 256; v++) {
-		const char *h = v < 32 ? xen_exc_handler :
+		const char *h = v == 2 ? nmi :
+				v < 32 ? xen_exc_handler :
 				v == XEN_CB_VECTOR ? cb :
 				(v >= XEN_LAPIC_VECTOR0 && v < XEN_LAPIC_VECTOR0 + XEN_LAPIC_VECTORS) ?
 				lapic : NULL;

@@ -39,6 +39,11 @@ const V_IRQ_WINDOW: u32 = V_IRQ | (0xf << 16) | (1 << 20);
 const V_IRQ: u32 = 1 << 8;
 /// The VINTR intercept (misc1 bit 4).
 const INTERCEPT_VINTR: u32 = 1 << 4;
+/// The IRET intercept (misc1 bit 20) and its exit code.
+const INTERCEPT_IRET: u32 = 1 << 20;
+const EXIT_IRET: u64 = 0x74;
+/// EVENTINJ type: NMI.
+const EVENT_TYPE_NMI: u32 = 2 << 8;
 /// EVENTINJ type: external interrupt.
 const EVENT_TYPE_INTR: u32 = 0;
 /// Nested paging enable (misc_ctl bit 0).
@@ -63,6 +68,30 @@ const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
 fn keep_exits(c: &mut layout::VmcbControl) {
     c.int_ctl |= V_INTR_MASKING;
     c.intercept_misc1 |= INTERCEPT_INTR | INTERCEPT_NMI;
+}
+
+/// Injects the pending NMI (`VcpuState::nmi`) unless the guest is still in the handler of
+/// the last one, in an interrupt shadow (the next exit tries again) or another event is being
+/// injected; returns whether it injected one. SVM does not track the guest's NMI
+/// blocking for Keel: the vCPU is marked masked and its IRET intercepted, and the IRET exit
+/// unmasks it: the next NMI then goes in as that IRET is about to run, one instruction early
+/// (KVM waits for the IRET to complete; Linux's NMI entry returns through a copy of its frame
+/// and so copes with an NMI there).
+fn deliver_nmi(vm: &mut layout::Vmcb, nmi: &mut bool, masked: &mut bool) -> bool {
+    let c = &mut vm.control;
+    let shadow = c.int_state & layout::INT_STATE_SHADOW != 0;
+    let injected = *nmi && !*masked && !shadow && c.event_inj & event::VALID == 0;
+    if injected {
+        c.event_inj = u32::from(vector::NMI) | EVENT_TYPE_NMI | event::VALID;
+        *nmi = false;
+        *masked = true;
+    }
+    if *masked {
+        c.intercept_misc1 |= INTERCEPT_IRET;
+    } else {
+        c.intercept_misc1 &= !INTERCEPT_IRET;
+    }
+    injected
 }
 
 /// Offers the run loop's pending interrupt (`VcpuState::irq`) as a virtual interrupt (V_IRQ
@@ -97,17 +126,22 @@ fn deliver_irq(vm: &mut layout::Vmcb, irq: u16) -> bool {
     }
 }
 
-/// After an exit: whether the guest took the virtual interrupt [`deliver_irq`] offered with
-/// `vector`. The processor clears V_IRQ when it takes it; an exit in the middle of the
-/// delivery leaves it in `exit_int_info` instead (as an external interrupt; QEMU, which leaves
-/// V_IRQ set then, names it an exception), to be delivered again.
-fn took_irq(c: &layout::VmcbControl, vector: u8) -> bool {
+/// After an exit: whether the exit interrupted the delivery of the virtual interrupt
+/// [`deliver_irq`] offered with `vector` (in `exit_int_info` as an external interrupt; QEMU,
+/// which also leaves V_IRQ set then, names it an exception). It is offered again, as a virtual
+/// interrupt, rather than re-injected through EVENTINJ (see [`deliver_irq`]).
+fn irq_in_delivery(c: &layout::VmcbControl, vector: u8) -> bool {
     let info = c.exit_int_info;
     let kind = info & (7 << 8);
-    let in_delivery = info & event::VALID != 0
+    info & event::VALID != 0
         && info & 0xff == u32::from(vector)
-        && (kind == EVENT_TYPE_INTR || (kind == event::TYPE_EXCEPTION && vector > 31));
-    c.int_ctl & V_IRQ == 0 || in_delivery
+        && (kind == EVENT_TYPE_INTR || kind == event::TYPE_EXCEPTION)
+}
+
+/// After an exit: whether the guest took the virtual interrupt [`deliver_irq`] offered with
+/// `vector`: the processor clears V_IRQ when it takes it, and the delivery completed.
+fn took_irq(c: &layout::VmcbControl, vector: u8) -> bool {
+    c.int_ctl & V_IRQ == 0 && !irq_in_delivery(c, vector)
 }
 
 /// Sets up the VMCB controls and maps of a vCPU, once.
@@ -331,6 +365,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         keep_exits(&mut vm.control);
         v.drop_stale_irq(domain);
         let vm = vmcb_of(&mut v.control);
+        let nmi_injected = deliver_nmi(vm, &mut v.nmi, &mut v.nmi_masked);
         let offered = deliver_irq(vm, v.irq);
         // Testing: VMRUN refuses a VMCB without the VMRUN intercept (APM 15.5.1).
         let forced = take_forced_failure();
@@ -347,20 +382,27 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         c.event_inj = 0;
         let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
         // A refused VMRUN delivers nothing (and QEMU's may clear int_ctl).
+        if nmi_injected && matches!(exit, Exit::EntryFailure { .. }) {
+            v.nmi = true;
+            v.nmi_masked = false;
+        }
         if offered && !matches!(exit, Exit::EntryFailure { .. }) && took_irq(c, v.irq as u8) {
             v.injected = v.irq;
             v.irq = 0;
         }
+        let offered_again = offered && irq_in_delivery(c, v.irq as u8);
         c.int_ctl &= !V_IRQ_WINDOW;
         // An event whose delivery the exit interrupted is delivered again (NMIs, hardware
-        // exceptions and interrupts; a software interrupt's instruction simply runs again).
-        // An "exception" above vector 31 is QEMU's name for an interrupt in delivery
-        // (EVENTINJ refuses that type for those vectors).
+        // exceptions and interrupts; a software interrupt's instruction simply runs again),
+        // except the offered interrupt, which stays pending. An "exception" above vector 31
+        // is QEMU's name for an interrupt in delivery (EVENTINJ refuses that type for those
+        // vectors).
         let mut kind = c.exit_int_info & (7 << 8);
         if kind == event::TYPE_EXCEPTION && c.exit_int_info & 0xff > 31 {
             kind = EVENT_TYPE_INTR;
         }
         if c.exit_int_info & event::VALID != 0
+            && !offered_again
             && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION || kind == EVENT_TYPE_INTR)
         {
             let error = if kind == EVENT_TYPE_INTR {
@@ -374,6 +416,13 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         let raw_reason = c.exit_code;
         if !matches!(exit, Exit::EntryFailure { .. }) {
             v.regs.gpr[RAX] = vm.save.rax;
+        }
+        if raw_reason == EXIT_IRET {
+            // The guest leaves its NMI handler: NMIs may go in again (the IRET runs at the
+            // next entry, after an NMI pending by then).
+            v.nmi_masked = false;
+            vm.control.intercept_misc1 &= !INTERCEPT_IRET;
+            continue;
         }
         // A refused VMRUN may leave the host's state in the save area (QEMU does).
         let rip = if matches!(exit, Exit::EntryFailure { .. }) {

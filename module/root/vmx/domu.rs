@@ -214,7 +214,7 @@ fn setup_controls(
     let pin = ctl(
         Ctl::Pin,
         pin_based::EXT_INTR_EXITING | pin_based::NMI_EXITING,
-        pin_based::PREEMPTION_TIMER,
+        pin_based::PREEMPTION_TIMER | pin_based::VIRTUAL_NMIS,
     )?;
     let proc = ctl(
         Ctl::Proc,
@@ -366,8 +366,61 @@ fn reinject_vectoring(vmcs: &Vmcs) {
             vmcs.read(field::IDT_VECTORING_ERROR_CODE),
         );
     }
+    if kind == intr_info::TYPE_NMI {
+        // An NMI whose delivery the exit interrupted left virtual-NMI blocking set, which an
+        // entry that injects an NMI must not have (SDM 27.3.1.5).
+        let blocking = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO);
+        vmcs.write(
+            field::GUEST_INTERRUPTIBILITY_INFO,
+            blocking & !interruptibility::NMI,
+        );
+    }
     // Bits 30:12 of the vectoring information are reserved in the entry field.
     vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info & 0x8000_0fff);
+}
+
+/// Exit reason: NMI window.
+const EXIT_NMI_WINDOW: u32 = 8;
+
+/// Injects the pending NMI (`VcpuState::nmi`) unless the guest blocks NMIs or another event
+/// is being injected. With virtual NMIs the CPU tracks the guest's NMI blocking (from an
+/// injected NMI to its handler's IRET): while it lasts an NMI-window exit is asked for. An
+/// STI or MOV SS shadow (one instruction) asks for nothing: a CPU may take the NMI-window
+/// exit inside an STI shadow, which would exit again at once, before the guest moves on; the
+/// next exit of any kind tries again. Without virtual NMIs (nothing would unblock NMIs at the
+/// guest's IRET) the NMI is dropped. Returns whether it injected one.
+fn deliver_nmi(vmcs: &Vmcs, v: &mut VcpuState) -> bool {
+    let proc = vmcs.read(field::CPU_BASED_VM_EXEC_CONTROL);
+    let virtual_nmis = vmcs.read(field::PIN_BASED_VM_EXEC_CONTROL) & pin_based::VIRTUAL_NMIS != 0;
+    let mut window = false;
+    let mut injected = false;
+    if v.nmi && !virtual_nmis {
+        v.nmi = false;
+    }
+    if v.nmi {
+        let busy = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD) & intr_info::VALID != 0;
+        let blocking = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO);
+        let shadow = blocking & (interruptibility::STI | interruptibility::MOV_SS) != 0;
+        if blocking & interruptibility::NMI != 0 {
+            window = !shadow;
+        } else if !busy && !shadow {
+            vmcs.write(
+                field::VM_ENTRY_INTR_INFO_FIELD,
+                u32::from(vector::NMI) | intr_info::TYPE_NMI | intr_info::VALID,
+            );
+            v.nmi = false;
+            injected = true;
+        }
+    }
+    let wanted = if window {
+        proc | cpu_based::NMI_WINDOW_EXITING
+    } else {
+        proc & !cpu_based::NMI_WINDOW_EXITING
+    };
+    if wanted != proc {
+        vmcs.write(field::CPU_BASED_VM_EXEC_CONTROL, wanted);
+    }
+    injected
 }
 
 /// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
@@ -483,6 +536,12 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     // run then ended) is delivered at this entry, unless Dom0 gave the vCPU a new state.
     if reloaded {
         vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
+        // A new state (INIT/SIPI, or Dom0's) is in no NMI handler.
+        let blocking = vmx.vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO);
+        vmx.vmcs.write(
+            field::GUEST_INTERRUPTIBILITY_INFO,
+            blocking & !interruptibility::NMI,
+        );
     }
     // SAFETY: In VMX root operation with EPT (domains need it). A new domain may reuse a freed
     // domain's table pages: drop cached translations.
@@ -544,6 +603,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
                 .write(field::GUEST_ACTIVITY_STATE, FORCED_FAILURE_ACTIVITY);
         }
         v.drop_stale_irq(domain);
+        let nmi_injected = deliver_nmi(&vmx.vmcs, v);
         deliver_irq(&vmx.vmcs, v);
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
@@ -552,6 +612,8 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             vmx.vmcs.write(field::GUEST_ACTIVITY_STATE, 0);
         }
         if failed != 0 {
+            // Not delivered: the NMI stays pending.
+            v.nmi |= nmi_injected;
             let error: u64 = vmx.vmcs.read(field::VM_INSTRUCTION_ERROR).into();
             v.exit = UserExit::EntryFailure {
                 reason: 0xffff_ffff | (error << 32),
@@ -562,6 +624,13 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         }
         launched = true;
         let (exit, reason) = decode(&vmx.vmcs);
+        if matches!(exit, Exit::EntryFailure { .. }) {
+            v.nmi |= nmi_injected;
+        }
+        if reason & 0xffff == EXIT_NMI_WINDOW {
+            // The guest takes NMIs again: the next entry injects the pending one.
+            continue;
+        }
         if exit == Exit::Nmi {
             // The exit consumed the NMI: it is Dom0's, at its next entry.
             nmi_pending.store(true, Ordering::Relaxed);
