@@ -12,6 +12,12 @@ export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
 # --target keeps these flags off build scripts and proc macros, and in a target dir of its own.
 HOST_TARGET := x86_64-unknown-linux-gnu
 KEELCTL := target/$(HOST_TARGET)/release/keelctl
+# `make install`: keelctl, keel-domd and keel-xenstored into $(DESTDIR)$(SBINDIR) (side by
+# side: each finds the next beside itself), and keel-xenstored's systemd unit into
+# $(DESTDIR)$(UNITDIR).
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+UNITDIR ?= /etc/systemd/system
 
 all: module tool selftests
 
@@ -39,6 +45,14 @@ tool:
 selftests:
 	$(MAKE) -C selftests KSRC=$(KSRC)
 
+install: tool
+	install -D -m 755 -t $(DESTDIR)$(SBINDIR) target/$(HOST_TARGET)/release/keelctl \
+		target/$(HOST_TARGET)/release/keel-domd target/$(HOST_TARGET)/release/keel-xenstored
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@SBINDIR@|$(SBINDIR)|' tools/keel-xenstored/keel-xenstored.service \
+		>$(DESTDIR)$(UNITDIR)/keel-xenstored.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/keel-xenstored.service
+
 check:
 	scripts/test
 
@@ -47,4 +61,4 @@ clean:
 	$(MAKE) -C selftests clean
 	cargo clean
 
-.PHONY: all kernel module module-clean module-lint tool selftests check clean
+.PHONY: all kernel module module-clean module-lint tool selftests install check clean

@@ -284,3 +284,50 @@ fn version_and_help() {
         "{help}"
     );
 }
+
+/// The systemd unit (`keel-xenstored.service`, installed by `make install`): with the
+/// binary's directory for `@SBINDIR@` it passes `systemd-analyze verify`, and its ExecStart
+/// line, on a temporary socket, runs a daemon that serves and stops on SIGTERM.
+#[test]
+fn the_systemd_unit_verifies_and_its_command_serves() {
+    let unit = include_str!("../keel-xenstored.service");
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let dir = temp_dir("unit");
+    let text = unit.replace("@SBINDIR@", bin_dir.to_str().expect("a UTF-8 path"));
+    let path = dir.join("keel-xenstored.service");
+    std::fs::write(&path, &text).expect("unit written");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd package)");
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !complaints.contains("keel-xenstored.service"),
+        "systemd-analyze verify: {} {complaints}",
+        out.status
+    );
+    let exec = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let socket = dir.join("xs.sock");
+    let mut words: Vec<String> = exec.split_whitespace().map(String::from).collect();
+    let at = words.iter().position(|w| w == "--socket").expect("--socket in ExecStart");
+    words[at + 1] = socket.to_str().expect("a UTF-8 path").into();
+    let mut child = Command::new(&words[0])
+        .args(&words[1..])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ExecStart's command starts");
+    wait_for(&socket);
+    let mut c = Client::connect(&socket).expect("connects");
+    c.write(NONE, "/unit-test", b"up").expect("write");
+    assert_eq!(c.read(NONE, "/unit-test").expect("read"), b"up");
+    drop(c);
+    // SAFETY: kill with our own child's pid and a valid signal touches no memory.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("waited");
+    assert!(status.success(), "SIGTERM ends it cleanly: {status}");
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
