@@ -313,7 +313,10 @@ fn the_systemd_unit_verifies_and_its_command_serves() {
         .expect("an ExecStart line");
     let socket = dir.join("xs.sock");
     let mut words: Vec<String> = exec.split_whitespace().map(String::from).collect();
-    let at = words.iter().position(|w| w == "--socket").expect("--socket in ExecStart");
+    let at = words
+        .iter()
+        .position(|w| w == "--socket")
+        .expect("--socket in ExecStart");
     words[at + 1] = socket.to_str().expect("a UTF-8 path").into();
     let mut child = Command::new(&words[0])
         .args(&words[1..])
