@@ -188,7 +188,7 @@ static GUEST_CODE void guest_upcall_vector(void)
 	GUEST_ASSERT_EQ(xen_bind_ipi(0, &port, SCRATCH), 0);
 	GUEST_ASSERT_EQ(xen_port_op(EVTCHNOP_send, port, SCRATCH), 0);
 	GUEST_ASSERT_EQ(*upcall, 1);
-	GUEST_ASSERT((apic_read(APIC_IRR + 0x10 * (vec / 32)) >> (vec % 32)) & 1);
+	GUEST_ASSERT(apic_bit(APIC_IRR, vec));
 	/* Taken once (the handler EOIs, as Linux's does before it takes the upcall): the upcall
 	 * still pending asks for nothing more, it is an edge. */
 	irq_window();

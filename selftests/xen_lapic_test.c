@@ -35,11 +35,6 @@
 /* ---------------------------------------------------------------------------------------
  * Guest code (long mode). */
 
-GUEST_INLINE bool apic_bit(uint32_t base, uint32_t vector)
-{
-	return (apic_read(base + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
-}
-
 GUEST_INLINE int64_t is_up(uint32_t vcpu)
 {
 	return xen_hc(HC_vcpu_op, VCPUOP_is_up, vcpu, 0);

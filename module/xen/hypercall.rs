@@ -292,10 +292,6 @@ fn hvm_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
         hvmop::SET_EVTCHN_UPCALL_VECTOR => {
             let b = g.get::<8>(arg)?;
             let op = XenHvmEvtchnUpcallVector::from_bytes(&b).ok_or(Errno::EFAULT)?;
-            // Xen checks the vector first, then the vCPU.
-            if op.vector < 0x10 {
-                return Err(Errno::EINVAL);
-            }
             x.set_upcall_vector(op.vcpu, op.vector)?;
             Ok(0)
         }

@@ -789,6 +789,7 @@ impl Xen {
     /// `HVMOP_set_evtchn_upcall_vector`: vCPU `v`'s upcalls go to `vector` through its local
     /// APIC from now on (a pending one too, at its next entry).
     pub(crate) fn set_upcall_vector(&self, v: u32, vector: u8) -> Result<(), Errno> {
+        // Xen checks the vector first, then the vCPU.
         if vector < 0x10 {
             return Err(Errno::EINVAL);
         }

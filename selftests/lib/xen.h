@@ -570,6 +570,12 @@ GUEST_INLINE void apic_write(uint32_t reg, uint32_t value)
 	*(volatile uint32_t *)(APIC_BASE + reg) = value;
 }
 
+/* Bit `vector` of the 256-bit APIC register array at `base` (APIC_IRR, APIC_ISR). */
+GUEST_INLINE bool apic_bit(uint32_t base, uint32_t vector)
+{
+	return (apic_read(base + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
+
 GUEST_INLINE void apic_icr(uint32_t dest, uint32_t low)
 {
 	apic_write(APIC_ICR_HIGH, dest << 24);

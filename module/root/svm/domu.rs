@@ -97,7 +97,7 @@ fn deliver_nmi(vm: &mut layout::Vmcb, nmi: &mut bool, masked: &mut bool) -> bool
 /// Offers the run loop's pending interrupt (`VcpuState::irq`) as a virtual interrupt (V_IRQ
 /// with its vector) if the guest takes interrupts now (RFLAGS.IF, no interrupt shadow, no
 /// other event being injected): the processor takes it at the first instruction boundary and
-/// clears V_IRQ ([`took_irq`] tells after the exit). Otherwise asks for a VINTR exit (the same
+/// clears V_IRQ (checked after the exit, with [`irq_in_delivery`]). Otherwise asks for a VINTR exit (the same
 /// request, intercepted), after which the next entry tries again. Returns whether it offered.
 ///
 /// Not EVENTINJ: QEMU's VMRUN delivers an injected interrupt at once but leaves its vector as
@@ -129,19 +129,14 @@ fn deliver_irq(vm: &mut layout::Vmcb, irq: u16) -> bool {
 /// After an exit: whether the exit interrupted the delivery of the virtual interrupt
 /// [`deliver_irq`] offered with `vector` (in `exit_int_info` as an external interrupt; QEMU,
 /// which also leaves V_IRQ set then, names it an exception). It is offered again, as a virtual
-/// interrupt, rather than re-injected through EVENTINJ (see [`deliver_irq`]).
+/// interrupt, rather than re-injected through EVENTINJ (see [`deliver_irq`]). Otherwise the
+/// guest took the offer if the processor cleared V_IRQ.
 fn irq_in_delivery(c: &layout::VmcbControl, vector: u8) -> bool {
     let info = c.exit_int_info;
     let kind = info & (7 << 8);
     info & event::VALID != 0
         && info & 0xff == u32::from(vector)
         && (kind == EVENT_TYPE_INTR || kind == event::TYPE_EXCEPTION)
-}
-
-/// After an exit: whether the guest took the virtual interrupt [`deliver_irq`] offered with
-/// `vector`: the processor clears V_IRQ when it takes it, and the delivery completed.
-fn took_irq(c: &layout::VmcbControl, vector: u8) -> bool {
-    c.int_ctl & V_IRQ == 0 && !irq_in_delivery(c, vector)
 }
 
 /// Sets up the VMCB controls and maps of a vCPU, once.
@@ -381,16 +376,17 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         c.tlb_ctl = 0;
         c.event_inj = 0;
         let exit = Exit::from_svm(c.exit_code, c.exit_info_1, c.exit_info_2);
+        let refused = matches!(exit, Exit::EntryFailure { .. });
         // A refused VMRUN delivers nothing (and QEMU's may clear int_ctl).
-        if nmi_injected && matches!(exit, Exit::EntryFailure { .. }) {
+        if nmi_injected && refused {
             v.nmi = true;
             v.nmi_masked = false;
         }
-        if offered && !matches!(exit, Exit::EntryFailure { .. }) && took_irq(c, v.irq as u8) {
+        let offered_again = offered && irq_in_delivery(c, v.irq as u8);
+        if offered && !refused && !offered_again && c.int_ctl & V_IRQ == 0 {
             v.injected = v.irq;
             v.irq = 0;
         }
-        let offered_again = offered && irq_in_delivery(c, v.irq as u8);
         c.int_ctl &= !V_IRQ_WINDOW;
         // An event whose delivery the exit interrupted is delivered again (NMIs, hardware
         // exceptions and interrupts; a software interrupt's instruction simply runs again),
@@ -403,7 +399,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         }
         if c.exit_int_info & event::VALID != 0
             && !offered_again
-            && (kind == 2 << 8 || kind == event::TYPE_EXCEPTION || kind == EVENT_TYPE_INTR)
+            && (kind == EVENT_TYPE_NMI || kind == event::TYPE_EXCEPTION || kind == EVENT_TYPE_INTR)
         {
             let error = if kind == EVENT_TYPE_INTR {
                 0
@@ -414,7 +410,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
             c.event_inj_err = c.exit_int_info_err;
         }
         let raw_reason = c.exit_code;
-        if !matches!(exit, Exit::EntryFailure { .. }) {
+        if !refused {
             v.regs.gpr[RAX] = vm.save.rax;
         }
         if raw_reason == EXIT_IRET {
@@ -425,11 +421,7 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
             continue;
         }
         // A refused VMRUN may leave the host's state in the save area (QEMU does).
-        let rip = if matches!(exit, Exit::EntryFailure { .. }) {
-            v.arch.rip
-        } else {
-            vm.save.rip
-        };
+        let rip = if refused { v.arch.rip } else { vm.save.rip };
         let action = exit::handle(
             &mut v.domu(
                 |page, held| svm_hw(page, held, nrip_save),

@@ -390,7 +390,6 @@ const EXIT_NMI_WINDOW: u32 = 8;
 /// next exit of any kind tries again. Without virtual NMIs (nothing would unblock NMIs at the
 /// guest's IRET) the NMI is dropped. Returns whether it injected one.
 fn deliver_nmi(vmcs: &Vmcs, v: &mut VcpuState) -> bool {
-    let proc = vmcs.read(field::CPU_BASED_VM_EXEC_CONTROL);
     let virtual_nmis = vmcs.read(field::PIN_BASED_VM_EXEC_CONTROL) & pin_based::VIRTUAL_NMIS != 0;
     let mut window = false;
     let mut injected = false;
@@ -412,22 +411,24 @@ fn deliver_nmi(vmcs: &Vmcs, v: &mut VcpuState) -> bool {
             injected = true;
         }
     }
-    let wanted = if window {
-        proc | cpu_based::NMI_WINDOW_EXITING
-    } else {
-        proc & !cpu_based::NMI_WINDOW_EXITING
-    };
+    set_window(vmcs, cpu_based::NMI_WINDOW_EXITING, window);
+    injected
+}
+
+/// Sets or clears one window-exiting bit of the primary processor-based controls, writing
+/// the field only when it changes.
+fn set_window(vmcs: &Vmcs, bit: u32, on: bool) {
+    let proc = vmcs.read(field::CPU_BASED_VM_EXEC_CONTROL);
+    let wanted = if on { proc | bit } else { proc & !bit };
     if wanted != proc {
         vmcs.write(field::CPU_BASED_VM_EXEC_CONTROL, wanted);
     }
-    injected
 }
 
 /// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
 /// now (RFLAGS.IF, no STI or MOV SS shadow, no other event being injected); otherwise asks for
 /// an interrupt-window exit, after which the next entry tries again.
 fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
-    let proc = vmcs.read(field::CPU_BASED_VM_EXEC_CONTROL);
     let mut want_window = false;
     if v.irq & IRQ_VALID != 0 {
         let busy = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD) & intr_info::VALID != 0;
@@ -446,14 +447,7 @@ fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
             want_window = true;
         }
     }
-    let wanted = if want_window {
-        proc | cpu_based::INTR_WINDOW_EXITING
-    } else {
-        proc & !cpu_based::INTR_WINDOW_EXITING
-    };
-    if wanted != proc {
-        vmcs.write(field::CPU_BASED_VM_EXEC_CONTROL, wanted);
-    }
+    set_window(vmcs, cpu_based::INTR_WINDOW_EXITING, want_window);
 }
 
 /// Decodes the exit of the current VMCS.
