@@ -228,8 +228,8 @@ gone() {
     echo "$1 still there after $2 s:"; keelctl list; return 1
 }
 
-# SMP: nproc is the vCPU count, a parallel job uses every vCPU, the clock is Dom0's, and
-# poweroff inside ends the domain (on_poweroff = "destroy").
+# SMP: nproc is the vCPU count, a parallel job uses every vCPU, the clock is Dom0's, the
+# local APIC is in x2APIC mode, and poweroff inside ends the domain (on_poweroff = "destroy").
 smp() {
     need_domu || return $?
     vcpus=$1
@@ -241,6 +241,9 @@ smp() {
     wait_for smp$vcpus "keel-domu: parallel" 600 || return 1
     f=/var/log/keel/smp$vcpus.log
     tr -d '\r' <$f | grep -q "keel-domu: nproc $vcpus\$" || { grep keel-domu $f; return 1; }
+    # Linux takes the x2APIC that CPUID offers (Xen's x2apic_available), and starts its
+    # other vCPUs through the x2APIC's ICR.
+    grep -q "x2apic enabled" $f || { grep -i apic $f; return 1; }
     them=$(sed -n 's/^keel-domu: date \([0-9]*\).*/\1/p' $f | tr -d '\r')
     [ -n "$them" ] && [ $((us - them)) -le 2 ] && [ $((them - us)) -le 1 ] ||
         { echo "DomU date '$them', Dom0 $us"; return 1; }

@@ -11,9 +11,15 @@
  * signal. Port I/O reads all-ones and a read of an unmapped hole too, with no exit to Dom0
  * (writes dropped), while a KEEL_RANGE_MMIO range still exits. The APIC timer (one-shot)
  * interrupts a vCPU asleep in HLT and one that runs. A self IPI before STI; HLT is taken
- * exactly once per round, hundreds of rounds. Runs inside the test VM, as
- * root, after keel.ko is loaded.
+ * exactly once per round, hundreds of rounds. x2APIC: CPUID offers it; IA32_APIC_BASE reads
+ * the xAPIC enabled (BSP on vCPU 0) and switches to x2APIC mode; the MSRs then read the
+ * 32-bit ID, the version and the cluster LDR; a self IPI through SELF IPI and fixed IPIs and
+ * INIT/SIPI through the 64-bit ICR (destination in the high half), EOI by MSR; every refused
+ * access #GPs (x2APIC MSRs in xAPIC mode, EOI read, reserved bits, a read-only register,
+ * x2APIC straight back to xAPIC), and disabling the APIC leaves them all refused. Runs inside
+ * the test VM, as root, after keel.ko is loaded.
  */
+#include <cpuid.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -221,6 +227,138 @@ static GUEST_CODE void guest_nmi_self(void)
 	GUEST_DONE();
 }
 
+/* x2APIC mode, through the MSRs. */
+#define MSR_APIC_BASE 0x1b
+#define X2APIC_MSR(reg) (0x800 + ((reg) >> 4))
+#define APIC_BASE_BSP  0x100ULL
+#define APIC_BASE_EXTD 0x400ULL
+#define APIC_BASE_EN   0x800ULL
+#define APIC_SELF_IPI  0x3f0
+
+GUEST_INLINE uint64_t rdmsr(uint32_t msr)
+{
+	uint32_t lo, hi;
+
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr) : "memory");
+	return ((uint64_t)hi << 32) | lo;
+}
+
+GUEST_INLINE void wrmsr(uint32_t msr, uint64_t v)
+{
+	__asm__ volatile("wrmsr" ::"c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)) : "memory");
+}
+
+/* Whether RDMSR (write false) or WRMSR of `msr` on vCPU `n` raises #GP (then skipped). */
+GUEST_INLINE bool msr_gp(uint32_t n, uint32_t msr, bool write, uint64_t v)
+{
+	uint64_t before = XEN_IRQ(n)->gp_count;
+
+	XEN_IRQ(n)->gp_expect = 1;
+	if (write)
+		wrmsr(msr, v);
+	else
+		(void)rdmsr(msr);
+	XEN_IRQ(n)->gp_expect = 0;
+	return XEN_IRQ(n)->gp_count == before + 1;
+}
+
+/* Bit `vector` of the 256-bit register array at `base` (APIC_IRR, APIC_ISR), by MSR. */
+GUEST_INLINE bool x2apic_bit(uint32_t base, uint32_t vector)
+{
+	return (rdmsr(X2APIC_MSR(base + 0x10 * (vector / 32))) >> (vector % 32)) & 1;
+}
+
+GUEST_INLINE void x2apic_enable(uint32_t n)
+{
+	uint64_t base = 0xfee00000ULL | APIC_BASE_EN | (n ? 0 : APIC_BASE_BSP);
+
+	GUEST_ASSERT_EQ(rdmsr(MSR_APIC_BASE), base);
+	wrmsr(MSR_APIC_BASE, base | APIC_BASE_EXTD);
+	GUEST_ASSERT_EQ(rdmsr(MSR_APIC_BASE), base | APIC_BASE_EXTD);
+	XEN_IRQ(n)->x2apic = 1;
+	/* The 32-bit ID; the logical ID: cluster (ID[19:4]) and bit ID[3:0]. */
+	GUEST_ASSERT_EQ(rdmsr(X2APIC_MSR(APIC_ID)), n);
+	GUEST_ASSERT_EQ(rdmsr(X2APIC_MSR(0xd0)), 1u << n);
+	GUEST_ASSERT_EQ(rdmsr(X2APIC_MSR(APIC_VERSION)) & 0xff, 0x14);
+	wrmsr(X2APIC_MSR(APIC_SVR), 0x1ff);
+	/* The xAPIC page is gone: it reads all-ones like a hole. */
+	GUEST_ASSERT_EQ(apic_read(APIC_ID), 0xffffffff);
+}
+
+static GUEST_CODE void guest_x2apic_ap(uint64_t unused)
+{
+	(void)unused;
+	x2apic_enable(1);
+	*AP_READY = 1;
+	while (XEN_IRQ(1)->lapic_count < 1)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	GUEST_ASSERT(!x2apic_bit(APIC_ISR, VEC_FIXED));
+	GUEST_ASSERT(spin_until_eq(AP_CMD, 1, SPINS));
+	__asm__ volatile("cli; hlt" ::: "memory");
+	GUEST_ASSERT(0);
+}
+
+static GUEST_CODE void guest_x2apic(void)
+{
+	uint32_t r[4];
+
+	__cpuid_count(1, 0, r[0], r[1], r[2], r[3]);
+	GUEST_ASSERT(r[2] & (1u << 21));
+	/* xAPIC mode: the x2APIC MSRs are refused. */
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_ID), false, 0));
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_SVR), true, 0x1ff));
+	/* EXTD without EN, and a moved base, are refused. */
+	GUEST_ASSERT(msr_gp(0, MSR_APIC_BASE, true, 0xfee00000ULL | APIC_BASE_EXTD));
+	GUEST_ASSERT(msr_gp(0, MSR_APIC_BASE, true, 0xfed00000ULL | APIC_BASE_EN));
+	x2apic_enable(0);
+
+	/* A self IPI by the SELF IPI register: pending while interrupts are off, then taken;
+	 * the handler's EOI (by MSR) clears ISR. */
+	wrmsr(X2APIC_MSR(APIC_SELF_IPI), VEC_SELF);
+	GUEST_ASSERT(x2apic_bit(APIC_IRR, VEC_SELF));
+	irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT(!x2apic_bit(APIC_IRR, VEC_SELF));
+	GUEST_ASSERT(!x2apic_bit(APIC_ISR, VEC_SELF));
+	/* ... and by the ICR's self shorthand. */
+	wrmsr(X2APIC_MSR(APIC_ICR_LOW), APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+	irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
+
+	/* Refused: reading EOI (write-only), a non-zero EOI, writing the ID, reserved bits of
+	 * the ICR and of SVR, a register that is not there, the xAPIC-only ICR high. */
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_EOI), false, 0));
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_EOI), true, 1));
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_ID), true, 5));
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_ICR_LOW), true, 1u << 20 | VEC_SELF));
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_SVR), true, 1u << 20));
+	GUEST_ASSERT(msr_gp(0, 0x801, false, 0));
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_ICR_HIGH), false, 0));
+	/* x2APIC cannot go straight back to xAPIC. */
+	GUEST_ASSERT(msr_gp(0, MSR_APIC_BASE, true, 0xfee00000ULL | APIC_BASE_EN | APIC_BASE_BSP));
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
+
+	/* INIT/SIPI and a fixed IPI to vCPU 1 through the 64-bit ICR. */
+	wrmsr(X2APIC_MSR(APIC_ICR_LOW), (1ULL << 32) | APIC_DM_INIT | APIC_LEVEL_ASSERT);
+	wrmsr(X2APIC_MSR(APIC_ICR_LOW), (1ULL << 32) | APIC_DM_SIPI | XEN_AP_VECTOR);
+	GUEST_ASSERT(spin_until_eq(AP_READY, 1, SPINS));
+	wrmsr(X2APIC_MSR(APIC_ICR_LOW), (1ULL << 32) | APIC_DM_FIXED | VEC_FIXED);
+	GUEST_ASSERT(spin_until_eq(&XEN_IRQ(1)->lapic_count, 1, SPINS));
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
+
+	/* Disabled: every x2APIC MSR is refused; enabling xAPIC mode again works. */
+	wrmsr(MSR_APIC_BASE, 0xfee00000ULL | APIC_BASE_BSP);
+	XEN_IRQ(0)->x2apic = 0;
+	GUEST_ASSERT(msr_gp(0, X2APIC_MSR(APIC_ID), false, 0));
+	wrmsr(MSR_APIC_BASE, 0xfee00000ULL | APIC_BASE_EN | APIC_BASE_BSP);
+	GUEST_ASSERT_EQ(apic_read(APIC_ID) >> 24, 0);
+
+	*AP_CMD = 1;
+	for (uint64_t i = 0; is_up(1); i++)
+		GUEST_ASSERT(i < 1000000);
+	GUEST_DONE();
+}
+
 /* ---------------------------------------------------------------------------------------
  * Tests. */
 
@@ -325,6 +463,24 @@ TEST_F(domain, nmi_self_not_nested)
 
 	xen_setup_vcpu0(vm, guest_nmi_self);
 	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	vm_destroy(vm);
+}
+
+TEST_F(domain, x2apic_msrs_ipis_and_refusals)
+{
+	struct keel_vm *vm = vm_create_xen("xen-x2apic", 2, SZ_1M);
+	struct xen_runner ap;
+
+	xen_install_sigusr1();
+	xen_setup_vcpu0(vm, guest_x2apic);
+	xen_setup_ap(vm, guest_x2apic_ap, 0);
+	xen_runner_start(&ap, vm->vcpus[1], true);
+	ASSERT_TRUE(xen_wait_running(vm, 1, 2000));
+	ASSERT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], NULL));
+	pthread_kill(ap.tid, SIGUSR1);
+	xen_runner_join(&ap);
+	EXPECT_EQ(EINTR, ap.err);
+	EXPECT_FALSE(ap.done);
 	vm_destroy(vm);
 }
 

@@ -31,7 +31,7 @@ impl Vcpu {
         // The data of the exit userspace served (an exit the run loop served has its data).
         if s.user_completion {
             s.completion_data = match s.completion {
-                Completion::None => 0,
+                Completion::None | Completion::Msr { .. } | Completion::GeneralProtection => 0,
                 Completion::IoIn { .. } => io,
                 Completion::MmioRead(_) => mmio,
                 Completion::Hypercall { .. } => hc,
@@ -174,7 +174,8 @@ fn exit_record(s: &VcpuState, id: u32, interrupted: bool) -> uapi::keel_exit {
     }
     let u = &mut e.__bindgen_anon_1;
     e.reason = match s.exit {
-        UserExit::None => uapi::KEEL_EXIT_NONE,
+        // The run loop serves every MSR exit.
+        UserExit::None | UserExit::Msr { .. } => uapi::KEEL_EXIT_NONE,
         UserExit::Hlt => uapi::KEEL_EXIT_HLT,
         UserExit::Io {
             port,

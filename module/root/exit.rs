@@ -62,6 +62,9 @@ pub(crate) enum UserExit {
         read: bool,
         data: u64,
     },
+    /// RDMSR/WRMSR of an MSR a Xen domain's local APIC model serves (IA32_APIC_BASE and the
+    /// x2APIC range): the run loop answers it and never passes it to userspace.
+    Msr { index: u32, write: bool, value: u64 },
     /// A hypercall Keel does not handle.
     Hypercall {
         nr: u64,
@@ -100,6 +103,17 @@ pub(crate) trait Ctx {
     fn rdmsr(&mut self, index: u32) -> Option<u64>;
     /// WRMSR of an MSR that exits; false raises #GP.
     fn wrmsr(&mut self, index: u32, value: u64) -> bool;
+    /// RDMSR/WRMSR of an MSR that the run loop serves rather than root mode (`value`: what
+    /// WRMSR writes); `None` leaves it to [`Ctx::rdmsr`] and [`Ctx::wrmsr`].
+    fn msr_to_run_loop(
+        &mut self,
+        _index: u32,
+        _write: bool,
+        _value: u64,
+        _exit: &Exit,
+    ) -> Option<Action> {
+        None
+    }
     /// VMCALL or VMMCALL.
     fn hypercall(&mut self) -> Action;
     /// The exiting instruction's length when the hardware does not report it (SVM without
@@ -336,7 +350,7 @@ fn set_gpr<C: Ctx>(c: &mut C, n: u8, value: u64) {
 /// Raises #GP(0) in the guest. A real-mode guest (CR0.PE clear) gets it without the error
 /// code: real-mode exceptions push none, and VMX's checks on VM-entry event injection refuse
 /// "deliver error code" while CR0.PE is clear (SDM Vol. 3C, VM-entry control checks).
-fn general_protection<C: Ctx>(c: &mut C) {
+pub(crate) fn general_protection<C: Ctx>(c: &mut C) {
     let protected = c.hw_ref().control_regs().cr0 & cr0::PE != 0;
     c.hw().inject(vector::GP, protected.then_some(0));
 }
@@ -409,8 +423,11 @@ fn xsetbv<C: Ctx>(c: &mut C, exit: &Exit) -> Action {
 /// RDMSR/WRMSR of an MSR that exits: the domain's policy decides; a refusal is #GP.
 fn msr<C: Ctx>(c: &mut C, exit: &Exit, write: bool) -> Action {
     let index = c.regs().gpr[RCX] as u32;
+    let value = if write { edx_eax(c.regs()) } else { 0 };
+    if let Some(action) = c.msr_to_run_loop(index, write, value, exit) {
+        return action;
+    }
     if write {
-        let value = edx_eax(c.regs());
         if !c.wrmsr(index, value) {
             general_protection(c);
             return Action::Resume;

@@ -209,6 +209,10 @@ pub(crate) enum Completion {
     MmioRead(MmioInsn),
     /// A hypercall Dom0 answers (the result goes to RAX), `len` bytes long.
     Hypercall { len: u8 },
+    /// An MSR access the run loop served, `len` bytes long (a read's value goes to EDX:EAX).
+    Msr { read: bool, len: u8 },
+    /// The run loop refused the access that exited: #GP instead of completing it.
+    GeneralProtection,
 }
 
 /// One vCPU's state, in one physically contiguous allocation the module owns.
@@ -628,6 +632,17 @@ impl<H: Hal> Domu<'_, H> {
                 self.regs.gpr[RAX] = data;
                 len
             }
+            Completion::Msr { read, len } => {
+                if read {
+                    self.regs.gpr[RAX] = data & 0xffff_ffff;
+                    self.regs.gpr[RDX] = data >> 32;
+                }
+                len
+            }
+            Completion::GeneralProtection => {
+                exit::general_protection(self);
+                return;
+            }
         };
         let rip = self.hw.rip().wrapping_add(len.into());
         self.hw.set_rip(rip);
@@ -671,17 +686,6 @@ impl<H: Hal> Domu<'_, H> {
         let rip = self.hw.rip().wrapping_add(len.into());
         self.hw.set_rip(rip);
         Action::Resume
-    }
-
-    /// IA32_APIC_BASE of a Xen domain's vCPU: the xAPIC enabled at its default base, BSP on
-    /// vCPU 0.
-    fn apic_base(&self) -> u64 {
-        let bsp = if self.vcpu_id == 0 {
-            lapic::apic_base::BSP
-        } else {
-            0
-        };
-        lapic::DEFAULT_BASE | lapic::apic_base::EN | bsp
     }
 
     /// Ends the run with an exit for userspace.
@@ -742,11 +746,14 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         });
         if leaf == 1 {
             // ECX.OSXSAVE (27) mirrors CR4.OSXSAVE; ECX.MONITOR (3): MONITOR/MWAIT are refused;
-            // the local APIC is Keel's xAPIC (no x2APIC (21), no TSC-deadline mode (24)),
-            // whose ID is the vCPU id (EBX 31:24, as in the MADT).
+            // the local APIC is a Xen domain's model, with x2APIC (21) but no TSC-deadline
+            // mode (24), whose ID is the vCPU id (EBX 31:24, as in the MADT).
             r[2] &= !((1 << 27) | (1 << 3) | (1 << 21) | (1 << 24));
             if cr4 & cr4::OSXSAVE != 0 {
                 r[2] |= 1 << 27;
+            }
+            if self.domain.xen {
+                r[2] |= 1 << 21;
             }
             r[1] = (r[1] & 0x00ff_ffff) | (self.vcpu_id << 24);
         } else if leaf == 0xb || leaf == 0x1f {
@@ -782,7 +789,6 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             msr::EFER => Some(self.hw.control_regs().efer),
             msr::IA32_PAT => Some(self.hw.pat()),
             msr::IA32_TSC => Some(x86::rdtsc()),
-            msr::IA32_APIC_BASE if self.domain.xen => Some(self.apic_base()),
             // What Xen gives an HVM guest: fast strings, no BTS or PEBS (Linux reads it with
             // no fault handler in its first instructions on Intel); MTRRs present with no
             // ranges and the default type write-back, enabled.
@@ -808,8 +814,6 @@ impl<H: Hal> Ctx for Domu<'_, H> {
                 true
             }
             xen::cpuid::HYPERCALL_PAGE_MSR => self.install_hypercall_page(value),
-            // The xAPIC stays enabled where it is (no x2APIC, no relocation).
-            msr::IA32_APIC_BASE if self.domain.xen => value == self.apic_base(),
             // Xen ignores these writes from a guest.
             msr::IA32_MISC_ENABLE | msr::MTRR_DEF_TYPE | msr::AMD_INT_PENDING_MSG
                 if self.domain.xen =>
@@ -818,6 +822,35 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             }
             _ => false,
         }
+    }
+
+    /// A Xen domain's IA32_APIC_BASE and x2APIC registers belong to its local APIC model,
+    /// which the run loop holds (as it holds the xAPIC page).
+    fn msr_to_run_loop(
+        &mut self,
+        index: u32,
+        write: bool,
+        value: u64,
+        exit: &Exit,
+    ) -> Option<Action> {
+        if !self.domain.xen
+            || !(index == msr::IA32_APIC_BASE
+                || (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&index))
+        {
+            return None;
+        }
+        let Some(len) = self.hw.insn_len().or_else(|| self.decode_len(exit)) else {
+            return Some(self.length_unknown(exit));
+        };
+        *self.completion = Completion::Msr {
+            read: !write,
+            len: len as u8,
+        };
+        Some(self.exit_to_user(UserExit::Msr {
+            index,
+            write,
+            value,
+        }))
     }
 
     fn hypercall(&mut self) -> Action {

@@ -32,6 +32,7 @@ use kernel::{
 };
 
 use crate::keel_core::{
+    arch::msr,
     lapic::{self, Lapic},
     xen::{
         abi::{runstate, Errno, SharedInfoLayout, Width},
@@ -342,7 +343,7 @@ impl Xen {
             let mut lapic = Lapic::new(lapic::Config {
                 apic_id: id,
                 bsp: id == 0,
-                x2apic: false,
+                x2apic: true,
                 tsc_deadline: false,
                 tsc_per_bus_cycle: 1,
             });
@@ -865,6 +866,11 @@ impl Xen {
                 let wake = self.lapic_mmio(v, s, gpa & 0xfff, size, read, data);
                 Ok((Handled::Resume, wake))
             }
+            UserExit::Msr {
+                index,
+                write,
+                value,
+            } => Ok((Handled::Resume, self.lapic_msr(v, s, index, write, value))),
             _ => Ok((Handled::ToUser, WakeSet::default())),
         }
     }
@@ -966,21 +972,57 @@ impl Xen {
         let effect = inner.vcpus[v as usize]
             .lapic
             .mmio_write(offset, size, data, now);
-        let mut wake = WakeSet::default();
-        if let lapic::Effect::SendIpi(ipi) = effect {
-            let mut addressing = [lapic::Addressing::default(); 64];
-            let n = inner.vcpus.len().min(64);
-            for (a, x) in addressing.iter_mut().zip(inner.vcpus.iter()) {
-                *a = x.lapic.addressing();
+        deliver(&mut inner.vcpus, v, effect)
+    }
+
+    /// RDMSR or WRMSR of IA32_APIC_BASE or an x2APIC register: the value read goes to
+    /// `completion_data`; a refused access becomes #GP.
+    fn lapic_msr(&self, v: u32, s: &mut VcpuState, index: u32, write: bool, value: u64) -> WakeSet {
+        let now = x86::rdtsc();
+        let mut inner = self.inner.lock();
+        let apic = &mut inner.vcpus[v as usize].lapic;
+        let effect = match (index, write) {
+            (msr::IA32_APIC_BASE, true) => match apic.write_apic_base(value) {
+                Ok(()) => lapic::Effect::Done,
+                Err(lapic::Gp) => lapic::Effect::Gp,
+            },
+            (msr::IA32_APIC_BASE, false) => {
+                s.completion_data = apic.apic_base();
+                lapic::Effect::Done
             }
-            for t in ipi.targets(v as usize, &addressing[..n]).iter() {
-                if inner.vcpus[t].lapic.receive(&ipi) {
-                    wake.add(t as u32);
+            (_, true) => apic.wrmsr(index, value, now),
+            (_, false) => match apic.rdmsr(index, now) {
+                Ok(x) => {
+                    s.completion_data = x;
+                    lapic::Effect::Done
                 }
+                Err(lapic::Gp) => lapic::Effect::Gp,
+            },
+        };
+        if effect == lapic::Effect::Gp {
+            s.completion = Completion::GeneralProtection;
+        }
+        deliver(&mut inner.vcpus, v, effect)
+    }
+}
+
+/// What a local APIC access of vCPU `v` set off: an IPI received by its targets. Returns the
+/// vCPUs to wake.
+fn deliver(vcpus: &mut [VcpuXen], v: u32, effect: lapic::Effect) -> WakeSet {
+    let mut wake = WakeSet::default();
+    if let lapic::Effect::SendIpi(ipi) = effect {
+        let mut addressing = [lapic::Addressing::default(); 64];
+        let n = vcpus.len().min(64);
+        for (a, x) in addressing.iter_mut().zip(vcpus.iter()) {
+            *a = x.lapic.addressing();
+        }
+        for t in ipi.targets(v as usize, &addressing[..n]).iter() {
+            if vcpus[t].lapic.receive(&ipi) {
+                wake.add(t as u32);
             }
         }
-        wake
     }
+    wake
 }
 
 /// Puts a vCPU in real mode at a SIPI's start address (Xen's `hvm_vcpu_reset_state`: CS =

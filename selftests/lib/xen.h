@@ -234,6 +234,10 @@ struct xen_irq_state {
 	uint64_t nmi_nested;   /* 0x48: NMIs that came while the handler of another ran */
 	uint64_t nmi_in;       /* 0x50: the NMI handler runs */
 	uint64_t nmi_resend;   /* 0x58: the handler sends itself that many more NMIs (self IPI) */
+	uint64_t x2apic;       /* 0x60: the guest set it: the APIC handler EOIs by MSR (x2APIC) */
+	uint64_t gp_expect;    /* 0x68: the guest set it: the next #GP skips its 2-byte
+				*       instruction (RDMSR/WRMSR), counts and clears this */
+	uint64_t gp_count;     /* 0x70: #GPs skipped that way */
 };
 
 #define XEN_IRQ(n) ((volatile struct xen_irq_state *)XEN_IRQ_GPA(n))
@@ -282,10 +286,28 @@ asm(".pushsection .text\n"
     "	or %rdx, %rax\n"
     "	mov %rax, 0x6028 + \\cpu * 0x100\n"
     "	lock incq 0x6020 + \\cpu * 0x100\n"
+    "	cmpq $0, 0x6060 + \\cpu * 0x100\n"
+    "	jne 3f\n"
     "	mov $0xfee000b0, %eax\n"
     "	movl $0, (%rax)\n"
-    "	pop %rdx\n"
+    "	jmp 4f\n"
+    "3:	push %rcx\n"
+    "	mov $0x80b, %ecx\n"
+    "	xor %eax, %eax\n"
+    "	xor %edx, %edx\n"
+    "	wrmsr\n"
+    "	pop %rcx\n"
+    "4:	pop %rdx\n"
     "	pop %rax\n"
+    "	iretq\n"
+    ".globl xen_gp_handler_\\cpu\n"
+    "xen_gp_handler_\\cpu:\n"
+    "	cmpq $0, 0x6068 + \\cpu * 0x100\n"
+    "	je xen_exc_handler\n"
+    "	movq $0, 0x6068 + \\cpu * 0x100\n"
+    "	lock incq 0x6070 + \\cpu * 0x100\n"
+    "	addq $2, 8(%rsp)\n"
+    "	add $8, %rsp\n"
     "	iretq\n"
     ".globl xen_nmi_handler_\\cpu\n"
     "xen_nmi_handler_\\cpu:\n"
@@ -316,7 +338,8 @@ asm(".pushsection .text\n"
     ".popsection\n");
 
 extern const char xen_cb_handler_0[], xen_cb_handler_1[], xen_lapic_handler_0[],
-	xen_lapic_handler_1[], xen_nmi_handler_0[], xen_nmi_handler_1[], xen_exc_handler[];
+	xen_lapic_handler_1[], xen_nmi_handler_0[], xen_nmi_handler_1[], xen_gp_handler_0[],
+	xen_gp_handler_1[], xen_exc_handler[];
 
 /*
  * The AP trampoline, copied to XEN_AP_GPA: real mode (CS = XEN_AP_VECTOR << 8, as SIPI left
@@ -619,10 +642,12 @@ static inline void xen_write_idt(struct keel_vm *vm, uint32_t n)
 	const char *cb = n ? xen_cb_handler_1 : xen_cb_handler_0;
 	const char *lapic = n ? xen_lapic_handler_1 : xen_lapic_handler_0;
 	const char *nmi = n ? xen_nmi_handler_1 : xen_nmi_handler_0;
+	const char *gp = n ? xen_gp_handler_1 : xen_gp_handler_0;
 
 	memset(idt, 0, 4096);
 	for (int v = 0; v < 256; v++) {
 		const char *h = v == 2 ? nmi :
+				v == 13 ? gp :
 				v < 32 ? xen_exc_handler :
 				v == XEN_CB_VECTOR ? cb :
 				(v >= XEN_LAPIC_VECTOR0 && v < XEN_LAPIC_VECTOR0 + XEN_LAPIC_VECTORS) ?
