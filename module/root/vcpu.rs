@@ -825,7 +825,9 @@ impl<H: Hal> Ctx for Domu<'_, H> {
     }
 
     /// A Xen domain's IA32_APIC_BASE and x2APIC registers belong to its local APIC model,
-    /// which the run loop holds (as it holds the xAPIC page).
+    /// which the run loop holds (as it holds the xAPIC page). Its hypercall page is written
+    /// here, then the run loop latches the shared-info layout from the vCPU's mode, as Xen
+    /// does then.
     fn msr_to_run_loop(
         &mut self,
         index: u32,
@@ -833,11 +835,15 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         value: u64,
         exit: &Exit,
     ) -> Option<Action> {
-        if !self.domain.xen
-            || !(index == msr::IA32_APIC_BASE
-                || (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&index))
-        {
+        let apic =
+            index == msr::IA32_APIC_BASE || (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&index);
+        let page = index == xen::cpuid::HYPERCALL_PAGE_MSR && write;
+        if !self.domain.xen || !(apic || page) {
             return None;
+        }
+        if page && !self.install_hypercall_page(value) {
+            exit::general_protection(self);
+            return Some(Action::Resume);
         }
         let Some(len) = self.hw.insn_len().or_else(|| self.decode_len(exit)) else {
             return Some(self.length_unknown(exit));

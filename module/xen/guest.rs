@@ -5,7 +5,7 @@
 use crate::keel_core::{
     arch::{cr0, cr4, efer},
     paging, state,
-    xen::abi::Errno,
+    xen::abi::{Errno, Width},
 };
 use crate::root::domain::{DomainShared, RangeKind};
 use crate::root::vcpu::ArchState;
@@ -87,5 +87,34 @@ impl<'a> Guest<'a> {
         let mut b = [0u8; N];
         self.read(gva, &mut b)?;
         Ok(b)
+    }
+
+    /// Reads an argument structure of `len` bytes (at most `N`: the larger, 64-bit layout)
+    /// into an `N`-byte buffer, zero-filled after it.
+    pub(super) fn get_sized<const N: usize>(&self, gva: u64, len: usize) -> Result<[u8; N], Errno> {
+        let mut b = [0u8; N];
+        self.read(gva, &mut b[..len.min(N)])?;
+        Ok(b)
+    }
+
+    /// The argument layout of the calling vCPU's mode (Xen's compat layout outside 64-bit
+    /// mode).
+    pub(super) fn width(&self) -> Width {
+        if self.long {
+            Width::Bits64
+        } else {
+            Width::Bits32
+        }
+    }
+
+    /// Reads a `xen_pfn_t` (or `xen_ulong_t`) of this width at `gva`.
+    pub(super) fn get_word(&self, gva: u64) -> Result<u64, Errno> {
+        let b = self.get_sized::<8>(gva, self.width().word_bytes())?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a `xen_pfn_t` of this width at `gva`.
+    pub(super) fn put_word(&self, gva: u64, v: u64) -> Result<(), Errno> {
+        self.write(gva, &v.to_le_bytes()[..self.width().word_bytes()])
     }
 }

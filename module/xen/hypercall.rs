@@ -12,9 +12,9 @@ use crate::keel_core::xen::{
         domid, gnttabop, hvm_param, hvmop, hypercall as nr, schedop, vcpuop, vmasst, xenmem, Errno,
         EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq,
         EvtchnClose, EvtchnReset, EvtchnSend, EvtchnStatus, EvtchnUnmask, GnttabQuerySize,
-        GnttabSetVersion, GnttabSetupTable, SchedPoll, VcpuRegisterRunstateMemoryArea,
-        VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VcpuTimeInfo, Width, XenAddToPhysmap,
-        XenHvmEvtchnUpcallVector, XenHvmParam, XenMemoryReservation,
+        GnttabSetVersion, GnttabSetupTable, SchedPoll, SharedInfoLayout,
+        VcpuRegisterRunstateMemoryArea, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer, VcpuTimeInfo,
+        Width, XenAddToPhysmap, XenHvmEvtchnUpcallVector, XenHvmParam, XenMemoryReservation,
     },
     evtchn::{self, Peer, Port},
     time,
@@ -45,16 +45,13 @@ pub(super) fn dispatch(
     dom: &DomainShared,
     (call, args, long_mode): (u64, [u64; 5], bool),
 ) -> Result<(u64, WakeSet)> {
-    if !long_mode {
-        // 32-bit guests' layouts are not served yet.
-        return Ok((Errno::ENOSYS.rax(), WakeSet::default()));
-    }
+    // A vCPU outside 64-bit mode passes Xen's compat (32-bit) layouts.
     let g = Guest::new(dom, &s.arch, long_mode);
     let mut wake = WakeSet::default();
     let cmd = args[0] as u32;
     let r = match call {
         nr::MEMORY_OP => memory_op(x, mem, v, dom, &g, cmd, args[1]),
-        nr::HVM_OP => hvm_op(x, &g, cmd, args[1]),
+        nr::HVM_OP => hvm_op(x, dom, &g, cmd, args[1]),
         nr::VCPU_OP => vcpu_op(x, v, dom, &g, cmd, args[1], args[2]),
         nr::SET_TIMER_OP => {
             set_timer(x, v, args[0]);
@@ -116,8 +113,9 @@ fn memory_op(
 ) -> HResult {
     match cmd {
         xenmem::ADD_TO_PHYSMAP => {
-            let b = g.get::<24>(arg)?;
-            let a = XenAddToPhysmap::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            let w = g.width();
+            let b = g.get_sized::<24>(arg, XenAddToPhysmap::size(w))?;
+            let a = XenAddToPhysmap::decode(w, &b).ok_or(Errno::EFAULT)?;
             if a.domid != domid::SELF && a.domid != x.domid {
                 return Err(Errno::EPERM);
             }
@@ -149,8 +147,10 @@ fn memory_op(
             }
         }
         xenmem::MEMORY_MAP => {
+            let w = g.width();
+            let size = XenMemoryMap::size(w);
             let mut m =
-                XenMemoryMap::decode(Width::Bits64, &g.get::<16>(arg)?).ok_or(Errno::EFAULT)?;
+                XenMemoryMap::decode(w, &g.get_sized::<16>(arg, size)?).ok_or(Errno::EFAULT)?;
             let inner = x.inner.lock();
             if inner.memmap_len == 0 {
                 return Err(Errno::ENOSYS);
@@ -167,13 +167,14 @@ fn memory_op(
             }
             m.nr_entries = n as u32;
             let mut out = [0u8; 16];
-            m.encode(Width::Bits64, &mut out).ok_or(Errno::EFAULT)?;
-            g.write(arg, &out)?;
+            m.encode(w, &mut out).ok_or(Errno::EFAULT)?;
+            g.write(arg, &out[..size])?;
             Ok(0)
         }
         xenmem::POPULATE_PHYSMAP | xenmem::DECREASE_RESERVATION => {
-            let b = g.get::<32>(arg)?;
-            let r = XenMemoryReservation::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            let w = g.width();
+            let b = g.get_sized::<32>(arg, XenMemoryReservation::size(w))?;
+            let r = XenMemoryReservation::decode(w, &b).ok_or(Errno::EFAULT)?;
             if r.domid != domid::SELF && r.domid != x.domid {
                 return Err(Errno::EPERM);
             }
@@ -188,14 +189,13 @@ fn memory_op(
                 let want = (r.nr_extents - done).min(EXTENT_BATCH as u64) as usize;
                 let mut n = 0;
                 while n < want {
-                    let mut e = [0u8; 8];
                     let at = r
                         .extent_start
-                        .wrapping_add((done + n as u64).wrapping_mul(8));
-                    if g.read(at, &mut e).is_err() {
+                        .wrapping_add((done + n as u64).wrapping_mul(w.word_bytes() as u64));
+                    let Ok(gfn) = g.get_word(at) else {
                         break;
-                    }
-                    gfns[n] = u64::from_le_bytes(e);
+                    };
+                    gfns[n] = gfn;
                     n += 1;
                 }
                 let ok = if cmd == xenmem::DECREASE_RESERVATION {
@@ -218,39 +218,59 @@ fn memory_op(
 }
 
 impl Xen {
-    /// The guest placed shared_info at `gpa` (a RAM page, used in place): zeroed, every
-    /// vCPU's default slot given the pvclock record, the wallclock written.
+    /// The guest placed shared_info at `gpa` (a RAM page, used in place): zeroed, then the
+    /// wallclock and every vCPU's pvclock record written.
     fn map_shared_info(&self, dom: &DomainShared, gpa: u64) {
         dom.write(gpa, &[0u8; 4096]);
         let mut inner = self.inner.lock();
         inner.shared_info = Some(gpa);
+        self.write_clocks(dom, &inner);
+    }
+
+    /// Xen's `hvm_latch_shinfo_size`: shared_info, the vcpu_infos and the runstate areas take
+    /// the layout of the mode of the vCPU that sets the callback (or installs the hypercall
+    /// page), 64-bit until then; a change writes the clocks again in the new layout.
+    pub(super) fn latch_width(&self, dom: &DomainShared, w: Width) {
+        let mut inner = self.inner.lock();
+        if inner.evtchn.width() != w {
+            inner.evtchn.set_width(w);
+            self.write_clocks(dom, &inner);
+        }
+    }
+
+    /// The wallclock in shared_info and the pvclock record in each vCPU's vcpu_info, in the
+    /// latched layout.
+    fn write_clocks(&self, dom: &DomainShared, inner: &super::Inner) {
+        let Some(gpa) = inner.shared_info else {
+            return;
+        };
+        let l = SharedInfoLayout::of(inner.evtchn.width());
         let wc = self.wallclock;
-        let l = super::GuestWords::LAYOUT;
         dom.write(gpa + l.wc_version as u64, &2u32.to_le_bytes());
         dom.write(gpa + l.wc_sec as u64, &wc.wc_sec().to_le_bytes());
         dom.write(gpa + l.wc_nsec as u64, &wc.wc_nsec().to_le_bytes());
         dom.write(gpa + l.wc_sec_hi as u64, &wc.wc_sec_hi().to_le_bytes());
-        for v in 0..self.nr_vcpus.min(32) {
-            if inner.vcpus[v as usize].vcpu_info.is_none() {
-                self.write_time(dom, gpa + u64::from(v) * l.vcpu_info_size as u64);
+        for (v, x) in inner.vcpus.iter().enumerate() {
+            match x.vcpu_info {
+                Some(at) => self.write_time(dom, at, &l),
+                None if v < 32 => self.write_time(dom, gpa + l.vcpu_info(v) as u64, &l),
+                None => {}
             }
         }
-        inner.evtchn.set_width(Width::Bits64);
     }
 
     /// Writes the pvclock record into the vcpu_info at `vcpu_info` (the record is a fixed
     /// function of the TSC: written once, with an even version).
-    fn write_time(&self, dom: &DomainShared, vcpu_info: u64) {
+    fn write_time(&self, dom: &DomainShared, vcpu_info: u64, l: &SharedInfoLayout) {
         let mut rec: VcpuTimeInfo = self.timebase.record(false);
         rec.version = time::version_end(time::version_begin(0));
-        let at = vcpu_info + super::GuestWords::LAYOUT.time as u64;
-        dom.write(at, &rec.to_bytes());
+        dom.write(vcpu_info + l.time as u64, &rec.to_bytes());
     }
 }
 
 /// `hvm_op`: params (the DomU may set only its callback), the rest ENOSYS as for Xen's PVH
 /// DomU where it has no use.
-fn hvm_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
+fn hvm_op(x: &Xen, dom: &DomainShared, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
     match cmd {
         hvmop::SET_PARAM | hvmop::GET_PARAM => {
             let b = g.get::<16>(arg)?;
@@ -265,13 +285,14 @@ fn hvm_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64) -> HResult {
                 let kind = (p.value & hvm_param::CALLBACK_IRQ_TYPE_MASK)
                     >> hvm_param::CALLBACK_IRQ_TYPE_SHIFT;
                 let vector = (p.value & 0xff) as u8;
-                let mut inner = x.inner.lock();
-                inner.callback = match kind {
+                let callback = match kind {
                     hvm_param::CALLBACK_TYPE_VECTOR if vector >= 0x10 => vector,
                     // Linux sets 1 (GSI 1) once per-vCPU vectors are in use: nothing to do.
                     hvm_param::CALLBACK_TYPE_GSI => 0,
                     _ => return Err(Errno::EINVAL),
                 };
+                x.inner.lock().callback = callback;
+                x.latch_width(dom, g.width());
                 return Ok(0);
             }
             p.value = match p.index {
@@ -320,7 +341,8 @@ fn vcpu_op(
             if r.rsvd != 0 {
                 return Err(Errno::EINVAL);
             }
-            let size = super::GuestWords::LAYOUT.vcpu_info_size as u32;
+            let layout = SharedInfoLayout::of(x.inner.lock().evtchn.width());
+            let size = layout.vcpu_info_size as u32;
             if r.offset > 4096 - size || r.offset % 8 != 0 {
                 return Err(Errno::EINVAL);
             }
@@ -347,13 +369,12 @@ fn vcpu_op(
             dom.write(gpa, &old[..16]);
             inner.vcpus[t as usize].vcpu_info = Some(gpa);
             drop(inner);
-            x.write_time(dom, gpa);
+            x.write_time(dom, gpa, &layout);
             Ok(0)
         }
         vcpuop::REGISTER_RUNSTATE_MEMORY_AREA => {
             let b = g.get::<8>(arg)?;
-            let r =
-                VcpuRegisterRunstateMemoryArea::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            let r = VcpuRegisterRunstateMemoryArea::decode(g.width(), &b).ok_or(Errno::EFAULT)?;
             x.inner.lock().vcpus[t as usize].runstate.gva = r.addr;
             Ok(0)
         }
@@ -378,8 +399,9 @@ fn vcpu_op(
             if t != caller {
                 return Err(Errno::EINVAL);
             }
-            let b = g.get::<16>(arg)?;
-            let r = VcpuSetSingleshotTimer::decode(Width::Bits64, &b).ok_or(Errno::EFAULT)?;
+            let w = g.width();
+            let b = g.get_sized::<16>(arg, VcpuSetSingleshotTimer::size(w))?;
+            let r = VcpuSetSingleshotTimer::decode(w, &b).ok_or(Errno::EFAULT)?;
             if r.flags & vcpuop::SSHOTTMR_FUTURE != 0 && r.timeout_abs_ns < x.now() {
                 return Err(Errno::ETIME);
             }
@@ -424,8 +446,11 @@ fn poll(
     g: &Guest<'_>,
     arg: u64,
 ) -> Result<u64, PollEnd> {
-    let b = g.get::<24>(arg).map_err(PollEnd::Guest)?;
-    let p = SchedPoll::decode(Width::Bits64, &b).ok_or(PollEnd::Guest(Errno::EFAULT))?;
+    let w = g.width();
+    let b = g
+        .get_sized::<24>(arg, SchedPoll::size(w))
+        .map_err(PollEnd::Guest)?;
+    let p = SchedPoll::decode(w, &b).ok_or(PollEnd::Guest(Errno::EFAULT))?;
     if p.nr_ports > schedop::POLL_MAX_PORTS {
         return Err(PollEnd::Guest(Errno::EINVAL));
     }
@@ -507,11 +532,8 @@ fn evtchn_op(
                 return Err(Errno::EINVAL);
             };
             let inner = &mut *inner;
-            let words = super::GuestWords {
-                dom,
-                shared_info,
-                vcpus: &inner.vcpus,
-            };
+            let words =
+                super::GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
             let (port, raised) =
                 inner
                     .evtchn
@@ -537,11 +559,8 @@ fn evtchn_op(
             let Some(shared_info) = inner.shared_info else {
                 return Ok(0);
             };
-            let words = super::GuestWords {
-                dom,
-                shared_info,
-                vcpus: &inner.vcpus,
-            };
+            let words =
+                super::GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
             // Only ports within the domain exist: nothing needs another table.
             let _ = inner.evtchn.reset(&words);
             Ok(0)
@@ -567,11 +586,8 @@ fn evtchn_op(
                 return Err(Errno::EINVAL);
             };
             let inner = &mut *inner;
-            let words = super::GuestWords {
-                dom,
-                shared_info,
-                vcpus: &inner.vcpus,
-            };
+            let words =
+                super::GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
             inner.evtchn.close(a.port, Peer::SameDomain, &words)?;
             Ok(0)
         }
@@ -599,11 +615,8 @@ fn evtchn_op(
             let Some(shared_info) = inner.shared_info else {
                 return Err(Errno::EINVAL);
             };
-            let words = super::GuestWords {
-                dom,
-                shared_info,
-                vcpus: &inner.vcpus,
-            };
+            let words =
+                super::GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
             if inner.evtchn.unmask(a.port, &words)? {
                 x.upcall_raised(&inner, a.port);
                 if let Some(t) = inner.evtchn.notify_vcpu(a.port) {
@@ -642,8 +655,10 @@ fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult 
             Ok(0)
         }
         gnttabop::SETUP_TABLE => {
+            let w = g.width();
+            let size = GnttabSetupTable::size(w);
             let mut t =
-                GnttabSetupTable::decode(Width::Bits64, &g.get::<24>(arg)?).ok_or(Errno::EFAULT)?;
+                GnttabSetupTable::decode(w, &g.get_sized::<24>(arg, size)?).ok_or(Errno::EFAULT)?;
             if t.dom != domid::SELF && t.dom != x.domid {
                 t.status = if (x.exists)(t.dom) {
                     gnttabop::ST_PERMISSION_DENIED
@@ -658,16 +673,14 @@ fn gnttab_op(x: &Xen, g: &Guest<'_>, cmd: u32, arg: u64, count: u64) -> HResult 
                 let frames = x.inner.lock().gnttab;
                 for (i, f) in frames.iter().take(t.nr_frames as usize).enumerate() {
                     let gfn = f.map_or(u64::MAX, |gpa| gpa >> 12);
-                    g.write(t.frame_list.wrapping_add(8 * i as u64), &gfn.to_le_bytes())?;
+                    let at = t.frame_list.wrapping_add((w.word_bytes() * i) as u64);
+                    g.put_word(at, gfn)?;
                 }
                 t.status = gnttabop::ST_OKAY;
             }
             let mut b = [0u8; 24];
-            b[..2].copy_from_slice(&t.dom.to_le_bytes());
-            b[4..8].copy_from_slice(&t.nr_frames.to_le_bytes());
-            b[8..10].copy_from_slice(&t.status.to_le_bytes());
-            b[16..24].copy_from_slice(&t.frame_list.to_le_bytes());
-            g.write(arg, &b)?;
+            t.encode(w, &mut b).ok_or(Errno::EFAULT)?;
+            g.write(arg, &b[..size])?;
             Ok(0)
         }
         gnttabop::SET_VERSION => {

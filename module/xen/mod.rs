@@ -23,7 +23,7 @@ mod guest;
 mod hypercall;
 mod sync;
 
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use kernel::{
     bindings,
@@ -35,7 +35,7 @@ use crate::keel_core::{
     arch::msr,
     lapic::{self, Lapic},
     xen::{
-        abi::{runstate, Errno, SharedInfoLayout, Width},
+        abi::{runstate, Errno, SharedInfoLayout, VcpuRunstateInfo, Width},
         evtchn::{self, Map, Port, Raised, SendTarget, Table, Words},
         time::{self as xtime, Timebase, Wallclock},
     },
@@ -103,15 +103,17 @@ pub(crate) struct Runstate {
 }
 
 impl Runstate {
-    /// The 64-bit `vcpu_runstate_info`: state, state_entry_time (with `flag`), time[4].
-    fn bytes(&self, flag: u64) -> [u8; 48] {
+    /// The `vcpu_runstate_info` in the layout of `w` (state, state_entry_time with `flag`,
+    /// time[4]), and its size.
+    fn bytes(&self, w: Width, flag: u64) -> ([u8; 48], usize) {
+        let info = VcpuRunstateInfo {
+            state: self.state,
+            state_entry_time: self.entry | flag,
+            time: self.time,
+        };
         let mut b = [0u8; 48];
-        b[..4].copy_from_slice(&self.state.to_le_bytes());
-        b[8..16].copy_from_slice(&(self.entry | flag).to_le_bytes());
-        for (i, t) in self.time.iter().enumerate() {
-            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&t.to_le_bytes());
-        }
-        b
+        let n = info.encode(w, &mut b).unwrap_or(0);
+        (b, n)
     }
 }
 
@@ -223,45 +225,101 @@ pub(crate) enum Handled {
     ToUser,
 }
 
-/// The guest's event bitmaps in its memory: shared_info and the vCPUs' vcpu_info.
+/// The guest's event bitmaps in its memory: shared_info and the vCPUs' vcpu_info, in the
+/// layout of the domain's latched width.
 struct GuestWords<'a> {
     dom: &'a DomainShared,
     shared_info: u64,
     vcpus: &'a [VcpuXen],
+    width: Width,
 }
 
-impl GuestWords<'_> {
-    const LAYOUT: SharedInfoLayout = SharedInfoLayout::of(Width::Bits64);
+/// One word of an event bitmap in guest memory (`xen_ulong_t`: 32 or 64 bits) and the mask of
+/// a bit in it.
+enum Word<'a> {
+    W32(&'a AtomicU32, u32),
+    W64(&'a AtomicU64, u64),
+}
+
+impl Word<'_> {
+    fn test(&self) -> bool {
+        match *self {
+            Word::W32(w, m) => w.load(Ordering::SeqCst) & m != 0,
+            Word::W64(w, m) => w.load(Ordering::SeqCst) & m != 0,
+        }
+    }
+
+    /// Sets the bit; whether it was set.
+    fn set(&self) -> bool {
+        match *self {
+            Word::W32(w, m) => w.fetch_or(m, Ordering::SeqCst) & m != 0,
+            Word::W64(w, m) => w.fetch_or(m, Ordering::SeqCst) & m != 0,
+        }
+    }
+
+    /// Clears the bit; whether it was set.
+    fn clear(&self) -> bool {
+        match *self {
+            Word::W32(w, m) => w.fetch_and(!m, Ordering::SeqCst) & m != 0,
+            Word::W64(w, m) => w.fetch_and(!m, Ordering::SeqCst) & m != 0,
+        }
+    }
+}
+
+impl<'a> GuestWords<'a> {
+    fn new(dom: &'a DomainShared, shared_info: u64, vcpus: &'a [VcpuXen], width: Width) -> Self {
+        GuestWords {
+            dom,
+            shared_info,
+            vcpus,
+            width,
+        }
+    }
+
+    fn layout(&self) -> SharedInfoLayout {
+        SharedInfoLayout::of(self.width)
+    }
 
     /// The guest-physical address of vCPU `v`'s vcpu_info.
     fn vcpu_info(&self, v: u32) -> Option<u64> {
         match self.vcpus.get(v as usize)?.vcpu_info {
             Some(gpa) => Some(gpa),
             None if (v as usize) < 32 => {
-                Some(self.shared_info + u64::from(v) * Self::LAYOUT.vcpu_info_size as u64)
+                Some(self.shared_info + self.layout().vcpu_info(v as usize) as u64)
             }
             None => None,
         }
     }
 
-    /// The 64-bit word holding `bit` of `map`, and the bit's index in it.
-    fn word(&self, map: Map, bit: u32) -> Option<(&AtomicU64, u32)> {
-        let (base, bit) = match map {
-            Map::Pending => (self.shared_info + Self::LAYOUT.evtchn_pending as u64, bit),
-            Map::Mask => (self.shared_info + Self::LAYOUT.evtchn_mask as u64, bit),
-            Map::PendingSel(v) => (self.vcpu_info(v)? + Self::LAYOUT.pending_sel as u64, bit),
+    /// The word holding `bit` of `map`.
+    fn word(&self, map: Map, bit: u32) -> Option<Word<'a>> {
+        let l = self.layout();
+        let base = match map {
+            Map::Pending => self.shared_info + l.evtchn_pending as u64,
+            Map::Mask => self.shared_info + l.evtchn_mask as u64,
+            Map::PendingSel(v) => self.vcpu_info(v)? + l.pending_sel as u64,
             Map::UpcallPending(_) => return None,
         };
-        let p = self.dom.ram_ptr(base + u64::from(bit / 64) * 8)?;
-        // SAFETY: `ram_ptr` gives a pointer into a RAM page of the domain, 8-byte aligned (the
-        // bitmaps are at 8-byte offsets of 8-byte aligned structures), valid while the domain
-        // lives; the guest changes the word with atomic instructions too.
-        Some((unsafe { AtomicU64::from_ptr(p.cast()) }, bit % 64))
+        let bits = self.width.word_bits();
+        let p = self
+            .dom
+            .ram_ptr(base + u64::from(bit / bits) * u64::from(bits / 8))?;
+        let bit = bit % bits;
+        // SAFETY: `ram_ptr` gives a pointer into a RAM page of the domain, valid while the
+        // domain lives, aligned to the word's size (the bitmaps are at offsets of their word
+        // size in structures aligned to it: shared_info is a page, a registered vcpu_info is
+        // 8-byte aligned); the guest changes the word with atomic instructions too.
+        Some(unsafe {
+            match self.width {
+                Width::Bits32 => Word::W32(AtomicU32::from_ptr(p.cast()), 1 << bit),
+                Width::Bits64 => Word::W64(AtomicU64::from_ptr(p.cast()), 1 << bit),
+            }
+        })
     }
 
     /// The guest-physical address of vCPU `v`'s `evtchn_upcall_pending` byte.
     fn upcall_gpa(&self, v: u32) -> Option<u64> {
-        Some(self.vcpu_info(v)? + Self::LAYOUT.upcall_pending as u64)
+        Some(self.vcpu_info(v)? + self.layout().upcall_pending as u64)
     }
 
     /// vCPU `v`'s `evtchn_upcall_pending` byte.
@@ -279,8 +337,7 @@ impl Words for GuestWords<'_> {
                 .upcall(v)
                 .is_some_and(|b| b.load(Ordering::SeqCst) != 0);
         }
-        self.word(map, bit)
-            .is_some_and(|(w, b)| w.load(Ordering::SeqCst) & (1 << b) != 0)
+        self.word(map, bit).is_some_and(|w| w.test())
     }
 
     fn test_and_set(&self, map: Map, bit: u32) -> bool {
@@ -290,8 +347,7 @@ impl Words for GuestWords<'_> {
                 .is_none_or(|b| b.swap(1, Ordering::SeqCst) != 0);
         }
         // A missing word reads as set: nothing further happens for it.
-        self.word(map, bit)
-            .is_none_or(|(w, b)| w.fetch_or(1 << b, Ordering::SeqCst) & (1 << b) != 0)
+        self.word(map, bit).is_none_or(|w| w.set())
     }
 
     fn test_and_clear(&self, map: Map, bit: u32) -> bool {
@@ -300,8 +356,7 @@ impl Words for GuestWords<'_> {
                 .upcall(v)
                 .is_some_and(|b| b.swap(0, Ordering::SeqCst) != 0);
         }
-        self.word(map, bit)
-            .is_some_and(|(w, b)| w.fetch_and(!(1 << b), Ordering::SeqCst) & (1 << b) != 0)
+        self.word(map, bit).is_some_and(|w| w.clear())
     }
 }
 
@@ -561,11 +616,7 @@ impl Xen {
         let Some(shared_info) = inner.shared_info else {
             return WakeSet::default();
         };
-        let words = GuestWords {
-            dom,
-            shared_info,
-            vcpus: &inner.vcpus,
-        };
+        let words = GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
         let r: Raised = inner.evtchn.raise(port, &words);
         if r.notify {
             self.upcall_raised(inner, port);
@@ -635,11 +686,7 @@ impl Xen {
     /// The guest-physical address of vCPU `v`'s `evtchn_upcall_pending` byte.
     fn upcall_gpa(&self, inner: &Inner, dom: &DomainShared, v: u32) -> Option<u64> {
         let shared_info = inner.shared_info?;
-        let words = GuestWords {
-            dom,
-            shared_info,
-            vcpus: &inner.vcpus,
-        };
+        let words = GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
         words.upcall_gpa(v)
     }
 
@@ -647,11 +694,7 @@ impl Xen {
         let Some(shared_info) = inner.shared_info else {
             return false;
         };
-        let words = GuestWords {
-            dom,
-            shared_info,
-            vcpus: &inner.vcpus,
-        };
+        let words = GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
         words.test(Map::UpcallPending(v), 0)
     }
 
@@ -770,20 +813,27 @@ impl Xen {
             return;
         }
         let r = *r;
+        // The area's layout follows the shared info's (Xen's `has_32bit_shinfo`).
+        let w = inner.evtchn.width();
         drop(inner);
         let long = arch.efer & crate::keel_core::arch::efer::LMA != 0;
         let g = guest::Guest::new(dom, arch, long);
         const UPDATE: u64 = crate::keel_core::xen::abi::runstate::UPDATE;
+        let entry_at = r
+            .gva
+            .wrapping_add(VcpuRunstateInfo::state_entry_time_offset(w) as u64);
         if flag {
             // The protocol a guest reading it expects: the flag first, then the rest, then
             // the entry time without the flag.
-            let _ = g.write(r.gva.wrapping_add(8), &(r.entry | UPDATE).to_le_bytes());
+            let _ = g.write(entry_at, &(r.entry | UPDATE).to_le_bytes());
             core::sync::atomic::fence(Ordering::SeqCst);
-            let _ = g.write(r.gva, &r.bytes(UPDATE));
+            let (b, n) = r.bytes(w, UPDATE);
+            let _ = g.write(r.gva, &b[..n]);
             core::sync::atomic::fence(Ordering::SeqCst);
-            let _ = g.write(r.gva.wrapping_add(8), &r.entry.to_le_bytes());
+            let _ = g.write(entry_at, &r.entry.to_le_bytes());
         } else {
-            let _ = g.write(r.gva, &r.bytes(0));
+            let (b, n) = r.bytes(w, 0);
+            let _ = g.write(r.gva, &b[..n]);
         }
     }
 
@@ -867,6 +917,15 @@ impl Xen {
                 Ok((Handled::Resume, wake))
             }
             UserExit::Msr {
+                index: crate::keel_core::xen::cpuid::HYPERCALL_PAGE_MSR,
+                ..
+            } => {
+                let long = s.arch.efer & crate::keel_core::arch::efer::LMA != 0
+                    && s.arch.cs.attrib & crate::keel_core::arch::seg_attrib::L != 0;
+                self.latch_width(dom, if long { Width::Bits64 } else { Width::Bits32 });
+                Ok((Handled::Resume, WakeSet::default()))
+            }
+            UserExit::Msr {
                 index,
                 write,
                 value,
@@ -933,14 +992,11 @@ impl Xen {
                     return true;
                 }
                 if let (Some(ports), Some(shared_info)) = (poll, inner.shared_info) {
-                    let words = GuestWords {
-                        dom,
-                        shared_info,
-                        vcpus: &inner.vcpus,
-                    };
+                    let words =
+                        GuestWords::new(dom, shared_info, &inner.vcpus, inner.evtchn.width());
                     if ports
                         .iter()
-                        .any(|&p| evtchn::is_pending(&words, Width::Bits64, p))
+                        .any(|&p| evtchn::is_pending(&words, words.width, p))
                     {
                         return true;
                     }

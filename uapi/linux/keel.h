@@ -167,9 +167,13 @@ struct keel_domain_list {
  *    (KEEL_EXIT_SHUTDOWN, KEEL_SHUTDOWN_XEN). console_io writes go to the kernel log.
  *    Numbers from 64 up, which Xen does not define, end the run with KEEL_EXIT_HYPERCALL for
  *    the toolstack to answer (-ENOSYS is Xen's answer; the selftests report through them).
- *  - each vCPU has a local APIC at 0xFEE00000 (xAPIC MMIO); vCPU 0 starts where SET_SREGS and
- *    SET_REGS put it, the others wait in KEEL_VCPU_RUN for INIT and SIPI from another vCPU
- *    and then start in real mode at the SIPI's vector;
+ *    A vCPU outside 64-bit mode passes Xen's compat (i386) argument layouts; shared_info,
+ *    vcpu_info and runstate areas take the 32-bit layout when the vCPU that installs the
+ *    hypercall page or sets HVM_PARAM_CALLBACK_IRQ is not in 64-bit mode (as on Xen).
+ *  - each vCPU has a local APIC at 0xFEE00000 (xAPIC MMIO, or x2APIC MSRs once the guest
+ *    switches to them through IA32_APIC_BASE; CPUID offers x2APIC); vCPU 0 starts where
+ *    SET_SREGS and SET_REGS put it, the others wait in KEEL_VCPU_RUN for INIT and SIPI from
+ *    another vCPU and then start in real mode at the SIPI's vector;
  *  - port I/O reads all-ones and drops writes; so do guest-physical addresses outside the
  *    map (KEEL_RANGE_MMIO ranges still exit with KEEL_EXIT_MMIO);
  *  - HLT and SCHEDOP_block sleep in the kernel until an event, a timer or a signal. HLT with
