@@ -379,6 +379,30 @@ fn reinject_vectoring(vmcs: &Vmcs) {
     vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info & 0x8000_0fff);
 }
 
+/// An IRET that unblocked virtual NMIs and then hit an EPT violation (its stack in a hole or
+/// an MMIO page) runs again when the guest resumes: its NMI handler has not returned, so NMIs
+/// are blocked again, as the CPU reports ("NMI unblocking due to IRET", bit 12 of the exit
+/// qualification, undefined while an event was being delivered: SDM Vol. 3C, 28.2.1 and
+/// 28.2.3). No intercepted exception (only #UD) can come from an IRET.
+fn reblock_nmis_after_faulting_iret(vmcs: &Vmcs, reason: u32) {
+    const NMI_UNBLOCKING_DUE_TO_IRET: u64 = 1 << 12;
+    if reason & 0xffff != EXIT_EPT_VIOLATION
+        || vmcs.read(field::EXIT_QUALIFICATION) & NMI_UNBLOCKING_DUE_TO_IRET == 0
+        || vmcs.read(field::IDT_VECTORING_INFO_FIELD) & intr_info::VALID != 0
+        || vmcs.read(field::PIN_BASED_VM_EXEC_CONTROL) & pin_based::VIRTUAL_NMIS == 0
+    {
+        return;
+    }
+    let blocking = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO);
+    vmcs.write(
+        field::GUEST_INTERRUPTIBILITY_INFO,
+        blocking | interruptibility::NMI,
+    );
+}
+
+/// Exit reason: EPT violation.
+const EXIT_EPT_VIOLATION: u32 = 48;
+
 /// Exit reason: NMI window.
 const EXIT_NMI_WINDOW: u32 = 8;
 
@@ -630,6 +654,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             nmi_pending.store(true, Ordering::Relaxed);
         }
         let rip = vmx.vmcs.read(field::GUEST_RIP);
+        reblock_nmis_after_faulting_iret(&vmx.vmcs, reason);
         reinject_vectoring(&vmx.vmcs);
         let action = exit::handle(
             &mut v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, reason.into()),
