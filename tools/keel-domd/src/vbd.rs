@@ -397,6 +397,12 @@ fn connect(
                     if let Err(e) = queue.run(kick.as_fd(), stop.as_fd(), notify) {
                         log(&format!("disk {name}: ring {i} stopped: {e}"));
                     }
+                    let s = queue.stats();
+                    log(&format!(
+                        "disk {name}: ring {i}: {} requests, {} notifications from the \
+                         frontend, {} to it, {} grant copy calls, {} persistent grant hits",
+                        s.requests, s.kicks, s.notifications, s.grant_copy_calls, s.persistent_hits
+                    ));
                 })
                 .map_err(|e| format!("cannot start a queue thread: {e}"))
         })();

@@ -57,10 +57,15 @@ fn eventfd() -> io::Result<OwnedFd> {
 }
 
 /// Reads an eventfd's counter to zero (it is non-blocking: nothing to read is fine).
-pub(crate) fn clear_eventfd(fd: RawFd) {
+/// Reads (and so clears) an eventfd's counter: how many times it was signalled since (0 when
+/// it was not readable).
+pub(crate) fn clear_eventfd(fd: RawFd) -> u64 {
     let mut v = 0u64;
     // SAFETY: reads 8 bytes into a live local u64.
-    unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    if unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) } != 8 {
+        return 0;
+    }
+    v
 }
 
 fn signal_eventfd(fd: RawFd) {

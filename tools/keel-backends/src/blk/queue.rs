@@ -54,6 +54,8 @@ pub struct QueueStats {
     pub unsupported: u64,
     /// Notifications asked of `notify`.
     pub notifications: u64,
+    /// Notifications from the frontend: signals of the kick eventfd [`Queue::run`] read.
+    pub kicks: u64,
     /// `GrantAccess::copy` calls.
     pub grant_copy_calls: u64,
     /// Segments served through a persistent mapping.
@@ -369,7 +371,7 @@ impl Queue {
                 return Err(io::Error::other("the kick fd failed").into());
             }
             if fds[0].revents & libc::POLLIN != 0 {
-                clear_eventfd(kick.as_raw_fd());
+                self.stats.kicks += clear_eventfd(kick.as_raw_fd());
             }
             if fds[1].revents != 0 {
                 self.clear_completion_fd();

@@ -167,7 +167,7 @@ fn the_run_loop_serves_kicks_until_stopped() {
             let r = queue.run(k.as_fd(), s.as_fd(), || signal(&i));
             (r.map_err(|e| e.to_string()), queue.stats())
         });
-        let mut answered = 0;
+        let (mut answered, mut kicked) = (0, 0u64);
         for round in 0..20u64 {
             for j in 0..4 {
                 let id = round * 4 + j;
@@ -176,6 +176,7 @@ fn the_run_loop_serves_kicks_until_stopped() {
             }
             if front.publish() {
                 signal(&kick);
+                kicked += 1;
             }
             // Wait for the event channel, then take what came (as blkfront's interrupt does).
             while answered < (round + 1) * 4 {
@@ -198,6 +199,12 @@ fn the_run_loop_serves_kicks_until_stopped() {
         let (r, stats) = server.join().expect("server thread");
         assert_eq!(r, Ok(()));
         assert_eq!(stats.ok, 80);
+        // Every kick counted, but the last may still be unread when the stop comes with it.
+        assert!(
+            kicked > 0 && (kicked - 1..=kicked).contains(&stats.kicks),
+            "{kicked} kicks sent, {} counted",
+            stats.kicks
+        );
     });
 }
 
