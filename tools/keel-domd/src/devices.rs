@@ -226,6 +226,21 @@ fn served_path(disk: &Disk) -> Result<PathBuf, String> {
             disk.format
         ));
     }
+    if let Some(b) = disk
+        .backend
+        .as_deref()
+        .filter(|b| !matches!(*b, "0" | "Domain-0"))
+    {
+        return Err(format!(
+            "disk {vdev}: backend={b}: Keel serves disks from Dom0 only (no driver domains)"
+        ));
+    }
+    if let Some(script) = &disk.script {
+        return Err(format!(
+            "disk {vdev}: script={script}: Keel runs no block hotplug scripts; give the file or \
+             device itself as the target"
+        ));
+    }
     disk.path().ok_or_else(|| {
         format!(
             "disk {vdev}: Keel serves raw image files and block devices only (target {:?})",
@@ -514,5 +529,40 @@ impl Devices {
                 let _ = c.rm(TxId::NONE, &p);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(spec: &str) -> Result<PathBuf, String> {
+        served_path(&Disk::parse(spec).expect("a valid disk spec"))
+    }
+
+    #[test]
+    fn raw_files_from_dom0_are_served() {
+        assert_eq!(
+            served("/img/a.raw,raw,xvda,rw"),
+            Ok(PathBuf::from("/img/a.raw"))
+        );
+        assert_eq!(
+            served("format=raw, vdev=xvdb, backend=Domain-0, target=/img/b"),
+            Ok(PathBuf::from("/img/b"))
+        );
+        assert_eq!(
+            served("vdev=xvdc, backend=0, target=/dev/sdb"),
+            Ok(PathBuf::from("/dev/sdb"))
+        );
+    }
+
+    #[test]
+    fn driver_domains_scripts_and_other_formats_are_refused_by_name() {
+        let e = served("vdev=xvda, backend=storage, target=/img/a").unwrap_err();
+        assert!(e.contains("disk xvda: backend=storage"), "{e}");
+        let e = served("vdev=xvdb, script=block-iscsi, target=iqn.x:y").unwrap_err();
+        assert!(e.contains("disk xvdb: script=block-iscsi"), "{e}");
+        let e = served("format=qcow2, vdev=xvdc, target=/img/c.qcow2").unwrap_err();
+        assert!(e.contains("disk xvdc: format"), "{e}");
     }
 }
