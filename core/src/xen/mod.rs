@@ -10,5 +10,6 @@ pub mod blkif;
 pub mod cpuid;
 pub mod evtchn;
 pub mod grant;
+pub mod netif;
 pub mod start_info;
 pub mod time;

@@ -12,5 +12,7 @@
 
 pub mod blk;
 pub mod grant;
+pub mod net;
 pub mod ring;
+pub mod tap;
 pub mod testing;

@@ -55,7 +55,7 @@ impl std::error::Error for RingBroken {}
 /// Why a mapping cannot hold a ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingLayoutError {
-    /// The mapping is not 8-aligned, or the entry size is not a non-zero multiple of 8.
+    /// The mapping is not 8-aligned, or the entry size is not a non-zero multiple of 4.
     Misaligned,
     /// Not even one entry fits after the header.
     TooSmall,
@@ -77,7 +77,10 @@ impl std::error::Error for RingLayoutError {}
 /// # Invariants
 ///
 /// `mapping` is valid for `SRING_HEADER_SIZE + entries * entry_size` bytes, 8-aligned;
-/// `entry_size` is a non-zero multiple of 8 and `entries` a power of two.
+/// `entry_size` is a non-zero multiple of 4 and `entries` a power of two. Entries are accessed
+/// in 8-byte words when `entry_size` is a multiple of 8 (every entry then starts 8-aligned, as
+/// the header is 64 bytes), else in 4-byte words (netif's 12-byte transmit entries start only
+/// 4-aligned).
 pub struct BackRing {
     mapping: Box<dyn GrantMapping>,
     entry_size: usize,
@@ -95,14 +98,15 @@ pub struct BackRing {
 
 impl BackRing {
     /// Attaches to a ring the frontend initialized (`BACK_RING_INIT`) in `mapping`, with
-    /// entries of `entry_size` bytes ([`keel_core::xen::blkif::Protocol::entry_size`]).
+    /// entries of `entry_size` bytes ([`keel_core::xen::blkif::Protocol::entry_size`],
+    /// [`keel_core::xen::netif::TX_ENTRY_SIZE`]...): a non-zero multiple of 4.
     pub fn new(
         mapping: Box<dyn GrantMapping>,
         entry_size: usize,
     ) -> Result<BackRing, RingLayoutError> {
         if !(mapping.as_ptr() as usize).is_multiple_of(8)
             || entry_size == 0
-            || !entry_size.is_multiple_of(8)
+            || !entry_size.is_multiple_of(4)
         {
             return Err(RingLayoutError::Misaligned);
         }
@@ -145,15 +149,25 @@ impl BackRing {
         unsafe { AtomicU32::from_ptr(self.mapping.as_ptr().add(offset).cast()) }
     }
 
-    fn entry_ptr(&self, idx: u32) -> *mut u64 {
+    /// The word entries are accessed in: 8 bytes when the entry size allows, else 4.
+    fn word(&self) -> usize {
+        if self.entry_size.is_multiple_of(8) {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// The first byte of the entry of `idx`, aligned to [`Self::word`].
+    fn entry_ptr(&self, idx: u32) -> *mut u8 {
         let slot = (idx & (self.entries - 1)) as usize;
         // SAFETY: slot < entries, so the entry lies inside the mapping (type invariant); the
-        // offset is a multiple of 8 from an 8-aligned base.
+        // offset, 64 + slot * entry_size, is a multiple of the word size from an 8-aligned
+        // base.
         unsafe {
             self.mapping
                 .as_ptr()
                 .add(SRING_HEADER_SIZE + slot * self.entry_size)
-                .cast()
         }
     }
 
@@ -199,31 +213,53 @@ impl BackRing {
             }
         }
         let entry = self.entry_ptr(self.req_cons);
-        for (i, chunk) in out[..self.entry_size].chunks_exact_mut(8).enumerate() {
-            // SAFETY: i < entry_size / 8: an aligned u64 inside the entry (entry_ptr); a
-            // volatile load, as the frontend may be writing it (its value is only checked
-            // after the copy).
-            let word = unsafe { entry.add(i).read_volatile() };
-            chunk.copy_from_slice(&word.to_le_bytes());
+        if self.word() == 8 {
+            let entry = entry.cast::<u64>();
+            for (i, chunk) in out[..self.entry_size].chunks_exact_mut(8).enumerate() {
+                // SAFETY: i < entry_size / 8: an aligned u64 inside the entry (entry_ptr); a
+                // volatile load, as the frontend may be writing it (its value is only checked
+                // after the copy).
+                let word = unsafe { entry.add(i).read_volatile() };
+                chunk.copy_from_slice(&word.to_le_bytes());
+            }
+        } else {
+            let entry = entry.cast::<u32>();
+            for (i, chunk) in out[..self.entry_size].chunks_exact_mut(4).enumerate() {
+                // SAFETY: i < entry_size / 4: an aligned u32 inside the entry (entry_ptr); a
+                // volatile load, as above.
+                let word = unsafe { entry.add(i).read_volatile() };
+                chunk.copy_from_slice(&word.to_le_bytes());
+            }
         }
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(true)
     }
 
-    /// Writes a response (at most `entry_size` bytes, a multiple of 8) into the next
-    /// response slot. There must be a request taken and not yet answered.
+    /// Writes a response (at most `entry_size` bytes, a multiple of 8, or of 4 for entries
+    /// whose size is not a multiple of 8) into the next response slot; the rest of the slot is
+    /// left as it is. There must be a request taken and not yet answered.
     pub fn put_response(&mut self, bytes: &[u8]) {
         assert!(self.unanswered() > 0, "a response with no request taken");
         assert!(
-            bytes.len() <= self.entry_size && bytes.len().is_multiple_of(8),
+            bytes.len() <= self.entry_size && bytes.len().is_multiple_of(self.word()),
             "bad response size"
         );
         let entry = self.entry_ptr(self.rsp_prod_pvt);
-        for (i, chunk) in bytes.chunks_exact(8).enumerate() {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            // SAFETY: an aligned u64 inside the entry (entry_ptr), in the slot of a request
-            // already copied out; a volatile store to memory the frontend reads.
-            unsafe { entry.add(i).write_volatile(word) };
+        if self.word() == 8 {
+            let entry = entry.cast::<u64>();
+            for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+                let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                // SAFETY: an aligned u64 inside the entry (entry_ptr), in the slot of a request
+                // already copied out; a volatile store to memory the frontend reads.
+                unsafe { entry.add(i).write_volatile(word) };
+            }
+        } else {
+            let entry = entry.cast::<u32>();
+            for (i, chunk) in bytes.chunks_exact(4).enumerate() {
+                let word = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+                // SAFETY: an aligned u32 inside the entry (entry_ptr), as above.
+                unsafe { entry.add(i).write_volatile(word) };
+            }
         }
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
@@ -436,12 +472,77 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_of_12_byte_entries_copies_whole_entries_at_4_byte_alignment() {
+        use crate::testing::FakeRing;
+        use keel_core::xen::netif::{NetifTxRequest, NetifTxResponse, TX_ENTRY_SIZE};
+
+        let guest = FakeGuest::new(2);
+        let mut front = FakeRing::new(&guest, 1, 1, 100, TX_ENTRY_SIZE);
+        let map = guest.map(front.ring_refs(), true).expect("map ring");
+        let mut back = BackRing::new(map, TX_ENTRY_SIZE).expect("ring");
+        // (4096 - 64) / 12 = 336, rounded down.
+        assert_eq!((back.entries(), front.entries()), (256, 256));
+        let mut buf = [0u8; TX_ENTRY_SIZE];
+        let mut next = 0u32;
+        // Three rounds of 200: the indexes wrap and every slot (odd ones start 4-aligned
+        // only) is used.
+        for _ in 0..3 {
+            for _ in 0..200 {
+                let r = NetifTxRequest {
+                    gref: 0xdead_0000 | next,
+                    offset: next as u16,
+                    flags: 0x8421,
+                    id: next as u16,
+                    size: 0xffff - next as u16,
+                };
+                front.queue_raw(&r.to_bytes());
+                next += 1;
+            }
+            front.publish();
+            for i in next - 200..next {
+                assert!(back.next_request(&mut buf).unwrap());
+                let r = NetifTxRequest::from_bytes(&buf).unwrap();
+                assert_eq!(
+                    (r.gref, r.id, r.size),
+                    (0xdead_0000 | i, i as u16, 0xffff - i as u16)
+                );
+                let rsp = NetifTxResponse {
+                    id: r.id,
+                    status: -1,
+                };
+                back.put_response(&rsp.to_bytes());
+            }
+            assert!(!back.next_request(&mut buf).unwrap());
+            back.push_responses();
+            let rsps = front.take_raw_responses(NetifTxResponse::SIZE);
+            let ids: Vec<u16> = rsps
+                .iter()
+                .map(|b| NetifTxResponse::from_bytes(b).unwrap().id)
+                .collect();
+            assert_eq!(
+                ids,
+                (next - 200..next).map(|i| i as u16).collect::<Vec<_>>()
+            );
+        }
+        // A 4-byte response leaves the rest of its slot (the request's last 8 bytes) alone.
+        let at = SRING_HEADER_SIZE + ((next - 1) & 255) as usize * TX_ENTRY_SIZE;
+        let slot = guest.read(1, at, TX_ENTRY_SIZE);
+        assert_eq!(&slot[4..6], &((next - 1) as u16).to_le_bytes());
+        assert_eq!(&slot[6..8], &0x8421u16.to_le_bytes());
+    }
+
+    #[test]
     fn bad_layouts_are_refused() {
         let guest = FakeGuest::new(1);
         guest.grant(5, 0, false);
         let map = guest.map(&[5], true).unwrap();
         assert!(matches!(
-            BackRing::new(map, 12),
+            BackRing::new(map, 10),
+            Err(RingLayoutError::Misaligned)
+        ));
+        let map = guest.map(&[5], true).unwrap();
+        assert!(matches!(
+            BackRing::new(map, 0),
             Err(RingLayoutError::Misaligned)
         ));
         let map = guest.map(&[5], true).unwrap();

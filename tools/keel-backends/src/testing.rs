@@ -1,12 +1,14 @@
 //! In-memory stand-ins for a DomU, for tests and the fuzzer: [`FakeGuest`], guest memory with a
-//! grant table model implementing [`GrantAccess`], and [`FakeFrontend`], the frontend's side
-//! of a blkif ring in that memory (what xen-blkfront does with `RING_PUSH_REQUESTS...` and
-//! `RING_FINAL_CHECK_FOR_RESPONSES`).
+//! grant table model implementing [`GrantAccess`]; [`FakeRing`], the frontend's side of a shared
+//! ring of any entry size in that memory (what a frontend does with `RING_PUSH_REQUESTS...`
+//! and `RING_FINAL_CHECK_FOR_RESPONSES`), and [`FakeFrontend`], a blkif ring on it; and
+//! [`FakePacketIo`], the host side of a vif in memory.
 
 use std::alloc::{self, Layout};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +20,7 @@ use keel_core::xen::blkif::{
 };
 
 use crate::grant::{GrantAccess, GrantCopy, GrantMapping};
+use crate::net::{PacketIo, VNET_HDR_LEN};
 
 const PAGE: usize = blkif::PAGE_SIZE;
 
@@ -287,35 +290,39 @@ impl Drop for FakeMapping {
     }
 }
 
-/// The frontend's side of a blkif ring in a [`FakeGuest`], laid out as blkfront lays it out.
-pub struct FakeFrontend {
+/// The frontend's side of a shared ring with entries of any size in a [`FakeGuest`], laid out
+/// as `io/ring.h`'s `FRONT_RING_*` macros lay it out: what every fake frontend builds on.
+pub struct FakeRing {
     guest: FakeGuest,
     first_page: usize,
     refs: Vec<u32>,
+    entry_size: usize,
     entries: u32,
     req_prod_pvt: u32,
     rsp_cons: u32,
 }
 
-impl FakeFrontend {
-    /// A ring over `pages` guest pages from `first_page`, granted writable under
-    /// `first_gref`.., initialized as `XEN_FRONT_RING_INIT` does.
+impl FakeRing {
+    /// A ring of `entry_size`-byte entries over `pages` guest pages from `first_page`, granted
+    /// writable under `first_gref`.., initialized as `XEN_FRONT_RING_INIT` does.
     pub fn new(
         guest: &FakeGuest,
         first_page: usize,
         pages: usize,
         first_gref: u32,
-    ) -> FakeFrontend {
+        entry_size: usize,
+    ) -> FakeRing {
         let refs: Vec<u32> = (0..pages as u32).map(|i| first_gref + i).collect();
         for (i, r) in refs.iter().enumerate() {
             guest.write(first_page + i, 0, &[0; PAGE]);
             guest.grant(*r, first_page + i, false);
         }
-        let f = FakeFrontend {
+        let f = FakeRing {
             guest: guest.clone(),
             first_page,
             refs,
-            entries: blkif::blk_ring_entries(pages) as u32,
+            entry_size,
+            entries: blkif::ring_entries(pages * PAGE, entry_size) as u32,
             req_prod_pvt: 0,
             rsp_cons: 0,
         };
@@ -339,14 +346,25 @@ impl FakeFrontend {
         self.req_prod_pvt.wrapping_sub(self.rsp_cons)
     }
 
+    /// Entries free for new requests (`RING_FREE_REQUESTS`).
+    pub fn free_requests(&self) -> u32 {
+        self.entries - self.outstanding()
+    }
+
     /// A shared index (see [`blkif::sring`]).
     pub fn shared_index(&self, offset: usize) -> &AtomicU32 {
         self.guest.u32_at(self.first_page, offset)
     }
 
+    /// Guest page and offset of the entry of `idx`.
+    fn entry_at(&self, idx: u32) -> (usize, usize) {
+        let at = SRING_HEADER_SIZE + (idx & (self.entries - 1)) as usize * self.entry_size;
+        (self.first_page + at / PAGE, at % PAGE)
+    }
+
     fn write_entry(&self, idx: u32, bytes: &[u8]) {
-        let at = SRING_HEADER_SIZE + (idx & (self.entries - 1)) as usize * blkif::ENTRY_SIZE;
-        let (page, off) = (self.first_page + at / PAGE, at % PAGE);
+        assert!(bytes.len() <= self.entry_size, "entry too long");
+        let (page, off) = self.entry_at(idx);
         // An entry may straddle two ring pages.
         let first = bytes.len().min(PAGE - off);
         self.guest.write(page, off, &bytes[..first]);
@@ -356,8 +374,7 @@ impl FakeFrontend {
     }
 
     fn read_entry(&self, idx: u32, len: usize) -> Vec<u8> {
-        let at = SRING_HEADER_SIZE + (idx & (self.entries - 1)) as usize * blkif::ENTRY_SIZE;
-        let (page, off) = (self.first_page + at / PAGE, at % PAGE);
+        let (page, off) = self.entry_at(idx);
         let first = len.min(PAGE - off);
         let mut v = self.guest.read(page, off, first);
         if first < len {
@@ -366,25 +383,11 @@ impl FakeFrontend {
         v
     }
 
-    /// Queues raw entry bytes (not yet visible to the backend: see [`Self::publish`]).
+    /// Queues raw entry bytes (at most an entry; not yet visible to the backend: see
+    /// [`Self::publish`]).
     pub fn queue_raw(&mut self, bytes: &[u8]) {
         self.write_entry(self.req_prod_pvt, bytes);
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
-    }
-
-    /// Queues a read/write/flush request.
-    pub fn queue(&mut self, r: &BlkifRequest) {
-        self.queue_raw(&r.to_bytes());
-    }
-
-    /// Queues a discard request.
-    pub fn queue_discard(&mut self, r: &BlkifRequestDiscard) {
-        self.queue_raw(&r.to_bytes());
-    }
-
-    /// Queues an indirect request.
-    pub fn queue_indirect(&mut self, r: &BlkifRequestIndirect) {
-        self.queue_raw(&r.to_bytes());
     }
 
     /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publishes the queued requests; `true` when the
@@ -405,15 +408,14 @@ impl FakeFrontend {
             .store(value, Ordering::Release);
     }
 
-    /// Takes the published responses and sets `rsp_event` as
-    /// `RING_FINAL_CHECK_FOR_RESPONSES` does (notify me at the next one).
-    pub fn take_responses(&mut self) -> Vec<BlkifResponse> {
+    /// Takes the published responses (the first `len` bytes of each entry) and sets
+    /// `rsp_event` as `RING_FINAL_CHECK_FOR_RESPONSES` does (notify me at the next one).
+    pub fn take_raw_responses(&mut self, len: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         loop {
             let prod = self.shared_index(sring::RSP_PROD).load(Ordering::Acquire);
             while self.rsp_cons != prod {
-                let b = self.read_entry(self.rsp_cons, BlkifResponse::SIZE);
-                out.push(BlkifResponse::from_bytes(&b).expect("16 bytes"));
+                out.push(self.read_entry(self.rsp_cons, len));
                 self.rsp_cons = self.rsp_cons.wrapping_add(1);
             }
             self.shared_index(sring::RSP_EVENT)
@@ -423,6 +425,185 @@ impl FakeFrontend {
                 return out;
             }
         }
+    }
+}
+
+/// The frontend's side of a blkif ring in a [`FakeGuest`], laid out as blkfront lays it out.
+pub struct FakeFrontend {
+    ring: FakeRing,
+}
+
+impl FakeFrontend {
+    /// A ring over `pages` guest pages from `first_page`, granted writable under
+    /// `first_gref`.., initialized as `XEN_FRONT_RING_INIT` does.
+    pub fn new(
+        guest: &FakeGuest,
+        first_page: usize,
+        pages: usize,
+        first_gref: u32,
+    ) -> FakeFrontend {
+        FakeFrontend {
+            ring: FakeRing::new(guest, first_page, pages, first_gref, blkif::ENTRY_SIZE),
+        }
+    }
+
+    /// The ring's grant references, in page order.
+    pub fn ring_refs(&self) -> &[u32] {
+        self.ring.ring_refs()
+    }
+
+    /// The ring's entries.
+    pub fn entries(&self) -> u32 {
+        self.ring.entries()
+    }
+
+    /// Requests queued and not yet answered.
+    pub fn outstanding(&self) -> u32 {
+        self.ring.outstanding()
+    }
+
+    /// A shared index (see [`blkif::sring`]).
+    pub fn shared_index(&self, offset: usize) -> &AtomicU32 {
+        self.ring.shared_index(offset)
+    }
+
+    /// Queues raw entry bytes (not yet visible to the backend: see [`Self::publish`]).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.ring.queue_raw(bytes);
+    }
+
+    /// Queues a read/write/flush request.
+    pub fn queue(&mut self, r: &BlkifRequest) {
+        self.queue_raw(&r.to_bytes());
+    }
+
+    /// Queues a discard request.
+    pub fn queue_discard(&mut self, r: &BlkifRequestDiscard) {
+        self.queue_raw(&r.to_bytes());
+    }
+
+    /// Queues an indirect request.
+    pub fn queue_indirect(&mut self, r: &BlkifRequestIndirect) {
+        self.queue_raw(&r.to_bytes());
+    }
+
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`: publishes the queued requests; `true` when the
+    /// backend asked to be notified.
+    pub fn publish(&mut self) -> bool {
+        self.ring.publish()
+    }
+
+    /// Sets `req_prod` to anything (a hostile frontend).
+    pub fn set_req_prod(&mut self, value: u32) {
+        self.ring.set_req_prod(value);
+    }
+
+    /// Takes the published responses and sets `rsp_event` as
+    /// `RING_FINAL_CHECK_FOR_RESPONSES` does (notify me at the next one).
+    pub fn take_responses(&mut self) -> Vec<BlkifResponse> {
+        self.ring
+            .take_raw_responses(BlkifResponse::SIZE)
+            .iter()
+            .map(|b| BlkifResponse::from_bytes(b).expect("16 bytes"))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct FakeIoState {
+    inbound: VecDeque<Vec<u8>>,
+    sent: Vec<([u8; VNET_HDR_LEN], Vec<u8>)>,
+    send_error: Option<io::ErrorKind>,
+}
+
+/// The host side of a vif in memory, as a TAP device with `IFF_VNET_HDR` would be: frames
+/// injected with [`Self::inject`] are what [`PacketIo::recv`] returns (vnet header first),
+/// what the backend sends is kept for [`Self::take_sent`]. [`PacketIo::raw_fd`] is an eventfd
+/// that is readable exactly while frames wait, as a TAP fd polls.
+pub struct FakePacketIo {
+    state: Mutex<FakeIoState>,
+    event: OwnedFd,
+}
+
+impl Default for FakePacketIo {
+    fn default() -> FakePacketIo {
+        FakePacketIo::new()
+    }
+}
+
+impl FakePacketIo {
+    /// No frame waiting, nothing sent.
+    pub fn new() -> FakePacketIo {
+        // SAFETY: plain eventfd creation; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+        FakePacketIo {
+            state: Mutex::new(FakeIoState::default()),
+            // SAFETY: just created, owned by nobody else.
+            event: unsafe { OwnedFd::from_raw_fd(fd) },
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, FakeIoState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame from the host, with its vnet header.
+    pub fn inject(&self, vnet_hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) {
+        let mut st = self.state();
+        let mut v = vnet_hdr.to_vec();
+        v.extend_from_slice(frame);
+        st.inbound.push_back(v);
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live local u64 to our eventfd.
+        unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Frames from the host not yet received.
+    pub fn waiting(&self) -> usize {
+        self.state().inbound.len()
+    }
+
+    /// Takes what was sent so far: (vnet header, frame) pairs, in order.
+    pub fn take_sent(&self) -> Vec<([u8; VNET_HDR_LEN], Vec<u8>)> {
+        std::mem::take(&mut self.state().sent)
+    }
+
+    /// Makes every later `send` fail with `kind` (`WouldBlock`: a full TAP queue), or succeed
+    /// again with `None`.
+    pub fn fail_sends(&self, kind: Option<io::ErrorKind>) {
+        self.state().send_error = kind;
+    }
+}
+
+impl PacketIo for FakePacketIo {
+    fn send(&self, vnet_hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> io::Result<()> {
+        let mut st = self.state();
+        if let Some(kind) = st.send_error {
+            return Err(io::Error::from(kind));
+        }
+        st.sent.push((*vnet_hdr, frame.to_vec()));
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut st = self.state();
+        let Some(f) = st.inbound.pop_front() else {
+            return Ok(None);
+        };
+        if st.inbound.is_empty() {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes into a live local u64 from our non-blocking eventfd.
+            unsafe { libc::read(self.event.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
+        // A TAP read into a short buffer truncates the frame.
+        let n = f.len().min(buf.len());
+        buf[..n].copy_from_slice(&f[..n]);
+        Ok(Some(n))
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.event.as_raw_fd()
     }
 }
 

@@ -32,7 +32,7 @@ use crate::{
     files::{process_alive, Dirs, StateFile},
     guest::{build, Guest},
     proto::{Reply, Request, RunState, Status, DETACH_TIMEOUT, REQUEST_MAX},
-    vbd::state,
+    xenbus::state,
 };
 
 /// How often the console ring is polled when the guest sends no event.
@@ -156,8 +156,9 @@ fn log_writer(log: &File) -> Arc<dyn Fn(&str) + Send + Sync> {
     })
 }
 
-/// Starts XenStore and the devices of a freshly built guest. Without disks, a domain whose
-/// XenStore cannot start still runs (the guest finds no XenStore); with disks it cannot.
+/// Starts XenStore and the devices of a freshly built guest. Without disks or vifs, a domain
+/// whose XenStore cannot start still runs (the guest finds no XenStore); with them it cannot,
+/// nor when one of them cannot be served.
 fn start_devices(
     guest: &Guest,
     cfg: &DomainConfig,
@@ -165,7 +166,7 @@ fn start_devices(
 ) -> Result<Option<Devices>, String> {
     match Devices::start(guest, cfg, log.clone()) {
         Ok(d) => Ok(Some(d)),
-        Err(e) if cfg.disks.is_empty() => {
+        Err(e) if cfg.disks.is_empty() && cfg.vifs.is_empty() => {
             log(&format!("running without XenStore: {e}"));
             Ok(None)
         }

@@ -19,14 +19,18 @@ use keel_xenstored::{
     perms::Perms,
     Errno,
 };
-use keel_xlcfg::{Access, Disk, DiskFormat, DomainConfig, Vdev};
+use keel_xlcfg::{Access, Disk, DiskFormat, DomainConfig, Vdev, Vif};
 
 use crate::{
     guest::Guest,
     proto::BlockInfo,
     ring::Confused,
-    vbd::{open_disk, VbdBackend, VbdSetup},
-    xsnodes::{domain_nodes, home, vbd_nodes, DomainFacts, Node, VbdPaths},
+    vbd::{open_disk, VbdSetup},
+    vif::{open_tap, VifSetup},
+    xenbus::Backend,
+    xsnodes::{
+        default_mac, domain_nodes, home, vbd_nodes, vif_nodes, DevicePaths, DomainFacts, Node,
+    },
 };
 
 /// Bytes of guest requests or daemon replies held while the other side does not take them.
@@ -157,8 +161,8 @@ impl StorePump {
 /// A disk being served: its config, its XenStore directories and its backend.
 struct ServedDisk {
     disk: Disk,
-    paths: VbdPaths,
-    backend: VbdBackend,
+    paths: DevicePaths,
+    backend: Backend,
 }
 
 /// The domain's XenStore presence and backends.
@@ -172,6 +176,10 @@ pub struct Devices {
     /// Rings offered per disk: the domain's vCPUs.
     max_queues: u32,
     disks: Vec<ServedDisk>,
+    /// The vifs' backends (each holds its TAP device).
+    vifs: Vec<Backend>,
+    /// What a default MAC address is derived from: the domain's UUID or name.
+    mac_key: String,
     /// Paths removed when the domain goes.
     owned: Vec<String>,
 }
@@ -273,7 +281,10 @@ impl Devices {
         let _ = c.release(domid);
         let _ = c.rm(TxId::NONE, &home(domid.into()));
         let backend_dir = format!("/local/domain/0/backend/vbd/{domid}");
-        let _ = c.rm(TxId::NONE, &backend_dir);
+        let vif_dir = format!("/local/domain/0/backend/vif/{domid}");
+        for d in [&backend_dir, &vif_dir] {
+            let _ = c.rm(TxId::NONE, d);
+        }
         c.introduce(domid, guest.store_pfn, guest.store_port)
             .map_err(|e| format!("XenStore: introducing domain {domid}: {e}"))?;
         let uuid = cfg
@@ -291,7 +302,12 @@ impl Devices {
             store: (guest.store_pfn, guest.store_port),
             console: (guest.console_pfn, guest.console_port),
         };
-        let owned = vec![home(domid.into()), format!("/vm/{uuid}"), backend_dir];
+        let owned = vec![
+            home(domid.into()),
+            format!("/vm/{uuid}"),
+            backend_dir,
+            vif_dir,
+        ];
         let sock = match connect_domain(&socket, domid) {
             Ok(s) => s,
             Err(e) => {
@@ -312,6 +328,10 @@ impl Devices {
             log,
             max_queues: cfg.vcpus.max(1),
             disks: Vec::new(),
+            vifs: Vec::new(),
+            // The configured UUID, else the name: the default UUID has the domain id in it,
+            // which changes at each start.
+            mac_key: cfg.uuid.map_or_else(|| cfg.name.clone(), |u| u.to_string()),
             owned,
         };
         match devices.populate(&mut c, guest, cfg, &facts) {
@@ -339,6 +359,9 @@ impl Devices {
         for disk in &cfg.disks {
             self.add_disk(c, disk)?;
         }
+        for vif in &cfg.vifs {
+            self.add_vif(c, vif)?;
+        }
         guest
             .domain
             .set_param(XenParam::StorePfn, guest.store_pfn)
@@ -352,7 +375,7 @@ impl Devices {
         let opened = open_disk(vdev, &path, disk.access == Access::ReadOnly || disk.cdrom)?;
         let (paths, nodes) = vbd_nodes(self.domid.into(), disk);
         write_nodes_at_once(c, &nodes)?;
-        let started = VbdBackend::start(VbdSetup {
+        let started = crate::vbd::start(VbdSetup {
             socket: self.socket.clone(),
             domain: self.domain.clone(),
             paths: paths.clone(),
@@ -374,6 +397,43 @@ impl Devices {
                 let _ = c.rm(TxId::NONE, &paths.frontend);
                 let _ = c.rm(TxId::NONE, &paths.backend);
                 Err(format!("disk {vdev}: {e}"))
+            }
+        }
+    }
+
+    /// Makes a vif's TAP device, writes its two directories and starts its backend.
+    fn add_vif(&mut self, c: &mut Client, vif: &Vif) -> Result<(), String> {
+        let domid = u32::from(self.domid);
+        let tap = Arc::new(open_tap(domid, vif)?);
+        let mac = vif
+            .mac
+            .unwrap_or_else(|| default_mac(&self.mac_key, vif.devid));
+        let (paths, nodes) = vif_nodes(domid, vif, mac, tap.name());
+        write_nodes_at_once(c, &nodes)?;
+        let started = crate::vif::start(VifSetup {
+            socket: self.socket.clone(),
+            domain: self.domain.clone(),
+            paths: paths.clone(),
+            devid: vif.devid,
+            tap: tap.clone(),
+            mtu: vif.mtu.filter(|&m| m != 0).unwrap_or(1500),
+            log: self.log.clone(),
+        });
+        match started {
+            Ok(backend) => {
+                (self.log)(&format!(
+                    "vif {}: {} ({mac}) on bridge {}",
+                    vif.devid,
+                    tap.name(),
+                    vif.bridge
+                ));
+                self.vifs.push(backend);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = c.rm(TxId::NONE, &paths.frontend);
+                let _ = c.rm(TxId::NONE, &paths.backend);
+                Err(format!("vif {}: {e}", vif.devid))
             }
         }
     }
@@ -426,7 +486,7 @@ impl Devices {
         self.disks.iter().find(|d| d.disk.vdev.number == devid)
     }
 
-    /// Asks the guest to release disk `devid` ([`VbdBackend::close`]).
+    /// Asks the guest to release disk `devid` ([`Backend::close`]).
     pub fn close_disk(&self, devid: u32) {
         if let Some(d) = self.served(devid) {
             d.backend.close();
@@ -523,6 +583,7 @@ impl Devices {
     /// Stops the backends, removes the domain's nodes and releases it.
     pub fn stop(mut self) {
         self.disks.clear();
+        self.vifs.clear();
         if let Ok(mut c) = Client::connect(&self.socket) {
             let _ = c.release(self.domid);
             for p in self.owned.drain(..) {

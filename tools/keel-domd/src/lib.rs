@@ -16,4 +16,6 @@ pub mod guest;
 pub mod proto;
 pub mod ring;
 pub mod vbd;
+pub mod vif;
+pub mod xenbus;
 pub mod xsnodes;

@@ -5,7 +5,7 @@
 //! other domain may do (`n` nothing, `r` read, `w` write, `b` both); later entries grant one
 //! domain more. Pure data: the daemon writes them through its XenStore connection.
 
-use keel_xlcfg::{Access, Disk};
+use keel_xlcfg::{Access, Disk, Mac, Vif, VifScript};
 
 /// One node: an absolute path, its value and its permissions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,10 +127,10 @@ pub fn domain_nodes(f: &DomainFacts<'_>) -> Vec<Node> {
     v
 }
 
-/// Where a virtual disk's two halves live: the frontend's directory (the guest's) and the
+/// Where a PV device's two halves live: the frontend's directory (the guest's) and the
 /// backend's (Dom0's).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VbdPaths {
+pub struct DevicePaths {
     /// `/local/domain/<domid>/device/vbd/<devid>`.
     pub frontend: String,
     /// `/local/domain/0/backend/vbd/<domid>/<devid>`.
@@ -138,8 +138,8 @@ pub struct VbdPaths {
 }
 
 /// The paths of disk `devid` (the vdev's number) of domain `domid`.
-pub fn vbd_paths(domid: u32, devid: u32) -> VbdPaths {
-    VbdPaths {
+pub fn vbd_paths(domid: u32, devid: u32) -> DevicePaths {
+    DevicePaths {
         frontend: format!("{}/device/vbd/{devid}", home(domid)),
         backend: format!("/local/domain/0/backend/vbd/{domid}/{devid}"),
     }
@@ -148,7 +148,7 @@ pub fn vbd_paths(domid: u32, devid: u32) -> VbdPaths {
 /// The nodes of a disk before either side connects (both in state 1, Initialising): the
 /// frontend's owned by the guest and readable by Dom0, the backend's owned by Dom0 and
 /// readable by the guest (blkfront reads the backend's state and features).
-pub fn vbd_nodes(domid: u32, disk: &Disk) -> (VbdPaths, Vec<Node>) {
+pub fn vbd_nodes(domid: u32, disk: &Disk) -> (DevicePaths, Vec<Node>) {
     let devid = disk.vdev.number;
     let p = vbd_paths(domid, devid);
     let fperms = vec![format!("n{domid}"), "r0".to_string()];
@@ -192,6 +192,80 @@ pub fn vbd_nodes(domid: u32, disk: &Disk) -> (VbdPaths, Vec<Node>) {
     add(format!("{b}/mode"), mode.into(), &bperms);
     add(format!("{b}/params"), target, &bperms);
     add(format!("{b}/device-type"), kind.into(), &bperms);
+    add(format!("{b}/state"), "1".into(), &bperms);
+    (p, v)
+}
+
+/// The paths of vif `devid` of domain `domid`.
+pub fn vif_paths(domid: u32, devid: u32) -> DevicePaths {
+    DevicePaths {
+        frontend: format!("{}/device/vif/{devid}", home(domid)),
+        backend: format!("/local/domain/0/backend/vif/{domid}/{devid}"),
+    }
+}
+
+/// A vif's MAC address when its config gives none: in Xen's OUI 00:16:3e (locally
+/// administered bits clear, as libxl's random ones), the rest a hash of the domain's `key`
+/// (its UUID, or its name) and the device id, so that it is the same at every start of the
+/// domain (libxl draws a random one each time; a guest's DHCP lease and udev naming
+/// then break on every restart).
+pub fn default_mac(key: &str, devid: u32) -> Mac {
+    // FNV-1a over the key, a separator and the device id.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain([0]).chain(devid.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let [a, b, c, ..] = h.to_le_bytes();
+    Mac([0x00, 0x16, 0x3e, a & 0x7f, b, c])
+}
+
+/// The nodes of a vif before either side connects (libxl_nic.c's layout; both in state 1,
+/// Initialising): the frontend's owned by the guest and readable by Dom0, the backend's owned
+/// by Dom0 and readable by the guest. `tap` is the backend interface's name.
+pub fn vif_nodes(domid: u32, vif: &Vif, mac: Mac, tap: &str) -> (DevicePaths, Vec<Node>) {
+    let p = vif_paths(domid, vif.devid);
+    let fperms = vec![format!("n{domid}"), "r0".to_string()];
+    let bperms = vec!["n0".to_string(), format!("r{domid}")];
+    let script = match &vif.script {
+        VifScript::Bridge => "vif-bridge".to_string(),
+        VifScript::Route => "vif-route".to_string(),
+        VifScript::Nat => "vif-nat".to_string(),
+        VifScript::Other(p) => p.display().to_string(),
+    };
+    let mut v = Vec::new();
+    let mut add = |path: String, value: String, perms: &Vec<String>| {
+        v.push(Node {
+            path,
+            value,
+            perms: perms.clone(),
+        })
+    };
+    let (f, b) = (&p.frontend, &p.backend);
+    add(f.clone(), String::new(), &fperms);
+    add(format!("{f}/backend"), b.clone(), &fperms);
+    add(format!("{f}/backend-id"), "0".into(), &fperms);
+    add(format!("{f}/handle"), vif.devid.to_string(), &fperms);
+    add(format!("{f}/mac"), mac.to_string(), &fperms);
+    if let Some(mtu) = vif.mtu.filter(|&m| m != 0) {
+        add(format!("{f}/mtu"), mtu.to_string(), &fperms);
+    }
+    add(format!("{f}/state"), "1".into(), &fperms);
+    add(b.clone(), String::new(), &bperms);
+    add(format!("{b}/frontend"), f.clone(), &bperms);
+    add(format!("{b}/frontend-id"), domid.to_string(), &bperms);
+    add(format!("{b}/online"), "1".into(), &bperms);
+    add(format!("{b}/script"), script, &bperms);
+    add(format!("{b}/mac"), mac.to_string(), &bperms);
+    if vif.script == VifScript::Bridge {
+        add(format!("{b}/bridge"), vif.bridge.clone(), &bperms);
+    }
+    if let Some(ip) = &vif.ip {
+        add(format!("{b}/ip"), ip.clone(), &bperms);
+    }
+    add(format!("{b}/handle"), vif.devid.to_string(), &bperms);
+    add(format!("{b}/type"), "vif".into(), &bperms);
+    add(format!("{b}/vifname"), tap.into(), &bperms);
     add(format!("{b}/state"), "1".into(), &bperms);
     (p, v)
 }
@@ -297,5 +371,45 @@ mod tests {
             "/srv/a.img"
         );
         assert_eq!(find(&v, &format!("{}/frontend-id", p.backend)).value, "7");
+    }
+
+    #[test]
+    fn default_macs_are_xens_stable_and_distinct() {
+        let a = default_mac("00000000-0000-0000-0000-000000000007", 0);
+        assert_eq!(a, default_mac("00000000-0000-0000-0000-000000000007", 0));
+        assert_eq!(a.0[..3], [0x00, 0x16, 0x3e]);
+        assert_eq!(a.0[3] & 0x80, 0);
+        assert_ne!(a, default_mac("00000000-0000-0000-0000-000000000007", 1));
+        assert_ne!(a, default_mac("00000000-0000-0000-0000-000000000008", 0));
+    }
+
+    #[test]
+    fn vif_nodes_are_libxls() {
+        let (vif, _) = Vif::parse("bridge=br0, ip=10.0.0.2", 1).unwrap();
+        let mac = Mac([0, 0x16, 0x3e, 1, 2, 3]);
+        let (p, v) = vif_nodes(7, &vif, mac, "vif7.1");
+        assert_eq!(p.frontend, "/local/domain/7/device/vif/1");
+        assert_eq!(p.backend, "/local/domain/0/backend/vif/7/1");
+        assert_eq!(find(&v, &p.frontend).perms, ["n7", "r0"]);
+        assert_eq!(find(&v, &p.backend).perms, ["n0", "r7"]);
+        for (k, val) in [
+            ("backend", p.backend.as_str()),
+            ("handle", "1"),
+            ("mac", "00:16:3e:01:02:03"),
+            ("state", "1"),
+        ] {
+            assert_eq!(find(&v, &format!("{}/{k}", p.frontend)).value, val, "{k}");
+        }
+        for (k, val) in [
+            ("frontend-id", "7"),
+            ("script", "vif-bridge"),
+            ("bridge", "br0"),
+            ("ip", "10.0.0.2"),
+            ("type", "vif"),
+            ("vifname", "vif7.1"),
+            ("online", "1"),
+        ] {
+            assert_eq!(find(&v, &format!("{}/{k}", p.backend)).value, val, "{k}");
+        }
     }
 }

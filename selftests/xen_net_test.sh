@@ -1,0 +1,154 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# xen_net_test: the PV network backend with a Linux DomU, bridged, in TAP. Runs in the test VM
+# (busybox sh) as root. Dom0 has a bridge (keelbr0, 10.99.0.1/24); a DomU with `vif =
+# ['bridge=keelbr0']` gets eth0 from its own xen-netfront, with the stable default MAC in
+# Xen's 00:16:3e range (the same after a restart) shown in XenStore; Dom0's end is the TAP
+# vif<domid>.0 (Xen's fe:ff:ff:ff:ff:ff), a port of the bridge; the DomU pings Dom0, and a
+# checksummed file crosses each way over TCP (HTTP: the DomU fetches Dom0's, Dom0 fetches the
+# DomU's); after `keelctl destroy` the TAP and the vif's XenStore directories are gone.
+# A vif on a bridge that does not exist, and the modes not served yet, are refused naming the
+# vif, leaving nothing behind.
+# Inputs: KEEL_DOMU_KERNEL, KEEL_DOMU_INITRD; the tests that boot a DomU SKIP, naming the
+# variable, when one is missing.
+. "$(dirname "$0")/tap.sh"
+out=/tmp/xen_net.out err=/tmp/xen_net.err dir=/tmp/xen_net
+br=keelbr0 size=4
+mkdir -p $dir $dir/www
+
+tap_plan 6
+
+has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
+
+need_domu() {
+    for v in KEEL_DOMU_KERNEL KEEL_DOMU_INITRD; do
+        eval f=\$$v
+        [ -n "$f" ] || { echo "$v is not set"; return 4; }
+        [ -r "$f" ] || { echo "$v=$f is not readable"; return 4; }
+    done
+}
+
+# cfg NAME ACTIONS [LINES...]: an xl.cfg for a 1-vCPU DomU running ACTIONS.
+cfg() {
+    n=$1 actions=$2; shift 2
+    {
+        echo "name = \"$n\""
+        echo 'type = "pvh"'
+        echo "kernel = \"$KEEL_DOMU_KERNEL\""
+        echo "ramdisk = \"$KEEL_DOMU_INITRD\""
+        echo 'memory = 128'
+        echo 'vcpus = 1'
+        echo "extra = \"console=hvc0 keel.run=$actions keel.work=$size\""
+        echo 'on_poweroff = "destroy"'
+        for l in "$@"; do echo "$l"; done
+    } >$dir/$n.cfg
+}
+
+# wait_for NAME PATTERN SECONDS: a line of NAME's console log matches.
+wait_for() {
+    f=/var/log/keel/$1.log i=0
+    while [ $i -lt $(($3 * 10)) ]; do
+        [ -f $f ] && grep -q -- "$2" $f && return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    echo "no '$2' in $f after $3 s:"; tail -n 30 $f 2>/dev/null; return 1
+}
+
+domid_of() { keelctl list | awk -v n=$1 '$1 == n { print $2 }'; }
+
+bridge_up() {
+    ip link show $br >/dev/null 2>&1 || brctl addbr $br || return 1
+    ip addr add 10.99.0.1/24 dev $br 2>/dev/null
+    ip link set $br up
+}
+
+# 1. The DomU's eth0 comes up with a stable 00:16:3e MAC; Dom0's vif is on the bridge.
+up() {
+    need_domu || return $?
+    bridge_up || { echo "cannot make bridge $br"; return 1; }
+    dd if=/dev/urandom of=$dir/www/blob bs=1M count=$size 2>/dev/null
+    set -- $(sha256sum <$dir/www/blob); echo "$1" >$dir/dom0.sum
+    httpd -h $dir/www -p 8080 || { echo "httpd did not start"; return 1; }
+    rm -f /var/log/keel/netguest.log
+    cfg netguest net "vif = [ 'bridge=$br' ]"
+    keelctl create $dir/netguest.cfg >$out 2>$err || { cat $out $err; return 1; }
+    wait_for netguest "keel-domu: net mac" 240 || return 1
+    d=$(domid_of netguest)
+    mac=$(tr -d '\r' </var/log/keel/netguest.log | sed -n 's/^keel-domu: net mac //p')
+    case "$mac" in 00:16:3e:*) ;; *) echo "the DomU's MAC is '$mac'"; return 1 ;; esac
+    echo "$mac" >$dir/mac
+    [ "$(keelctl xenstore read /local/domain/$d/device/vif/0/mac)" = "$mac" ] ||
+        { keelctl xenstore ls /local/domain/$d/device/vif; return 1; }
+    [ "$(cat /sys/class/net/vif$d.0/address)" = fe:ff:ff:ff:ff:ff ] ||
+        { ip link show vif$d.0; return 1; }
+    [ -e /sys/class/net/$br/brif/vif$d.0 ] || { ls /sys/class/net/$br/brif; return 1; }
+}
+check xen_net.bridged_vif_comes_up_with_a_stable_mac up
+
+# 2. Ping, then a file each way over TCP.
+ping_dom0() {
+    need_domu || return $?
+    wait_for netguest "keel-domu: net ping" 120 || return 1
+    has /var/log/keel/netguest.log "keel-domu: net ping ok"
+}
+check xen_net.domu_pings_dom0 ping_dom0
+
+fetch_from_dom0() {
+    need_domu || return $?
+    wait_for netguest "keel-domu: net fetched" 300 || return 1
+    got=$(tr -d '\r' </var/log/keel/netguest.log | sed -n 's/^keel-domu: net fetched //p')
+    [ "$got" = "$(cat $dir/dom0.sum)" ] || { echo "the DomU fetched '$got', Dom0 served $(cat $dir/dom0.sum)"; return 1; }
+}
+check xen_net.domu_fetches_a_file_from_dom0 fetch_from_dom0
+
+fetch_from_domu() {
+    need_domu || return $?
+    wait_for netguest "keel-domu: ready" 120 || return 1
+    want=$(tr -d '\r' </var/log/keel/netguest.log | sed -n 's/^keel-domu: net blob //p')
+    wget -q -O $dir/from-domu http://10.99.0.2:8080/blob || { echo "wget from the DomU failed"; return 1; }
+    set -- $(sha256sum <$dir/from-domu)
+    [ "$1" = "$want" ] || { echo "Dom0 fetched $1, the DomU served '$want'"; return 1; }
+}
+check xen_net.dom0_fetches_a_file_from_the_domu fetch_from_domu
+
+# 3. Destroy: the TAP and the XenStore directories go; the MAC is the same the next time.
+destroy_cleans_up() {
+    need_domu || return $?
+    d=$(domid_of netguest)
+    [ -n "$d" ] || { keelctl list; return 1; }
+    keelctl destroy netguest || return 1
+    i=0
+    while [ -e /sys/class/net/vif$d.0 ]; do
+        i=$((i + 1)); [ $i -lt 50 ] || { echo "vif$d.0 is still there"; return 1; }
+        sleep 0.1
+    done
+    for p in /local/domain/0/backend/vif/$d /local/domain/$d; do
+        if keelctl xenstore read $p >/dev/null 2>&1; then echo "$p left in XenStore"; return 1; fi
+    done
+    rm -f /var/log/keel/netguest.log
+    cfg netguest info "vif = [ 'bridge=$br' ]"
+    keelctl create $dir/netguest.cfg >$out 2>$err || { cat $out $err; return 1; }
+    d=$(domid_of netguest)
+    mac=$(keelctl xenstore read /local/domain/$d/device/vif/0/mac)
+    keelctl destroy netguest
+    [ "$mac" = "$(cat $dir/mac)" ] || { echo "the MAC was $(cat $dir/mac), now '$mac'"; return 1; }
+}
+check xen_net.destroy_removes_the_vif_and_the_mac_is_stable destroy_cleans_up
+
+# 4. Refusals: no such bridge, a mode not served yet; nothing left behind.
+refusals() {
+    need_domu || return $?
+    cfg badnet info "vif = [ 'bridge=nosuchbr' ]"
+    if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
+    has $err "vif 0" || return 1
+    has $err "nosuchbr" || return 1
+    cfg badnet info "vif = [ 'script=vif-nat' ]"
+    if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
+    has $err "script=vif-nat" || return 1
+    ! keelctl list | grep -q '^badnet ' || { keelctl list; return 1; }
+    ! ls /sys/class/net | grep -q '^vif' || { ls /sys/class/net; return 1; }
+}
+check xen_net.bad_vifs_are_refused_by_name refusals
+
+killall httpd 2>/dev/null
+tap_done
