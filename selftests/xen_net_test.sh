@@ -7,8 +7,11 @@
 # vif<domid>.0 (Xen's fe:ff:ff:ff:ff:ff), a port of the bridge; the DomU pings Dom0, and a
 # checksummed file crosses each way over TCP (HTTP: the DomU fetches Dom0's, Dom0 fetches the
 # DomU's); after `keelctl destroy` the TAP and the vif's XenStore directories are gone.
-# A vif on a bridge that does not exist, and the modes not served yet, are refused naming the
-# vif, leaving nothing behind.
+# Routed (`script=vif-route, ip=10.99.1.2`): the vif has Dom0's address as a /32 and proxy
+# ARP, Dom0 routes the guest's address to it; the DomU (10.99.1.2/24, Dom0 on the link) pings
+# Dom0, Dom0 pings the DomU by its address and fetches its file; after destroy the route is
+# gone. A vif on a bridge that does not exist, a routed vif without ip=, and NAT (not served
+# yet) are refused naming the vif, leaving nothing behind.
 # Inputs: KEEL_DOMU_KERNEL, KEEL_DOMU_INITRD; the tests that boot a DomU SKIP, naming the
 # variable, when one is missing.
 . "$(dirname "$0")/tap.sh"
@@ -16,7 +19,7 @@ out=/tmp/xen_net.out err=/tmp/xen_net.err dir=/tmp/xen_net
 br=keelbr0 size=4
 mkdir -p $dir $dir/www
 
-tap_plan 6
+tap_plan 8
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -135,7 +138,40 @@ destroy_cleans_up() {
 }
 check xen_net.destroy_removes_the_vif_and_the_mac_is_stable destroy_cleans_up
 
-# 4. Refusals: no such bridge, a mode not served yet; nothing left behind.
+# 4. Routed: Dom0 reaches the DomU by its address; the route goes with it.
+routed() {
+    need_domu || return $?
+    rm -f /var/log/keel/routed.log
+    cfg routed net "vif = [ 'script=vif-route, ip=10.99.1.2' ]"
+    sed -i 's/keel.run=net/keel.run=net keel.ip=10.99.1.2\/24 keel.peer=10.99.0.1/' $dir/routed.cfg
+    keelctl create $dir/routed.cfg >$out 2>$err || { cat $out $err; return 1; }
+    d=$(domid_of routed)
+    wait_for routed "keel-domu: net ping" 240 || return 1
+    has /var/log/keel/routed.log "keel-domu: net ping ok" || return 1
+    [ "$(cat /proc/sys/net/ipv4/conf/vif$d.0/proxy_arp)" = 1 ] || { echo "no proxy ARP on vif$d.0"; return 1; }
+    ip route | grep -q "^10.99.1.2 dev vif$d.0" || { ip route; return 1; }
+    ping -c 3 -W 10 10.99.1.2 >$out 2>&1 || { cat $out; return 1; }
+    wait_for routed "keel-domu: ready" 300 || return 1
+    want=$(tr -d '\r' </var/log/keel/routed.log | sed -n 's/^keel-domu: net blob //p')
+    wget -q -O $dir/from-routed http://10.99.1.2:8080/blob || { echo "wget from the routed DomU failed"; return 1; }
+    set -- $(sha256sum <$dir/from-routed)
+    [ "$1" = "$want" ] || { echo "Dom0 fetched $1, the DomU served '$want'"; return 1; }
+}
+check xen_net.routed_vif_dom0_reaches_the_domu_by_its_address routed
+
+routed_cleanup() {
+    need_domu || return $?
+    keelctl destroy routed || return 1
+    i=0
+    while ip route | grep -q '^10.99.1.2 '; do
+        i=$((i + 1)); [ $i -lt 50 ] || { echo "the route to 10.99.1.2 is still there:"; ip route; return 1; }
+        sleep 0.1
+    done
+    ! ls /sys/class/net | grep -q '^vif' || { ls /sys/class/net; return 1; }
+}
+check xen_net.routed_vif_route_gone_after_destroy routed_cleanup
+
+# 5. Refusals: no such bridge, routed without an address, NAT; nothing left behind.
 refusals() {
     need_domu || return $?
     cfg badnet info "vif = [ 'bridge=nosuchbr' ]"
@@ -145,6 +181,9 @@ refusals() {
     cfg badnet info "vif = [ 'script=vif-nat' ]"
     if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
     has $err "script=vif-nat" || return 1
+    cfg badnet info "vif = [ 'script=vif-route' ]"
+    if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
+    has $err "needs the guest's address (ip=)" || return 1
     ! keelctl list | grep -q '^badnet ' || { keelctl list; return 1; }
     ! ls /sys/class/net | grep -q '^vif' || { ls /sys/class/net; return 1; }
 }

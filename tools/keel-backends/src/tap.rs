@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -30,6 +31,9 @@ const SIOCSIFMTU: libc::c_ulong = 0x8922;
 const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
 const SIOCGIFINDEX: libc::c_ulong = 0x8933;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+const SIOCSIFADDR: libc::c_ulong = 0x8916;
+const SIOCSIFNETMASK: libc::c_ulong = 0x891c;
+const SIOCADDRT: libc::c_ulong = 0x890b;
 const ARPHRD_ETHER: libc::c_ushort = 1;
 
 /// `struct ifreq`: a name and a 24-byte union, read through the field each call uses.
@@ -85,6 +89,87 @@ fn ifreq_ioctl(fd: RawFd, request: libc::c_ulong, r: &mut IfReq) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A `struct sockaddr_in` for `addr`, as 16 bytes.
+fn sockaddr_in(addr: Ipv4Addr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..2].copy_from_slice(&(libc::AF_INET as libc::sa_family_t).to_ne_bytes());
+    b[4..8].copy_from_slice(&addr.octets());
+    b
+}
+
+fn write_sockaddr(sa: &mut libc::sockaddr, addr: Ipv4Addr) {
+    let b = sockaddr_in(addr);
+    sa.sa_family = libc::AF_INET as libc::sa_family_t;
+    for (d, s) in sa.sa_data.iter_mut().zip(&b[2..]) {
+        *d = *s as libc::c_char;
+    }
+}
+
+/// The IPv4 address Dom0 is known by on `dev`, else on the interface of its default route,
+/// else on its first interface that is up and not loopback or a vif (Xen's vif-route takes
+/// `gatewaydev`'s, eth0 by default, and fails without one).
+pub fn host_address(dev: Option<&str>) -> io::Result<(String, Ipv4Addr)> {
+    let default_dev = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| {
+            t.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+            })
+        });
+    let mut found: Vec<(String, Ipv4Addr)> = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut p = list;
+    while !p.is_null() {
+        // SAFETY: `p` is an element of the list getifaddrs returned, not yet freed.
+        let a = unsafe { &*p };
+        p = a.ifa_next;
+        if a.ifa_addr.is_null() || a.ifa_flags & libc::IFF_UP as u32 == 0 {
+            continue;
+        }
+        // SAFETY: a non-null `ifa_addr` points to a sockaddr of the family it names.
+        if unsafe { (*a.ifa_addr).sa_family } != libc::AF_INET as libc::sa_family_t {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a `sockaddr_in`; the name is a C string.
+        let (ip, name) = unsafe {
+            let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
+            (
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                std::ffi::CStr::from_ptr(a.ifa_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        };
+        found.push((name, ip));
+    }
+    // SAFETY: the list getifaddrs returned, not used after.
+    unsafe { libc::freeifaddrs(list) };
+    let pick = |want: &str| found.iter().find(|(n, _)| n == want).cloned();
+    let chosen = match dev {
+        Some(d) => pick(d),
+        None => default_dev.as_deref().and_then(pick).or_else(|| {
+            found
+                .iter()
+                .find(|(n, ip)| !ip.is_loopback() && !n.starts_with("vif"))
+                .cloned()
+        }),
+    };
+    chosen.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            match dev {
+                Some(d) => format!("{d} has no IPv4 address"),
+                None => "Dom0 has no IPv4 address to route from (no default route, no interface up with one)".into(),
+            },
+        )
+    })
 }
 
 /// A socket for the interface ioctls.
@@ -220,6 +305,55 @@ impl Tap {
                 format!("adding {} to bridge {bridge}: {e}", self.name),
             )
         })
+    }
+
+    /// Gives the interface the IPv4 address `addr` as a /32 (vif-route gives the vif Dom0's
+    /// own address, so that the guest's ARP for its gateway is answered on the link).
+    pub fn set_host_address(&self, addr: Ipv4Addr) -> io::Result<()> {
+        let s = control_socket()?;
+        let mut r = IfReq::new(&self.name)?;
+        r.data[..16].copy_from_slice(&sockaddr_in(addr));
+        ifreq_ioctl(s.as_raw_fd(), SIOCSIFADDR, &mut r)?;
+        let mut r = IfReq::new(&self.name)?;
+        r.data[..16].copy_from_slice(&sockaddr_in(Ipv4Addr::BROADCAST));
+        ifreq_ioctl(s.as_raw_fd(), SIOCSIFNETMASK, &mut r)
+    }
+
+    /// Routes `dest` (a host) through this interface, from `src`... as far as the legacy
+    /// route ioctl can say it: a host route on the device. It goes with the device.
+    pub fn add_host_route(&self, dest: Ipv4Addr) -> io::Result<()> {
+        let s = control_socket()?;
+        let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+        for (d, c) in name.iter_mut().zip(self.name.bytes()) {
+            *d = c as libc::c_char;
+        }
+        // SAFETY: all-zero is a valid `rtentry` (null pointers, zero numbers).
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        write_sockaddr(&mut rt.rt_dst, dest);
+        write_sockaddr(&mut rt.rt_genmask, Ipv4Addr::BROADCAST);
+        write_sockaddr(&mut rt.rt_gateway, Ipv4Addr::UNSPECIFIED);
+        rt.rt_flags = (libc::RTF_UP | libc::RTF_HOST) as libc::c_ushort;
+        rt.rt_dev = name.as_mut_ptr();
+        // SAFETY: SIOCADDRT reads the `rtentry` and the device name it points to, both live
+        // locals for the call.
+        if unsafe { libc::ioctl(s.as_raw_fd(), SIOCADDRT as _, &mut rt as *mut libc::rtentry) } < 0
+        {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("a route to {dest} through {}: {e}", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets one of the interface's IPv4 sysctls (`/proc/sys/net/ipv4/conf/<name>/<key>`),
+    /// such as `proxy_arp`.
+    pub fn set_ipv4_conf(&self, key: &str, value: &str) -> io::Result<()> {
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/{key}", self.name),
+            value,
+        )
     }
 
     /// Writes one frame, `vnet_hdr` first. `WouldBlock` when the host's queue is full.

@@ -404,7 +404,8 @@ impl Devices {
     /// Makes a vif's TAP device, writes its two directories and starts its backend.
     fn add_vif(&mut self, c: &mut Client, vif: &Vif) -> Result<(), String> {
         let domid = u32::from(self.domid);
-        let tap = Arc::new(open_tap(domid, vif)?);
+        let (tap, how) = open_tap(domid, vif)?;
+        let tap = Arc::new(tap);
         let mac = vif
             .mac
             .unwrap_or_else(|| default_mac(&self.mac_key, vif.devid));
@@ -421,12 +422,7 @@ impl Devices {
         });
         match started {
             Ok(backend) => {
-                (self.log)(&format!(
-                    "vif {}: {} ({mac}) on bridge {}",
-                    vif.devid,
-                    tap.name(),
-                    vif.bridge
-                ));
+                (self.log)(&format!("vif {}: {} ({mac}) {how}", vif.devid, tap.name()));
                 self.vifs.push(backend);
                 Ok(())
             }

@@ -4,16 +4,18 @@
 //!
 //! The TAP is made and configured by [`open_tap`] before the frontend is told about the vif,
 //! as Xen's hotplug scripts run before the frontend connects: named `vif<domid>.<devid>` (or
-//! `vifname=`), Xen's backend MAC fe:ff:ff:ff:ff:ff, the MTU, up, and in bridged mode (the
-//! default `script=vif-bridge`) a port of the named bridge.
-use std::{os::fd::AsFd, path::PathBuf, sync::Arc, thread::JoinHandle};
+//! `vifname=`), Xen's backend MAC fe:ff:ff:ff:ff:ff, the MTU, up; in bridged mode (the
+//! default `script=vif-bridge`) a port of the named bridge; in routed mode (`vif-route`)
+//! Dom0's address as a /32, proxy ARP, and a host route to each `ip=` address, with Dom0
+//! forwarding. The TAP, its address and its routes go with the domain.
+use std::{net::Ipv4Addr, os::fd::AsFd, path::PathBuf, sync::Arc, thread::JoinHandle};
 
 use keel_backends::{
     net::{
         xenstore::{backend_keys, parse_frontend_keys},
         NetQueue,
     },
-    tap::Tap,
+    tap::{host_address, Tap},
 };
 use keel_sys::{Domain, EventFd};
 use keel_xlcfg::{Vif, VifScript};
@@ -33,29 +35,49 @@ pub fn tap_name(domid: u32, vif: &Vif) -> String {
         .unwrap_or_else(|| format!("vif{domid}.{}", vif.devid))
 }
 
-/// Makes and configures the vif's TAP device as its mode asks; refuses the modes not served
-/// yet, naming the vif and the script.
-pub fn open_tap(domid: u32, vif: &Vif) -> Result<Tap, String> {
+/// The guest addresses of a routed vif (`ip=`: IPv4 addresses, or /32 prefixes, separated
+/// by spaces or commas).
+fn routed_addresses(label: &str, vif: &Vif) -> Result<Vec<Ipv4Addr>, String> {
+    let text = vif.ip.as_deref().unwrap_or("");
+    let ips = text
+        .split([' ', ','])
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.strip_suffix("/32")
+                .unwrap_or(t)
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("{label}: ip={text}: `{t}' is not an IPv4 address (or a /32)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ips.is_empty() {
+        return Err(format!(
+            "{label}: script=vif-route needs the guest's address (ip=): Dom0 routes it to the vif"
+        ));
+    }
+    Ok(ips)
+}
+
+/// Makes and configures the vif's TAP device as its mode asks, as Xen's vif-bridge and
+/// vif-route scripts do; refuses the modes not served yet, naming the vif and the script.
+/// Returns the TAP and what was done, for the log.
+pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, String), String> {
     let label = format!("vif {}", vif.devid);
-    match &vif.script {
-        VifScript::Bridge => {}
-        VifScript::Route | VifScript::Nat => {
+    let routed = match &vif.script {
+        VifScript::Bridge => None,
+        VifScript::Route => Some(routed_addresses(&label, vif)?),
+        VifScript::Nat => {
             return Err(format!(
-                "{label}: script={}: only bridged vifs (vif-bridge) are served yet",
-                if vif.script == VifScript::Route {
-                    "vif-route"
-                } else {
-                    "vif-nat"
-                }
+                "{label}: script=vif-nat: NAT is not served yet (vif-bridge and vif-route are)"
             ))
         }
         VifScript::Other(p) => {
             return Err(format!(
-                "{label}: script={}: Keel runs no hotplug scripts; it serves vif-bridge",
+                "{label}: script={}: Keel runs no hotplug scripts; it serves vif-bridge and \
+                 vif-route",
                 p.display()
             ))
         }
-    }
+    };
     if let Some(b) = vif
         .backend
         .as_deref()
@@ -67,16 +89,34 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<Tap, String> {
     }
     let name = tap_name(domid, vif);
     let tap = Tap::create(&name).map_err(|e| format!("{label}: {e}"))?;
-    let setup = || -> std::io::Result<()> {
+    let setup = || -> std::io::Result<String> {
         tap.set_mac(BACKEND_MAC)?;
         if let Some(mtu) = vif.mtu.filter(|&m| m != 0) {
             tap.set_mtu(mtu)?;
         }
-        tap.join_bridge(&vif.bridge)?;
-        tap.up()
+        let Some(ips) = &routed else {
+            tap.join_bridge(&vif.bridge)?;
+            tap.up()?;
+            return Ok(format!("on bridge {}", vif.bridge));
+        };
+        // vif-route: the vif takes Dom0's address (a /32), answers ARP for the rest of the
+        // network (proxy ARP), and each guest address is routed to it; Dom0 forwards.
+        let (dev, main) = host_address(vif.gatewaydev.as_deref())?;
+        tap.set_host_address(main)?;
+        tap.up()?;
+        tap.set_ipv4_conf("proxy_arp", "1")?;
+        for ip in ips {
+            tap.add_host_route(*ip)?;
+        }
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        Ok(format!(
+            "routed: {} through it, from {main} ({dev})",
+            list.join(" ")
+        ))
     };
-    setup().map_err(|e| format!("{label} ({name}): {e}"))?;
-    Ok(tap)
+    let done = setup().map_err(|e| format!("{label} ({name}): {e}"))?;
+    Ok((tap, done))
 }
 
 /// What a vif's backend needs.
@@ -212,6 +252,40 @@ impl Device for VifDevice {
             let _ = s.stop.signal();
             let _ = s.thread.join();
             let _ = self.domain.evtchn_unbind(s.port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vif(spec: &str) -> Vif {
+        Vif::parse(spec, 0).expect("a valid vif spec").0
+    }
+
+    #[test]
+    fn routed_addresses_are_ipv4_hosts() {
+        assert_eq!(
+            routed_addresses("vif 0", &vif("script=vif-route, ip=10.0.0.2 10.0.0.3/32")),
+            Ok(vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)])
+        );
+        let e = routed_addresses("vif 0", &vif("script=vif-route")).unwrap_err();
+        assert!(e.contains("needs the guest's address (ip=)"), "{e}");
+        let e = routed_addresses("vif 0", &vif("script=vif-route, ip=10.0.0.0/24")).unwrap_err();
+        assert!(e.contains("`10.0.0.0/24' is not an IPv4 address"), "{e}");
+    }
+
+    #[test]
+    fn modes_not_served_are_refused_before_anything_is_made() {
+        for (spec, says) in [
+            ("script=vif-nat", "script=vif-nat"),
+            ("script=my-script", "runs no hotplug scripts"),
+            ("backend=netdom", "backend=netdom"),
+            ("script=vif-route", "ip="),
+        ] {
+            let e = open_tap(3, &vif(spec)).map(|_| ()).unwrap_err();
+            assert!(e.starts_with("vif 0: ") && e.contains(says), "{spec}: {e}");
         }
     }
 }
