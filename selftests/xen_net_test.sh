@@ -6,7 +6,10 @@
 # Xen's 00:16:3e range (the same after a restart) shown in XenStore; Dom0's end is the TAP
 # vif<domid>.0 (Xen's fe:ff:ff:ff:ff:ff), a port of the bridge; the DomU pings Dom0, and a
 # checksummed file crosses each way over TCP (HTTP: the DomU fetches Dom0's, Dom0 fetches the
-# DomU's); after `keelctl destroy` the TAP and the vif's XenStore directories are gone.
+# DomU's); `keelctl network-attach` adds a second vif the guest connects (network-list shows
+# it Connected, its TAP on the bridge), `network-detach` takes it from the guest, Dom0 and
+# XenStore, and their errors name the vif; after `keelctl destroy` the TAP and the vif's
+# XenStore directories are gone.
 # Routed (`script=vif-route, ip=10.99.1.2`): the vif has Dom0's address as a /32 and proxy
 # ARP, Dom0 routes the guest's address to it; the DomU (10.99.1.2/24, Dom0 on the link) pings
 # Dom0, Dom0 pings the DomU by its address and fetches its file; after destroy the route is
@@ -19,7 +22,7 @@ out=/tmp/xen_net.out err=/tmp/xen_net.err dir=/tmp/xen_net
 br=keelbr0 size=4
 mkdir -p $dir $dir/www
 
-tap_plan 8
+tap_plan 9
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -114,7 +117,35 @@ fetch_from_domu() {
 }
 check xen_net.dom0_fetches_a_file_from_the_domu fetch_from_domu
 
-# 3. Destroy: the TAP and the XenStore directories go; the MAC is the same the next time.
+# 3. A vif attached and detached at run time.
+attach_detach() {
+    need_domu || return $?
+    d=$(domid_of netguest)
+    keelctl network-attach netguest "bridge=$br" >$out 2>$err || { cat $out $err; return 1; }
+    i=0
+    while ! keelctl network-list netguest | awk '$1 == 1 && $5 == 4 { f = 1 } END { exit !f }'; do
+        i=$((i + 1)); [ $i -lt 300 ] || { echo "vif 1 not Connected:"; keelctl network-list netguest; return 1; }
+        sleep 0.2
+    done
+    [ -e /sys/class/net/$br/brif/vif$d.1 ] || { ls /sys/class/net/$br/brif; return 1; }
+    keelctl network-list --json netguest >$out || return 1
+    has $out '"tap": "vif'$d'.1"' || return 1
+    if keelctl network-attach netguest "devid=1, bridge=$br" 2>$err; then echo "devid 1 attached twice"; return 1; fi
+    has $err "vif 1" || return 1
+    if keelctl network-attach netguest bridge=nosuchbr 2>$err; then echo "attached to no bridge"; return 1; fi
+    has $err "nosuchbr" || return 1
+    if keelctl network-detach netguest 7 2>$err; then echo "detached vif 7"; return 1; fi
+    has $err "no vif 7" || return 1
+    keelctl network-detach netguest 1 >$out 2>$err || { cat $out $err; return 1; }
+    [ ! -e /sys/class/net/vif$d.1 ] || { echo "vif$d.1 is still there"; return 1; }
+    for p in /local/domain/0/backend/vif/$d/1 /local/domain/$d/device/vif/1; do
+        if keelctl xenstore read $p >/dev/null 2>&1; then echo "$p left in XenStore"; return 1; fi
+    done
+    [ "$(keelctl network-list netguest | wc -l)" = 2 ] || { keelctl network-list netguest; return 1; }
+}
+check xen_net.network_attach_and_detach_at_run_time attach_detach
+
+# 4. Destroy: the TAP and the XenStore directories go; the MAC is the same the next time.
 destroy_cleans_up() {
     need_domu || return $?
     d=$(domid_of netguest)
@@ -138,7 +169,7 @@ destroy_cleans_up() {
 }
 check xen_net.destroy_removes_the_vif_and_the_mac_is_stable destroy_cleans_up
 
-# 4. Routed: Dom0 reaches the DomU by its address; the route goes with it.
+# 5. Routed: Dom0 reaches the DomU by its address; the route goes with it.
 routed() {
     need_domu || return $?
     rm -f /var/log/keel/routed.log
@@ -171,7 +202,7 @@ routed_cleanup() {
 }
 check xen_net.routed_vif_route_gone_after_destroy routed_cleanup
 
-# 5. Refusals: no such bridge, routed without an address, NAT; nothing left behind.
+# 6. Refusals: no such bridge, routed without an address, NAT; nothing left behind.
 refusals() {
     need_domu || return $?
     cfg badnet info "vif = [ 'bridge=nosuchbr' ]"

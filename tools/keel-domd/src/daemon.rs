@@ -24,7 +24,7 @@ use std::{
 };
 
 use keel_sys::{EventFd, KeelDev, Vcpu};
-use keel_xlcfg::{Action, Disk, DomainConfig};
+use keel_xlcfg::{Action, Disk, DomainConfig, Vif};
 
 use crate::{
     devices::Devices,
@@ -104,9 +104,28 @@ struct Event {
 /// A `block-detach` waiting for the guest to release its disk; answered by the main loop.
 struct PendingDetach {
     client: UnixStream,
+    kind: DevKind,
     devid: u32,
-    vdev: String,
+    /// The device as messages name it (`disk xvdb`, `vif 1`).
+    label: String,
     deadline: Instant,
+}
+
+/// The kinds of device that attach and detach at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DevKind {
+    Disk,
+    Vif,
+}
+
+impl DevKind {
+    /// The verb that detaches one.
+    fn detach_verb(self) -> &'static str {
+        match self {
+            DevKind::Disk => "block-detach",
+            DevKind::Vif => "network-detach",
+        }
+    }
 }
 
 /// A live domain and its vCPU threads.
@@ -410,7 +429,7 @@ impl Daemon {
         for p in std::mem::take(&mut self.detaching) {
             Self::answer(
                 p.client,
-                Reply::error(format!("disk {}: the domain was destroyed", p.vdev)),
+                Reply::error(format!("{}: the domain was destroyed", p.label)),
             );
         }
         if let Some(d) = self.live.as_mut().and_then(|l| l.devices.take()) {
@@ -456,10 +475,10 @@ impl Daemon {
     }
 
     fn restart(&mut self) {
-        // A disk being detached is released by the guest's going: it is not attached again.
+        // A device being detached is released by the guest's going: it is not attached again.
         for p in std::mem::take(&mut self.detaching) {
-            self.cfg.disks.retain(|d| d.vdev.number != p.devid);
-            self.note(&format!("disk {} detached (the domain restarted)", p.vdev));
+            self.forget(p.kind, p.devid);
+            self.note(&format!("{} detached (the domain restarted)", p.label));
             Self::answer(p.client, Reply::ok());
         }
         let ran = if let Some(mut live) = self.live.take() {
@@ -643,20 +662,38 @@ impl Daemon {
                 Ok(()) => Reply::ok(),
                 Err(e) => Reply::error(e),
             },
-            Request::BlockDetach { device, force } => match self.block_detach(&device, force) {
-                Ok(None) => Reply::ok(),
-                Ok(Some((devid, vdev))) => {
-                    // Answered by `poll_detaches` once the guest lets the disk go.
-                    self.detaching.push(PendingDetach {
-                        client: s,
-                        devid,
-                        vdev,
-                        deadline: Instant::now() + DETACH_TIMEOUT,
-                    });
-                    return;
+            Request::BlockDetach { device, force } => {
+                match self.detach_device(DevKind::Disk, &device, force) {
+                    Ok(None) => Reply::ok(),
+                    Ok(Some((devid, label))) => {
+                        // Answered by `poll_detaches` once the guest lets the disk go.
+                        self.wait_detach(s, DevKind::Disk, devid, label);
+                        return;
+                    }
+                    Err(e) => Reply::error(e),
                 }
+            }
+            Request::NetworkList => match self.devices().and_then(|d| d.list_vifs()) {
+                Ok(nics) => Reply {
+                    nics: Some(nics),
+                    ..Reply::ok()
+                },
                 Err(e) => Reply::error(e),
             },
+            Request::NetworkAttach { spec } => match self.network_attach(&spec) {
+                Ok(()) => Reply::ok(),
+                Err(e) => Reply::error(e),
+            },
+            Request::NetworkDetach { device, force } => {
+                match self.detach_device(DevKind::Vif, &device, force) {
+                    Ok(None) => Reply::ok(),
+                    Ok(Some((devid, label))) => {
+                        self.wait_detach(s, DevKind::Vif, devid, label);
+                        return;
+                    }
+                    Err(e) => Reply::error(e),
+                }
+            }
             Request::Console => {
                 if let Some(mut old) = self.client.take() {
                     let _ =
@@ -723,34 +760,78 @@ impl Daemon {
         Ok(())
     }
 
-    /// `block-detach`: with `force`, the disk goes at once (`None`); otherwise the guest is
-    /// asked to release it and the request waits (`Some((devid, vdev))`).
-    fn block_detach(&mut self, device: &str, force: bool) -> Result<Option<(u32, String)>, String> {
+    /// `network-attach`: the vif joins the running domain and its config (as a disk does).
+    fn network_attach(&mut self, spec: &str) -> Result<(), String> {
+        let devid = self.devices()?.next_vif_devid();
+        let (vif, warnings) =
+            Vif::parse(spec, devid).map_err(|e| format!("vif spec `{spec}': {e}"))?;
+        for w in warnings {
+            self.note(&format!("vif spec `{spec}': {w}"));
+        }
+        self.devices_mut()?.attach_vif(&vif)?;
+        self.note(&format!("vif {} attached", vif.devid));
+        self.cfg.vifs.push(vif);
+        Ok(())
+    }
+
+    /// `block-detach` and `network-detach`: with `force`, the device goes at once (`None`);
+    /// otherwise the guest is asked to release it and the request waits for it: the device's
+    /// id and label.
+    fn detach_device(
+        &mut self,
+        kind: DevKind,
+        device: &str,
+        force: bool,
+    ) -> Result<Option<(u32, String)>, String> {
         let devices = self.devices_mut()?;
-        let devid = devices.find_disk(device)?;
-        let vdev = devices
-            .disk_name(devid)
-            .unwrap_or_else(|| device.to_owned());
-        let state = devices.disk_frontend_state(devid);
+        let (devid, label, state) = match kind {
+            DevKind::Disk => {
+                let devid = devices.find_disk(device)?;
+                let vdev = devices
+                    .disk_name(devid)
+                    .unwrap_or_else(|| device.to_owned());
+                (
+                    devid,
+                    format!("disk {vdev}"),
+                    devices.disk_frontend_state(devid),
+                )
+            }
+            DevKind::Vif => {
+                let devid = devices.find_vif(device)?;
+                (
+                    devid,
+                    format!("vif {devid}"),
+                    devices.vif_frontend_state(devid),
+                )
+            }
+        };
         if !force {
-            if self.detaching.iter().any(|p| p.devid == devid) {
+            if self
+                .detaching
+                .iter()
+                .any(|p| p.kind == kind && p.devid == devid)
+            {
                 return Err(format!(
-                    "disk {vdev}: a detach of it is already waiting for the guest"
+                    "{label}: a detach of it is already waiting for the guest"
                 ));
             }
             // The backend logs that it asks the guest.
-            self.devices_mut()?.close_disk(devid);
-            return Ok(Some((devid, vdev)));
+            let devices = self.devices_mut()?;
+            match kind {
+                DevKind::Disk => devices.close_disk(devid),
+                DevKind::Vif => devices.close_vif(devid),
+            }
+            return Ok(Some((devid, label)));
         }
-        self.finish_detach(devid);
+        self.finish_detach(kind, devid);
         self.note(&format!(
-            "disk {vdev} detached by force (its frontend was {})",
+            "{label} detached by force (its frontend was {})",
             state::describe(state)
         ));
-        // A detach that was waiting for this disk is over too.
+        // A detach that was waiting for this device is over too.
         let (done, waiting) = std::mem::take(&mut self.detaching)
             .into_iter()
-            .partition(|p| p.devid == devid);
+            .partition(|p| p.kind == kind && p.devid == devid);
         self.detaching = waiting;
         for p in done {
             Self::answer(p.client, Reply::ok());
@@ -758,36 +839,66 @@ impl Daemon {
         Ok(None)
     }
 
-    /// Removes disk `devid` from the domain and its config.
-    fn finish_detach(&mut self, devid: u32) {
-        if let Some(d) = self.live.as_mut().and_then(|l| l.devices.as_mut()) {
-            d.remove_disk(devid);
-        }
-        self.cfg.disks.retain(|d| d.vdev.number != devid);
+    /// Queues `client`'s detach of device `devid`: answered by `poll_detaches`.
+    fn wait_detach(&mut self, client: UnixStream, kind: DevKind, devid: u32, label: String) {
+        self.detaching.push(PendingDetach {
+            client,
+            kind,
+            devid,
+            label,
+            deadline: Instant::now() + DETACH_TIMEOUT,
+        });
     }
 
-    /// Answers the detaches whose disk the guest released, or that waited too long.
+    /// Removes device `devid` from the domain and its config.
+    fn finish_detach(&mut self, kind: DevKind, devid: u32) {
+        if let Some(d) = self.live.as_mut().and_then(|l| l.devices.as_mut()) {
+            match kind {
+                DevKind::Disk => {
+                    d.remove_disk(devid);
+                }
+                DevKind::Vif => d.remove_vif(devid),
+            }
+        }
+        self.forget(kind, devid);
+    }
+
+    /// Takes device `devid` out of the config (a restart does not attach it again).
+    fn forget(&mut self, kind: DevKind, devid: u32) {
+        match kind {
+            DevKind::Disk => self.cfg.disks.retain(|d| d.vdev.number != devid),
+            DevKind::Vif => self.cfg.vifs.retain(|v| v.devid != devid),
+        }
+    }
+
     fn poll_detaches(&mut self) {
         let mut i = 0;
         while i < self.detaching.len() {
             let p = &self.detaching[i];
             let devices = self.live.as_ref().and_then(|l| l.devices.as_ref());
-            let released = devices.is_none_or(|d| d.disk_released(p.devid));
+            let released = devices.is_none_or(|d| match p.kind {
+                DevKind::Disk => d.disk_released(p.devid),
+                DevKind::Vif => d.vif_released(p.devid),
+            });
             if released {
                 let p = self.detaching.remove(i);
-                self.finish_detach(p.devid);
-                self.note(&format!("disk {} detached", p.vdev));
+                self.finish_detach(p.kind, p.devid);
+                self.note(&format!("{} detached", p.label));
                 Self::answer(p.client, Reply::ok());
             } else if Instant::now() >= p.deadline {
-                let fe = devices.map_or(0, |d| d.disk_frontend_state(p.devid));
+                let fe = devices.map_or(0, |d| match p.kind {
+                    DevKind::Disk => d.disk_frontend_state(p.devid),
+                    DevKind::Vif => d.vif_frontend_state(p.devid),
+                });
                 let p = self.detaching.remove(i);
                 let why = format!(
-                    "disk {}: the guest did not release it within {} s (its frontend is {}; \
+                    "{}: the guest did not release it within {} s (its frontend is {}; \
                      is it in use?); it stays attached, its backend Closing; \
-                     `block-detach --force` removes it anyway",
-                    p.vdev,
+                     `{} --force` removes it anyway",
+                    p.label,
                     DETACH_TIMEOUT.as_secs(),
-                    state::describe(fe)
+                    state::describe(fe),
+                    p.kind.detach_verb()
                 );
                 self.note(&why);
                 Self::answer(p.client, Reply::error(why));

@@ -19,11 +19,11 @@ use keel_xenstored::{
     perms::Perms,
     Errno,
 };
-use keel_xlcfg::{Access, Disk, DiskFormat, DomainConfig, Vdev, Vif};
+use keel_xlcfg::{Access, Disk, DiskFormat, DomainConfig, Mac, Vdev, Vif};
 
 use crate::{
     guest::Guest,
-    proto::BlockInfo,
+    proto::{BlockInfo, NicInfo},
     ring::Confused,
     vbd::{open_disk, VbdSetup},
     vif::{open_tap, VifSetup},
@@ -165,6 +165,17 @@ struct ServedDisk {
     backend: Backend,
 }
 
+/// A vif being served: its config, MAC, TAP name, how it is connected, its XenStore
+/// directories and its backend (which holds the TAP).
+struct ServedVif {
+    vif: Vif,
+    mac: Mac,
+    tap: String,
+    mode: String,
+    paths: DevicePaths,
+    backend: Backend,
+}
+
 /// The domain's XenStore presence and backends.
 pub struct Devices {
     socket: PathBuf,
@@ -176,8 +187,7 @@ pub struct Devices {
     /// Rings offered per disk: the domain's vCPUs.
     max_queues: u32,
     disks: Vec<ServedDisk>,
-    /// The vifs' backends (each holds its TAP device).
-    vifs: Vec<Backend>,
+    vifs: Vec<ServedVif>,
     /// What a default MAC address is derived from: the domain's UUID or name.
     mac_key: String,
     /// Paths removed when the domain goes.
@@ -423,7 +433,14 @@ impl Devices {
         match started {
             Ok(backend) => {
                 (self.log)(&format!("vif {}: {} ({mac}) {how}", vif.devid, tap.name()));
-                self.vifs.push(backend);
+                self.vifs.push(ServedVif {
+                    vif: vif.clone(),
+                    mac,
+                    tap: tap.name().to_owned(),
+                    mode: how,
+                    paths,
+                    backend,
+                });
                 Ok(())
             }
             Err(e) => {
@@ -571,6 +588,111 @@ impl Devices {
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
                     read_only: d.disk.access == Access::ReadOnly || d.disk.cdrom,
+                }
+            })
+            .collect())
+    }
+
+    /// Adds `vif` to the running domain (`network-attach`): refused, naming it, when its
+    /// device id is taken or it cannot be served. The guest finds it through its watch on
+    /// `device/`.
+    pub fn attach_vif(&mut self, vif: &Vif) -> Result<(), String> {
+        if self.vifs.iter().any(|v| v.vif.devid == vif.devid) {
+            return Err(format!(
+                "vif {}: the domain already has a vif {}",
+                vif.devid, vif.devid
+            ));
+        }
+        let mut c =
+            Client::connect(&self.socket).map_err(|e| format!("XenStore: connecting: {e}"))?;
+        let paths = crate::xsnodes::vif_paths(self.domid.into(), vif.devid);
+        for p in [&paths.frontend, &paths.backend] {
+            if c.read(TxId::NONE, p).is_ok() {
+                return Err(format!(
+                    "vif {}: {p} is in XenStore already (left by another toolstack?)",
+                    vif.devid
+                ));
+            }
+        }
+        self.add_vif(&mut c, vif)
+    }
+
+    /// The next free vif device id (`network-attach` without `devid=`).
+    pub fn next_vif_devid(&self) -> u32 {
+        self.vifs.iter().map(|v| v.vif.devid + 1).max().unwrap_or(0)
+    }
+
+    /// The vif `device` names (its device id or its MAC address): its device id.
+    pub fn find_vif(&self, device: &str) -> Result<u32, String> {
+        let by_mac = Mac::parse(device).ok();
+        self.vifs
+            .iter()
+            .find(|v| match by_mac {
+                Some(m) => v.mac == m,
+                None => device.parse::<u32>().is_ok_and(|d| d == v.vif.devid),
+            })
+            .map(|v| v.vif.devid)
+            .ok_or_else(|| format!("the domain has no vif {device} (a device id or a MAC)"))
+    }
+
+    fn served_vif(&self, devid: u32) -> Option<&ServedVif> {
+        self.vifs.iter().find(|v| v.vif.devid == devid)
+    }
+
+    /// Asks the guest to release vif `devid` ([`Backend::close`]).
+    pub fn close_vif(&self, devid: u32) {
+        if let Some(v) = self.served_vif(devid) {
+            v.backend.close();
+        }
+    }
+
+    /// Whether the guest has released vif `devid` after [`Devices::close_vif`].
+    pub fn vif_released(&self, devid: u32) -> bool {
+        self.served_vif(devid).is_none_or(|v| v.backend.released())
+    }
+
+    /// The state of vif `devid`'s frontend as its backend last saw it (0: none).
+    pub fn vif_frontend_state(&self, devid: u32) -> u32 {
+        self.served_vif(devid)
+            .map_or(0, |v| v.backend.frontend_state())
+    }
+
+    /// Stops vif `devid`'s backend (its TAP goes with it) and removes both its directories.
+    pub fn remove_vif(&mut self, devid: u32) {
+        let Some(i) = self.vifs.iter().position(|v| v.vif.devid == devid) else {
+            return;
+        };
+        let v = self.vifs.remove(i);
+        drop(v.backend);
+        if let Ok(mut c) = Client::connect(&self.socket) {
+            for p in [&v.paths.frontend, &v.paths.backend] {
+                let _ = c.rm(TxId::NONE, p);
+            }
+        }
+    }
+
+    /// The vifs as `network-list` shows them, read from XenStore.
+    pub fn list_vifs(&self) -> Result<Vec<NicInfo>, String> {
+        let mut c =
+            Client::connect(&self.socket).map_err(|e| format!("XenStore: connecting: {e}"))?;
+        Ok(self
+            .vifs
+            .iter()
+            .map(|v| {
+                let (fe, be) = (&v.paths.frontend, &v.paths.backend);
+                NicInfo {
+                    devid: v.vif.devid,
+                    backend_id: 0,
+                    mac: v.mac.to_string(),
+                    frontend_id: self.domid.into(),
+                    state: read_u32(&mut c, &format!("{fe}/state")),
+                    backend_state: read_u32(&mut c, &format!("{be}/state")),
+                    event_channel: read_u32(&mut c, &format!("{fe}/event-channel")),
+                    tx_ring_ref: read_u32(&mut c, &format!("{fe}/tx-ring-ref")),
+                    rx_ring_ref: read_u32(&mut c, &format!("{fe}/rx-ring-ref")),
+                    backend_path: be.clone(),
+                    tap: v.tap.clone(),
+                    mode: v.mode.clone(),
                 }
             })
             .collect())

@@ -52,6 +52,22 @@ pub enum Request {
     },
     /// The domain's disks ([`Reply::disks`]), as `xl block-list`.
     BlockList,
+    /// Add a vif to the running domain, as `xl network-attach`.
+    NetworkAttach {
+        /// The vif, in xl's vif syntax (xl-network-configuration(5)).
+        spec: String,
+    },
+    /// Remove a vif, as `xl network-detach`: the guest is asked to release it first, as
+    /// for a disk, unless `force`.
+    NetworkDetach {
+        /// Its device id (`1`) or its MAC address.
+        device: String,
+        /// Remove it without waiting for the guest.
+        #[serde(default)]
+        force: bool,
+    },
+    /// The domain's vifs ([`Reply::nics`]), as `xl network-list`.
+    NetworkList,
 }
 
 impl Request {
@@ -66,6 +82,9 @@ impl Request {
             Self::BlockAttach { .. } => "block-attach",
             Self::BlockDetach { .. } => "block-detach",
             Self::BlockList => "block-list",
+            Self::NetworkAttach { .. } => "network-attach",
+            Self::NetworkDetach { .. } => "network-detach",
+            Self::NetworkList => "network-list",
         }
     }
 
@@ -73,7 +92,10 @@ impl Request {
     /// arguments (what every keel-domd understands), JSON otherwise.
     pub fn line(&self) -> String {
         match self {
-            Self::BlockAttach { .. } | Self::BlockDetach { .. } => {
+            Self::BlockAttach { .. }
+            | Self::BlockDetach { .. }
+            | Self::NetworkAttach { .. }
+            | Self::NetworkDetach { .. } => {
                 serde_json::to_string(self).expect("plain data serializes")
             }
             _ => self.word().to_owned(),
@@ -93,6 +115,7 @@ impl Request {
             Self::Unpause,
             Self::Console,
             Self::BlockList,
+            Self::NetworkList,
         ]
         .into_iter()
         .find(|r| r.word() == line)
@@ -169,6 +192,35 @@ pub struct BlockInfo {
     pub read_only: bool,
 }
 
+/// One vif of a domain, as `network-list` reports it (libxl's `libxl_nicinfo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicInfo {
+    /// The device id: xl's Idx column.
+    pub devid: u32,
+    /// The backend's domain (Dom0): xl's BE column.
+    pub backend_id: u32,
+    /// The guest's MAC address: xl's "Mac Addr." column.
+    pub mac: String,
+    /// The guest's domid: xl's "handle" column.
+    pub frontend_id: u32,
+    /// The frontend's xenbus state: xl's "state" column; `None` when the node is missing.
+    pub state: Option<u32>,
+    /// The backend's xenbus state.
+    pub backend_state: Option<u32>,
+    /// The frontend's `event-channel`: xl's evt-ch column (missing before it connects).
+    pub event_channel: Option<u32>,
+    /// The frontend's `tx-ring-ref` and `rx-ring-ref`: xl's "tx-/rx-ring-ref" column.
+    pub tx_ring_ref: Option<u32>,
+    /// See `tx_ring_ref`.
+    pub rx_ring_ref: Option<u32>,
+    /// The backend's directory: xl's BE-path column.
+    pub backend_path: String,
+    /// The TAP device in Dom0.
+    pub tap: String,
+    /// How it is connected (`bridge br0`, `routed 10.0.0.2`).
+    pub mode: String,
+}
+
 /// The answer to a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
@@ -183,6 +235,9 @@ pub struct Reply {
     /// The disks, for `block-list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<BlockInfo>>,
+    /// The vifs, for `network-list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<Vec<NicInfo>>,
 }
 
 impl Reply {
@@ -193,6 +248,7 @@ impl Reply {
             error: None,
             status: None,
             disks: None,
+            nics: None,
         }
     }
 
@@ -203,6 +259,7 @@ impl Reply {
             error: Some(error.into()),
             status: None,
             disks: None,
+            nics: None,
         }
     }
 
@@ -289,6 +346,14 @@ mod tests {
             Request::BlockDetach {
                 device: "xvdb".into(),
                 force: true,
+            },
+            Request::NetworkList,
+            Request::NetworkAttach {
+                spec: "bridge=br0, mac=00:16:3e:00:00:01".into(),
+            },
+            Request::NetworkDetach {
+                device: "1".into(),
+                force: false,
             },
         ]
     }

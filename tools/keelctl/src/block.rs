@@ -12,7 +12,7 @@ use crate::control::{find_domd, REQUEST_TIMEOUT};
 
 /// Sends `request` to the keel-domd of the domain `arg` names; its reply when it carried the
 /// request out, its error otherwise.
-fn ask(
+pub(crate) fn ask(
     dev: &KeelDev,
     dirs: &Dirs,
     arg: &str,

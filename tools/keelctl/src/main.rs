@@ -4,8 +4,9 @@
 //! the module and the hardware offer and the hypervisor's exit counters, runs bare guest images
 //! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
 //! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
-//! `unpause`, `block-attach`, `block-detach`, `block-list`, and through XenStore
-//! (keel-xenstored) `shutdown`, `reboot`, `mem-set` and the `xenstore` tools.
+//! `unpause`, `block-attach`, `block-detach`, `block-list`, `network-attach`,
+//! `network-detach`, `network-list`, and through XenStore (keel-xenstored) `shutdown`,
+//! `reboot`, `mem-set` and the `xenstore` tools.
 #![deny(missing_docs)]
 
 use std::{
@@ -25,6 +26,7 @@ mod image;
 mod info;
 mod list;
 mod memset;
+mod network;
 mod run;
 mod shutdown;
 mod stats;
@@ -280,6 +282,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add a vif to a running domain, as `xl network-attach`.
+    ///
+    /// VIFSPEC is one vif in xl's syntax (xl-network-configuration(5)), as in the `vif =` list
+    /// of an xl.cfg: 'bridge=xenbr0, mac=00:16:3e:00:00:01' or 'script=vif-route,
+    /// ip=10.0.0.2'; several arguments are joined with commas into one spec, as xl does. The
+    /// device id is the next free one unless devid= says. The domain's keel-domd makes its
+    /// TAP device (bridged or routed), writes its XenStore directories and starts its
+    /// backend; the guest's netfront finds it and connects. Refused, naming the vif, when its
+    /// id is taken, its bridge does not exist or its mode is not served. The vif joins the
+    /// domain's config: a restart of the domain keeps it, as xl's does.
+    #[command(name = "network-attach", verbatim_doc_comment)]
+    NetworkAttach {
+        /// The domain's name or id.
+        #[arg(value_name = "NAME|ID")]
+        domain: String,
+        /// The vif, in xl's vif syntax.
+        #[arg(value_name = "VIFSPEC", required = true, num_args = 1..)]
+        spec: Vec<String>,
+    },
+    /// Remove a vif from a running domain, as `xl network-detach`.
+    ///
+    /// Asks the guest to release it as libxl does (the backend Closing, `online` = 0) and
+    /// waits up to 10 s for its frontend to close; then stops the backend (its TAP device and
+    /// routes go) and removes both XenStore directories. --force removes it without asking.
+    /// The vif leaves the domain's config.
+    #[command(name = "network-detach", verbatim_doc_comment)]
+    NetworkDetach {
+        /// The domain's name or id.
+        #[arg(value_name = "NAME|ID")]
+        domain: String,
+        /// The vif: its device id, or its MAC address, as network-list shows them.
+        #[arg(value_name = "DEVID|MAC")]
+        vif: String,
+        /// Remove it at once, without waiting for the guest.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List the vifs of domains, as `xl network-list`.
+    ///
+    /// xl's columns: Idx (the device id), BE (the backend's domain), Mac Addr., handle (the
+    /// guest's domain id), state (the guest's frontend: 1 Initialising .. 4 Connected, 5
+    /// Closing, 6 Closed), evt-ch and tx-/rx-ring-ref (-1 before the guest connects),
+    /// BE-path. --json adds the backend's state, the TAP device and how it is connected.
+    #[command(name = "network-list", verbatim_doc_comment)]
+    NetworkList {
+        /// The domains' names or ids.
+        #[arg(value_name = "NAME|ID", required = true, num_args = 1..)]
+        domains: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and change XenStore, as Xen's xenstore-* tools.
     ///
     /// Talks to keel-xenstored (--xenstore-socket, default /run/keel/xenstored.sock) as Dom0:
@@ -376,6 +430,39 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 force,
             )?;
         }
+        Command::NetworkAttach { domain, spec } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            network::attach(&dev, &keel_domd::files::Dirs::from_env(), &domain, &spec)?;
+        }
+        Command::NetworkDetach { domain, vif, force } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let dirs = keel_domd::files::Dirs::from_env();
+            network::detach(&dev, &dirs, &domain, &vif, force)?;
+        }
+        Command::NetworkList { domains, json } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let dirs = keel_domd::files::Dirs::from_env();
+            // As xl: a domain that cannot be listed is reported and the others still are.
+            let mut nics = Vec::new();
+            let mut failed = false;
+            for d in &domains {
+                match network::list(&dev, &dirs, d) {
+                    Ok(mut l) => nics.append(&mut l),
+                    Err(e) => {
+                        eprintln!("keelctl: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nics)?);
+            } else {
+                print!("{}", network::human(&nics));
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::BlockList { domains, json } => {
             let dev = keel_sys::KeelDev::open(&cli.device)?;
             let dirs = keel_domd::files::Dirs::from_env();
@@ -465,6 +552,36 @@ mod tests {
     fn the_cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn network_verbs_parse_as_xls() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        let Ok(Command::NetworkDetach { domain, vif, force }) = parse(&[
+            "keelctl",
+            "network-detach",
+            "web",
+            "00:16:3e:00:00:01",
+            "-f",
+        ]) else {
+            panic!("network-detach did not parse");
+        };
+        assert_eq!(
+            (domain.as_str(), vif.as_str(), force),
+            ("web", "00:16:3e:00:00:01", true)
+        );
+        let Ok(Command::NetworkAttach { domain, spec }) = parse(&[
+            "keelctl",
+            "network-attach",
+            "3",
+            "bridge=br0",
+            "mac=00:16:3e:00:00:02",
+        ]) else {
+            panic!("network-attach did not parse");
+        };
+        assert_eq!(domain, "3");
+        assert_eq!(spec, ["bridge=br0", "mac=00:16:3e:00:00:02"]);
+        assert!(parse(&["keelctl", "network-list", "--json", "a", "b"]).is_ok());
     }
 
     #[test]
