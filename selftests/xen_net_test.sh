@@ -221,4 +221,5 @@ refusals() {
 check xen_net.bad_vifs_are_refused_by_name refusals
 
 killall httpd 2>/dev/null
+ip link set $br down 2>/dev/null && brctl delbr $br 2>/dev/null
 tap_done
