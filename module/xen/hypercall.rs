@@ -54,7 +54,13 @@ pub(super) fn dispatch(
         nr::HVM_OP => hvm_op(x, dom, &g, cmd, args[1]),
         nr::VCPU_OP => vcpu_op(x, v, dom, &g, cmd, args[1], args[2]),
         nr::SET_TIMER_OP => {
-            set_timer(x, v, args[0]);
+            // A 32-bit caller passes the 64-bit timeout in two words: low in EBX, high in ECX.
+            let timeout = if long_mode {
+                args[0]
+            } else {
+                args[0] | (args[1] << 32)
+            };
+            set_timer(x, v, timeout);
             Ok(0)
         }
         nr::EVENT_CHANNEL_OP => evtchn_op(x, v, dom, &g, cmd, args[1], &mut wake),

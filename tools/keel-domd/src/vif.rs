@@ -182,10 +182,12 @@ impl Device for VifDevice {
         let cfg = parse_frontend_keys(lookup).map_err(|e| format!("the frontend's keys: {e}"))?;
         let options = cfg.options(self.mtu as usize);
         // Frames from the host may leave their checksum to the guest, and come as TCP
-        // segments of up to 64 KiB, only as far as the frontend takes them.
+        // segments of up to 64 KiB, only as far as the frontend takes them (a segment spans
+        // several slots: only with scatter-gather).
         let csum = !cfg.no_csum_offload;
+        let tso = csum && cfg.sg;
         self.tap
-            .set_offload(csum, csum && cfg.gso_tcpv4, csum && cfg.gso_tcpv6)
+            .set_offload(csum, tso && cfg.gso_tcpv4, tso && cfg.gso_tcpv6)
             .map_err(|e| format!("the TAP's offloads: {e}"))?;
         let grants = Arc::new(KeelGrants(self.domain.clone()));
         let mut queue = NetQueue::attach(grants, cfg.tx_ring_ref, cfg.rx_ring_ref, options)
