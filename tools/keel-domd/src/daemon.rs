@@ -27,7 +27,7 @@ use keel_sys::{EventFd, KeelDev, Vcpu};
 use keel_xlcfg::{Action, Disk, DomainConfig, Vif};
 
 use crate::{
-    devices::Devices,
+    devices::{DevKind, Devices},
     exit::{classify, Outcome, Shutdown},
     files::{process_alive, Dirs, StateFile},
     guest::{build, Guest},
@@ -109,23 +109,6 @@ struct PendingDetach {
     /// The device as messages name it (`disk xvdb`, `vif 1`).
     label: String,
     deadline: Instant,
-}
-
-/// The kinds of device that attach and detach at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DevKind {
-    Disk,
-    Vif,
-}
-
-impl DevKind {
-    /// The verb that detaches one.
-    fn detach_verb(self) -> &'static str {
-        match self {
-            DevKind::Disk => "block-detach",
-            DevKind::Vif => "network-detach",
-        }
-    }
 }
 
 /// A live domain and its vCPU threads.
@@ -784,27 +767,20 @@ impl Daemon {
         force: bool,
     ) -> Result<Option<(u32, String)>, String> {
         let devices = self.devices_mut()?;
-        let (devid, label, state) = match kind {
+        let (devid, label) = match kind {
             DevKind::Disk => {
                 let devid = devices.find_disk(device)?;
                 let vdev = devices
                     .disk_name(devid)
                     .unwrap_or_else(|| device.to_owned());
-                (
-                    devid,
-                    format!("disk {vdev}"),
-                    devices.disk_frontend_state(devid),
-                )
+                (devid, format!("disk {vdev}"))
             }
             DevKind::Vif => {
                 let devid = devices.find_vif(device)?;
-                (
-                    devid,
-                    format!("vif {devid}"),
-                    devices.vif_frontend_state(devid),
-                )
+                (devid, format!("vif {devid}"))
             }
         };
+        let state = devices.frontend_state(kind, devid);
         if !force {
             if self
                 .detaching
@@ -816,11 +792,7 @@ impl Daemon {
                 ));
             }
             // The backend logs that it asks the guest.
-            let devices = self.devices_mut()?;
-            match kind {
-                DevKind::Disk => devices.close_disk(devid),
-                DevKind::Vif => devices.close_vif(devid),
-            }
+            self.devices_mut()?.close(kind, devid);
             return Ok(Some((devid, label)));
         }
         self.finish_detach(kind, devid);
@@ -876,20 +848,14 @@ impl Daemon {
         while i < self.detaching.len() {
             let p = &self.detaching[i];
             let devices = self.live.as_ref().and_then(|l| l.devices.as_ref());
-            let released = devices.is_none_or(|d| match p.kind {
-                DevKind::Disk => d.disk_released(p.devid),
-                DevKind::Vif => d.vif_released(p.devid),
-            });
+            let released = devices.is_none_or(|d| d.released(p.kind, p.devid));
             if released {
                 let p = self.detaching.remove(i);
                 self.finish_detach(p.kind, p.devid);
                 self.note(&format!("{} detached", p.label));
                 Self::answer(p.client, Reply::ok());
             } else if Instant::now() >= p.deadline {
-                let fe = devices.map_or(0, |d| match p.kind {
-                    DevKind::Disk => d.disk_frontend_state(p.devid),
-                    DevKind::Vif => d.vif_frontend_state(p.devid),
-                });
+                let fe = devices.map_or(0, |d| d.frontend_state(p.kind, p.devid));
                 let p = self.detaching.remove(i);
                 let why = format!(
                     "{}: the guest did not release it within {} s (its frontend is {}; \

@@ -2,7 +2,7 @@
 //! domain introduced with libxl's nodes ([`crate::xsnodes`]), its store ring relayed to the
 //! daemon ([`StorePump`], pumped by the main loop), and one backend per `disk =` entry
 //! ([`crate::vbd`]), more attached and detached while it runs ([`Devices::attach`],
-//! [`Devices::close_disk`], [`Devices::remove_disk`]). [`Devices::stop`] undoes it all:
+//! [`Devices::close`], [`Devices::remove_disk`]). [`Devices::stop`] undoes it all:
 //! backends stopped, nodes removed, the domain released.
 use std::{
     io::{self, Read, Write},
@@ -155,6 +155,25 @@ impl StorePump {
             moved |= n > 0;
         }
         Ok(moved)
+    }
+}
+
+/// The kinds of device that attach and detach at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevKind {
+    /// A virtual disk (vbd).
+    Disk,
+    /// A network interface (vif).
+    Vif,
+}
+
+impl DevKind {
+    /// The verb that detaches one.
+    pub fn detach_verb(self) -> &'static str {
+        match self {
+            DevKind::Disk => "block-detach",
+            DevKind::Vif => "network-detach",
+        }
     }
 }
 
@@ -499,22 +518,34 @@ impl Devices {
         self.disks.iter().find(|d| d.disk.vdev.number == devid)
     }
 
-    /// Asks the guest to release disk `devid` ([`Backend::close`]).
-    pub fn close_disk(&self, devid: u32) {
-        if let Some(d) = self.served(devid) {
-            d.backend.close();
+    /// The backend of device `devid` of that kind, if it is served.
+    fn backend(&self, kind: DevKind, devid: u32) -> Option<&Backend> {
+        match kind {
+            DevKind::Disk => self.served(devid).map(|d| &d.backend),
+            DevKind::Vif => self
+                .vifs
+                .iter()
+                .find(|v| v.vif.devid == devid)
+                .map(|v| &v.backend),
         }
     }
 
-    /// Whether the guest has released disk `devid` after [`Devices::close_disk`] (true for a
-    /// disk no longer served).
-    pub fn disk_released(&self, devid: u32) -> bool {
-        self.served(devid).is_none_or(|d| d.backend.released())
+    /// Asks the guest to release device `devid` ([`Backend::close`]).
+    pub fn close(&self, kind: DevKind, devid: u32) {
+        if let Some(b) = self.backend(kind, devid) {
+            b.close();
+        }
     }
 
-    /// The state of disk `devid`'s frontend as its backend last saw it (0: none).
-    pub fn disk_frontend_state(&self, devid: u32) -> u32 {
-        self.served(devid).map_or(0, |d| d.backend.frontend_state())
+    /// Whether the guest has released device `devid` after [`Devices::close`] (true for a
+    /// device no longer served).
+    pub fn released(&self, kind: DevKind, devid: u32) -> bool {
+        self.backend(kind, devid).is_none_or(|b| b.released())
+    }
+
+    /// The state of device `devid`'s frontend as its backend last saw it (0: none).
+    pub fn frontend_state(&self, kind: DevKind, devid: u32) -> u32 {
+        self.backend(kind, devid).map_or(0, |b| b.frontend_state())
     }
 
     /// The vdev name of disk `devid`.
@@ -633,28 +664,6 @@ impl Devices {
             })
             .map(|v| v.vif.devid)
             .ok_or_else(|| format!("the domain has no vif {device} (a device id or a MAC)"))
-    }
-
-    fn served_vif(&self, devid: u32) -> Option<&ServedVif> {
-        self.vifs.iter().find(|v| v.vif.devid == devid)
-    }
-
-    /// Asks the guest to release vif `devid` ([`Backend::close`]).
-    pub fn close_vif(&self, devid: u32) {
-        if let Some(v) = self.served_vif(devid) {
-            v.backend.close();
-        }
-    }
-
-    /// Whether the guest has released vif `devid` after [`Devices::close_vif`].
-    pub fn vif_released(&self, devid: u32) -> bool {
-        self.served_vif(devid).is_none_or(|v| v.backend.released())
-    }
-
-    /// The state of vif `devid`'s frontend as its backend last saw it (0: none).
-    pub fn vif_frontend_state(&self, devid: u32) -> u32 {
-        self.served_vif(devid)
-            .map_or(0, |v| v.backend.frontend_state())
     }
 
     /// Stops vif `devid`'s backend (its TAP goes with it) and removes both its directories.

@@ -145,14 +145,71 @@ pub fn vbd_paths(domid: u32, devid: u32) -> DevicePaths {
     }
 }
 
-/// The nodes of a disk before either side connects (both in state 1, Initialising): the
-/// frontend's owned by the guest and readable by Dom0, the backend's owned by Dom0 and
-/// readable by the guest (blkfront reads the backend's state and features).
+/// A PV device's nodes before either side connects (libxl_device.c's skeleton: both halves in
+/// state 1, Initialising): the frontend's owned by the guest and readable by Dom0, the
+/// backend's owned by Dom0 and readable by the guest (the frontend reads the backend's state
+/// and features). [`DeviceNodes::front`] and [`DeviceNodes::back`] add the kind's own keys.
+struct DeviceNodes {
+    paths: DevicePaths,
+    fperms: Vec<String>,
+    bperms: Vec<String>,
+    front: Vec<Node>,
+    back: Vec<Node>,
+}
+
+impl DeviceNodes {
+    fn new(domid: u32, paths: DevicePaths) -> Self {
+        let mut n = DeviceNodes {
+            fperms: vec![format!("n{domid}"), "r0".to_string()],
+            bperms: vec!["n0".to_string(), format!("r{domid}")],
+            front: Vec::new(),
+            back: Vec::new(),
+            paths,
+        };
+        let (f, b) = (n.paths.frontend.clone(), n.paths.backend.clone());
+        n.front(None, String::new());
+        n.front(Some("backend"), b);
+        n.front(Some("backend-id"), "0".into());
+        n.back(None, String::new());
+        n.back(Some("frontend"), f);
+        n.back(Some("frontend-id"), domid.to_string());
+        n.back(Some("online"), "1".into());
+        n
+    }
+
+    fn node(dir: &str, key: Option<&str>, value: String, perms: &[String]) -> Node {
+        Node {
+            path: key.map_or_else(|| dir.to_owned(), |k| format!("{dir}/{k}")),
+            value,
+            perms: perms.to_vec(),
+        }
+    }
+
+    /// A key in the frontend's directory (`None`: the directory itself).
+    fn front(&mut self, key: Option<&str>, value: String) {
+        let n = Self::node(&self.paths.frontend, key, value, &self.fperms);
+        self.front.push(n);
+    }
+
+    /// A key in the backend's directory (`None`: the directory itself).
+    fn back(&mut self, key: Option<&str>, value: String) {
+        let n = Self::node(&self.paths.backend, key, value, &self.bperms);
+        self.back.push(n);
+    }
+
+    /// The paths and the nodes, each half's `state` last.
+    fn finish(mut self) -> (DevicePaths, Vec<Node>) {
+        self.front(Some("state"), "1".into());
+        self.back(Some("state"), "1".into());
+        let mut v = self.front;
+        v.append(&mut self.back);
+        (self.paths, v)
+    }
+}
+
+/// The nodes of a disk before either side connects (libxl_disk.c's keys).
 pub fn vbd_nodes(domid: u32, disk: &Disk) -> (DevicePaths, Vec<Node>) {
     let devid = disk.vdev.number;
-    let p = vbd_paths(domid, devid);
-    let fperms = vec![format!("n{domid}"), "r0".to_string()];
-    let bperms = vec!["n0".to_string(), format!("r{domid}")];
     let target = disk
         .path()
         .map(|p| p.display().to_string())
@@ -162,38 +219,17 @@ pub fn vbd_nodes(domid: u32, disk: &Disk) -> (DevicePaths, Vec<Node>) {
         Access::ReadWrite => "w",
     };
     let kind = if disk.cdrom { "cdrom" } else { "disk" };
-    let mut v = Vec::new();
-    let mut add = |path: String, value: String, perms: &Vec<String>| {
-        v.push(Node {
-            path,
-            value,
-            perms: perms.clone(),
-        })
-    };
-    let (f, b) = (&p.frontend, &p.backend);
-    add(f.clone(), String::new(), &fperms);
-    add(format!("{f}/backend"), b.clone(), &fperms);
-    add(format!("{f}/backend-id"), "0".into(), &fperms);
-    add(format!("{f}/virtual-device"), devid.to_string(), &fperms);
-    add(format!("{f}/device-type"), kind.into(), &fperms);
-    add(format!("{f}/state"), "1".into(), &fperms);
-    add(b.clone(), String::new(), &bperms);
-    add(format!("{b}/frontend"), f.clone(), &bperms);
-    add(format!("{b}/frontend-id"), domid.to_string(), &bperms);
-    add(format!("{b}/online"), "1".into(), &bperms);
-    add(
-        format!("{b}/removable"),
-        u8::from(disk.cdrom).to_string(),
-        &bperms,
-    );
-    add(format!("{b}/bootable"), "1".into(), &bperms);
-    add(format!("{b}/dev"), disk.vdev.name.clone(), &bperms);
-    add(format!("{b}/type"), "file".into(), &bperms);
-    add(format!("{b}/mode"), mode.into(), &bperms);
-    add(format!("{b}/params"), target, &bperms);
-    add(format!("{b}/device-type"), kind.into(), &bperms);
-    add(format!("{b}/state"), "1".into(), &bperms);
-    (p, v)
+    let mut n = DeviceNodes::new(domid, vbd_paths(domid, devid));
+    n.front(Some("virtual-device"), devid.to_string());
+    n.front(Some("device-type"), kind.into());
+    n.back(Some("removable"), u8::from(disk.cdrom).to_string());
+    n.back(Some("bootable"), "1".into());
+    n.back(Some("dev"), disk.vdev.name.clone());
+    n.back(Some("type"), "file".into());
+    n.back(Some("mode"), mode.into());
+    n.back(Some("params"), target);
+    n.back(Some("device-type"), kind.into());
+    n.finish()
 }
 
 /// The paths of vif `devid` of domain `domid`.
@@ -220,54 +256,33 @@ pub fn default_mac(key: &str, devid: u32) -> Mac {
     Mac([0x00, 0x16, 0x3e, a & 0x7f, b, c])
 }
 
-/// The nodes of a vif before either side connects (libxl_nic.c's layout; both in state 1,
-/// Initialising): the frontend's owned by the guest and readable by Dom0, the backend's owned
-/// by Dom0 and readable by the guest. `tap` is the backend interface's name.
+/// The nodes of a vif before either side connects (libxl_nic.c's keys). `tap` is the backend
+/// interface's name.
 pub fn vif_nodes(domid: u32, vif: &Vif, mac: Mac, tap: &str) -> (DevicePaths, Vec<Node>) {
-    let p = vif_paths(domid, vif.devid);
-    let fperms = vec![format!("n{domid}"), "r0".to_string()];
-    let bperms = vec!["n0".to_string(), format!("r{domid}")];
     let script = match &vif.script {
         VifScript::Bridge => "vif-bridge".to_string(),
         VifScript::Route => "vif-route".to_string(),
         VifScript::Nat => "vif-nat".to_string(),
         VifScript::Other(p) => p.display().to_string(),
     };
-    let mut v = Vec::new();
-    let mut add = |path: String, value: String, perms: &Vec<String>| {
-        v.push(Node {
-            path,
-            value,
-            perms: perms.clone(),
-        })
-    };
-    let (f, b) = (&p.frontend, &p.backend);
-    add(f.clone(), String::new(), &fperms);
-    add(format!("{f}/backend"), b.clone(), &fperms);
-    add(format!("{f}/backend-id"), "0".into(), &fperms);
-    add(format!("{f}/handle"), vif.devid.to_string(), &fperms);
-    add(format!("{f}/mac"), mac.to_string(), &fperms);
+    let mut n = DeviceNodes::new(domid, vif_paths(domid, vif.devid));
+    n.front(Some("handle"), vif.devid.to_string());
+    n.front(Some("mac"), mac.to_string());
     if let Some(mtu) = vif.mtu.filter(|&m| m != 0) {
-        add(format!("{f}/mtu"), mtu.to_string(), &fperms);
+        n.front(Some("mtu"), mtu.to_string());
     }
-    add(format!("{f}/state"), "1".into(), &fperms);
-    add(b.clone(), String::new(), &bperms);
-    add(format!("{b}/frontend"), f.clone(), &bperms);
-    add(format!("{b}/frontend-id"), domid.to_string(), &bperms);
-    add(format!("{b}/online"), "1".into(), &bperms);
-    add(format!("{b}/script"), script, &bperms);
-    add(format!("{b}/mac"), mac.to_string(), &bperms);
+    n.back(Some("script"), script);
+    n.back(Some("mac"), mac.to_string());
     if vif.script == VifScript::Bridge {
-        add(format!("{b}/bridge"), vif.bridge.clone(), &bperms);
+        n.back(Some("bridge"), vif.bridge.clone());
     }
     if let Some(ip) = &vif.ip {
-        add(format!("{b}/ip"), ip.clone(), &bperms);
+        n.back(Some("ip"), ip.clone());
     }
-    add(format!("{b}/handle"), vif.devid.to_string(), &bperms);
-    add(format!("{b}/type"), "vif".into(), &bperms);
-    add(format!("{b}/vifname"), tap.into(), &bperms);
-    add(format!("{b}/state"), "1".into(), &bperms);
-    (p, v)
+    n.back(Some("handle"), vif.devid.to_string());
+    n.back(Some("type"), "vif".into());
+    n.back(Some("vifname"), tap.into());
+    n.finish()
 }
 
 #[cfg(test)]
