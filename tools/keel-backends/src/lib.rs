@@ -12,6 +12,7 @@
 
 pub mod blk;
 pub mod grant;
+pub mod nat;
 pub mod net;
 pub mod ring;
 pub mod tap;

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keel_backends::nat::NatRules;
 use keel_sys::{Domain, XenParam};
 use keel_xenstored::{
     client::{connect_domain, Client, Error as XsError, TxId},
@@ -193,6 +194,8 @@ struct ServedVif {
     mode: String,
     paths: DevicePaths,
     backend: Backend,
+    /// A NAT vif's nftables rules, removed when it goes.
+    _nat: Option<NatRules>,
 }
 
 /// The domain's XenStore presence and backends.
@@ -433,7 +436,7 @@ impl Devices {
     /// Makes a vif's TAP device, writes its two directories and starts its backend.
     fn add_vif(&mut self, c: &mut Client, vif: &Vif) -> Result<(), String> {
         let domid = u32::from(self.domid);
-        let (tap, how) = open_tap(domid, vif)?;
+        let (tap, nat, how) = open_tap(domid, vif)?;
         let tap = Arc::new(tap);
         let mac = vif
             .mac
@@ -459,6 +462,7 @@ impl Devices {
                     mode: how,
                     paths,
                     backend,
+                    _nat: nat,
                 });
                 Ok(())
             }

@@ -7,10 +7,13 @@
 //! `vifname=`), Xen's backend MAC fe:ff:ff:ff:ff:ff, the MTU, up; in bridged mode (the
 //! default `script=vif-bridge`) a port of the named bridge; in routed mode (`vif-route`)
 //! Dom0's address as a /32, proxy ARP, and a host route to each `ip=` address, with Dom0
-//! forwarding. The TAP, its address and its routes go with the domain.
+//! forwarding; in NAT mode (`vif-nat`) as routed, with the first address of the guest's
+//! network as Dom0's end and the guest's address masqueraded ([`keel_backends::nat`]). The
+//! TAP, its address, its routes and its NAT rules go with the vif.
 use std::{net::Ipv4Addr, os::fd::AsFd, path::PathBuf, sync::Arc, thread::JoinHandle};
 
 use keel_backends::{
+    nat::{table_name, NatRules},
     net::{
         xenstore::{backend_keys, parse_frontend_keys},
         NetQueue,
@@ -57,23 +60,60 @@ fn routed_addresses(label: &str, vif: &Vif) -> Result<Vec<Ipv4Addr>, String> {
     Ok(ips)
 }
 
-/// Makes and configures the vif's TAP device as its mode asks, as Xen's vif-bridge and
-/// vif-route scripts do; refuses the modes not served yet, naming the vif and the script.
-/// Returns the TAP and what was done, for the log.
-pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, String), String> {
+/// A NAT vif's addresses (`ip=ADDR` or `ADDR/LEN`, one IPv4 address, LEN 8 to 30, /24 when
+/// not given): the guest's, and Dom0's end, the first address of the guest's network (the
+/// guest's gateway).
+fn nat_addresses(label: &str, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let text = vif.ip.as_deref().unwrap_or("").trim();
+    if text.is_empty() {
+        return Err(format!(
+            "{label}: script=vif-nat needs the guest's private address (ip=ADDR[/LEN]): Keel \
+             serves no DHCP, the guest is configured with the same address"
+        ));
+    }
+    let (addr, len) = text.split_once('/').unwrap_or((text, "24"));
+    let guest: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{label}: ip={text}: `{addr}' is not an IPv4 address"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| (8..=30).contains(l))
+        .ok_or_else(|| format!("{label}: ip={text}: the prefix length must be 8 to 30"))?;
+    let mask = u32::MAX << (32 - len);
+    let gateway = Ipv4Addr::from((u32::from(guest) & mask) + 1);
+    if guest == gateway || u32::from(guest) & !mask == !mask {
+        return Err(format!(
+            "{label}: ip={text}: {guest} is the network's first or broadcast address (the first, \
+             {gateway}, is Dom0's end of the vif)"
+        ));
+    }
+    Ok((guest, gateway))
+}
+
+/// How Dom0 connects a vif (its `script=`).
+enum Mode {
+    Bridge,
+    Route(Vec<Ipv4Addr>),
+    Nat { guest: Ipv4Addr, gateway: Ipv4Addr },
+}
+
+/// Makes and configures the vif's TAP device as its mode asks, as Xen's vif-bridge,
+/// vif-route and vif-nat scripts do; refuses what is not served, naming the vif and the key.
+/// Returns the TAP, a NAT vif's rules (removed when dropped) and what was done, for the log.
+pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String), String> {
     let label = format!("vif {}", vif.devid);
-    let routed = match &vif.script {
-        VifScript::Bridge => None,
-        VifScript::Route => Some(routed_addresses(&label, vif)?),
+    let mode = match &vif.script {
+        VifScript::Bridge => Mode::Bridge,
+        VifScript::Route => Mode::Route(routed_addresses(&label, vif)?),
         VifScript::Nat => {
-            return Err(format!(
-                "{label}: script=vif-nat: NAT is not served yet (vif-bridge and vif-route are)"
-            ))
+            let (guest, gateway) = nat_addresses(&label, vif)?;
+            Mode::Nat { guest, gateway }
         }
         VifScript::Other(p) => {
             return Err(format!(
-                "{label}: script={}: Keel runs no hotplug scripts; it serves vif-bridge and \
-                 vif-route",
+                "{label}: script={}: Keel runs no hotplug scripts; it serves vif-bridge, \
+                 vif-route and vif-nat",
                 p.display()
             ))
         }
@@ -89,34 +129,56 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, String), String> {
     }
     let name = tap_name(domid, vif);
     let tap = Tap::create(&name).map_err(|e| format!("{label}: {e}"))?;
-    let setup = || -> std::io::Result<String> {
+    let setup = || -> std::io::Result<(Option<NatRules>, String)> {
         tap.set_mac(BACKEND_MAC)?;
         if let Some(mtu) = vif.mtu.filter(|&m| m != 0) {
             tap.set_mtu(mtu)?;
         }
-        let Some(ips) = &routed else {
-            tap.join_bridge(&vif.bridge)?;
+        // vif-route and vif-nat: the vif takes an address of Dom0's as a /32 (its main one;
+        // for NAT the guest's gateway), answers ARP for the rest of the network (proxy ARP),
+        // and each guest address is routed to it; Dom0 forwards.
+        let routed = |dom0: Ipv4Addr, ips: &[Ipv4Addr]| -> std::io::Result<()> {
+            tap.set_host_address(dom0)?;
             tap.up()?;
-            return Ok(format!("on bridge {}", vif.bridge));
+            tap.set_ipv4_conf("proxy_arp", "1")?;
+            for ip in ips {
+                tap.add_host_route(*ip)?;
+            }
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         };
-        // vif-route: the vif takes Dom0's address (a /32), answers ARP for the rest of the
-        // network (proxy ARP), and each guest address is routed to it; Dom0 forwards.
-        let (dev, main) = host_address(vif.gatewaydev.as_deref())?;
-        tap.set_host_address(main)?;
-        tap.up()?;
-        tap.set_ipv4_conf("proxy_arp", "1")?;
-        for ip in ips {
-            tap.add_host_route(*ip)?;
+        match &mode {
+            Mode::Bridge => {
+                tap.join_bridge(&vif.bridge)?;
+                tap.up()?;
+                Ok((None, format!("on bridge {}", vif.bridge)))
+            }
+            Mode::Route(ips) => {
+                let (dev, main) = host_address(vif.gatewaydev.as_deref())?;
+                routed(main, ips)?;
+                let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+                Ok((
+                    None,
+                    format!("routed: {} through it, from {main} ({dev})", list.join(" ")),
+                ))
+            }
+            Mode::Nat { guest, gateway } => {
+                // The rules first: no moment with the guest routed but not yet filtered.
+                let out = vif.gatewaydev.as_deref();
+                let rules = NatRules::install(&name, *guest, out)?;
+                routed(*gateway, &[*guest])?;
+                Ok((
+                    Some(rules),
+                    format!(
+                        "NAT: {guest} masqueraded out of {}, its gateway {gateway} (nftables table {})",
+                        out.unwrap_or("any other interface"),
+                        table_name(&name)
+                    ),
+                ))
+            }
         }
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-        let list: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
-        Ok(format!(
-            "routed: {} through it, from {main} ({dev})",
-            list.join(" ")
-        ))
     };
-    let done = setup().map_err(|e| format!("{label} ({name}): {e}"))?;
-    Ok((tap, done))
+    let (nat, done) = setup().map_err(|e| format!("{label} ({name}): {e}"))?;
+    Ok((tap, nat, done))
 }
 
 /// What a vif's backend needs.
@@ -279,9 +341,46 @@ mod tests {
     }
 
     #[test]
+    fn nat_addresses_give_the_gateway_first_in_the_network() {
+        let a = |spec| nat_addresses("vif 0", &vif(spec));
+        let ip = Ipv4Addr::new;
+        assert_eq!(
+            a("script=vif-nat, ip=10.99.2.7"),
+            Ok((ip(10, 99, 2, 7), ip(10, 99, 2, 1)))
+        );
+        assert_eq!(
+            a("script=vif-nat, ip=172.16.9.200/16"),
+            Ok((ip(172, 16, 9, 200), ip(172, 16, 0, 1)))
+        );
+        assert_eq!(
+            a("script=vif-nat, ip=192.168.5.6/30"),
+            Ok((ip(192, 168, 5, 6), ip(192, 168, 5, 5)))
+        );
+        for (spec, says) in [
+            ("script=vif-nat, ip=10.99.2.255", "broadcast"),
+            (
+                "script=vif-nat, ip=10.99.2.2/31",
+                "prefix length must be 8 to 30",
+            ),
+            ("script=vif-nat, ip=10.99.2.2/x", "prefix length"),
+            ("script=vif-nat, ip=host", "`host' is not an IPv4 address"),
+        ] {
+            let e = a(spec).unwrap_err();
+            assert!(e.contains(says), "{spec}: {e}");
+        }
+    }
+
+    #[test]
     fn modes_not_served_are_refused_before_anything_is_made() {
         for (spec, says) in [
-            ("script=vif-nat", "script=vif-nat"),
+            (
+                "script=vif-nat",
+                "script=vif-nat needs the guest's private address",
+            ),
+            (
+                "script=vif-nat, ip=10.0.0.1",
+                "is the network's first or broadcast",
+            ),
             ("script=my-script", "runs no hotplug scripts"),
             ("backend=netdom", "backend=netdom"),
             ("script=vif-route", "ip="),

@@ -181,6 +181,14 @@ pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
                 "keel-domd pid {pid} of domain {name} survived SIGKILL"
             ));
         }
+        // Its TAPs went with it; the NAT rules of its vifs are tables of their own in
+        // nftables, which only the process removes when it ends normally. No nft, no NAT
+        // rules to remove.
+        if let Ok(tables) = keel_backends::nat::remove_orphans() {
+            for t in tables {
+                eprintln!("keelctl: removed nftables table {t} left by the killed keel-domd");
+            }
+        }
     }
     dirs.remove(&name);
     // Closing the process's fds destroys the domain (whichever incarnation it was at); the

@@ -1,0 +1,295 @@
+//! NAT for a vif (`script=vif-nat`): Dom0 masquerades the guest's private address behind its
+//! own and lets back in only what answers the guest's connections, as Xen's vif-nat and
+//! network-nat scripts do with iptables.
+//!
+//! Each NAT vif gets an nftables table of its own, `ip keel-<vif>`, written through the `nft`
+//! program's JSON interface (the `nftables` crate): a `postrouting` NAT chain masquerading
+//! the guest's address on its way out (out of `gatewaydev=` only, when the vif names one)
+//! and a `forward` filter chain that drops what the guest sends from another address and
+//! every new connection towards the guest. Dom0's own traffic to the guest (output, not
+//! forward) is untouched. Removing the table removes every rule of the vif at once: that is
+//! done when [`NatRules`] is dropped, and before a table of the same name is made (what a
+//! killed backend left behind); [`remove_orphans`] removes those of vifs that are gone.
+use std::{borrow::Cow, io, net::Ipv4Addr};
+
+use nftables::{
+    batch::Batch,
+    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT},
+    helper::{self, NftablesError},
+    schema::{Chain, NfListObject, NfObject, Nftables, Rule, Table},
+    stmt::{Match, Operator, Statement},
+    types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
+};
+
+/// The nftables table of the vif named `vif`.
+pub fn table_name(vif: &str) -> String {
+    format!("keel-{vif}")
+}
+
+/// The rules a NAT vif puts in place: removed when this is dropped.
+#[derive(Debug)]
+pub struct NatRules {
+    table: String,
+}
+
+impl NatRules {
+    /// Masquerades `guest` (the address the guest was given, `ip=`) coming in on the TAP
+    /// named `vif` and leaving by `out` (any other interface when `None`), and shuts new
+    /// connections towards the guest out. Fails naming the problem when `nft` is missing or
+    /// refuses (a kernel without nf_tables).
+    pub fn install(vif: &str, guest: Ipv4Addr, out: Option<&str>) -> io::Result<NatRules> {
+        let table = table_name(vif);
+        apply(&ruleset(&table, vif, guest, out))?;
+        Ok(NatRules { table })
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+impl Drop for NatRules {
+    fn drop(&mut self) {
+        let mut batch = Batch::new();
+        batch.delete(NfListObject::Table(table(&self.table)));
+        let _ = apply(&batch.to_nftables());
+    }
+}
+
+/// Removes the tables of NAT vifs whose TAP is gone (a backend killed before it could remove
+/// its own, as `keelctl destroy` does to a wedged one). Returns their names.
+pub fn remove_orphans() -> io::Result<Vec<String>> {
+    let tables = helper::get_current_ruleset_with_args(helper::DEFAULT_NFT, ["list", "tables"])
+        .map_err(nft_error)?;
+    let orphans: Vec<String> = tables
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            NfObject::ListObject(NfListObject::Table(t)) if t.family == NfFamily::IP => {
+                let vif = t.name.strip_prefix("keel-")?;
+                let gone = !std::path::Path::new("/sys/class/net").join(vif).exists();
+                gone.then(|| t.name.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    if !orphans.is_empty() {
+        let mut batch = Batch::new();
+        for name in &orphans {
+            batch.delete(NfListObject::Table(table(name)));
+        }
+        apply(&batch.to_nftables())?;
+    }
+    Ok(orphans)
+}
+
+fn apply(rules: &Nftables) -> io::Result<()> {
+    helper::apply_ruleset(rules).map_err(nft_error)
+}
+
+fn nft_error(e: NftablesError) -> io::Error {
+    match e {
+        NftablesError::NftExecution { inner, .. } if inner.kind() == io::ErrorKind::NotFound => {
+            io::Error::other(
+                "NAT needs nftables' `nft` program in PATH (Debian: apt-get install nftables)",
+            )
+        }
+        NftablesError::NftFailed { stderr, .. } => io::Error::other(format!(
+            "nft refused the vif's NAT rules (does the kernel have nf_tables, NAT and \
+             conntrack?): {}",
+            stderr.trim()
+        )),
+        e => io::Error::other(format!("nft: {e}")),
+    }
+}
+
+fn table(name: &str) -> Table<'static> {
+    Table {
+        family: NfFamily::IP,
+        name: Cow::Owned(name.to_owned()),
+        handle: None,
+    }
+}
+
+fn base_chain(
+    table: &str,
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) -> Chain<'static> {
+    Chain {
+        family: NfFamily::IP,
+        table: Cow::Owned(table.to_owned()),
+        name: Cow::Borrowed(name),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    }
+}
+
+fn rule(table: &str, chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
+    Rule {
+        family: NfFamily::IP,
+        table: Cow::Owned(table.to_owned()),
+        chain: Cow::Borrowed(chain),
+        expr: Cow::Owned(expr),
+        ..Default::default()
+    }
+}
+
+fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn ip_saddr() -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed("ip"),
+            field: Cow::Borrowed("saddr"),
+        },
+    )))
+}
+
+fn string(s: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(s.to_owned()))
+}
+
+/// The whole of a vif's NAT: the table made afresh (added, deleted with whatever a previous
+/// backend left in it, added again) with its two chains and their rules, applied as one
+/// transaction.
+fn ruleset(name: &str, vif: &str, guest: Ipv4Addr, out: Option<&str>) -> Nftables<'static> {
+    let guest = string(&guest.to_string());
+    let mut b = Batch::new();
+    b.add(NfListObject::Table(table(name)));
+    b.delete(NfListObject::Table(table(name)));
+    b.add(NfListObject::Table(table(name)));
+    // srcnat priority (100), after Dom0's own destination NAT and filters.
+    b.add(NfListObject::Chain(base_chain(
+        name,
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        100,
+    )));
+    let leaving = match out {
+        Some(dev) => matches(meta(MetaKey::Oifname), Operator::EQ, string(dev)),
+        None => matches(meta(MetaKey::Oifname), Operator::NEQ, string(vif)),
+    };
+    b.add(NfListObject::Rule(rule(
+        name,
+        "postrouting",
+        vec![
+            matches(ip_saddr(), Operator::EQ, guest.clone()),
+            leaving,
+            Statement::Masquerade(None),
+        ],
+    )));
+    b.add(NfListObject::Chain(base_chain(
+        name,
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        0,
+    )));
+    // The guest speaks only from its own address.
+    b.add(NfListObject::Rule(rule(
+        name,
+        "forward",
+        vec![
+            matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
+            matches(ip_saddr(), Operator::NEQ, guest),
+            Statement::Drop(None),
+        ],
+    )));
+    // Towards the guest: answers to what it started, nothing else.
+    let ct_state = Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed("state"),
+        family: None,
+        dir: None,
+    }));
+    b.add(NfListObject::Rule(rule(
+        name,
+        "forward",
+        vec![
+            matches(meta(MetaKey::Oifname), Operator::EQ, string(vif)),
+            matches(
+                ct_state,
+                Operator::IN,
+                Expression::List(vec![string("established"), string("related")]),
+            ),
+            Statement::Accept(None),
+        ],
+    )));
+    b.add(NfListObject::Rule(rule(
+        name,
+        "forward",
+        vec![
+            matches(meta(MetaKey::Oifname), Operator::EQ, string(vif)),
+            Statement::Drop(None),
+        ],
+    )));
+    b.to_nftables()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON `nft -j -f -` is given, as text without spaces.
+    fn json(out: Option<&str>) -> String {
+        let r = ruleset("keel-vif3.0", "vif3.0", Ipv4Addr::new(10, 99, 2, 2), out);
+        serde_json::to_string(&r).expect("serializable")
+    }
+
+    #[test]
+    fn the_table_is_made_afresh_then_filled() {
+        let j = json(None);
+        let add = r#"{"add":{"table":{"family":"ip","name":"keel-vif3.0"}}}"#;
+        let del = r#"{"delete":{"table":{"family":"ip","name":"keel-vif3.0"}}}"#;
+        let a = j.find(add).expect("table added");
+        let d = j.find(del).expect("table deleted");
+        let a2 = j[d..].find(add).expect("and added again") + d;
+        assert!(a < d && d < a2, "{j}");
+        assert!(
+            j.find(r#""chain":{"family":"ip","table":"keel-vif3.0","name":"postrouting""#)
+                .unwrap()
+                > a2
+        );
+    }
+
+    #[test]
+    fn masquerade_and_forward_rules_name_the_vif_and_guest() {
+        let j = json(None);
+        for part in [
+            r#""type":"nat","hook":"postrouting","prio":100"#,
+            r#""type":"filter","hook":"forward","prio":0"#,
+            r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"!="}},{"masquerade":null}"#,
+            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"drop":null}"#,
+            r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,
+            r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"=="}},{"drop":null}"#,
+        ] {
+            assert!(j.contains(part), "missing {part} in {j}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_device_limits_the_masquerade() {
+        let j = json(Some("eth1"));
+        assert!(
+            j.contains(r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"eth1","op":"=="}},{"masquerade":null}"#),
+            "{j}"
+        );
+    }
+}
