@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # xen_net_test: the PV network backend with a Linux DomU, bridged, in TAP. Runs in the test VM
 # (busybox sh) as root. Dom0 has a bridge (keelbr0, 10.99.0.1/24); a DomU with `vif =
-# ['bridge=keelbr0']` gets eth0 from its own xen-netfront, with the stable default MAC in
+# ['bridge=keelbr0']` and two vCPUs gets eth0 from its own xen-netfront (two queue pairs, split
+# event channels: one thread and TAP queue each in Dom0), with the stable default MAC in
 # Xen's 00:16:3e range (the same after a restart) shown in XenStore; Dom0's end is the TAP
 # vif<domid>.0 (Xen's fe:ff:ff:ff:ff:ff), a port of the bridge; the DomU pings Dom0, and a
 # checksummed file crosses each way over TCP (HTTP: the DomU fetches Dom0's, Dom0 fetches the
@@ -32,7 +33,7 @@
 # variable, when one is missing.
 . "$(dirname "$0")/tap.sh"
 out=/tmp/xen_net.out err=/tmp/xen_net.err dir=/tmp/xen_net
-br=keelbr0 size=4
+br=keelbr0 size=4 vcpus=1
 mkdir -p $dir $dir/www
 
 tap_plan 13
@@ -56,7 +57,7 @@ cfg() {
         echo "kernel = \"$KEEL_DOMU_KERNEL\""
         echo "ramdisk = \"$KEEL_DOMU_INITRD\""
         echo 'memory = 128'
-        echo 'vcpus = 1'
+        echo "vcpus = $vcpus"
         echo "extra = \"console=hvc0 keel.run=$actions keel.work=$size\""
         echo 'on_poweroff = "destroy"'
         for l in "$@"; do echo "$l"; done
@@ -91,10 +92,16 @@ up() {
     set -- $(sha256sum <$dir/www/blob); echo "$1" >$dir/dom0.sum
     httpd -h $dir/www -p 8080 || { echo "httpd did not start"; return 1; }
     rm -f /var/log/keel/netguest.log
-    cfg netguest net "vif = [ 'bridge=$br' ]"
+    vcpus=2; cfg netguest net "vif = [ 'bridge=$br' ]"; vcpus=1
     keelctl create $dir/netguest.cfg >$out 2>$err || { cat $out $err; return 1; }
     wait_for netguest "keel-domu: net mac" 240 || return 1
     d=$(domid_of netguest)
+    # Two vCPUs: netfront takes two queue pairs, each with split event channels.
+    fe=/local/domain/$d/device/vif/0
+    [ "$(keelctl xenstore read $fe/multi-queue-num-queues)" = 2 ] || { keelctl xenstore ls $fe; return 1; }
+    for q in 0 1; do
+        keelctl xenstore read $fe/queue-$q/event-channel-rx >/dev/null || { keelctl xenstore ls $fe; return 1; }
+    done
     mac=$(tr -d '\r' </var/log/keel/netguest.log | sed -n 's/^keel-domu: net mac //p')
     case "$mac" in 00:16:3e:*) ;; *) echo "the DomU's MAC is '$mac'"; return 1 ;; esac
     echo "$mac" >$dir/mac

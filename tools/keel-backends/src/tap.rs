@@ -22,6 +22,7 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -192,24 +193,42 @@ pub struct Tap {
 
 impl Tap {
     /// Creates the TAP device `name` (refused when an interface of that name exists: a TAP
-    /// someone else holds, or any other kind), non-blocking, with 10-byte vnet headers.
+    /// someone else holds, or any other kind), non-blocking, with 10-byte vnet headers. The
+    /// device is multi-queue: this is its first queue, [`Tap::open_queue`] adds more.
     pub fn create(name: &str) -> io::Result<Tap> {
-        let mut r = IfReq::new(name)?;
         if Self::index_of(name).is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("an interface named {name} exists already"),
             ));
         }
+        Self::attach(name)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating TAP {name}: {e}")))
+    }
+
+    /// Another queue of this device: frames written to it go to the host as the first
+    /// queue's do; the host spreads its frames over the queues by flow. It detaches when
+    /// dropped; the device stays while its first queue is held.
+    pub fn open_queue(&self) -> io::Result<Tap> {
+        Self::attach(&self.name).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("adding a queue to TAP {}: {e}", self.name),
+            )
+        })
+    }
+
+    /// Opens a queue of the multi-queue TAP `name`, made when there is none.
+    fn attach(name: &str) -> io::Result<Tap> {
+        let mut r = IfReq::new(name)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
-        r.set_short(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
-        ifreq_ioctl(file.as_raw_fd(), TUNSETIFF, &mut r)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating TAP {name}: {e}")))?;
+        r.set_short(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE);
+        ifreq_ioctl(file.as_raw_fd(), TUNSETIFF, &mut r)?;
         let hdr: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, a live local.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr) } < 0 {
@@ -435,6 +454,12 @@ mod tests {
         // Down: nothing arrives; a frame written is dropped by the stack, not refused.
         let mut buf = [0u8; 2048];
         assert_eq!(tap.recv(&mut buf).unwrap(), None);
+        // A second queue comes and goes; the device stays with the first.
+        let q = tap.open_queue().unwrap();
+        assert_eq!(q.name(), "keeltest0");
+        assert_eq!(q.recv(&mut buf).unwrap(), None);
+        drop(q);
+        assert!(Tap::index_of("keeltest0").is_ok());
         drop(tap);
         assert!(
             Tap::index_of("keeltest0").is_err(),

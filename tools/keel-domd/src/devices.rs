@@ -450,6 +450,7 @@ impl Devices {
             devid: vif.devid,
             tap: tap.clone(),
             mtu: vif.mtu.filter(|&m| m != 0).unwrap_or(1500),
+            max_queues: self.max_queues,
             log: self.log.clone(),
         });
         match started {

@@ -1,6 +1,8 @@
-//! A vif's backend: the [`crate::xenbus`] handshake, then one thread serving the frontend's
-//! TX and RX rings between the guest and the vif's TAP device (`keel-backends`' netif queue),
-//! woken by the frontend's event channel and by frames on the TAP.
+//! A vif's backend: the [`crate::xenbus`] handshake, then a thread per queue pair the frontend
+//! uses (up to the domain's vCPUs), each serving its TX and RX rings between the guest and a
+//! queue of the vif's multi-queue TAP device (`keel-backends`' netif queue), woken by the
+//! frontend's event channel(s) (one per queue, or split: one per ring) and by frames on its
+//! TAP queue.
 //!
 //! The TAP is made and configured by [`open_tap`] before the frontend is told about the vif,
 //! as Xen's hotplug scripts run before the frontend connects: named `vif<domid>.<devid>` (or
@@ -15,8 +17,8 @@ use std::{net::Ipv4Addr, os::fd::AsFd, path::PathBuf, sync::Arc, thread::JoinHan
 use keel_backends::{
     nat::{table_name, NatRules},
     net::{
-        xenstore::{backend_keys, parse_frontend_keys},
-        NetQueue,
+        xenstore::{backend_keys, parse_frontend_keys, NetQueueKeys},
+        NetOptions, NetQueue,
     },
     tap::{host_address, Tap},
 };
@@ -191,10 +193,12 @@ pub struct VifSetup {
     pub paths: DevicePaths,
     /// Its device id.
     pub devid: u32,
-    /// Its TAP device ([`open_tap`]).
+    /// Its TAP device ([`open_tap`]): the first queue.
     pub tap: Arc<Tap>,
     /// The MTU (the frontend's frames are at most this, plus GSO).
     pub mtu: u32,
+    /// Queue pairs offered to the frontend (the domain's vCPUs, as netback offers its CPUs).
+    pub max_queues: u32,
     /// Where messages go (the domain's log).
     pub log: Arc<dyn Fn(&str) + Send + Sync>,
 }
@@ -206,6 +210,7 @@ pub fn start(setup: VifSetup) -> Result<Backend, String> {
         devid: setup.devid,
         tap: setup.tap,
         mtu: setup.mtu,
+        max_queues: setup.max_queues.max(1),
         log: setup.log.clone(),
         connected: None,
     };
@@ -217,70 +222,81 @@ struct VifDevice {
     devid: u32,
     tap: Arc<Tap>,
     mtu: u32,
+    max_queues: u32,
     log: Arc<dyn Fn(&str) + Send + Sync>,
     connected: Option<Serving>,
 }
 
-/// The queue thread of a connected frontend.
+/// The queue threads of a connected frontend, and the ports bound for them.
 struct Serving {
     stop: Arc<EventFd>,
-    thread: JoinHandle<()>,
-    port: u32,
+    threads: Vec<JoinHandle<()>>,
+    ports: Vec<u32>,
 }
 
-impl Device for VifDevice {
-    fn label(&self) -> String {
-        format!("vif {}", self.devid)
+impl Serving {
+    fn end(self, domain: &Domain) {
+        let _ = self.stop.signal();
+        for t in self.threads {
+            let _ = t.join();
+        }
+        for p in self.ports {
+            let _ = domain.evtchn_unbind(p);
+        }
     }
+}
 
-    fn features(&self) -> Vec<(String, String)> {
-        backend_keys()
-    }
-
-    fn connect(
-        &mut self,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Vec<(String, String)>, String), String> {
-        let cfg = parse_frontend_keys(lookup).map_err(|e| format!("the frontend's keys: {e}"))?;
-        let options = cfg.options(self.mtu as usize);
-        // Frames from the host may leave their checksum to the guest, and come as TCP
-        // segments of up to 64 KiB, only as far as the frontend takes them (a segment spans
-        // several slots: only with scatter-gather).
-        let csum = !cfg.no_csum_offload;
-        let tso = csum && cfg.sg;
-        self.tap
-            .set_offload(csum, tso && cfg.gso_tcpv4, tso && cfg.gso_tcpv6)
-            .map_err(|e| format!("the TAP's offloads: {e}"))?;
+impl VifDevice {
+    /// Starts queue `q`'s thread over its rings, TAP queue and event channel(s).
+    fn start_queue(
+        &self,
+        serving: &mut Serving,
+        q: usize,
+        keys: &NetQueueKeys,
+        options: NetOptions,
+    ) -> Result<(), String> {
         let grants = Arc::new(KeelGrants(self.domain.clone()));
-        let mut queue = NetQueue::attach(grants, cfg.tx_ring_ref, cfg.rx_ring_ref, options)
-            .map_err(|e| format!("mapping the rings: {e}"))?;
+        let mut queue = NetQueue::attach(grants, keys.tx_ring_ref, keys.rx_ring_ref, options)
+            .map_err(|e| format!("queue {q}: mapping the rings: {e}"))?;
+        let tap = if q == 0 {
+            self.tap.clone()
+        } else {
+            Arc::new(
+                self.tap
+                    .open_queue()
+                    .map_err(|e| format!("queue {q}: {e}"))?,
+            )
+        };
         let kick = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
-        let stop = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
-        let port = cfg.event_channel;
-        self.domain
-            .evtchn_bind(port, &kick)
-            .map_err(|e| format!("binding event channel {port}: {e}"))?;
-        let (domain, tap, log, s2) = (
-            self.domain.clone(),
-            self.tap.clone(),
-            self.log.clone(),
-            stop.clone(),
-        );
+        let (tx, rx) = (keys.tx_port, keys.rx_port);
+        for port in if tx == rx { vec![tx] } else { vec![tx, rx] } {
+            self.domain
+                .evtchn_bind(port, &kick)
+                .map_err(|e| format!("queue {q}: binding event channel {port}: {e}"))?;
+            serving.ports.push(port);
+        }
+        let (domain, log, stop) = (self.domain.clone(), self.log.clone(), serving.stop.clone());
         let devid = self.devid;
         let thread = std::thread::Builder::new()
-            .name(format!("vif-{devid}"))
+            .name(format!("vif-{devid}.{q}"))
             .spawn(move || {
-                let notify = || {
+                let notify = |port: u32| {
                     let _ = domain.evtchn_notify(port);
                 };
-                if let Err(e) = queue.run(kick.as_fd(), &*tap, s2.as_fd(), notify) {
-                    log(&format!("vif {devid}: the rings stopped: {e}"));
+                if let Err(e) = queue.run(
+                    kick.as_fd(),
+                    &*tap,
+                    stop.as_fd(),
+                    || notify(tx),
+                    || notify(rx),
+                ) {
+                    log(&format!("vif {devid} queue {q}: the rings stopped: {e}"));
                 }
                 let s = queue.stats();
                 log(&format!(
-                    "vif {devid}: {} packets ({} bytes) from the guest, {} errors, {} dropped; \
-                     {} packets ({} bytes) to it, {} dropped; {} notifications from the \
-                     frontend, {} to it",
+                    "vif {devid} queue {q}: {} packets ({} bytes) from the guest, {} errors, \
+                     {} dropped; {} packets ({} bytes) to it, {} dropped; {} notifications \
+                     from the frontend, {} to it",
                     s.tx_packets,
                     s.tx_bytes,
                     s.tx_errors,
@@ -291,20 +307,57 @@ impl Device for VifDevice {
                     s.kicks,
                     s.notifications
                 ));
-            });
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = self.domain.evtchn_unbind(port);
-                return Err(format!("cannot start the vif's thread: {e}"));
-            }
+            })
+            .map_err(|e| format!("cannot start the vif's thread: {e}"))?;
+        serving.threads.push(thread);
+        Ok(())
+    }
+}
+
+impl Device for VifDevice {
+    fn label(&self) -> String {
+        format!("vif {}", self.devid)
+    }
+
+    fn features(&self) -> Vec<(String, String)> {
+        backend_keys(self.max_queues)
+    }
+
+    fn connect(
+        &mut self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Vec<(String, String)>, String), String> {
+        let cfg = parse_frontend_keys(lookup, self.max_queues)
+            .map_err(|e| format!("the frontend's keys: {e}"))?;
+        let options = cfg.options(self.mtu as usize);
+        // Frames from the host may leave their checksum to the guest, and come as TCP
+        // segments of up to 64 KiB, only as far as the frontend takes them (a segment spans
+        // several slots: only with scatter-gather).
+        let csum = !cfg.no_csum_offload;
+        let tso = csum && cfg.sg;
+        self.tap
+            .set_offload(csum, tso && cfg.gso_tcpv4, tso && cfg.gso_tcpv6)
+            .map_err(|e| format!("the TAP's offloads: {e}"))?;
+        let mut serving = Serving {
+            stop: Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?),
+            threads: Vec::new(),
+            ports: Vec::new(),
         };
-        self.connected = Some(Serving { stop, thread, port });
+        for (q, keys) in cfg.queues.iter().enumerate() {
+            if let Err(e) = self.start_queue(&mut serving, q, keys, options) {
+                serving.end(&self.domain);
+                return Err(e);
+            }
+        }
+        let split = cfg.queues.iter().any(|k| k.tx_port != k.rx_port);
+        self.connected = Some(serving);
         Ok((
             Vec::new(),
             format!(
-                "connected to {} (sg {}, gso {})",
+                "connected to {} ({} queue(s){}, sg {}, gso {})",
                 self.tap.name(),
+                cfg.queues.len(),
+                if split { ", split event channels" } else { "" },
                 u8::from(cfg.sg),
                 u8::from(cfg.gso_tcpv4 || cfg.gso_tcpv6)
             ),
@@ -313,9 +366,7 @@ impl Device for VifDevice {
 
     fn disconnect(&mut self) {
         if let Some(s) = self.connected.take() {
-            let _ = s.stop.signal();
-            let _ = s.thread.join();
-            let _ = self.domain.evtchn_unbind(s.port);
+            s.end(&self.domain);
         }
     }
 }

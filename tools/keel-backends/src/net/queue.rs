@@ -310,7 +310,7 @@ impl NetQueue {
                         rsp::OKAY
                     } else {
                         self.stats.tx_dropped += 1;
-                        rsp::DROPPED
+                        rsp::OKAY
                     }
                 }
             };
@@ -557,20 +557,23 @@ impl NetQueue {
     // The loop.
 
     /// Serves the queue until `stop` becomes readable: waits (poll) on `kick` (an eventfd the
-    /// frontend's event channel signals, for both rings; read to clear), on `io`'s fd (frames
+    /// frontend's event channel(s) signal, for both rings; read to clear), on `io`'s fd (frames
     /// from the host; not polled while a frame waits for receive requests) and on `stop`, and
-    /// calls `notify` to signal the frontend's event channel. Returns an error when the
-    /// frontend broke a ring (the queue is then abandoned) or a system call failed.
+    /// calls `notify_tx` and `notify_rx` to signal the frontend's event channel for responses
+    /// on the transmit and receive ring (the same channel unless the frontend split them).
+    /// Returns an error when the frontend broke a ring (the queue is then abandoned) or a
+    /// system call failed.
     pub fn run(
         &mut self,
         kick: BorrowedFd<'_>,
         io: &dyn PacketIo,
         stop: BorrowedFd<'_>,
-        notify: impl Fn(),
+        notify_tx: impl Fn(),
+        notify_rx: impl Fn(),
     ) -> Result<(), NetError> {
         loop {
-            let more_tx = self.process_tx(io, &notify)?;
-            let more_rx = self.process_rx(io, &notify)?;
+            let more_tx = self.process_tx(io, &notify_tx)?;
+            let more_rx = self.process_rx(io, &notify_rx)?;
             let waiting = self.rx_waiting();
             let timeout = if more_tx || more_rx {
                 0

@@ -9,7 +9,9 @@
 //! reads its own; netback reads the backend's), as libxl does.
 //!
 //! What Keel offers: copying receive (no page flipping), scatter-gather, TCP GSO both ways,
-//! IPv6 checksum offload; one queue, one event channel for both rings, no multicast control,
+//! IPv6 checksum offload, up to `multi-queue-max-queues` queue pairs (the frontend's keys of
+//! queue N under `queue-N/` when it uses more than one, at the top otherwise) and split event
+//! channels (`event-channel-tx` and `-rx` in place of `event-channel`); no multicast control,
 //! no XDP headroom, no control ring.
 
 use keel_core::xen::abi::Width;
@@ -18,8 +20,9 @@ pub use crate::blk::xenstore::KeyError;
 
 use super::NetOptions;
 
-/// The keys the backend publishes before InitWait (2): the features.
-pub fn backend_keys() -> Vec<(String, String)> {
+/// The keys the backend publishes before InitWait (2): the features, with `max_queues`
+/// queue pairs offered (at least one).
+pub fn backend_keys(max_queues: u32) -> Vec<(String, String)> {
     let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
     vec![
         kv("feature-rx-copy", "1"),
@@ -28,20 +31,31 @@ pub fn backend_keys() -> Vec<(String, String)> {
         kv("feature-gso-tcpv4", "1"),
         kv("feature-gso-tcpv6", "1"),
         kv("feature-ipv6-csum-offload", "1"),
-        kv("feature-split-event-channels", "0"),
+        kv("feature-split-event-channels", "1"),
         kv("feature-multicast-control", "0"),
+        kv("multi-queue-max-queues", &max_queues.max(1).to_string()),
     ]
 }
 
-/// The frontend's transport parameters, checked.
+/// One queue pair's transport: its two rings and event channel(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetFrontendConfig {
+pub struct NetQueueKeys {
     /// `tx-ring-ref`: the transmit ring's page.
     pub tx_ring_ref: u32,
     /// `rx-ring-ref`: the receive ring's page.
     pub rx_ring_ref: u32,
-    /// `event-channel`: the frontend's port, for both rings.
-    pub event_channel: u32,
+    /// The frontend's port for the transmit ring (`event-channel-tx`, or `event-channel`).
+    pub tx_port: u32,
+    /// The frontend's port for the receive ring (`event-channel-rx`, or the same as
+    /// `tx_port` with one channel).
+    pub rx_port: u32,
+}
+
+/// The frontend's transport parameters, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetFrontendConfig {
+    /// The queue pairs (`multi-queue-num-queues` of them, one when absent).
+    pub queues: Vec<NetQueueKeys>,
     /// `feature-rx-notify`: the frontend notifies when it posts receive requests.
     pub rx_notify: bool,
     /// `feature-sg`: it takes frames in more than one page.
@@ -107,27 +121,53 @@ fn flag(get: &dyn Fn(&str) -> Option<String>, key: &str, default: bool) -> Resul
     Ok(number(get, key, 0..=1)?.map_or(default, |v| v == 1))
 }
 
+/// One queue's keys, under `dir` (empty: at the top).
+fn queue_keys(get: &dyn Fn(&str) -> Option<String>, dir: &str) -> Result<NetQueueKeys, KeyError> {
+    let key = |k: &str| format!("{dir}{k}");
+    let refs = 0..=u64::from(u32::MAX);
+    let ports = 1..=u64::from(Width::Bits64.evtchn_2l_ports()) - 1;
+    let tx_ring_ref = required(get, &key("tx-ring-ref"), refs.clone())? as u32;
+    let rx_ring_ref = required(get, &key("rx-ring-ref"), refs)? as u32;
+    // Split channels when the frontend gives both (netif.h); else the one for both rings.
+    let tx = number(get, &key("event-channel-tx"), ports.clone())?;
+    let rx = number(get, &key("event-channel-rx"), ports.clone())?;
+    let (tx_port, rx_port) = match (tx, rx) {
+        (Some(t), Some(r)) => (t as u32, r as u32),
+        _ => {
+            let p = required(get, &key("event-channel"), ports)? as u32;
+            (p, p)
+        }
+    };
+    Ok(NetQueueKeys {
+        tx_ring_ref,
+        rx_ring_ref,
+        tx_port,
+        rx_port,
+    })
+}
+
 /// Reads the frontend's keys through `get` (a key relative to the frontend's device
-/// directory to its value) into a checked configuration.
+/// directory to its value) into a checked configuration, refusing more queues than the
+/// `max_queues` offered.
 pub fn parse_frontend_keys(
     get: impl Fn(&str) -> Option<String>,
+    max_queues: u32,
 ) -> Result<NetFrontendConfig, KeyError> {
     let get: &dyn Fn(&str) -> Option<String> = &get;
-    // One queue: the ring keys at the top (netif.h, "Multiple transmit and receive queues").
-    if let Some(n) =
-        number(get, "multi-queue-num-queues", 1..=u64::from(u32::MAX)).map_err(|_| {
+    let max_queues = max_queues.max(1);
+    let num = number(get, "multi-queue-num-queues", 1..=u64::from(u32::MAX))
+        .map_err(|_| {
             KeyError(format!(
                 "frontend key multi-queue-num-queues = {:?}: not a number of queues",
                 get("multi-queue-num-queues").unwrap_or_default()
             ))
         })?
-    {
-        if n != 1 {
-            return Err(KeyError(format!(
-                "frontend key multi-queue-num-queues = {n}: only one queue is offered \
-                 (no multi-queue-max-queues)"
-            )));
-        }
+        .unwrap_or(1);
+    if num > u64::from(max_queues) {
+        return Err(KeyError(format!(
+            "frontend key multi-queue-num-queues = {num}: more than the {max_queues} queue(s) \
+             offered (multi-queue-max-queues)"
+        )));
     }
     match number(get, "request-rx-copy", 0..=1)? {
         Some(1) => {}
@@ -146,12 +186,16 @@ pub fn parse_frontend_keys(
             ))
         }
     }
-    let refs = 0..=u64::from(u32::MAX);
-    let ports = u64::from(Width::Bits64.evtchn_2l_ports()) - 1;
+    // One queue: its keys at the top; more: each under queue-N/ (netif.h).
+    let queues = if num == 1 {
+        vec![queue_keys(get, "")?]
+    } else {
+        (0..num)
+            .map(|q| queue_keys(get, &format!("queue-{q}/")))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     Ok(NetFrontendConfig {
-        tx_ring_ref: required(get, "tx-ring-ref", refs.clone())? as u32,
-        rx_ring_ref: required(get, "rx-ring-ref", refs)? as u32,
-        event_channel: required(get, "event-channel", 1..=ports)? as u32,
+        queues,
         rx_notify: flag(get, "feature-rx-notify", false)?,
         sg: flag(get, "feature-sg", false)?,
         gso_tcpv4: flag(get, "feature-gso-tcpv4", false)?,
@@ -198,14 +242,14 @@ mod tests {
     }
 
     #[test]
-    fn backend_keys_offer_copy_sg_gso_and_one_queue() {
-        let keys = backend_keys();
+    fn backend_keys_offer_copy_sg_gso_queues_and_split_channels() {
+        let keys = backend_keys(4);
         let get = |k: &str| {
             keys.iter()
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(keys.len(), 8);
+        assert_eq!(keys.len(), 9);
         for (k, v) in [
             ("feature-rx-copy", "1"),
             ("feature-sg", "1"),
@@ -213,23 +257,31 @@ mod tests {
             ("feature-gso-tcpv6", "1"),
             ("feature-ipv6-csum-offload", "1"),
             ("feature-rx-flip", "0"),
-            ("feature-split-event-channels", "0"),
+            ("feature-split-event-channels", "1"),
             ("feature-multicast-control", "0"),
+            ("multi-queue-max-queues", "4"),
         ] {
             assert_eq!(get(k), Some(v), "{k}");
         }
-        assert_eq!(get("multi-queue-max-queues"), None);
+        assert!(backend_keys(0).contains(&("multi-queue-max-queues".into(), "1".into())));
+    }
+
+    fn one(tx_ring_ref: u32, rx_ring_ref: u32, tx_port: u32, rx_port: u32) -> NetQueueKeys {
+        NetQueueKeys {
+            tx_ring_ref,
+            rx_ring_ref,
+            tx_port,
+            rx_port,
+        }
     }
 
     #[test]
     fn netfront_keys_are_read_into_options() {
-        let c = parse_frontend_keys(frontend(NETFRONT)).unwrap();
+        let c = parse_frontend_keys(frontend(NETFRONT), 1).unwrap();
         assert_eq!(
             c,
             NetFrontendConfig {
-                tx_ring_ref: 8,
-                rx_ring_ref: 9,
-                event_channel: 5,
+                queues: vec![one(8, 9, 5, 5)],
                 rx_notify: true,
                 sg: true,
                 gso_tcpv4: true,
@@ -252,11 +304,8 @@ mod tests {
             ("feature-no-csum-offload", "1"),
             ("multi-queue-num-queues", "1"),
         ];
-        let c = parse_frontend_keys(frontend(&keys)).unwrap();
-        assert_eq!(
-            (c.tx_ring_ref, c.rx_ring_ref, c.event_channel),
-            (0, u32::MAX, 4095)
-        );
+        let c = parse_frontend_keys(frontend(&keys), 4).unwrap();
+        assert_eq!(c.queues, vec![one(0, u32::MAX, 4095, 4095)]);
         assert!(!c.rx_notify && !c.sg && !c.gso_tcpv4 && !c.gso_tcpv6);
         assert!(c.no_csum_offload && !c.ipv6_csum_offload);
         let o = c.options(1500);
@@ -270,11 +319,69 @@ mod tests {
             ("feature-gso-tcpv6", "1"),
         ];
         assert!(
-            parse_frontend_keys(frontend(&keys))
+            parse_frontend_keys(frontend(&keys), 1)
                 .unwrap()
                 .options(1500)
                 .gso
         );
+    }
+
+    #[test]
+    fn split_channels_and_queues_as_netfront_writes_them() {
+        // One queue, split channels: at the top.
+        let keys = with(&[
+            ("event-channel", None),
+            ("event-channel-tx", Some("6")),
+            ("event-channel-rx", Some("7")),
+        ]);
+        let c = parse_frontend_keys(frontend(&keys), 2).unwrap();
+        assert_eq!(c.queues, vec![one(8, 9, 6, 7)]);
+        // Only one of the pair: the single channel is wanted.
+        let keys = with(&[("event-channel-tx", Some("6"))]);
+        assert_eq!(
+            parse_frontend_keys(frontend(&keys), 2).unwrap().queues,
+            vec![one(8, 9, 5, 5)]
+        );
+        // Two queues: each under queue-N/, the top's ring keys ignored.
+        let keys = [
+            ("request-rx-copy", "1"),
+            ("feature-sg", "1"),
+            ("multi-queue-num-queues", "2"),
+            ("queue-0/tx-ring-ref", "10"),
+            ("queue-0/rx-ring-ref", "11"),
+            ("queue-0/event-channel-tx", "12"),
+            ("queue-0/event-channel-rx", "13"),
+            ("queue-1/tx-ring-ref", "20"),
+            ("queue-1/rx-ring-ref", "21"),
+            ("queue-1/event-channel", "22"),
+        ];
+        let c = parse_frontend_keys(frontend(&keys), 2).unwrap();
+        assert_eq!(c.queues, vec![one(10, 11, 12, 13), one(20, 21, 22, 22)]);
+        assert!(c.sg);
+        // More than offered, or a queue's key missing or bad: refused naming it.
+        let e = parse_frontend_keys(frontend(&keys), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("multi-queue-num-queues = 2: more than the 1"),
+            "{e}"
+        );
+        let e = parse_frontend_keys(frontend(&keys[..9]), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue-1/event-channel is missing"), "{e}");
+        let mut bad = keys;
+        bad[7] = ("queue-1/tx-ring-ref", "x");
+        let e = parse_frontend_keys(frontend(&bad), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue-1/tx-ring-ref"), "{e}");
+        bad = keys;
+        bad[5] = ("queue-0/event-channel-tx", "5000");
+        let e = parse_frontend_keys(frontend(&bad), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue-0/event-channel-tx"), "{e}");
     }
 
     #[test]
@@ -310,7 +417,7 @@ mod tests {
             ),
             (
                 vec![("multi-queue-num-queues", Some("2"))],
-                "multi-queue-num-queues = 2",
+                "multi-queue-num-queues = 2: more than the 1",
             ),
             (
                 vec![("multi-queue-num-queues", Some("0"))],
@@ -322,7 +429,7 @@ mod tests {
             ),
         ] {
             let keys = with(&changes);
-            let err = parse_frontend_keys(frontend(&keys))
+            let err = parse_frontend_keys(frontend(&keys), 1)
                 .expect_err(msg)
                 .to_string();
             assert!(err.contains(msg), "{changes:?}: {err}");

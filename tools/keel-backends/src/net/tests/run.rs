@@ -54,9 +54,10 @@ fn the_loop_serves_kicks_and_host_frames_until_stopped() {
             let kick = kick.try_clone().unwrap();
             let stop = stop.try_clone().unwrap();
             std::thread::spawn(move || {
-                let r = queue.run(kick.as_fd(), io.as_ref(), stop.as_fd(), || {
+                let notify = || {
                     notified.fetch_add(1, Ordering::SeqCst);
-                });
+                };
+                let r = queue.run(kick.as_fd(), io.as_ref(), stop.as_fd(), notify, notify);
                 (r, queue.stats())
             })
         };
@@ -131,6 +132,6 @@ fn the_loop_reports_a_broken_ring() {
     let (kick, stop) = (eventfd(), eventfd());
     tx.set_req_prod(4000);
     signal(&kick);
-    let r = queue.run(kick.as_fd(), &io, stop.as_fd(), || {});
+    let r = queue.run(kick.as_fd(), &io, stop.as_fd(), || {}, || {});
     assert!(matches!(r, Err(NetError::Ring(_))));
 }
