@@ -12,10 +12,10 @@
 # XenStore, and their errors name the vif; after `keelctl destroy` the TAP and the vif's
 # XenStore directories are gone.
 # A second DomU on the bridge (10.99.0.3) pings the first and fetches its file.
-# Routed (`script=vif-route, ip=10.99.1.2`): the vif has Dom0's address as a /32 and proxy
-# ARP, Dom0 routes the guest's address to it; the DomU (10.99.1.2/24, Dom0 on the link) pings
-# Dom0, Dom0 pings the DomU by its address and fetches its file; after destroy the route is
-# gone.
+# Routed (`script=vif-route, ip=10.99.1.2, rate=4Mb/s`): the vif has Dom0's address as a /32
+# and proxy ARP, Dom0 routes the guest's address to it; the DomU (10.99.1.2/24, Dom0 on the
+# link) pings Dom0, Dom0 pings the DomU by its address and fetches its file, no faster than
+# the rate allows; after destroy the route is gone.
 # NAT (`script=vif-nat, ip=10.99.2.2`): the vif has the network's first address (10.99.2.1,
 # the guest's gateway) and an nftables table of its own; a network namespace over a veth pair
 # stands for the outside world (192.168.77.2, with no route back to 10.99.2.0/24): the DomU
@@ -73,6 +73,9 @@ wait_for() {
     done
     echo "no '$2' in $f after $3 s:"; tail -n 30 $f 2>/dev/null; return 1
 }
+
+# centis: the time since boot in hundredths of a second.
+centis() { read -r up _ </proc/uptime; echo $((${up%.*} * 100 + 1${up#*.} - 100)); }
 
 on_bochs() { [ "$(tr ' ' '\n' </proc/cmdline | sed -n 's/^keel_emulator=//p' | tail -n1)" = bochs ]; }
 
@@ -213,7 +216,7 @@ check xen_net.destroy_removes_the_vif_and_the_mac_is_stable destroy_cleans_up
 routed() {
     need_domu || return $?
     rm -f /var/log/keel/routed.log
-    cfg routed net "vif = [ 'script=vif-route, ip=10.99.1.2' ]"
+    cfg routed net "vif = [ 'script=vif-route, ip=10.99.1.2, rate=4Mb/s' ]"
     sed -i 's/keel.run=net/keel.run=net keel.ip=10.99.1.2\/24 keel.peer=10.99.0.1/' $dir/routed.cfg
     keelctl create $dir/routed.cfg >$out 2>$err || { cat $out $err; return 1; }
     d=$(domid_of routed)
@@ -224,9 +227,17 @@ routed() {
     ping -c 3 -W 10 10.99.1.2 >$out 2>&1 || { cat $out; return 1; }
     wait_for routed "keel-domu: ready" 300 || return 1
     want=$(tr -d '\r' </var/log/keel/routed.log | sed -n 's/^keel-domu: net blob //p')
+    # rate=4Mb/s: 500 kB/s, in 25 kB every 50 ms (libxl's form in XenStore), at most
+    # 128 KiB of unused credit: the guest's 4 MiB take at least 8 s.
+    [ "$(keelctl xenstore read /local/domain/0/backend/vif/$d/0/rate)" = 25000,50000 ] ||
+        { keelctl xenstore ls /local/domain/0/backend/vif/$d/0; return 1; }
+    t0=$(centis)
     wget -q -O $dir/from-routed http://10.99.1.2:8080/blob || { echo "wget from the routed DomU failed"; return 1; }
+    took=$(($(centis) - t0))
     set -- $(sha256sum <$dir/from-routed)
     [ "$1" = "$want" ] || { echo "Dom0 fetched $1, the DomU served '$want'"; return 1; }
+    echo "# $size MiB from the DomU at rate=4Mb/s in $took cs"
+    [ $took -ge 780 ] || { echo "the rate limit did not hold: $size MiB in $took cs"; return 1; }
 }
 check xen_net.routed_vif_dom0_reaches_the_domu_by_its_address routed
 

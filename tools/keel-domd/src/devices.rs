@@ -451,6 +451,7 @@ impl Devices {
             tap: tap.clone(),
             mtu: vif.mtu.filter(|&m| m != 0).unwrap_or(1500),
             max_queues: self.max_queues,
+            rate: vif.rate,
             log: self.log.clone(),
         });
         match started {

@@ -12,18 +12,26 @@
 //! forwarding; in NAT mode (`vif-nat`) as routed, with the first address of the guest's
 //! network as Dom0's end and the guest's address masqueraded ([`keel_backends::nat`]). The
 //! TAP, its address, its routes and its NAT rules go with the vif.
-use std::{net::Ipv4Addr, os::fd::AsFd, path::PathBuf, sync::Arc, thread::JoinHandle};
+use std::{
+    net::Ipv4Addr,
+    os::fd::AsFd,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use keel_backends::{
     nat::{table_name, NatRules},
     net::{
+        shaper::Shaper,
         xenstore::{backend_keys, parse_frontend_keys, NetQueueKeys},
         NetOptions, NetQueue,
     },
     tap::{host_address, Tap},
 };
 use keel_sys::{Domain, EventFd};
-use keel_xlcfg::{Vif, VifScript};
+use keel_xlcfg::{Rate, Vif, VifScript};
 
 use crate::vbd::KeelGrants;
 use crate::xenbus::{Backend, Device};
@@ -199,6 +207,8 @@ pub struct VifSetup {
     pub mtu: u32,
     /// Queue pairs offered to the frontend (the domain's vCPUs, as netback offers its CPUs).
     pub max_queues: u32,
+    /// The transmit rate limit (`rate=`), for the vif as a whole.
+    pub rate: Option<Rate>,
     /// Where messages go (the domain's log).
     pub log: Arc<dyn Fn(&str) + Send + Sync>,
 }
@@ -211,6 +221,7 @@ pub fn start(setup: VifSetup) -> Result<Backend, String> {
         tap: setup.tap,
         mtu: setup.mtu,
         max_queues: setup.max_queues.max(1),
+        rate: setup.rate,
         log: setup.log.clone(),
         connected: None,
     };
@@ -223,6 +234,7 @@ struct VifDevice {
     tap: Arc<Tap>,
     mtu: u32,
     max_queues: u32,
+    rate: Option<Rate>,
     log: Arc<dyn Fn(&str) + Send + Sync>,
     connected: Option<Serving>,
 }
@@ -254,10 +266,14 @@ impl VifDevice {
         q: usize,
         keys: &NetQueueKeys,
         options: NetOptions,
+        shaper: Option<&Arc<Mutex<Shaper>>>,
     ) -> Result<(), String> {
         let grants = Arc::new(KeelGrants(self.domain.clone()));
         let mut queue = NetQueue::attach(grants, keys.tx_ring_ref, keys.rx_ring_ref, options)
             .map_err(|e| format!("queue {q}: mapping the rings: {e}"))?;
+        if let Some(s) = shaper {
+            queue.set_shaper(s.clone());
+        }
         let tap = if q == 0 {
             self.tap.clone()
         } else {
@@ -343,8 +359,17 @@ impl Device for VifDevice {
             threads: Vec::new(),
             ports: Vec::new(),
         };
+        // One credit for the vif, whichever queue the guest sends on.
+        let shaper = self.rate.map(|r| {
+            let interval = Duration::from_micros(u64::from(r.interval_usecs));
+            Arc::new(Mutex::new(Shaper::new(
+                r.bytes_per_interval,
+                interval,
+                Instant::now(),
+            )))
+        });
         for (q, keys) in cfg.queues.iter().enumerate() {
-            if let Err(e) = self.start_queue(&mut serving, q, keys, options) {
+            if let Err(e) = self.start_queue(&mut serving, q, keys, options, shaper.as_ref()) {
                 serving.end(&self.domain);
                 return Err(e);
             }
@@ -354,10 +379,14 @@ impl Device for VifDevice {
         Ok((
             Vec::new(),
             format!(
-                "connected to {} ({} queue(s){}, sg {}, gso {})",
+                "connected to {} ({} queue(s){}{}, sg {}, gso {})",
                 self.tap.name(),
                 cfg.queues.len(),
                 if split { ", split event channels" } else { "" },
+                self.rate.map_or(String::new(), |r| format!(
+                    ", at most {} bytes per {} us",
+                    r.bytes_per_interval, r.interval_usecs
+                )),
                 u8::from(cfg.sg),
                 u8::from(cfg.gso_tcpv4 || cfg.gso_tcpv6)
             ),

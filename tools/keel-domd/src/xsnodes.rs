@@ -279,6 +279,13 @@ pub fn vif_nodes(domid: u32, vif: &Vif, mac: Mac, tap: &str) -> (DevicePaths, Ve
     if let Some(ip) = &vif.ip {
         n.back(Some("ip"), ip.clone());
     }
+    if let Some(r) = vif.rate {
+        // libxl's form: bytes per interval, the interval in microseconds.
+        n.back(
+            Some("rate"),
+            format!("{},{}", r.bytes_per_interval, r.interval_usecs),
+        );
+    }
     n.back(Some("handle"), vif.devid.to_string());
     n.back(Some("type"), "vif".into());
     n.back(Some("vifname"), tap.into());

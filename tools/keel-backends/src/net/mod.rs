@@ -13,7 +13,8 @@
 //!   extra slots, the checksum position found by [`packet`]) and sent to the host; frames from
 //!   the host are copied into the pages the frontend posted, with the netif flags and GSO
 //!   extra slot their header calls for; responses are published and the frontend notified
-//!   only when it asked. [`NetQueue::run`] is its blocking loop.
+//!   only when it asked. [`NetQueue::run`] is its blocking loop;
+//! - [`shaper`]: the vif's transmit rate limit (`rate=`), shared by its queues.
 //!
 //! "Transmit" (tx) and "receive" (rx) are the frontend's: tx is guest to host.
 //!
@@ -24,6 +25,7 @@
 pub mod packet;
 mod queue;
 mod rx;
+pub mod shaper;
 mod tx;
 pub mod xenstore;
 

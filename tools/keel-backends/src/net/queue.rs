@@ -3,7 +3,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use keel_core::xen::blkif::PAGE_SIZE;
 use keel_core::xen::netif::{
@@ -13,6 +14,7 @@ use keel_core::xen::netif::{
 
 use super::packet::{self, IPPROTO_TCP, L3};
 use super::rx::{self, RxPlan};
+use super::shaper::Shaper;
 use super::tx::{Fed, TxAssembler, TxPacket};
 use super::{vnet, NetError, NetOptions, NetStats, PacketIo, VnetHdr, VNET_HDR_LEN};
 use crate::grant::{GrantAccess, GrantCopy};
@@ -134,6 +136,10 @@ pub struct NetQueue {
     rx_assigned: usize,
     /// A frame received and waiting for enough receive requests.
     rx_pending: Option<RxFrame>,
+    // Rate limit.
+    shaper: Option<Arc<Mutex<Shaper>>>,
+    /// A transmitted packet waiting for credit, and when to ask again.
+    tx_held: Option<(TxPacket, Instant)>,
 }
 
 impl NetQueue {
@@ -164,7 +170,29 @@ impl NetQueue {
             rx_slots: Vec::new(),
             rx_assigned: 0,
             rx_pending: None,
+            shaper: None,
+            tx_held: None,
         }
+    }
+
+    /// Limits what the frontend transmits to what `shaper` (shared by the vif's queues)
+    /// admits (`rate=`).
+    pub fn set_shaper(&mut self, shaper: Arc<Mutex<Shaper>>) {
+        self.shaper = Some(shaper);
+    }
+
+    /// Whether a transmitted packet waits for credit, and until when.
+    pub fn tx_throttled(&self) -> Option<Instant> {
+        self.tx_held.as_ref().map(|(_, at)| *at)
+    }
+
+    /// Whether the rate limit lets `pkt` go now; else records when to ask again.
+    fn admit(&self, pkt: &TxPacket) -> Result<(), Instant> {
+        let Some(shaper) = &self.shaper else {
+            return Ok(());
+        };
+        let mut s = shaper.lock().unwrap_or_else(|p| p.into_inner());
+        s.admit(pkt.total_len() as u64, Instant::now())
     }
 
     /// Maps the two one-page rings the frontend granted (`tx-ring-ref`, `rx-ring-ref`, as
@@ -217,6 +245,10 @@ impl NetQueue {
             let full = self.take_tx(io)?;
             self.flush_tx(io);
             Self::publish(&mut self.tx, &mut self.stats, notify);
+            // Held for credit: nothing more until then (run waits for it).
+            if self.tx_held.is_some() {
+                return Ok(false);
+            }
             if !full && !self.tx.final_check_for_requests()? {
                 return Ok(false);
             }
@@ -224,8 +256,18 @@ impl NetQueue {
         Ok(true)
     }
 
-    /// Takes transmit slots until the ring is empty (`false`) or the batch full (`true`).
+    /// Takes transmit slots until the ring is empty or a packet waits for credit (`false`)
+    /// or the batch is full (`true`).
     fn take_tx(&mut self, io: &dyn PacketIo) -> Result<bool, RingBroken> {
+        if let Some((pkt, _)) = self.tx_held.take() {
+            match self.admit(&pkt) {
+                Ok(()) => self.queue_tx(pkt),
+                Err(at) => {
+                    self.tx_held = Some((pkt, at));
+                    return Ok(false);
+                }
+            }
+        }
         loop {
             if self.tx_batch.len() >= TX_BATCH_PACKETS || self.tx_used >= TX_BATCH_BYTES {
                 return Ok(true);
@@ -235,7 +277,13 @@ impl NetQueue {
             }
             match self.tx_asm.feed(&self.tx_entry) {
                 Fed::Pending => {}
-                Fed::Complete(pkt) => self.queue_tx(pkt),
+                Fed::Complete(pkt) => match self.admit(&pkt) {
+                    Ok(()) => self.queue_tx(pkt),
+                    Err(at) => {
+                        self.tx_held = Some((pkt, at));
+                        return Ok(false);
+                    }
+                },
                 Fed::Overlong(pkt) => {
                     // Answered now (after the packets before it), so that its chain cannot
                     // fill the ring unanswered.
@@ -310,7 +358,7 @@ impl NetQueue {
                         rsp::OKAY
                     } else {
                         self.stats.tx_dropped += 1;
-                        rsp::OKAY
+                        rsp::DROPPED
                     }
                 }
             };
@@ -575,13 +623,19 @@ impl NetQueue {
             let more_tx = self.process_tx(io, &notify_tx)?;
             let more_rx = self.process_rx(io, &notify_rx)?;
             let waiting = self.rx_waiting();
-            let timeout = if more_tx || more_rx {
+            let mut timeout = if more_tx || more_rx {
                 0
             } else if waiting && !self.options.rx_notify {
                 RX_POLL_MS
             } else {
                 -1
             };
+            if let Some(at) = self.tx_throttled() {
+                // Rounded up: woken before the credit is there would only spin.
+                let wait = at.saturating_duration_since(Instant::now());
+                let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+                timeout = if timeout < 0 { ms } else { timeout.min(ms) };
+            }
             let mut fds = [
                 libc::pollfd {
                     fd: kick.as_raw_fd(),

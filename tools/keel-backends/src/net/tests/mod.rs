@@ -570,3 +570,35 @@ fn multicast_control_requests_are_answered_and_not_sent() {
     assert_eq!(rig.serve_tx().unwrap(), [ok(id), null()]);
     assert!(rig.io.take_sent().is_empty());
 }
+
+#[test]
+fn a_rate_limit_holds_packets_until_the_credit_is_there() {
+    use super::shaper::Shaper;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let mut rig = Rig::new(NetOptions::default());
+    // 1000 bytes per 150 ms.
+    let interval = Duration::from_millis(150);
+    let shaper = Arc::new(Mutex::new(Shaper::new(1000, interval, Instant::now())));
+    rig.queue.set_shaper(shaper);
+    let frame = ipv4(false, IPPROTO_UDP, &udp(&pattern(3, 700)));
+    let a = rig.send_simple(&frame);
+    let b = rig.send_simple(&frame);
+    let start = Instant::now();
+    // The first fits the credit; the second waits, unanswered, with the queue idle.
+    assert_eq!(rig.serve_tx().unwrap(), [ok(a)]);
+    assert_eq!(rig.io.take_sent().len(), 1);
+    let until = rig.queue.tx_throttled().expect("the second packet is held");
+    assert!(
+        until > Instant::now() && until <= start + interval,
+        "{until:?}"
+    );
+    assert_eq!(rig.serve_tx().unwrap(), [], "still no credit");
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    assert_eq!(rig.serve_tx().unwrap(), [ok(b)]);
+    assert_eq!(rig.io.take_sent()[0].1, frame);
+    assert!(rig.queue.tx_throttled().is_none());
+    assert!(start.elapsed() >= interval - Duration::from_millis(5));
+    assert_eq!(rig.queue.stats().tx_packets, 2);
+}
