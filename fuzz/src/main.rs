@@ -13,6 +13,7 @@ mod exit;
 mod insn;
 mod misc;
 mod mmio;
+mod netif;
 mod paging;
 mod state;
 mod xenstore;
@@ -84,6 +85,15 @@ const TARGETS: &[Target] = &[
         run: blkif::run,
     },
     Target {
+        name: "netif",
+        what: "keel_backends::net::NetQueue against hostile tx/rx slots, grants, indexes and \
+               host frames: no panic or hang, copies only within a request's slot, each tx \
+               request answered once with its id, OKAY exactly for packets sent with the \
+               guest's bytes, rx frames in order in their requests' pages, flags and GSO \
+               slots as their headers say, broken indexes refused",
+        run: netif::run,
+    },
+    Target {
         name: "logring",
         what: "logring::LogRing: arbitrary messages come back in order, truncated at a \
                character boundary, drops counted",
@@ -117,6 +127,7 @@ const TARGETS: &[Target] = &[
         guest-values  hypercall numbers, CPUID leaves, XSETBV values\n  \
         logring       the root-mode log ring (logring.rs)\n  \
         blkif         the block backend's queue (keel-backends, blkif.rs)\n  \
+        netif         the network backend's queue (keel-backends, netif.rs)\n  \
         xenstore      the XenStore daemon's connection logic (xenstore.rs)"
 )]
 struct Args {

@@ -206,6 +206,9 @@ impl BackRing {
     /// loads) and takes it. `Ok(false)` when the frontend published nothing more.
     pub fn next_request(&mut self, out: &mut [u8]) -> Result<bool, RingBroken> {
         assert!(out.len() >= self.entry_size, "request buffer too small");
+        if let Some(b) = self.broken {
+            return Err(b);
+        }
         if self.req_cons == self.req_prod_seen {
             self.refresh()?;
             if self.req_cons == self.req_prod_seen {

@@ -3,6 +3,11 @@
 //! ring of any entry size in that memory (what a frontend does with `RING_PUSH_REQUESTS...`
 //! and `RING_FINAL_CHECK_FOR_RESPONSES`), and [`FakeFrontend`], a blkif ring on it; and
 //! [`FakePacketIo`], the host side of a vif in memory.
+//!
+//! The grant table refuses what Xen refuses (an unknown reference, a copy crossing its page, a
+//! copy into a read-only grant) and can log every copy segment it was asked for
+//! ([`FakeGuest::log_copies`]), so that a test or the fuzzer can check what a backend tried to
+//! reach, not only what it got.
 
 use std::alloc::{self, Layout};
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +38,23 @@ pub struct Grant {
     pub readonly: bool,
 }
 
+/// One segment of a grant copy as the fake grant table saw it ([`FakeGuest::log_copies`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyRecord {
+    /// The reference the backend named.
+    pub gref: u32,
+    /// The page that reference granted at the time, if any.
+    pub page: Option<usize>,
+    /// Offset in the page.
+    pub offset: u16,
+    /// Bytes asked for.
+    pub len: usize,
+    /// Into the guest (`true`) or out of it.
+    pub to_guest: bool,
+    /// The status the segment got: 0, or the `GNTST_*` it was refused with.
+    pub status: i16,
+}
+
 #[derive(Default)]
 struct State {
     grants: HashMap<u32, Grant>,
@@ -41,6 +63,8 @@ struct State {
     copied_segments: u64,
     map_calls: u64,
     fail_copies: bool,
+    /// Every copy segment since logging was turned on, if it is.
+    copy_log: Option<Vec<CopyRecord>>,
 }
 
 /// Guest memory: page-aligned, only accessed through raw pointers.
@@ -157,6 +181,24 @@ impl FakeGuest {
         self.inner.state().fail_copies = fail;
     }
 
+    /// Starts (with an empty log) or stops logging every segment of every later `copy`,
+    /// refused or not. A `copy` failing as a whole ([`Self::fail_copies`]) touches nothing and
+    /// logs nothing.
+    pub fn log_copies(&self, on: bool) {
+        self.inner.state().copy_log = on.then(Vec::new);
+    }
+
+    /// Takes the segments logged so far (in the order they were copied), leaving the log
+    /// empty; nothing when logging is off.
+    pub fn take_copy_log(&self) -> Vec<CopyRecord> {
+        self.inner
+            .state()
+            .copy_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// The first byte of `page`.
     pub fn page_ptr(&self, page: usize) -> *mut u8 {
         assert!(page < self.inner.pages, "page {page} outside guest memory");
@@ -220,6 +262,16 @@ impl GrantAccess for FakeGuest {
                     gnttabop::ST_OKAY
                 }
             };
+            if let Some(log) = st.copy_log.as_mut() {
+                log.push(CopyRecord {
+                    gref: op.gref,
+                    page: grant.map(|g| g.page),
+                    offset: op.offset,
+                    len: op.buf.len(),
+                    to_guest: op.to_guest,
+                    status: op.status,
+                });
+            }
         }
         Ok(())
     }
@@ -509,11 +561,16 @@ impl FakeFrontend {
     }
 }
 
+/// Which frames [`FakePacketIo`] refuses to send ([`FakePacketIo::refuse_sends`]): `true`
+/// for a frame to refuse.
+pub type SendFilter = Box<dyn Fn(&[u8]) -> bool + Send>;
+
 #[derive(Default)]
 struct FakeIoState {
     inbound: VecDeque<Vec<u8>>,
     sent: Vec<([u8; VNET_HDR_LEN], Vec<u8>)>,
     send_error: Option<io::ErrorKind>,
+    refuse: Option<SendFilter>,
 }
 
 /// The host side of a vif in memory, as a TAP device with `IFF_VNET_HDR` would be: frames
@@ -574,6 +631,13 @@ impl FakePacketIo {
     pub fn fail_sends(&self, kind: Option<io::ErrorKind>) {
         self.state().send_error = kind;
     }
+
+    /// Makes every later `send` of a frame for which `refuse` is `true` fail with
+    /// `WouldBlock` (the TAP queue full just then), or no frame with `None`; what is refused
+    /// is decided by the frame's bytes alone, so a test knows it beforehand.
+    pub fn refuse_sends(&self, refuse: Option<SendFilter>) {
+        self.state().refuse = refuse;
+    }
 }
 
 impl PacketIo for FakePacketIo {
@@ -581,6 +645,9 @@ impl PacketIo for FakePacketIo {
         let mut st = self.state();
         if let Some(kind) = st.send_error {
             return Err(io::Error::from(kind));
+        }
+        if st.refuse.as_ref().is_some_and(|refuse| refuse(frame)) {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
         }
         st.sent.push((*vnet_hdr, frame.to_vec()));
         Ok(())
@@ -624,4 +691,76 @@ pub fn temp_file(sectors: u64) -> File {
     std::fs::remove_file(&path).expect("unlink");
     f.set_len(sectors * 512).expect("set_len");
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(gref: u32, offset: u16, to_guest: bool, buf: &mut [u8]) -> GrantCopy<'_> {
+        GrantCopy {
+            gref,
+            offset,
+            to_guest,
+            buf,
+            status: 0,
+        }
+    }
+
+    #[test]
+    fn the_copy_log_has_every_segment_refused_or_not() {
+        let guest = FakeGuest::new(2);
+        guest.grant(7, 1, false);
+        guest.grant(8, 0, true);
+        let (mut a, mut b, mut c, mut d) = ([0u8; 16], [0u8; 16], [0u8; 16], [1u8; 8]);
+        let mut ops = [
+            op(7, 4080, false, &mut a),
+            op(7, 4081, false, &mut b),
+            op(9, 0, false, &mut c),
+            op(8, 0, true, &mut d),
+        ];
+        guest.copy(&mut ops).unwrap();
+        assert!(guest.take_copy_log().is_empty(), "not logging yet");
+        guest.log_copies(true);
+        guest.copy(&mut ops).unwrap();
+        let log: Vec<_> = guest
+            .take_copy_log()
+            .iter()
+            .map(|c| (c.gref, c.page, c.offset, c.len, c.to_guest, c.status))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                (7, Some(1), 4080, 16, false, gnttabop::ST_OKAY),
+                (7, Some(1), 4081, 16, false, gnttabop::ST_BAD_COPY_ARG),
+                (9, None, 0, 16, false, gnttabop::ST_BAD_GNTREF),
+                (8, Some(0), 0, 8, true, gnttabop::ST_PERMISSION_DENIED),
+            ]
+        );
+        assert!(guest.take_copy_log().is_empty(), "taken");
+        guest.fail_copies(true);
+        assert!(guest.copy(&mut ops).is_err());
+        assert!(
+            guest.take_copy_log().is_empty(),
+            "a failed copy touches nothing"
+        );
+        guest.fail_copies(false);
+        guest.log_copies(false);
+        guest.copy(&mut ops).unwrap();
+        assert!(guest.take_copy_log().is_empty());
+    }
+
+    #[test]
+    fn refused_sends_fail_and_are_not_kept() {
+        let io = FakePacketIo::new();
+        let hdr = [0u8; VNET_HDR_LEN];
+        io.refuse_sends(Some(Box::new(|f: &[u8]| f.len() == 3)));
+        let e = io.send(&hdr, b"abc").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        io.send(&hdr, b"abcd").unwrap();
+        io.refuse_sends(None);
+        io.send(&hdr, b"abc").unwrap();
+        let sent: Vec<_> = io.take_sent().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(sent, [b"abcd".to_vec(), b"abc".to_vec()]);
+    }
 }

@@ -225,6 +225,15 @@ impl NetQueue {
         self.rx_pending.is_some()
     }
 
+    /// A queue with a broken ring serves nothing more, on either ring (not even with
+    /// requests taken before the break).
+    fn check_rings(&self) -> Result<(), NetError> {
+        match self.tx.broken().or(self.rx.broken()) {
+            Some(b) => Err(b.into()),
+            None => Ok(()),
+        }
+    }
+
     fn publish(ring: &mut BackRing, stats: &mut NetStats, notify: &dyn Fn()) {
         if ring.push_responses() {
             stats.notifications += 1;
@@ -241,6 +250,7 @@ impl NetQueue {
     /// are not all published waits for them. Returns `true` when work may remain that
     /// deserves another call without waiting; an error when the frontend broke the ring.
     pub fn process_tx(&mut self, io: &dyn PacketIo, notify: &dyn Fn()) -> Result<bool, NetError> {
+        self.check_rings()?;
         for _ in 0..MAX_PASSES {
             let full = self.take_tx(io)?;
             self.flush_tx(io);
@@ -410,6 +420,7 @@ impl NetQueue {
     /// asked to notify when it posts them). Returns `true` when work may remain that deserves
     /// another call without waiting; an error when the frontend broke the ring or `io` failed.
     pub fn process_rx(&mut self, io: &dyn PacketIo, notify: &dyn Fn()) -> Result<bool, NetError> {
+        self.check_rings()?;
         for _ in 0..MAX_PASSES {
             let stop = self.take_rx(io);
             if !matches!(stop, Err(NetError::Ring(_))) {

@@ -400,3 +400,31 @@ fn a_failing_host_device_stops_the_queue() {
         Err(NetError::Io(_))
     ));
 }
+
+#[test]
+fn a_broken_ring_answers_nothing_more_even_with_requests_taken_before() {
+    let mut rig = Rig::new(NetOptions {
+        sg: true,
+        mtu: 9000,
+        ..NetOptions::default()
+    });
+    // Two receive requests posted; a frame that needs three pages waits on them.
+    rig.post_rx(2);
+    let big = ipv4(false, IPPROTO_UDP, &udp(&pattern(4, 9000)));
+    rig.io.inject(&hdr(), &big);
+    assert_eq!(rig.serve_rx().unwrap(), Vec::<[u8; 8]>::new());
+    assert!(rig.queue.rx_waiting());
+    // The frontend breaks the ring; a small frame that the requests taken could hold gets
+    // no answer, then or later, and the transmit side stops too.
+    rig.rx.set_req_prod(1000);
+    let small = ipv4(false, IPPROTO_UDP, &udp(&pattern(5, 100)));
+    rig.io.inject(&hdr(), &small);
+    let notify = || {};
+    for _ in 0..2 {
+        let r = rig.queue.process_rx(&rig.io, &notify);
+        assert!(matches!(r, Err(NetError::Ring(_))), "{r:?}");
+    }
+    let r = rig.queue.process_tx(&rig.io, &notify);
+    assert!(matches!(r, Err(NetError::Ring(_))), "{r:?}");
+    assert!(rig.take_rx().is_empty());
+}
