@@ -24,7 +24,7 @@
 //! flags and GSO slot ask for; responses never overtake the requests published, and the
 //! backend writes nothing else of the ring but its own indexes; the frontend is notified
 //! exactly when its `rsp_event` asks and asked to notify while the backend waits; a broken
-//! `req_prod` is refused (the queue errs, and a transmit ring stays broken) and a sound one
+//! `req_prod` is refused (the queue errs, and stays stopped on both rings) and a sound one
 //! never is. On receive, the responses chain up into frames that are, in order, the host's
 //! frames less the ones dropped (never one that must be dropped, always one that must be
 //! delivered): each data slot is its request's page holding the next 4096 bytes (or `ERROR`,
@@ -1233,6 +1233,31 @@ impl Run {
         Ok(())
     }
 
+    /// After the other ring broke: `ring` ("tx" or "rx") refuses to serve and answers
+    /// nothing.
+    fn check_stopped(&mut self, ring: &str) -> Result<(), Finding> {
+        let (shared, page) = if ring == "tx" {
+            (&self.tx, TX_RING_PAGE)
+        } else {
+            (&self.rx, RX_RING_PAGE)
+        };
+        let old = index(shared, sring::RSP_PROD);
+        let before = self.guest.read(page, 0, PAGE);
+        let r = if ring == "tx" {
+            self.queue.process_tx(&self.io, &|| {})
+        } else {
+            self.queue.process_rx(&self.io, &|| {})
+        };
+        if !matches!(r, Err(NetError::Ring(_))) {
+            return Err(format!("{ring}: served after the other ring broke: {r:?}"));
+        }
+        let shared = if ring == "tx" { &self.tx } else { &self.rx };
+        if index(shared, sring::RSP_PROD) != old || self.guest.read(page, 0, PAGE) != before {
+            return Err(format!("{ring}: answered after the other ring broke"));
+        }
+        Ok(())
+    }
+
     // -----------------------------------------------------------------------------------------
     // Transmit.
 
@@ -2124,11 +2149,21 @@ pub fn run(rng: &mut Rng) -> Result<(), Finding> {
                 .store(rng.random(), Ordering::Relaxed);
         }
 
+        // A broken ring stops the whole queue: the other ring serves nothing more either.
         if tx_live {
             tx_live = r.serve_tx(tx_hostile)?;
+            if !tx_live && rx_live {
+                r.check_stopped("rx")?;
+                r.rx_lossy = true;
+                rx_live = false;
+            }
         }
         if rx_live {
             rx_live = r.serve_rx(rx_hostile)?;
+            if !rx_live && tx_live {
+                r.check_stopped("tx")?;
+                tx_live = false;
+            }
         }
         r.guest.fail_copies(false);
         r.fail_copies = false;
