@@ -15,9 +15,11 @@
  *   --mib N  the transfer's size in MiB (default 16); --port P (default 5201); --timeout S:
  *            gives up after S seconds (default 900)
  *   --verify the sender sends a pseudo-random stream that is a function of the byte's offset
- *            (each 8-byte word a hash of its index), the receiver checks every byte of it and
- *            adds `verify=ok` to its line, or fails naming the first offset that differs (a
- *            byte lost, duplicated, reordered or changed); both sides must say it
+ *            (each 8-byte word a hash of its index), the receiver checks every byte of it,
+ *            answers one byte `K` when all were right and adds `verify=ok` to its line, or
+ *            fails naming the first offset that differs (a byte lost, duplicated, reordered or
+ *            changed); the sender adds `verify=ok` only with the receiver's `K`; both sides
+ *            must say it
  * The sender writes N MiB in 128 KiB writes, shuts its side down and waits for the receiver
  * to close (so its time ends when the last byte has arrived); the receiver reads in 128 KiB
  * reads until the end of the stream and closes. Socket buffers are left to the kernel's
@@ -168,6 +170,10 @@ static int do_send(int fd, uint64_t total, char *buf)
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return fail("waiting for the receiver");
+	if (verify && (n != 1 || c != 'K')) {
+		fprintf(stderr, "keel_netbench: the receiver did not confirm the stream\n");
+		return 1;
+	}
 	report("send", sent, now_ns() - t0, cpu_us() - c0, m0);
 	return 0;
 }
@@ -202,12 +208,15 @@ static int do_recv(int fd, uint64_t total, char *buf)
 		got += (uint64_t)n;
 		t1 = now_ns();
 	}
-	close(fd);
 	if (got != total) {
 		fprintf(stderr, "keel_netbench: received %llu bytes, not %llu\n",
 			(unsigned long long)got, (unsigned long long)total);
 		return 1;
 	}
+	/* Every byte was right: the sender hears it before the end of the stream. */
+	if (verify && write(fd, "K", 1) != 1)
+		return fail("confirming the stream");
+	close(fd);
 	report("recv", got, t1 - t0, cpu_us() - c0, m0);
 	return 0;
 }

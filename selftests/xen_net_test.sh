@@ -94,6 +94,7 @@ bulk() {
     wait_for $1 "keel-domu: net bulk listening recv" 60 || return 1
     keel_netbench client --send --verify --host $2 --port 5202 --mib $bulk --timeout 1200 >$out 2>$err ||
         { echo "sending to the DomU:"; cat $out $err; return 1; }
+    has $out "verify=ok" || return 1
     wait_for $1 "keel-domu: net bulk netbench recv" 120 || return 1
     has /var/log/keel/$1.log "keel-domu: net bulk netbench recv bytes=$((bulk * 1048576)) .* verify=ok"
 }
@@ -131,6 +132,8 @@ up() {
     else
         keelctl xenstore read $fe/event-channel-rx >/dev/null || { keelctl xenstore ls $fe; return 1; }
     fi
+    # ... and the backend serves that many, each with its pair of channels.
+    wait_for netguest "vif 0: connected to vif$d.0 ($nq queue(s), split event channels" 60 || return 1
     mac=$(tr -d '\r' </var/log/keel/netguest.log | sed -n 's/^keel-domu: net mac //p')
     case "$mac" in 00:16:3e:*) ;; *) echo "the DomU's MAC is '$mac'"; return 1 ;; esac
     echo "$mac" >$dir/mac
@@ -190,7 +193,7 @@ check xen_net.two_domus_on_one_bridge_reach_each_other two_domus
 
 # 2c. rate= limits what a guest sends: 4Mb/s is 500 kB/s, 25 kB every 50 ms (libxl's form in
 # XenStore), at most 128 KiB of unused credit kept: the second DomU's 4 MiB take at least 8 s
-# (unlimited, about 0.4 s under QEMU).
+# (unlimited, about 0.4 s under QEMU) and at most 15.
 rate_limit() {
     need_domu || return $?
     on_bochs && { echo "no second DomU under Bochs (see above)"; return 4; }
@@ -207,6 +210,8 @@ rate_limit() {
     set -- $(sha256sum <$dir/from-peer)
     [ "$1" = "$want" ] || { echo "Dom0 fetched $1, the DomU served '$want'"; return 1; }
     [ $took -ge 780 ] || { echo "the rate limit did not hold: $size MiB in $took cs"; return 1; }
+    # Nor is it much slower than the rate (a stall, or credit lost).
+    [ $took -le 1500 ] || { echo "slower than the rate: $size MiB in $took cs"; return 1; }
 }
 check xen_net.rate_limits_what_the_guest_sends rate_limit
 
@@ -325,7 +330,7 @@ nat() {
     sed -i 's/keel.run=net/keel.run=net keel.ip=10.99.2.2\/24 keel.peer=10.99.2.1 keel.far=192.168.77.2/' $dir/natguest.cfg
     keelctl create $dir/natguest.cfg >$out 2>$err || { cat $out $err; return 1; }
     d=$(domid_of natguest)
-    nft list table ip keel-vif$d.0 >$out 2>&1 || { cat $out; return 1; }
+    nft list table ip keel-d$d-vif$d.0 >$out 2>&1 || { cat $out; return 1; }
     has $out masquerade || return 1
     ip addr show vif$d.0 | grep -q 'inet 10.99.2.1/32' || { ip addr show vif$d.0; return 1; }
     bulk natguest 10.99.2.2 || return 1
@@ -359,28 +364,31 @@ nat_cleanup() {
     [ -n "$d" ] || { keelctl list; return 1; }
     # A NAT vif attached at run time has a table of its own, gone when it is detached.
     keelctl network-attach natguest 'script=vif-nat, ip=10.99.3.2' >$out 2>$err || { cat $out $err; return 1; }
-    nft list table ip keel-vif$d.1 >$out 2>&1 || { cat $out; return 1; }
+    nft list table ip keel-d$d-vif$d.1 >$out 2>&1 || { cat $out; return 1; }
     i=0
     while ! keelctl network-list natguest | awk '$1 == 1 && $5 == 4 { f = 1 } END { exit !f }'; do
         i=$((i + 1)); [ $i -lt 300 ] || { echo "vif 1 not Connected:"; keelctl network-list natguest; return 1; }
         sleep 0.2
     done
     keelctl network-detach natguest 1 >$out 2>$err || { cat $out $err; return 1; }
-    if nft list table ip keel-vif$d.1 >$out 2>&1; then echo "vif 1's NAT table is still there"; return 1; fi
+    if nft list table ip keel-d$d-vif$d.1 >$out 2>&1; then echo "vif 1's NAT table is still there"; return 1; fi
     # A keel-domd that cannot answer is killed by destroy, which then removes the tables it
     # left.
-    pid=$(pidof keel-domd)
-    [ -n "$pid" ] || { echo "no keel-domd"; return 1; }
+    pid=""
+    for p in $(pidof keel-domd); do
+        tr '\0' ' ' </proc/$p/cmdline | grep -q natguest.cfg && pid=$p
+    done
+    [ -n "$pid" ] || { echo "no keel-domd for natguest"; return 1; }
     kill -STOP $pid
     keelctl destroy natguest >$out 2>$err || { cat $out $err; return 1; }
-    has $err "removed nftables table keel-vif$d.0" || return 1
+    has $err "removed nftables table keel-d$d-vif$d.0" || return 1
     outside_down
     i=0
     while [ -e /sys/class/net/vif$d.0 ]; do
         i=$((i + 1)); [ $i -lt 50 ] || { echo "vif$d.0 is still there"; return 1; }
         sleep 0.1
     done
-    if nft list table ip keel-vif$d.0 >$out 2>&1; then echo "the NAT table is still there:"; cat $out; return 1; fi
+    if nft list table ip keel-d$d-vif$d.0 >$out 2>&1; then echo "the NAT table is still there:"; cat $out; return 1; fi
     ! ip route | grep -q '^10.99.2.2 ' || { ip route; return 1; }
 }
 check xen_net.nat_rules_gone_after_destroy nat_cleanup

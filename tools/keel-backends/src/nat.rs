@@ -2,14 +2,17 @@
 //! own and lets back in only what answers the guest's connections, as Xen's vif-nat and
 //! network-nat scripts do with iptables.
 //!
-//! Each NAT vif gets an nftables table of its own, `ip keel-<vif>`, written through the `nft`
-//! program's JSON interface (the `nftables` crate): a `postrouting` NAT chain masquerading
-//! the guest's address on its way out (out of `gatewaydev=` only, when the vif names one)
-//! and a `forward` filter chain that drops what the guest sends from another address and
-//! every new connection towards the guest. Dom0's own traffic to the guest (output, not
-//! forward) is untouched. Removing the table removes every rule of the vif at once: that is
-//! done when [`NatRules`] is dropped, and before a table of the same name is made (what a
-//! killed backend left behind); [`remove_orphans`] removes those of vifs that are gone.
+//! Each NAT vif gets an nftables table of its own, `ip keel-d<domid>-<vif>`, written through
+//! the `nft` program's JSON interface (the `nftables` crate): a `prerouting` filter chain that
+//! drops what the guest sends from another address (before Dom0 routes or takes it), a
+//! `postrouting` NAT chain masquerading the guest's address on its way out (out of
+//! `gatewaydev=` only, when the vif names one) and a `forward` filter chain that drops every
+//! new connection towards the guest. Dom0's own traffic to the guest (output, not forward) is
+//! untouched. The table is IPv4's: the vif's IPv6 is turned off by the caller. Removing the
+//! table removes every rule of the vif at once: that is done when [`NatRules`] is dropped,
+//! before a table of the same name is made, and by [`remove_domain_tables`] for a domain
+//! whose backend could not (killed), or whose domid is taken again.
+
 use std::{borrow::Cow, io, net::Ipv4Addr};
 
 use nftables::{
@@ -21,9 +24,13 @@ use nftables::{
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
 
-/// The nftables table of the vif named `vif`.
-pub fn table_name(vif: &str) -> String {
-    format!("keel-{vif}")
+/// The nftables table of domain `domid`'s vif named `vif`.
+pub fn table_name(domid: u32, vif: &str) -> String {
+    format!("{}{vif}", domain_prefix(domid))
+}
+
+fn domain_prefix(domid: u32) -> String {
+    format!("keel-d{domid}-")
 }
 
 /// The rules a NAT vif puts in place: removed when this is dropped.
@@ -37,8 +44,13 @@ impl NatRules {
     /// named `vif` and leaving by `out` (any other interface when `None`), and shuts new
     /// connections towards the guest out. Fails naming the problem when `nft` is missing or
     /// refuses (a kernel without nf_tables).
-    pub fn install(vif: &str, guest: Ipv4Addr, out: Option<&str>) -> io::Result<NatRules> {
-        let table = table_name(vif);
+    pub fn install(
+        domid: u32,
+        vif: &str,
+        guest: Ipv4Addr,
+        out: Option<&str>,
+    ) -> io::Result<NatRules> {
+        let table = table_name(domid, vif);
         apply(&ruleset(&table, vif, guest, out))?;
         Ok(NatRules { table })
     }
@@ -57,31 +69,48 @@ impl Drop for NatRules {
     }
 }
 
-/// Removes the tables of NAT vifs whose TAP is gone (a backend killed before it could remove
-/// its own, as `keelctl destroy` does to a wedged one). Returns their names.
-pub fn remove_orphans() -> io::Result<Vec<String>> {
-    let tables = helper::get_current_ruleset_with_args(helper::DEFAULT_NFT, ["list", "tables"])
-        .map_err(nft_error)?;
-    let orphans: Vec<String> = tables
+/// Removes every NAT table of domain `domid` (its backend was killed before it could, or the
+/// domid is a new domain's). Returns their names; none, and no error, without `nft`.
+pub fn remove_domain_tables(domid: u32) -> io::Result<Vec<String>> {
+    let listed =
+        match helper::get_current_ruleset_with_args(helper::DEFAULT_NFT, ["list", "tables"]) {
+            Ok(l) => l,
+            Err(NftablesError::NftExecution { inner, .. })
+                if inner.kind() == io::ErrorKind::NotFound =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(nft_error(e)),
+        };
+    let prefix = domain_prefix(domid);
+    let tables: Vec<String> = listed
         .objects
         .iter()
         .filter_map(|o| match o {
-            NfObject::ListObject(NfListObject::Table(t)) if t.family == NfFamily::IP => {
-                let vif = t.name.strip_prefix("keel-")?;
-                let gone = !std::path::Path::new("/sys/class/net").join(vif).exists();
-                gone.then(|| t.name.to_string())
+            NfObject::ListObject(NfListObject::Table(t))
+                if t.family == NfFamily::IP && t.name.starts_with(&prefix) =>
+            {
+                Some(t.name.to_string())
             }
             _ => None,
         })
         .collect();
-    if !orphans.is_empty() {
+    if !tables.is_empty() {
         let mut batch = Batch::new();
-        for name in &orphans {
+        for name in &tables {
             batch.delete(NfListObject::Table(table(name)));
         }
         apply(&batch.to_nftables())?;
     }
-    Ok(orphans)
+    Ok(tables)
+}
+
+/// Removes the table of domain `domid`'s vif `vif` if there is one (left by a backend that
+/// could not remove it); nothing happens without it or without `nft`.
+pub fn remove_table(domid: u32, vif: &str) {
+    let mut batch = Batch::new();
+    batch.delete(NfListObject::Table(table(&table_name(domid, vif))));
+    let _ = apply(&batch.to_nftables());
 }
 
 fn apply(rules: &Nftables) -> io::Result<()> {
@@ -175,6 +204,24 @@ fn ruleset(name: &str, vif: &str, guest: Ipv4Addr, out: Option<&str>) -> Nftable
     b.add(NfListObject::Table(table(name)));
     b.delete(NfListObject::Table(table(name)));
     b.add(NfListObject::Table(table(name)));
+    // The guest speaks only from its own address: checked before Dom0 routes the packet
+    // (to itself or on), at the raw priority.
+    b.add(NfListObject::Chain(base_chain(
+        name,
+        "prerouting",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        -300,
+    )));
+    b.add(NfListObject::Rule(rule(
+        name,
+        "prerouting",
+        vec![
+            matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
+            matches(ip_saddr(), Operator::NEQ, guest.clone()),
+            Statement::Drop(None),
+        ],
+    )));
     // srcnat priority (100), after Dom0's own destination NAT and filters.
     b.add(NfListObject::Chain(base_chain(
         name,
@@ -191,7 +238,7 @@ fn ruleset(name: &str, vif: &str, guest: Ipv4Addr, out: Option<&str>) -> Nftable
         name,
         "postrouting",
         vec![
-            matches(ip_saddr(), Operator::EQ, guest.clone()),
+            matches(ip_saddr(), Operator::EQ, guest),
             leaving,
             Statement::Masquerade(None),
         ],
@@ -202,16 +249,6 @@ fn ruleset(name: &str, vif: &str, guest: Ipv4Addr, out: Option<&str>) -> Nftable
         NfChainType::Filter,
         NfHook::Forward,
         0,
-    )));
-    // The guest speaks only from its own address.
-    b.add(NfListObject::Rule(rule(
-        name,
-        "forward",
-        vec![
-            matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
-            matches(ip_saddr(), Operator::NEQ, guest),
-            Statement::Drop(None),
-        ],
     )));
     // Towards the guest: answers to what it started, nothing else.
     let ct_state = Expression::Named(NamedExpression::CT(CT {
@@ -249,21 +286,21 @@ mod tests {
 
     /// The JSON `nft -j -f -` is given, as text without spaces.
     fn json(out: Option<&str>) -> String {
-        let r = ruleset("keel-vif3.0", "vif3.0", Ipv4Addr::new(10, 99, 2, 2), out);
+        let r = ruleset("keel-d3-vif3.0", "vif3.0", Ipv4Addr::new(10, 99, 2, 2), out);
         serde_json::to_string(&r).expect("serializable")
     }
 
     #[test]
     fn the_table_is_made_afresh_then_filled() {
         let j = json(None);
-        let add = r#"{"add":{"table":{"family":"ip","name":"keel-vif3.0"}}}"#;
-        let del = r#"{"delete":{"table":{"family":"ip","name":"keel-vif3.0"}}}"#;
+        let add = r#"{"add":{"table":{"family":"ip","name":"keel-d3-vif3.0"}}}"#;
+        let del = r#"{"delete":{"table":{"family":"ip","name":"keel-d3-vif3.0"}}}"#;
         let a = j.find(add).expect("table added");
         let d = j.find(del).expect("table deleted");
         let a2 = j[d..].find(add).expect("and added again") + d;
         assert!(a < d && d < a2, "{j}");
         assert!(
-            j.find(r#""chain":{"family":"ip","table":"keel-vif3.0","name":"postrouting""#)
+            j.find(r#""chain":{"family":"ip","table":"keel-d3-vif3.0","name":"postrouting""#)
                 .unwrap()
                 > a2
         );
@@ -275,6 +312,7 @@ mod tests {
         for part in [
             r#""type":"nat","hook":"postrouting","prio":100"#,
             r#""type":"filter","hook":"forward","prio":0"#,
+            r#""type":"filter","hook":"prerouting","prio":-300"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"!="}},{"masquerade":null}"#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"drop":null}"#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,

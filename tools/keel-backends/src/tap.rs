@@ -23,6 +23,7 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_TUN_EXCL: libc::c_short = -0x8000; // 0x8000 as a C short
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -202,7 +203,8 @@ impl Tap {
                 format!("an interface named {name} exists already"),
             ));
         }
-        Self::attach(name)
+        // Exclusive: a device of that name made meanwhile is not joined (EBUSY).
+        Self::attach(name, IFF_TUN_EXCL)
             .map_err(|e| io::Error::new(e.kind(), format!("creating TAP {name}: {e}")))
     }
 
@@ -210,7 +212,7 @@ impl Tap {
     /// queue's do; the host spreads its frames over the queues by flow. It detaches when
     /// dropped; the device stays while its first queue is held.
     pub fn open_queue(&self) -> io::Result<Tap> {
-        Self::attach(&self.name).map_err(|e| {
+        Self::attach(&self.name, 0).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("adding a queue to TAP {}: {e}", self.name),
@@ -218,8 +220,9 @@ impl Tap {
         })
     }
 
-    /// Opens a queue of the multi-queue TAP `name`, made when there is none.
-    fn attach(name: &str) -> io::Result<Tap> {
+    /// Opens a queue of the multi-queue TAP `name`, made when there is none, with `extra`
+    /// flags.
+    fn attach(name: &str, extra: libc::c_short) -> io::Result<Tap> {
         let mut r = IfReq::new(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -227,7 +230,7 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
-        r.set_short(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE);
+        r.set_short(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | extra);
         ifreq_ioctl(file.as_raw_fd(), TUNSETIFF, &mut r)?;
         let hdr: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, a live local.

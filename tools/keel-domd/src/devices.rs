@@ -317,6 +317,11 @@ impl Devices {
         for d in [&backend_dir, &vif_dir] {
             let _ = c.rm(TxId::NONE, d);
         }
+        // Nor its NAT rules, which could catch this domain's vifs of the same names (only
+        // looked for when there are vifs: it runs nft).
+        if !cfg.vifs.is_empty() {
+            let _ = keel_backends::nat::remove_domain_tables(domid.into());
+        }
         c.introduce(domid, guest.store_pfn, guest.store_port)
             .map_err(|e| format!("XenStore: introducing domain {domid}: {e}"))?;
         let uuid = cfg
@@ -651,6 +656,9 @@ impl Devices {
                 ));
             }
         }
+        // A table left under this vif's name by a crashed keel-domd of this domid.
+        let tap = crate::vif::tap_name(self.domid.into(), vif);
+        keel_backends::nat::remove_table(self.domid.into(), &tap);
         self.add_vif(&mut c, vif)
     }
 

@@ -172,16 +172,28 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String)
                 ))
             }
             Mode::Nat { guest, gateway } => {
-                // The rules first: no moment with the guest routed but not yet filtered.
                 let out = vif.gatewaydev.as_deref();
-                let rules = NatRules::install(&name, *guest, out)?;
+                if let Some(dev) = out {
+                    Tap::index_of(dev).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("gatewaydev={dev}: {e}"))
+                    })?;
+                }
+                // The rules are IPv4's: the vif carries no IPv6 (nothing to masquerade it, and
+                // no filter to keep the outside from the guest).
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1")
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()), // a kernel without IPv6
+                        _ => Err(e),
+                    })?;
+                // The rules first: no moment with the guest routed but not yet filtered.
+                let rules = NatRules::install(domid, &name, *guest, out)?;
                 routed(*gateway, &[*guest])?;
                 Ok((
                     Some(rules),
                     format!(
                         "NAT: {guest} masqueraded out of {}, its gateway {gateway} (nftables table {})",
                         out.unwrap_or("any other interface"),
-                        table_name(&name)
+                        table_name(domid, &name)
                     ),
                 ))
             }
@@ -306,7 +318,11 @@ impl VifDevice {
                     || notify(tx),
                     || notify(rx),
                 ) {
-                    log(&format!("vif {devid} queue {q}: the rings stopped: {e}"));
+                    // As netback, a broken queue disables the whole vif: the others stop too.
+                    log(&format!(
+                        "vif {devid} queue {q}: the rings stopped, and the vif's other queues: {e}"
+                    ));
+                    let _ = stop.signal();
                 }
                 let s = queue.stats();
                 log(&format!(

@@ -116,6 +116,12 @@ impl Rate {
             None => DEFAULT_RATE_INTERVAL_USECS,
         };
         let bytes_per_interval = u128::from(bytes_per_sec) * u128::from(interval_usecs) / 1_000_000;
+        if bytes_per_interval == 0 {
+            return Err(format!(
+                "rate `{text}' is less than one byte per interval: raise the rate or the \
+                 interval"
+            ));
+        }
         Ok(Rate {
             bytes_per_interval: u64::try_from(bytes_per_interval)
                 .map_err(|_| format!("rate overflow in `{text}'"))?,

@@ -159,18 +159,19 @@ fn wait_gone(pid: u32, within: Duration) -> bool {
 /// `keelctl destroy`: asks the domain's process to end it; kills the process when it does
 /// not answer within [`DESTROY_GRACE`] or does not go away.
 pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
-    let (name, pid) = match find(dev, arg) {
+    let (name, pid, domid) = match find(dev, arg) {
         Ok(d) => {
             let s = domd_of(dirs, &d).ok_or_else(|| no_domd(&d))?;
-            (d.name, s.pid)
+            (d.name, s.pid, d.domid)
         }
         // A domain its keel-domd is restarting has no domain in the module for a moment: the
         // process still answers for the name.
         Err(e) => match StateFile::read(&dirs.state(arg)) {
-            Ok(s) if process_alive(s.pid) => (s.name, s.pid),
+            Ok(s) if process_alive(s.pid) => (s.name, s.pid, s.domid),
             _ => return Err(e),
         },
     };
+    let mut killed = false;
     let asked = proto::request(&dirs.socket(&name), &Request::Destroy, DESTROY_GRACE);
     let answered = matches!(&asked, Ok((r, _, _)) if r.ok);
     if !(answered && wait_gone(pid, DESTROY_GRACE)) && process_alive(pid) {
@@ -181,14 +182,7 @@ pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
                 "keel-domd pid {pid} of domain {name} survived SIGKILL"
             ));
         }
-        // Its TAPs went with it; the NAT rules of its vifs are tables of their own in
-        // nftables, which only the process removes when it ends normally. No nft, no NAT
-        // rules to remove.
-        if let Ok(tables) = keel_backends::nat::remove_orphans() {
-            for t in tables {
-                eprintln!("keelctl: removed nftables table {t} left by the killed keel-domd");
-            }
-        }
+        killed = true;
     }
     dirs.remove(&name);
     // Closing the process's fds destroys the domain (whichever incarnation it was at); the
@@ -197,6 +191,17 @@ pub fn destroy(dev: &KeelDev, dirs: &Dirs, arg: &str) -> Result<(), String> {
     loop {
         let domains = dev.list_domains().map_err(|e| e.to_string())?;
         let Some(left) = domains.iter().find(|x| x.name == name) else {
+            if killed {
+                // Its TAPs went with its fds; the NAT rules of its vifs are tables of their
+                // own in nftables, which only the process removes when it ends normally.
+                if let Ok(tables) = keel_backends::nat::remove_domain_tables(domid) {
+                    for t in tables {
+                        eprintln!(
+                            "keelctl: removed nftables table {t} left by the killed keel-domd"
+                        );
+                    }
+                }
+            }
             return Ok(());
         };
         if Instant::now() >= end {

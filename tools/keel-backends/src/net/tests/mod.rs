@@ -585,20 +585,23 @@ fn a_rate_limit_holds_packets_until_the_credit_is_there() {
     let frame = ipv4(false, IPPROTO_UDP, &udp(&pattern(3, 700)));
     let a = rig.send_simple(&frame);
     let b = rig.send_simple(&frame);
+    let c = rig.send_simple(&frame);
     let start = Instant::now();
-    // The first fits the credit; the second waits, unanswered, with the queue idle.
-    assert_eq!(rig.serve_tx().unwrap(), [ok(a)]);
-    assert_eq!(rig.io.take_sent().len(), 1);
-    let until = rig.queue.tx_throttled().expect("the second packet is held");
+    // The first fits the credit, the second goes into debt; the third waits, unanswered,
+    // with the queue idle.
+    assert_eq!(rig.serve_tx().unwrap(), [ok(a), ok(b)]);
+    assert_eq!(rig.io.take_sent().len(), 2);
+    let until = rig.queue.tx_throttled().expect("the third packet is held");
     assert!(
         until > Instant::now() && until <= start + interval,
         "{until:?}"
     );
     assert_eq!(rig.serve_tx().unwrap(), [], "still no credit");
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
-    assert_eq!(rig.serve_tx().unwrap(), [ok(b)]);
+    // 1000 bytes come back, less the debt: enough for one more.
+    assert_eq!(rig.serve_tx().unwrap(), [ok(c)]);
     assert_eq!(rig.io.take_sent()[0].1, frame);
     assert!(rig.queue.tx_throttled().is_none());
     assert!(start.elapsed() >= interval - Duration::from_millis(5));
-    assert_eq!(rig.queue.stats().tx_packets, 2);
+    assert_eq!(rig.queue.stats().tx_packets, 3);
 }
