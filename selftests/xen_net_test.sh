@@ -26,8 +26,9 @@
 # the table, the route and the TAP are gone. A NAT vif attached at run time gets a table of its
 # own, removed at detach; `keelctl destroy` of a keel-domd that does not answer kills it and
 # removes the tables it left.
-# A vif on a bridge that does not exist, a routed or NAT vif without ip=, and a hotplug
-# script Keel does not know are refused naming the vif, leaving nothing behind.
+# A vif on a bridge that does not exist, a routed or NAT vif without ip=, a NAT network that
+# overlaps one of Dom0's (the bridge's), and a hotplug script Keel does not know are refused
+# naming the vif, leaving nothing behind.
 # The second bridged DomU and the NAT DomU run under QEMU only (two more DomU boots under
 # Bochs would not fit the test budget; what they test is Dom0's side, the same on both
 # vendors, whose PV data path the other DomUs cover).
@@ -404,6 +405,9 @@ refusals() {
     cfg badnet info "vif = [ 'script=vif-nat' ]"
     if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
     has $err "script=vif-nat needs the guest's private address" || return 1
+    cfg badnet info "vif = [ 'script=vif-nat, ip=10.99.0.50' ]"
+    if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
+    has $err "overlaps $br's 10.99.0.1/24" || return 1
     cfg badnet info "vif = [ 'script=/etc/xen/scripts/my-vif' ]"
     if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
     has $err "runs no hotplug scripts" || return 1

@@ -109,19 +109,20 @@ fn write_sockaddr(sa: &mut libc::sockaddr, addr: Ipv4Addr) {
     }
 }
 
-/// The IPv4 address Dom0 is known by on `dev`, else on the interface of its default route,
-/// else on its first interface that is up and not loopback or a vif (Xen's vif-route takes
-/// `gatewaydev`'s, eth0 by default, and fails without one).
-pub fn host_address(dev: Option<&str>) -> io::Result<(String, Ipv4Addr)> {
-    let default_dev = std::fs::read_to_string("/proc/net/route")
-        .ok()
-        .and_then(|t| {
-            t.lines().skip(1).find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
-            })
-        });
-    let mut found: Vec<(String, Ipv4Addr)> = Vec::new();
+/// An IPv4 address of Dom0's: its interface, the address, its prefix length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAddr {
+    /// The interface's name.
+    pub dev: String,
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Its network's prefix length.
+    pub prefix: u32,
+}
+
+/// The IPv4 addresses of Dom0's interfaces that are up.
+pub fn ipv4_addresses() -> io::Result<Vec<HostAddr>> {
+    let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a list freed below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -139,20 +140,54 @@ pub fn host_address(dev: Option<&str>) -> io::Result<(String, Ipv4Addr)> {
         if unsafe { (*a.ifa_addr).sa_family } != libc::AF_INET as libc::sa_family_t {
             continue;
         }
-        // SAFETY: an AF_INET address is a `sockaddr_in`; the name is a C string.
-        let (ip, name) = unsafe {
+        // SAFETY: an AF_INET address (and its netmask, when there is one) is a
+        // `sockaddr_in`; the name is a C string.
+        let (addr, mask, dev) = unsafe {
             let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
+            let mask = if a.ifa_netmask.is_null() {
+                u32::MAX
+            } else {
+                u32::from_be(
+                    (*(a.ifa_netmask as *const libc::sockaddr_in))
+                        .sin_addr
+                        .s_addr,
+                )
+            };
             (
                 Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                mask,
                 std::ffi::CStr::from_ptr(a.ifa_name)
                     .to_string_lossy()
                     .into_owned(),
             )
         };
-        found.push((name, ip));
+        found.push(HostAddr {
+            dev,
+            addr,
+            prefix: mask.leading_ones(),
+        });
     }
     // SAFETY: the list getifaddrs returned, not used after.
     unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
+
+/// The IPv4 address Dom0 is known by on `dev`, else on the interface of its default route,
+/// else on its first interface that is up and not loopback or a vif (Xen's vif-route takes
+/// `gatewaydev`'s, eth0 by default, and fails without one).
+pub fn host_address(dev: Option<&str>) -> io::Result<(String, Ipv4Addr)> {
+    let default_dev = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| {
+            t.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+            })
+        });
+    let found: Vec<(String, Ipv4Addr)> = ipv4_addresses()?
+        .into_iter()
+        .map(|h| (h.dev, h.addr))
+        .collect();
     let pick = |want: &str| found.iter().find(|(n, _)| n == want).cloned();
     let chosen = match dev {
         Some(d) => pick(d),

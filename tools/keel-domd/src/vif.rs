@@ -28,7 +28,7 @@ use keel_backends::{
         xenstore::{backend_keys, parse_frontend_keys, NetQueueKeys},
         NetOptions, NetQueue,
     },
-    tap::{host_address, Tap},
+    tap::{host_address, ipv4_addresses, HostAddr, Tap},
 };
 use keel_sys::{Domain, EventFd};
 use keel_xlcfg::{Rate, Vif, VifScript};
@@ -71,9 +71,9 @@ fn routed_addresses(label: &str, vif: &Vif) -> Result<Vec<Ipv4Addr>, String> {
 }
 
 /// A NAT vif's addresses (`ip=ADDR` or `ADDR/LEN`, one IPv4 address, LEN 8 to 30, /24 when
-/// not given): the guest's, and Dom0's end, the first address of the guest's network (the
-/// guest's gateway).
-fn nat_addresses(label: &str, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+/// not given): the guest's, Dom0's end (the first address of the guest's network, the
+/// guest's gateway) and the prefix length.
+fn nat_addresses(label: &str, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr, u32), String> {
     let text = vif.ip.as_deref().unwrap_or("").trim();
     if text.is_empty() {
         return Err(format!(
@@ -98,7 +98,35 @@ fn nat_addresses(label: &str, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr), String>
              {gateway}, is Dom0's end of the vif)"
         ));
     }
-    Ok((guest, gateway))
+    Ok((guest, gateway, len))
+}
+
+/// Whether the network `a`/`alen` and the network `b`/`blen` share an address.
+fn overlaps(a: Ipv4Addr, alen: u32, b: Ipv4Addr, blen: u32) -> bool {
+    let len = alen.min(blen).min(32);
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+/// Refuses a NAT network that overlaps one Dom0 is on (a LAN's: Dom0 would take its first
+/// address, often the LAN's router, and answer ARP for it). Host addresses (/32: a routed or
+/// NAT vif's) and loopback do not count.
+fn nat_network_is_free(
+    label: &str,
+    guest: Ipv4Addr,
+    prefix: u32,
+    dom0: &[HostAddr],
+) -> Result<(), String> {
+    match dom0.iter().find(|h| {
+        h.prefix < 32 && !h.addr.is_loopback() && overlaps(guest, prefix, h.addr, h.prefix)
+    }) {
+        Some(h) => Err(format!(
+            "{label}: ip={guest}/{prefix}: the NAT network overlaps {}'s {}/{}: pick a private \
+             network of its own",
+            h.dev, h.addr, h.prefix
+        )),
+        None => Ok(()),
+    }
 }
 
 /// How Dom0 connects a vif (its `script=`).
@@ -117,7 +145,9 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String)
         VifScript::Bridge => Mode::Bridge,
         VifScript::Route => Mode::Route(routed_addresses(&label, vif)?),
         VifScript::Nat => {
-            let (guest, gateway) = nat_addresses(&label, vif)?;
+            let (guest, gateway, prefix) = nat_addresses(&label, vif)?;
+            let dom0 = ipv4_addresses().map_err(|e| format!("{label}: Dom0's addresses: {e}"))?;
+            nat_network_is_free(&label, guest, prefix, &dom0)?;
             Mode::Nat { guest, gateway }
         }
         VifScript::Other(p) => {
@@ -442,15 +472,15 @@ mod tests {
         let ip = Ipv4Addr::new;
         assert_eq!(
             a("script=vif-nat, ip=10.99.2.7"),
-            Ok((ip(10, 99, 2, 7), ip(10, 99, 2, 1)))
+            Ok((ip(10, 99, 2, 7), ip(10, 99, 2, 1), 24))
         );
         assert_eq!(
             a("script=vif-nat, ip=172.16.9.200/16"),
-            Ok((ip(172, 16, 9, 200), ip(172, 16, 0, 1)))
+            Ok((ip(172, 16, 9, 200), ip(172, 16, 0, 1), 16))
         );
         assert_eq!(
             a("script=vif-nat, ip=192.168.5.6/30"),
-            Ok((ip(192, 168, 5, 6), ip(192, 168, 5, 5)))
+            Ok((ip(192, 168, 5, 6), ip(192, 168, 5, 5), 30))
         );
         for (spec, says) in [
             ("script=vif-nat, ip=10.99.2.255", "broadcast"),
@@ -464,6 +494,34 @@ mod tests {
             let e = a(spec).unwrap_err();
             assert!(e.contains(says), "{spec}: {e}");
         }
+    }
+
+    #[test]
+    fn a_nat_network_must_not_overlap_dom0s() {
+        let ip = Ipv4Addr::new;
+        let h = |dev: &str, addr, prefix| HostAddr {
+            dev: dev.into(),
+            addr,
+            prefix,
+        };
+        let dom0 = [
+            h("lo", ip(127, 0, 0, 1), 8),
+            h("eth0", ip(192, 168, 1, 10), 24),
+            h("vif3.0", ip(10, 99, 2, 1), 32),
+            h("br0", ip(172, 16, 0, 1), 16),
+        ];
+        let free = |guest, prefix| nat_network_is_free("vif 0", guest, prefix, &dom0);
+        // Another NAT vif's gateway (a /32) is no LAN: NAT guests may share a network.
+        assert_eq!(free(ip(10, 99, 2, 5), 24), Ok(()));
+        assert_eq!(free(ip(10, 0, 0, 2), 24), Ok(()));
+        assert_eq!(free(ip(192, 168, 2, 2), 24), Ok(()));
+        let e = free(ip(192, 168, 1, 50), 24).unwrap_err();
+        assert!(e.contains("overlaps eth0's 192.168.1.10/24"), "{e}");
+        // A wider guest network that takes a LAN in, or one inside a LAN.
+        assert!(free(ip(192, 168, 7, 2), 16).unwrap_err().contains("eth0"));
+        assert!(free(ip(172, 16, 200, 2), 24).unwrap_err().contains("br0"));
+        assert!(overlaps(ip(10, 0, 0, 0), 8, ip(10, 200, 3, 4), 30));
+        assert!(!overlaps(ip(10, 0, 0, 0), 30, ip(10, 0, 0, 4), 30));
     }
 
     #[test]
