@@ -22,7 +22,7 @@ use std::{
 };
 
 use keel_backends::{
-    nat::{table_name, NatRules},
+    nat::NatRules,
     net::{
         shaper::Shaper,
         xenstore::{backend_keys, parse_frontend_keys, NetQueueKeys},
@@ -218,14 +218,12 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String)
                 // The rules first: no moment with the guest routed but not yet filtered.
                 let rules = NatRules::install(domid, &name, *guest, out)?;
                 routed(*gateway, &[*guest])?;
-                Ok((
-                    Some(rules),
-                    format!(
-                        "NAT: {guest} masqueraded out of {}, its gateway {gateway} (nftables table {})",
-                        out.unwrap_or("any other interface"),
-                        table_name(domid, &name)
-                    ),
-                ))
+                let how = format!(
+                    "NAT: {guest} masqueraded out of {}, its gateway {gateway} (nftables table {})",
+                    out.unwrap_or("any other interface"),
+                    rules.table()
+                );
+                Ok((Some(rules), how))
             }
         }
     };
