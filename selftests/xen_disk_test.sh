@@ -9,10 +9,11 @@
 # restarts it (a new id) and the file is still there; data fsync'd just before a
 # `keelctl destroy` is in the image; nothing is left in XenStore afterwards; bad disk
 # specs are refused naming the disk, leaving nothing behind. The DomU has 2 vCPUs and its
-# disks one ring per vCPU. While it runs, `keelctl block-attach` adds a disk the guest sees
-# and writes to, `block-list` shows it Connected, `block-detach` takes it from the guest
-# and from XenStore; a paused guest keeps it after 10 s, and --force takes it at once; attach
-# errors name the disk; a disk attached before a reboot is there after it.
+# disks one ring per vCPU, each served through io_uring. While it runs, `keelctl block-attach`
+# adds a disk the guest sees and writes to, `block-list` shows it Connected, `block-detach`
+# takes it from the guest and from XenStore; a paused guest keeps it after 10 s, and --force
+# takes it at once; attach errors name the disk; a disk attached before a reboot is there
+# after it.
 # Inputs: KEEL_DOMU_KERNEL, KEEL_DOMU_INITRD, KEEL_DOMU_DISK (scripts/build-initramfs --domu);
 # the tests that boot a DomU SKIP, naming the variable, when one is missing.
 . "$(dirname "$0")/tap.sh"
@@ -187,8 +188,16 @@ multi_queue() {
         [ "$m $q" = "2 2" ] || { echo "vbd $dev: max-queues $m num-queues $q"; return 1; }
         keelctl xenstore read $fe/queue-1/event-channel >/dev/null || { keelctl xenstore ls $fe; return 1; }
     done
+    # Each ring's I/O goes through io_uring (the test kernel has it; the worker thread is
+    # only the fallback).
+    for v in xvda xvdb xvdc; do
+        for r in 0 1; do
+            tr -d '\r' </var/log/keel/disks.log | grep -q "disk $v: ring $r: I/O through io_uring" ||
+                { echo "$v ring $r not through io_uring:"; grep -a 'keel-domd\] disk' /var/log/keel/disks.log; return 1; }
+        done
+    done
 }
-check xen_disk.one_ring_per_vcpu multi_queue
+check xen_disk.one_ring_per_vcpu_through_io_uring multi_queue
 
 # block-attach: a 2 MiB image as xvdd (51760) reaches the running guest, which writes to it;
 # block-list shows it Connected.

@@ -203,6 +203,14 @@ fn connect(
                 .evtchn_bind(ring.event_channel, &kick)
                 .map_err(|e| format!("binding event channel {}: {e}", ring.event_channel))?;
             conn.ports.push(ring.event_channel);
+            log(&format!(
+                "disk {name}: ring {i}: I/O through {}",
+                if queue.uses_io_uring() {
+                    "io_uring"
+                } else {
+                    "a worker thread (the kernel refused io_uring)"
+                }
+            ));
             let (domain, log, name) = (domain.clone(), log.clone(), name.to_owned());
             let port = ring.event_channel;
             std::thread::Builder::new()
@@ -217,8 +225,14 @@ fn connect(
                     let s = queue.stats();
                     log(&format!(
                         "disk {name}: ring {i}: {} requests, {} notifications from the \
-                         frontend, {} to it, {} grant copy calls, {} persistent grant hits",
-                        s.requests, s.kicks, s.notifications, s.grant_copy_calls, s.persistent_hits
+                         frontend, {} to it, {} grant copy calls, {} persistent grant hits, \
+                         {} on mapped pages",
+                        s.requests,
+                        s.kicks,
+                        s.notifications,
+                        s.grant_copy_calls,
+                        s.persistent_hits,
+                        s.mapped_io
                     ));
                 })
                 .map_err(|e| format!("cannot start a queue thread: {e}"))

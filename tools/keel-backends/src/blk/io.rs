@@ -29,6 +29,18 @@ pub(crate) enum IoOp {
         buf: *const u8,
         len: usize,
     },
+    /// `preadv(fd, iov, iovcnt, offset)`: into several buffers (a request's mapped pages).
+    ReadV {
+        offset: u64,
+        iov: *const libc::iovec,
+        iovcnt: usize,
+    },
+    /// `pwritev(fd, iov, iovcnt, offset)`.
+    WriteV {
+        offset: u64,
+        iov: *const libc::iovec,
+        iovcnt: usize,
+    },
     /// `fdatasync(fd)`.
     Sync,
     /// `fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len)`.
@@ -102,9 +114,10 @@ fn run_blocking(file: &File, op: IoOp) -> Result<usize, i32> {
             .raw_os_error()
             .unwrap_or(libc::EIO)
     };
-    // SAFETY: `fd` is the open disk file for all four calls; a read or write buffer is valid
-    // for `len` bytes until this operation's completion is reaped (Engine::push's contract)
-    // and nothing else touches it meanwhile.
+    // SAFETY: `fd` is the open disk file for every call; a read or write buffer is valid for
+    // `len` bytes, and an iovec array for `iovcnt` entries each naming such a buffer, until
+    // this operation's completion is reaped (Engine::push's contract) and nothing else
+    // touches them meanwhile.
     let r = unsafe {
         match op {
             IoOp::Read { offset, buf, len } => {
@@ -113,6 +126,16 @@ fn run_blocking(file: &File, op: IoOp) -> Result<usize, i32> {
             IoOp::Write { offset, buf, len } => {
                 libc::pwrite(fd, buf.cast(), len.min(MAX_IO), offset as libc::off_t)
             }
+            IoOp::ReadV {
+                offset,
+                iov,
+                iovcnt,
+            } => libc::preadv(fd, iov, iovcnt as libc::c_int, offset as libc::off_t),
+            IoOp::WriteV {
+                offset,
+                iov,
+                iovcnt,
+            } => libc::pwritev(fd, iov, iovcnt as libc::c_int, offset as libc::off_t),
             IoOp::Sync => libc::fdatasync(fd) as isize,
             IoOp::Punch { offset, len } => libc::fallocate(
                 fd,
@@ -173,7 +196,9 @@ impl Engine {
     ///
     /// A `Read` buffer must stay valid for writes of `len` bytes, a `Write` buffer for reads,
     /// and untouched by anything else, until the completion with `tag` has been returned by
-    /// [`Self::reap`] (or the engine is dropped, which waits for every operation).
+    /// [`Self::reap`] (or the engine is dropped, which waits for every operation). The same
+    /// holds for a `ReadV` or `WriteV` iovec array (`iovcnt` entries, at most `IOV_MAX`) and
+    /// every buffer it names.
     pub unsafe fn push(&mut self, tag: u64, op: IoOp) {
         match self {
             Engine::Uring(u) => u.push(tag, op),
@@ -259,6 +284,8 @@ impl UringEngine {
         let needed = [
             opcode::Read::CODE,
             opcode::Write::CODE,
+            opcode::Readv::CODE,
+            opcode::Writev::CODE,
             opcode::Fsync::CODE,
             opcode::Fallocate::CODE,
         ];
@@ -284,6 +311,20 @@ impl UringEngine {
             IoOp::Write { offset, buf, len } => opcode::Write::new(fd, buf, len.min(MAX_IO) as u32)
                 .offset(offset)
                 .build(),
+            IoOp::ReadV {
+                offset,
+                iov,
+                iovcnt,
+            } => opcode::Readv::new(fd, iov, iovcnt as u32)
+                .offset(offset)
+                .build(),
+            IoOp::WriteV {
+                offset,
+                iov,
+                iovcnt,
+            } => opcode::Writev::new(fd, iov, iovcnt as u32)
+                .offset(offset)
+                .build(),
             IoOp::Sync => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
@@ -294,8 +335,8 @@ impl UringEngine {
         }
         .user_data(tag);
         loop {
-            // SAFETY: the SQE's buffer stays valid until its completion is reaped (push's
-            // contract, passed on by Engine::push), and its fd is the disk file, kept open by
+            // SAFETY: the SQE's buffer (or iovec array and its buffers) stays valid until its
+            // completion is reaped (push's contract, passed on by Engine::push), and its fd is the disk file, kept open by
             // `self.disk` for the ring's life.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 break;

@@ -4,9 +4,10 @@
 //! - [`Disk`]: the backing file and what the frontend is told about it;
 //! - [`xenstore`]: the backend's XenStore keys for a disk, and the frontend's keys read into a
 //!   checked [`xenstore::FrontendConfig`] (blkif.h, "Feature and Parameter Negotiation");
-//! - [`Queue`]: one ring's data path: requests copied out and checked ([`request`]), data
-//!   moved with batched grant copies (or persistent grant mappings) through aligned bounce
-//!   buffers, I/O through io_uring or, where the kernel refuses it, a worker thread (`io.rs`),
+//! - [`Queue`]: one ring's data path: requests copied out and checked ([`request`]); a read
+//!   or write whose pages are all persistently mapped does its I/O on them directly (iovecs),
+//!   others move their data with batched grant copies through aligned bounce buffers; I/O
+//!   through io_uring or, where the kernel refuses it, a worker thread (`io.rs`),
 //!   responses in completion order, notifications only when the frontend asked;
 //!   [`Queue::run`] is its blocking loop.
 //!

@@ -60,6 +60,9 @@ pub struct QueueStats {
     pub grant_copy_calls: u64,
     /// Segments served through a persistent mapping.
     pub persistent_hits: u64,
+    /// Reads and writes done straight on the frontend's persistently mapped pages (no bounce
+    /// buffer, no copy by the backend).
+    pub mapped_io: u64,
 }
 
 /// Why a queue stopped.
@@ -157,10 +160,54 @@ fn plan(kind: Kind, has_data: bool) -> &'static [Step] {
     }
 }
 
-/// A request whose I/O is under way. Its buffer must outlive the engine's use of it.
+/// The iovecs of a request whose segments are all persistently mapped: its I/O reads and
+/// writes the frontend's pages directly, with no bounce buffer and no copy.
+///
+/// # Invariants
+///
+/// Each entry names bytes inside a page of the queue's `persistent` mappings, which stay
+/// mapped while the queue lives (they are only dropped with it, after its I/O is drained).
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers name memory the queue keeps mapped (type invariant); moving them to
+// another thread with the queue moves no ownership.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// Drops the first `n` bytes (a short transfer's part done).
+    fn advance(&mut self, mut n: usize) {
+        let mut gone = 0;
+        for v in &mut self.0 {
+            if n < v.iov_len {
+                // SAFETY: n < iov_len: still inside the entry's bytes.
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+                v.iov_len -= n;
+                break;
+            }
+            n -= v.iov_len;
+            gone += 1;
+        }
+        self.0.drain(..gone);
+    }
+}
+
+/// Where a request's data is while its I/O runs.
+enum Data {
+    /// A bounce buffer: filled from the frontend's pages before a write, copied to them after
+    /// a read.
+    Bounce(AlignedBuf),
+    /// The frontend's persistently mapped pages themselves; `advanced` bytes of them are
+    /// already done and dropped from the iovecs.
+    Mapped { iov: IoVecs, advanced: usize },
+}
+
+/// A request whose I/O is under way. Its buffer (or the mappings its iovecs name) must outlive
+/// the engine's use of it.
 struct InFlight {
     req: Request,
-    buf: AlignedBuf,
+    data: Data,
+    /// Bytes of the whole transfer.
+    len: usize,
     steps: &'static [Step],
     step: usize,
     /// Bytes of the transfer done.
@@ -192,6 +239,10 @@ const _: () = {
     const fn is_send<T: Send>() {}
     is_send::<Queue>();
 };
+
+/// The most iovecs one system call takes (Linux's `UIO_MAXIOV`); a request with more
+/// segments goes through a bounce buffer.
+const MAX_IOVECS: usize = 1024;
 
 /// Passes of [`Queue::process`] before it lets the caller look at its other fds.
 const MAX_PASSES: usize = 16;
@@ -449,15 +500,22 @@ impl Queue {
             self.respond(req.id, req.rsp_op, rsp::OKAY);
             return;
         }
-        let mut buf = AlignedBuf::new(req.data_len());
-        if req.kind.writes_data()
-            && !req.segments.is_empty()
-            && !self.move_data(&req.segments, buf.as_mut_slice(), false)
-        {
-            self.finish_barrier(&req);
-            self.respond(req.id, req.rsp_op, rsp::ERROR);
-            return;
-        }
+        let len = req.data_len();
+        let data = match self.mapped_iovecs(&req) {
+            Some(iov) => Data::Mapped { iov, advanced: 0 },
+            None => {
+                let mut buf = AlignedBuf::new(len);
+                if req.kind.writes_data()
+                    && !req.segments.is_empty()
+                    && !self.move_data(&req.segments, buf.as_mut_slice(), false)
+                {
+                    self.finish_barrier(&req);
+                    self.respond(req.id, req.rsp_op, rsp::ERROR);
+                    return;
+                }
+                Data::Bounce(buf)
+            }
+        };
         let steps = plan(req.kind, !req.segments.is_empty());
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -468,7 +526,8 @@ impl Queue {
         };
         self.slots[slot] = Some(InFlight {
             req,
-            buf,
+            data,
+            len,
             steps,
             step: 0,
             done: 0,
@@ -484,20 +543,44 @@ impl Queue {
         let start = f.req.sector * u64::from(SECTOR_SIZE);
         let op = match f.steps[f.step] {
             Step::Transfer => {
-                let (offset, len) = (start + f.done as u64, f.buf.len - f.done);
-                // SAFETY: `done` < len: inside the buffer.
-                let at = unsafe { f.buf.ptr.add(f.done) };
-                if f.req.kind == Kind::Read {
-                    IoOp::Read {
-                        offset,
-                        buf: at,
-                        len,
+                let offset = start + f.done as u64;
+                let read = f.req.kind == Kind::Read;
+                match &mut f.data {
+                    Data::Bounce(buf) => {
+                        let len = buf.len - f.done;
+                        // SAFETY: `done` < len: inside the buffer.
+                        let at = unsafe { buf.ptr.add(f.done) };
+                        if read {
+                            IoOp::Read {
+                                offset,
+                                buf: at,
+                                len,
+                            }
+                        } else {
+                            IoOp::Write {
+                                offset,
+                                buf: at,
+                                len,
+                            }
+                        }
                     }
-                } else {
-                    IoOp::Write {
-                        offset,
-                        buf: at,
-                        len,
+                    Data::Mapped { iov, advanced } => {
+                        iov.advance(f.done - *advanced);
+                        *advanced = f.done;
+                        let (iov, iovcnt) = (iov.0.as_ptr(), iov.0.len());
+                        if read {
+                            IoOp::ReadV {
+                                offset,
+                                iov,
+                                iovcnt,
+                            }
+                        } else {
+                            IoOp::WriteV {
+                                offset,
+                                iov,
+                                iovcnt,
+                            }
+                        }
                     }
                 }
             }
@@ -507,9 +590,10 @@ impl Queue {
                 len: f.req.sectors * u64::from(SECTOR_SIZE),
             },
         };
-        // SAFETY: the buffer belongs to the slot, which is only emptied when this operation's
-        // completion is reaped (`complete`), and is not touched meanwhile; Queue's Drop waits
-        // for every operation before the slots go.
+        // SAFETY: the buffer (or the iovecs) belongs to the slot, which is only emptied when
+        // this operation's completion is reaped (`complete`), and is not touched meanwhile;
+        // the pages iovecs name stay mapped as long as the queue (IoVecs' invariant); Queue's
+        // Drop waits for every operation before the slots and mappings go.
         unsafe { self.engine.push(slot as u64, op) };
     }
 
@@ -526,7 +610,7 @@ impl Queue {
             let status = match (f.steps[f.step], c.result) {
                 (Step::Transfer, Ok(n)) if n > 0 => {
                     f.done += n;
-                    if f.done < f.buf.len {
+                    if f.done < f.len {
                         // A short transfer: the rest.
                         self.issue(slot);
                         continue;
@@ -549,11 +633,13 @@ impl Queue {
             };
             self.free.push(slot);
             let mut status = status.unwrap_or(rsp::OKAY);
-            if status == rsp::OKAY
-                && f.req.kind == Kind::Read
-                && !self.move_data(&f.req.segments, f.buf.as_mut_slice(), true)
-            {
-                status = rsp::ERROR;
+            if let Data::Bounce(buf) = &mut f.data {
+                if status == rsp::OKAY
+                    && f.req.kind == Kind::Read
+                    && !self.move_data(&f.req.segments, buf.as_mut_slice(), true)
+                {
+                    status = rsp::ERROR;
+                }
             }
             self.finish_barrier(&f.req);
             self.respond(f.req.id, f.req.rsp_op, status);
@@ -618,6 +704,33 @@ impl Queue {
         self.grants.copy(&mut copies).is_ok() && copies.iter().all(|c| c.status == 0)
     }
 
+    /// The iovecs of a read or write whose every segment is (or can now be) persistently
+    /// mapped: its I/O then goes straight to the frontend's pages. `None` otherwise (the
+    /// request goes through a bounce buffer).
+    fn mapped_iovecs(&mut self, req: &Request) -> Option<IoVecs> {
+        if !matches!(
+            req.kind,
+            Kind::Read | Kind::Write | Kind::WriteFlush | Kind::Barrier
+        ) || req.segments.is_empty()
+            || req.segments.len() > MAX_IOVECS
+            || !self.options.persistent_grants
+        {
+            return None;
+        }
+        let mut iov = Vec::with_capacity(req.segments.len());
+        for seg in &req.segments {
+            let page = self.persistent_page(seg.gref)?;
+            iov.push(libc::iovec {
+                // SAFETY: offset + len <= 4096 for a checked segment: inside the mapped page.
+                iov_base: unsafe { page.add(seg.offset()) }.cast(),
+                iov_len: seg.len(),
+            });
+        }
+        self.stats.persistent_hits += req.segments.len() as u64;
+        self.stats.mapped_io += 1;
+        Some(IoVecs(iov))
+    }
+
     /// The page of a persistently mapped grant, mapping it now if there is room.
     fn persistent_page(&mut self, gref: u32) -> Option<*mut u8> {
         if !self.options.persistent_grants {
@@ -652,8 +765,45 @@ impl Drop for Queue {
         // them. If that cannot be done, leak the buffers rather than free memory in use.
         if !self.engine.drain() {
             for f in self.slots.drain(..).flatten() {
-                std::mem::forget(f.buf);
+                std::mem::forget(f.data);
             }
+            std::mem::forget(std::mem::take(&mut self.persistent));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IoVecs;
+
+    #[test]
+    fn iovecs_advance_past_whole_and_partial_entries() {
+        let mut bytes = [0u8; 64];
+        let base = bytes.as_mut_ptr();
+        let iov = |off: usize, len: usize| libc::iovec {
+            // SAFETY: off + len <= 64 in every use below.
+            iov_base: unsafe { base.add(off) }.cast(),
+            iov_len: len,
+        };
+        let mut v = IoVecs(vec![iov(0, 8), iov(16, 8), iov(32, 16)]);
+        v.advance(0);
+        assert_eq!(v.0.len(), 3);
+        v.advance(10);
+        let got: Vec<(usize, usize)> =
+            v.0.iter()
+                .map(|e| (e.iov_base as usize - base as usize, e.iov_len))
+                .collect();
+        assert_eq!(got, [(18, 6), (32, 16)]);
+        v.advance(6);
+        assert_eq!(v.0.len(), 1);
+        assert_eq!(
+            (v.0[0].iov_base as usize - base as usize, v.0[0].iov_len),
+            (32, 16)
+        );
+        v.advance(15);
+        assert_eq!(
+            (v.0[0].iov_base as usize - base as usize, v.0[0].iov_len),
+            (47, 1)
+        );
     }
 }

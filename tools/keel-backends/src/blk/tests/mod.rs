@@ -416,6 +416,10 @@ fn persistent_grants_are_mapped_once_and_reused() {
         assert_eq!(st.persistent_hits, 18);
         assert_eq!(st.grant_copy_calls, 3, "one batched copy per request");
         assert_eq!(
+            st.mapped_io, 0,
+            "two pages unmapped: through a bounce buffer"
+        );
+        assert_eq!(
             rig.guest.map_calls(),
             1 + 6,
             "the ring, then each page once"
@@ -439,6 +443,50 @@ fn persistent_grants_are_mapped_once_and_reused() {
         );
         drop(rig.queue);
         assert_eq!(rig.guest.mapped_refs(), 0, "unmapped with the queue");
+    });
+}
+
+#[test]
+fn mapped_requests_do_their_io_on_the_frontends_pages() {
+    both_engines(|options| {
+        let options = QueueOptions {
+            persistent_grants: true,
+            ..options
+        };
+        let mut rig = Rig::new(writable_disk(), options);
+        // Partial segments at both ends, as in the bounce-buffer test: every page mappable, so
+        // the I/O goes to and from the pages themselves.
+        let mut segs = vec![(DATA, 3, 7)];
+        segs.extend(pages(DATA + 1, 9));
+        segs.push((DATA + 10, 0, 4));
+        let mut sent = Vec::new();
+        for (i, &(page, first, last)) in segs.iter().enumerate() {
+            let bytes = pattern(i as u64 + 50, (usize::from(last - first) + 1) * 512);
+            rig.guest.write(page, usize::from(first) * 512, &bytes);
+            sent.extend(bytes);
+        }
+        rig.front.queue(&rw(op::WRITE_BARRIER, 3, 200, &segs));
+        assert_eq!(rig.statuses(), [(3, rsp::OKAY)]);
+        assert_eq!(checksum(&rig.read_disk(200, sent.len())), checksum(&sent));
+
+        let back = [(DATA + 20, 1, 7), (DATA + 21, 0, 7), (DATA + 22, 0, 2)];
+        rig.front.queue(&rw(op::READ, 4, 201, &back));
+        assert_eq!(rig.statuses(), [(4, rsp::OKAY)]);
+        let mut got = rig.guest.read(DATA + 20, 512, 3584);
+        got.extend(rig.guest.read(DATA + 21, 0, 4096));
+        got.extend(rig.guest.read(DATA + 22, 0, 1536));
+        assert_eq!(checksum(&got), checksum(&sent[512..512 + 9216]));
+        assert_eq!(
+            rig.guest.read(DATA + 20, 0, 512),
+            vec![0; 512],
+            "outside the segment"
+        );
+        assert_eq!(rig.guest.read(DATA + 22, 1536, 2560), vec![0; 2560]);
+
+        let st = rig.queue.stats();
+        assert_eq!(st.mapped_io, 2, "both straight on the pages");
+        assert_eq!(st.grant_copy_calls, 0);
+        assert_eq!(st.persistent_hits, 11 + 3);
     });
 }
 
