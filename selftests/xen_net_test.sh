@@ -19,7 +19,8 @@
 # Dom0, Dom0 pings the DomU by its address and fetches its file; after destroy the route is
 # gone. The routed and the NAT DomU also carry the two verified streams.
 # NAT (`script=vif-nat, ip=10.99.2.2`): the vif has the network's first address (10.99.2.1,
-# the guest's gateway) and an nftables table of its own; a network namespace over a veth pair
+# the guest's gateway) and an nftables table of its own (what comes back must carry the
+# conntrack mark of a connection opened through this vif); a network namespace over a veth pair
 # stands for the outside world (192.168.77.2, with no route back to 10.99.2.0/24): the DomU
 # pings it and fetches a file from it (masqueraded as Dom0), while the namespace, even routed
 # towards the DomU, reaches it neither by ping nor TCP (Dom0 itself still does); after destroy
@@ -333,6 +334,8 @@ nat() {
     d=$(domid_of natguest)
     nft list table ip keel-d$d-vif$d.0 >$out 2>&1 || { cat $out; return 1; }
     has $out masquerade || return 1
+    # What comes back must belong to a connection opened through this vif (its mark).
+    has $out "ct mark set" || return 1
     ip addr show vif$d.0 | grep -q 'inet 10.99.2.1/32' || { ip addr show vif$d.0; return 1; }
     bulk natguest 10.99.2.2 || return 1
     wait_for natguest "keel-domu: ready" 400 || return 1

@@ -8,7 +8,14 @@
 //! `postrouting` NAT chain masquerading the guest's address on its way out (out of
 //! `gatewaydev=` only, when the vif names one) and a `forward` filter chain that drops every
 //! new connection towards the guest. Dom0's own traffic to the guest (output, not forward) is
-//! untouched. The table is IPv4's: the vif's IPv6 is turned off by the caller. Removing the
+//! untouched.
+//!
+//! What comes back is let in only when its connection was opened through this very vif: the
+//! forward chain marks each connection the guest opens with a number drawn for the vif
+//! (conntrack's mark) and accepts towards the guest only connections carrying it. Conntrack
+//! entries outlive the vif (minutes, up to days for TCP); without the mark, a later guest
+//! given the same address would inherit its predecessor's connections, and their peers could
+//! reach it unasked. The table is IPv4's: the vif's IPv6 is turned off by the caller. Removing the
 //! table removes every rule of the vif at once: that is done when [`NatRules`] is dropped,
 //! before a table of the same name is made, and by [`remove_domain_tables`] for a domain
 //! whose backend could not (killed), or whose domid is taken again.
@@ -20,7 +27,7 @@ use nftables::{
     expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT},
     helper::{self, NftablesError},
     schema::{Chain, NfListObject, NfObject, Nftables, Rule, Table},
-    stmt::{Match, Operator, Statement},
+    stmt::{Mangle, Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
 
@@ -51,7 +58,7 @@ impl NatRules {
         out: Option<&str>,
     ) -> io::Result<NatRules> {
         let table = table_name(domid, vif);
-        apply(&ruleset(&table, vif, guest, out))?;
+        apply(&ruleset(&table, vif, guest, out, connection_mark()?))?;
         Ok(NatRules { table })
     }
 
@@ -113,6 +120,26 @@ pub fn remove_table(domid: u32, vif: &str) {
     let _ = apply(&batch.to_nftables());
 }
 
+/// A conntrack mark for a new vif's connections: random, never 0 (every connection's mark
+/// before anything sets it).
+fn connection_mark() -> io::Result<u32> {
+    loop {
+        let mut m = 0u32;
+        // SAFETY: getrandom writes at most 4 bytes into the live local u32.
+        let n = unsafe { libc::getrandom((&mut m as *mut u32).cast(), 4, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 4 && m != 0 {
+            return Ok(m);
+        }
+    }
+}
+
 fn apply(rules: &Nftables) -> io::Result<()> {
     helper::apply_ruleset(rules).map_err(nft_error)
 }
@@ -125,8 +152,8 @@ fn nft_error(e: NftablesError) -> io::Error {
             )
         }
         NftablesError::NftFailed { stderr, .. } => io::Error::other(format!(
-            "nft refused the vif's NAT rules (does the kernel have nf_tables, NAT and \
-             conntrack?): {}",
+            "nft refused the vif's NAT rules (does the kernel have nf_tables, NAT, conntrack \
+             and its marks?): {}",
             stderr.trim()
         )),
         e => io::Error::other(format!("nft: {e}")),
@@ -198,7 +225,21 @@ fn string(s: &str) -> Expression<'static> {
 /// The whole of a vif's NAT: the table made afresh (added, deleted with whatever a previous
 /// backend left in it, added again) with its two chains and their rules, applied as one
 /// transaction.
-fn ruleset(name: &str, vif: &str, guest: Ipv4Addr, out: Option<&str>) -> Nftables<'static> {
+fn ct(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed(key),
+        family: None,
+        dir: None,
+    }))
+}
+
+fn ruleset(
+    name: &str,
+    vif: &str,
+    guest: Ipv4Addr,
+    out: Option<&str>,
+    mark: u32,
+) -> Nftables<'static> {
     let guest = string(&guest.to_string());
     let mut b = Batch::new();
     b.add(NfListObject::Table(table(name)));
@@ -250,22 +291,32 @@ fn ruleset(name: &str, vif: &str, guest: Ipv4Addr, out: Option<&str>) -> Nftable
         NfHook::Forward,
         0,
     )));
-    // Towards the guest: answers to what it started, nothing else.
-    let ct_state = Expression::Named(NamedExpression::CT(CT {
-        key: Cow::Borrowed("state"),
-        family: None,
-        dir: None,
-    }));
+    // What the guest starts is marked as this vif's (conntrack has seen the packet: the
+    // forward hook comes after conntrack's, unlike prerouting's -300).
+    b.add(NfListObject::Rule(rule(
+        name,
+        "forward",
+        vec![
+            matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
+            matches(ct("state"), Operator::EQ, string("new")),
+            Statement::Mangle(Mangle {
+                key: ct("mark"),
+                value: Expression::Number(mark),
+            }),
+        ],
+    )));
+    // Towards the guest: answers to what it started through this vif, nothing else.
     b.add(NfListObject::Rule(rule(
         name,
         "forward",
         vec![
             matches(meta(MetaKey::Oifname), Operator::EQ, string(vif)),
             matches(
-                ct_state,
+                ct("state"),
                 Operator::IN,
                 Expression::List(vec![string("established"), string("related")]),
             ),
+            matches(ct("mark"), Operator::EQ, Expression::Number(mark)),
             Statement::Accept(None),
         ],
     )));
@@ -286,7 +337,13 @@ mod tests {
 
     /// The JSON `nft -j -f -` is given, as text without spaces.
     fn json(out: Option<&str>) -> String {
-        let r = ruleset("keel-d3-vif3.0", "vif3.0", Ipv4Addr::new(10, 99, 2, 2), out);
+        let r = ruleset(
+            "keel-d3-vif3.0",
+            "vif3.0",
+            Ipv4Addr::new(10, 99, 2, 2),
+            out,
+            0x1234_5678,
+        );
         serde_json::to_string(&r).expect("serializable")
     }
 
@@ -315,11 +372,20 @@ mod tests {
             r#""type":"filter","hook":"prerouting","prio":-300"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"!="}},{"masquerade":null}"#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"drop":null}"#,
-            r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,
+            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"ct":{"key":"state"}},"right":"new","op":"=="}},{"mangle":{"key":{"ct":{"key":"mark"}},"value":305419896}}"#,
+            r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"=="}},{"accept":null}"#,
             r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"=="}},{"drop":null}"#,
         ] {
             assert!(j.contains(part), "missing {part} in {j}");
         }
+    }
+
+    #[test]
+    fn marks_are_random_and_never_zero() {
+        let a = connection_mark().expect("getrandom");
+        let b = connection_mark().expect("getrandom");
+        assert!(a != 0 && b != 0);
+        assert_ne!(a, b, "two draws of 32 random bits were equal");
     }
 
     #[test]
