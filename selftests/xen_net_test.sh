@@ -24,9 +24,12 @@
 # stands for the outside world (192.168.77.2, with no route back to 10.99.2.0/24): the DomU
 # pings it and fetches a file from it (masqueraded as Dom0), while the namespace, even routed
 # towards the DomU, reaches it neither by ping nor TCP (Dom0 itself still does); after destroy
-# the table, the route and the TAP are gone. A NAT vif attached at run time gets a table of its
-# own, removed at detach; `keelctl destroy` of a keel-domd that does not answer kills it and
-# removes the tables it left.
+# the table, the route and the TAP are gone. A vif that replaces the NAT DomU's (devid 0 again,
+# the same address) does not inherit the connections made through the old one: the outside's
+# late answer on such a connection is dropped (without the marks it would reach the guest),
+# while a connection opened through the new vif works. A NAT vif attached at run time gets a
+# table of its own, removed at detach; `keelctl destroy` of a keel-domd that does not answer
+# kills it and removes the tables it left.
 # A vif on a bridge that does not exist, a routed or NAT vif without ip=, a NAT network that
 # overlaps one of Dom0's (the bridge's), and a hotplug script Keel does not know are refused
 # naming the vif, leaving nothing behind.
@@ -39,8 +42,9 @@
 out=/tmp/xen_net.out err=/tmp/xen_net.err dir=/tmp/xen_net
 br=keelbr0 size=4 vcpus=1 bulk=64
 mkdir -p $dir $dir/www
+rm -f $dir/guest_n
 
-tap_plan 15
+tap_plan 16
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -102,6 +106,16 @@ bulk() {
 }
 
 domid_of() { keelctl list | awk -v n=$1 '$1 == n { print $2 }'; }
+
+# guest NAME CMD: runs CMD in the shell on NAME's console and prints its output (one line),
+# waiting up to 60 s for it. Each answer is tagged; the tag is typed as "netN""=" so that the
+# echo of the typed line never matches it. The count is in a file: guest runs in $(...).
+guest() {
+    n=$(($(cat $dir/guest_n 2>/dev/null || echo 0) + 1)); echo $n >$dir/guest_n; tag=net$n
+    printf '%s\n\035' "echo \"$tag\"\"=\$($2)\"" | keelctl console --timeout 10 $1 >/dev/null 2>&1
+    wait_for $1 "^$tag=" 60 >&2 || return 1
+    tr -d '\r' </var/log/keel/$1.log | sed -n "s/^$tag=//p" | tail -n1
+}
 
 bridge_up() {
     ip link show $br >/dev/null 2>&1 || brctl addbr $br || return 1
@@ -360,6 +374,38 @@ nat_closed() {
     fi
 }
 check xen_net.nat_domu_is_not_reachable_from_outside nat_closed
+
+# A vif that takes the address of one gone does not inherit its connections: the DomU opens a
+# TCP connection to the outside through vif 0 and gets the first line; vif 0 is detached and a
+# new one (devid 0 again, the same name and address) attached, and the guest puts its address
+# on it; the outside's second line, 8 s after the first, still matches the old connection in
+# Dom0's conntrack (which maps it to the guest), but not the new vif's mark: dropped. A
+# connection the guest opens through the new vif is answered.
+nat_stale() {
+    need_domu || return $?
+    on_bochs && { echo "no NAT DomU under Bochs (see above)"; return 4; }
+    keelctl list | grep -q '^natguest ' || { echo "no NAT DomU"; return 1; }
+    ns=$(cat $dir/ns.pid) d=$(domid_of natguest)
+    nsenter -t $ns -n sh -c '{ echo first; sleep 8; echo second; sleep 20; } | nc -l -p 7777 >/dev/null 2>&1' &
+    sleep 0.5
+    r=$(guest natguest "{ sleep 60 | nc 192.168.77.2 7777; } >/tmp/late 2>&1 </dev/null & sleep 2; cat /tmp/late") || return 1
+    [ "$r" = first ] || { echo "the guest's connection got '$r'"; return 1; }
+    keelctl network-detach natguest 0 >$out 2>$err || { cat $out $err; return 1; }
+    keelctl network-attach natguest 'script=vif-nat, ip=10.99.2.2' >$out 2>$err || { cat $out $err; return 1; }
+    nft list table ip keel-d$d-vif$d.0 >/dev/null 2>&1 || { echo "no table for the new vif 0"; return 1; }
+    r=$(guest natguest "i=0; while ! ip link show eth0 >/dev/null 2>&1 && [ \$i -lt 30 ]; do sleep 1; i=\$((i+1)); done; ip link set eth0 up && ip addr add 10.99.2.2/24 dev eth0 && ip route add default via 10.99.2.1 && echo up") || return 1
+    [ "$r" = up ] || { echo "the guest's new eth0: '$r'"; return 1; }
+    sleep 12
+    r=$(guest natguest "tr '\\n' ' ' </tmp/late") || return 1
+    [ "$r" = "first " ] || { echo "the old connection reached the guest through the new vif: '$r'"; return 1; }
+    r=$(guest natguest "wget -q -O - http://192.168.77.2:8080/blob | sha256sum | cut -d' ' -f1") || return 1
+    [ "$r" = "$(cat $dir/dom0.sum)" ] || {
+        echo "a new connection through the new vif got '$r'"
+        echo "the guest: $(guest natguest "ip -o addr | tr '\\n' ' '; ip route | tr '\\n' ' '; ping -c 1 -W 2 10.99.2.1 >/dev/null && echo gateway-ok; ping -c 1 -W 2 192.168.77.2 >/dev/null && echo far-ok")"
+        ip addr show vif$d.0; ip route; nft list table ip keel-d$d-vif$d.0; return 1
+    }
+}
+check xen_net.nat_vif_does_not_inherit_old_connections nat_stale
 
 nat_cleanup() {
     need_domu || return $?

@@ -79,6 +79,20 @@ impl Drop for NatRules {
 /// Removes every NAT table of domain `domid` (its backend was killed before it could, or the
 /// domid is a new domain's). Returns their names; none, and no error, without `nft`.
 pub fn remove_domain_tables(domid: u32) -> io::Result<Vec<String>> {
+    let prefix = domain_prefix(domid);
+    remove_tables(|name| name.starts_with(&prefix))
+}
+
+/// Removes the table of domain `domid`'s vif `vif` if there is one (left by a backend that
+/// could not remove it); nothing happens without it or without `nft`.
+pub fn remove_table(domid: u32, vif: &str) {
+    let name = table_name(domid, vif);
+    let _ = remove_tables(|t| t == name);
+}
+
+/// Removes the IPv4 tables whose names `pick` chooses, only those that exist (so that `nft`
+/// has no missing table to complain about); returns their names.
+fn remove_tables(pick: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
     let listed =
         match helper::get_current_ruleset_with_args(helper::DEFAULT_NFT, ["list", "tables"]) {
             Ok(l) => l,
@@ -89,13 +103,12 @@ pub fn remove_domain_tables(domid: u32) -> io::Result<Vec<String>> {
             }
             Err(e) => return Err(nft_error(e)),
         };
-    let prefix = domain_prefix(domid);
     let tables: Vec<String> = listed
         .objects
         .iter()
         .filter_map(|o| match o {
             NfObject::ListObject(NfListObject::Table(t))
-                if t.family == NfFamily::IP && t.name.starts_with(&prefix) =>
+                if t.family == NfFamily::IP && pick(&t.name) =>
             {
                 Some(t.name.to_string())
             }
@@ -110,14 +123,6 @@ pub fn remove_domain_tables(domid: u32) -> io::Result<Vec<String>> {
         apply(&batch.to_nftables())?;
     }
     Ok(tables)
-}
-
-/// Removes the table of domain `domid`'s vif `vif` if there is one (left by a backend that
-/// could not remove it); nothing happens without it or without `nft`.
-pub fn remove_table(domid: u32, vif: &str) {
-    let mut batch = Batch::new();
-    batch.delete(NfListObject::Table(table(&table_name(domid, vif))));
-    let _ = apply(&batch.to_nftables());
 }
 
 /// A conntrack mark for a new vif's connections: random, never 0 (every connection's mark
