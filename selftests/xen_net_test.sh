@@ -26,8 +26,8 @@
 # towards the DomU, reaches it neither by ping nor TCP (Dom0 itself still does); after destroy
 # the table, the route and the TAP are gone. A vif that replaces the NAT DomU's (devid 0 again,
 # the same address) does not inherit the connections made through the old one: the outside's
-# late answer on such a connection is dropped (without the marks it would reach the guest),
-# while a connection opened through the new vif works. A NAT vif attached at run time gets a
+# late answer on such a connection is dropped and counted by the new vif's rule (without the
+# marks it would reach the guest), while a connection opened through the new vif works. A NAT vif attached at run time gets a
 # table of its own, removed at detach; `keelctl destroy` of a keel-domd that does not answer
 # kills it and removes the tables it left.
 # A vif on a bridge that does not exist, a routed or NAT vif without ip=, a NAT network that
@@ -378,26 +378,41 @@ check xen_net.nat_domu_is_not_reachable_from_outside nat_closed
 # A vif that takes the address of one gone does not inherit its connections: the DomU opens a
 # TCP connection to the outside through vif 0 and gets the first line; vif 0 is detached and a
 # new one (devid 0 again, the same name and address) attached, and the guest puts its address
-# on it; the outside's second line, 8 s after the first, still matches the old connection in
-# Dom0's conntrack (which maps it to the guest), but not the new vif's mark: dropped. A
-# connection the guest opens through the new vif is answered.
+# on it; only then does the outside send its second line, which still matches the old
+# connection in Dom0's conntrack (which maps it to the guest) but not the new vif's mark: the
+# new vif's drop rule counts it and the guest never sees it. A connection the guest opens
+# through the new vif is answered.
 nat_stale() {
     need_domu || return $?
     on_bochs && { echo "no NAT DomU under Bochs (see above)"; return 4; }
     keelctl list | grep -q '^natguest ' || { echo "no NAT DomU"; return 1; }
     ns=$(cat $dir/ns.pid) d=$(domid_of natguest)
-    nsenter -t $ns -n sh -c '{ echo first; sleep 8; echo second; sleep 20; } | nc -l -p 7777 >/dev/null 2>&1' &
+    rm -f $dir/go
+    nsenter -t $ns -n sh -c "{ echo first; while [ ! -e $dir/go ]; do sleep 0.2; done; echo second; sleep 20; } | nc -l -p 7777 >/dev/null 2>&1" &
+    talker=$!
     sleep 0.5
-    r=$(guest natguest "{ sleep 60 | nc 192.168.77.2 7777; } >/tmp/late 2>&1 </dev/null & sleep 2; cat /tmp/late") || return 1
-    [ "$r" = first ] || { echo "the guest's connection got '$r'"; return 1; }
+    r=$(guest natguest "{ sleep 90 | nc 192.168.77.2 7777; } >/tmp/late 2>&1 </dev/null & sleep 2; tr '\\n' ' ' </tmp/late") || return 1
+    [ "$r" = "first " ] || { echo "the guest's connection got '$r'"; return 1; }
+    old=$(guest natguest "cat /sys/class/net/eth0/ifindex") || return 1
     keelctl network-detach natguest 0 >$out 2>$err || { cat $out $err; return 1; }
     keelctl network-attach natguest 'script=vif-nat, ip=10.99.2.2' >$out 2>$err || { cat $out $err; return 1; }
     nft list table ip keel-d$d-vif$d.0 >/dev/null 2>&1 || { echo "no table for the new vif 0"; return 1; }
-    r=$(guest natguest "i=0; while ! ip link show eth0 >/dev/null 2>&1 && [ \$i -lt 30 ]; do sleep 1; i=\$((i+1)); done; ip link set eth0 up && ip addr add 10.99.2.2/24 dev eth0 && ip route add default via 10.99.2.1 && echo up") || return 1
+    # The new eth0 (another ifindex: the old one may still be going).
+    r=$(guest natguest "i=0; while ! grep -qvx $old /sys/class/net/eth0/ifindex 2>/dev/null && [ \$i -lt 30 ]; do sleep 1; i=\$((i+1)); done; ip link set eth0 up && ip addr add 10.99.2.2/24 dev eth0 && ip route add default via 10.99.2.1 && echo up") || return 1
     [ "$r" = up ] || { echo "the guest's new eth0: '$r'"; return 1; }
-    sleep 12
+    touch $dir/go
+    # The second line and the outside's resends of it meet the new vif's drop rule.
+    i=0 dropped=0
+    while [ $i -lt 100 ]; do
+        dropped=$(nft list table ip keel-d$d-vif$d.0 | sed -n "s/.*oifname \"vif$d.0\" counter packets \([0-9]*\) .*drop.*/\1/p")
+        [ "${dropped:-0}" -gt 0 ] && break
+        sleep 0.1; i=$((i + 1))
+    done
+    [ "${dropped:-0}" -gt 0 ] || { echo "the second line never reached the new vif's rules:"; nft list table ip keel-d$d-vif$d.0; return 1; }
+    sleep 2
     r=$(guest natguest "tr '\\n' ' ' </tmp/late") || return 1
     [ "$r" = "first " ] || { echo "the old connection reached the guest through the new vif: '$r'"; return 1; }
+    kill $talker 2>/dev/null
     r=$(guest natguest "wget -q -O - http://192.168.77.2:8080/blob | sha256sum | cut -d' ' -f1") || return 1
     [ "$r" = "$(cat $dir/dom0.sum)" ] || {
         echo "a new connection through the new vif got '$r'"

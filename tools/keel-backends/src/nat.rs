@@ -11,14 +11,17 @@
 //! untouched.
 //!
 //! What comes back is let in only when its connection was opened through this very vif: the
-//! forward chain marks each connection the guest opens with a number drawn for the vif
-//! (conntrack's mark) and accepts towards the guest only connections carrying it. Conntrack
+//! forward chain marks each connection the guest sends on with a number drawn for the vif
+//! (conntrack's mark, all 32 bits of it: Dom0's own rules must not use the mark of a NAT
+//! guest's connections) and accepts towards the guest only connections carrying it. Conntrack
 //! entries outlive the vif (minutes, up to days for TCP); without the mark, a later guest
 //! given the same address would inherit its predecessor's connections, and their peers could
-//! reach it unasked. The table is IPv4's: the vif's IPv6 is turned off by the caller. Removing the
-//! table removes every rule of the vif at once: that is done when [`NatRules`] is dropped,
-//! before a table of the same name is made, and by [`remove_domain_tables`] for a domain
-//! whose backend could not (killed), or whose domid is taken again.
+//! reach it unasked. The drop rules count what they drop (`nft list table ip keel-d...`).
+//!
+//! The table is IPv4's: the vif's IPv6 is turned off by the caller. Removing the table removes
+//! every rule of the vif at once: that is done when [`NatRules`] is dropped, before a table of
+//! the same name is made, and by [`remove_domain_tables`] for a domain whose backend could
+//! not (killed), or whose domid is taken again.
 
 use std::{borrow::Cow, io, net::Ipv4Addr};
 
@@ -27,7 +30,7 @@ use nftables::{
     expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT},
     helper::{self, NftablesError},
     schema::{Chain, NfListObject, NfObject, Nftables, Rule, Table},
-    stmt::{Mangle, Match, Operator, Statement},
+    stmt::{Counter, Mangle, Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
 
@@ -227,9 +230,6 @@ fn string(s: &str) -> Expression<'static> {
     Expression::String(Cow::Owned(s.to_owned()))
 }
 
-/// The whole of a vif's NAT: the table made afresh (added, deleted with whatever a previous
-/// backend left in it, added again) with its two chains and their rules, applied as one
-/// transaction.
 fn ct(key: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::CT(CT {
         key: Cow::Borrowed(key),
@@ -238,6 +238,14 @@ fn ct(key: &'static str) -> Expression<'static> {
     }))
 }
 
+/// A counter, so that `nft list table` shows what a rule dropped.
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+/// The whole of a vif's NAT: the table made afresh (added, deleted with whatever a previous
+/// backend left in it, added again) with its three chains and their rules, applied as one
+/// transaction.
 fn ruleset(
     name: &str,
     vif: &str,
@@ -265,6 +273,7 @@ fn ruleset(
         vec![
             matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
             matches(ip_saddr(), Operator::NEQ, guest.clone()),
+            counter(),
             Statement::Drop(None),
         ],
     )));
@@ -296,14 +305,18 @@ fn ruleset(
         NfHook::Forward,
         0,
     )));
-    // What the guest starts is marked as this vif's (conntrack has seen the packet: the
-    // forward hook comes after conntrack's, unlike prerouting's -300).
+    // What the guest sends marks its connection as this vif's (conntrack has seen the packet:
+    // the forward hook comes after conntrack's, unlike prerouting's -300). Not only a new
+    // connection: one left by an earlier guest of this address that this guest sends on (the
+    // same ports) becomes its own, rather than staying the old vif's, its answers dropped for
+    // as long as the guest's packets keep the entry alive. Only the guest's own packets claim
+    // a connection; the old peers' are dropped before the guest sees them.
     b.add(NfListObject::Rule(rule(
         name,
         "forward",
         vec![
             matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
-            matches(ct("state"), Operator::EQ, string("new")),
+            matches(ct("mark"), Operator::NEQ, Expression::Number(mark)),
             Statement::Mangle(Mangle {
                 key: ct("mark"),
                 value: Expression::Number(mark),
@@ -330,6 +343,7 @@ fn ruleset(
         "forward",
         vec![
             matches(meta(MetaKey::Oifname), Operator::EQ, string(vif)),
+            counter(),
             Statement::Drop(None),
         ],
     )));
@@ -376,10 +390,10 @@ mod tests {
             r#""type":"filter","hook":"forward","prio":0"#,
             r#""type":"filter","hook":"prerouting","prio":-300"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"!="}},{"masquerade":null}"#,
-            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"drop":null}"#,
-            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"ct":{"key":"state"}},"right":"new","op":"=="}},{"mangle":{"key":{"ct":{"key":"mark"}},"value":305419896}}"#,
+            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"counter":null},{"drop":null}"#,
+            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"!="}},{"mangle":{"key":{"ct":{"key":"mark"}},"value":305419896}}"#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"=="}},{"accept":null}"#,
-            r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"=="}},{"drop":null}"#,
+            r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"=="}},{"counter":null},{"drop":null}"#,
         ] {
             assert!(j.contains(part), "missing {part} in {j}");
         }

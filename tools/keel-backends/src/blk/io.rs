@@ -336,8 +336,8 @@ impl UringEngine {
         .user_data(tag);
         loop {
             // SAFETY: the SQE's buffer (or iovec array and its buffers) stays valid until its
-            // completion is reaped (push's contract, passed on by Engine::push), and its fd is the disk file, kept open by
-            // `self.disk` for the ring's life.
+            // completion is reaped (push's contract, passed on by Engine::push), and its fd is
+            // the disk file, kept open by `self.disk` for the ring's life.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 break;
             }
@@ -408,8 +408,8 @@ struct Job {
     op: IoOp,
 }
 
-// SAFETY: a Job's buffer pointer is valid until its completion is reaped (Engine::push's
-// contract), and only the worker touches the buffer meanwhile.
+// SAFETY: a Job's buffer pointer (or iovec array, and the buffers it names) is valid until its
+// completion is reaped (Engine::push's contract), and only the worker touches them meanwhile.
 unsafe impl Send for Job {}
 
 /// A worker thread running operations with blocking calls, a batch at a time.
