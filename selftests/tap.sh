@@ -25,6 +25,22 @@ check() {
 # tap_done: the script's exit status.
 tap_done() { [ $tap_failed = 0 ]; }
 
+# guest NAME CMD: runs CMD in the shell on DomU NAME's console and prints its output (one
+# line), waiting up to 60 s for it in /var/log/keel/NAME.log. Each answer is tagged; the tag is
+# typed as "gN""=" so that the echo of the typed line never matches it. The count is in
+# $dir/guest_n (the caller's scratch directory): guest runs in $(...).
+guest() {
+    _n=$(($(cat $dir/guest_n 2>/dev/null || echo 0) + 1)); echo $_n >$dir/guest_n; _tag=g$_n
+    printf '%s\n\035' "echo \"$_tag\"\"=\$($2)\"" | keelctl console --timeout 10 $1 >/dev/null 2>&1
+    _i=0
+    until tr -d '\r' </var/log/keel/$1.log 2>/dev/null | grep -q "^$_tag="; do
+        _i=$((_i + 1))
+        [ $_i -lt 600 ] || { echo "no answer '$_tag=' from $1 after 60 s:" >&2; tail -n 40 /var/log/keel/$1.log >&2; return 1; }
+        sleep 0.1
+    done
+    tr -d '\r' </var/log/keel/$1.log | sed -n "s/^$_tag=//p" | tail -n1
+}
+
 # load_keel [PARAMS...]: loads keel.ko with the options the test VM loaded it with at boot
 # (/etc/keel.options, e.g. log_port) and PARAMS.
 load_keel() { insmod /lib/modules/keel.ko $(cat /etc/keel.options 2>/dev/null) "$@"; }

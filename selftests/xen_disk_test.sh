@@ -69,16 +69,6 @@ wait_for() {
 
 domid() { keelctl list | sed -n "s/^$1  *\([0-9][0-9]*\) .*/\1/p"; }
 
-# guest NAME CMD: runs CMD in the shell on NAME's console and prints its output (one line),
-# waiting up to 60 s for it. Each answer is tagged; the tag is typed as "blkN""=" so that the
-# echo of the typed line never matches it. The count is in a file: guest runs in $(...).
-guest() {
-    n=$(($(cat $dir/guest_n 2>/dev/null || echo 0) + 1)); echo $n >$dir/guest_n; tag=blk$n
-    printf '%s\n\035' "echo \"$tag\"\"=\$($2)\"" | keelctl console --timeout 10 $1 >/dev/null 2>&1
-    wait_for $1 "^$tag=" 60 >&2 || return 1
-    tr -d '\r' </var/log/keel/$1.log | sed -n "s/^$tag=//p" | tail -n1
-}
-
 # The guest's commands that wait (up to 30 s) for a disk to come or go, then print its size
 # in sectors or "none".
 appears() { echo "i=0; while [ ! -e /sys/block/$1 ] && [ \$i -lt 30 ]; do sleep 1; i=\$((i+1)); done; cat /sys/block/$1/size 2>/dev/null || echo none"; }

@@ -107,16 +107,6 @@ bulk() {
 
 domid_of() { keelctl list | awk -v n=$1 '$1 == n { print $2 }'; }
 
-# guest NAME CMD: runs CMD in the shell on NAME's console and prints its output (one line),
-# waiting up to 60 s for it. Each answer is tagged; the tag is typed as "netN""=" so that the
-# echo of the typed line never matches it. The count is in a file: guest runs in $(...).
-guest() {
-    n=$(($(cat $dir/guest_n 2>/dev/null || echo 0) + 1)); echo $n >$dir/guest_n; tag=net$n
-    printf '%s\n\035' "echo \"$tag\"\"=\$($2)\"" | keelctl console --timeout 10 $1 >/dev/null 2>&1
-    wait_for $1 "^$tag=" 60 >&2 || return 1
-    tr -d '\r' </var/log/keel/$1.log | sed -n "s/^$tag=//p" | tail -n1
-}
-
 bridge_up() {
     ip link show $br >/dev/null 2>&1 || brctl addbr $br || return 1
     ip addr add 10.99.0.1/24 dev $br 2>/dev/null
