@@ -425,6 +425,33 @@ pub fn translate(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> Optio
     }
 }
 
+/// The host-physical address `gpa` maps to, if any: [`translate`]'s `hpa` without the rights
+/// and page size, in fewer instructions (what reading and writing a domain's memory through
+/// its tables needs, on every grant and event-channel path).
+pub fn host_address(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> Option<u64> {
+    if gpa >= GPA_LIMIT {
+        return None;
+    }
+    let present = match fmt {
+        Format::Ept => ept::READ | ept::WRITE | ept::EXECUTE,
+        Format::Npt => npt::P,
+    };
+    let mut table = root;
+    let mut shift = ROOT_SHIFT;
+    loop {
+        let entry = t.entries(table)[index(gpa, shift)];
+        if entry & present == 0 {
+            return None;
+        }
+        if fmt.is_leaf(entry, shift) {
+            let offset = (1u64 << shift) - 1;
+            return Some((entry & ADDR_MASK & !offset) | (gpa & offset));
+        }
+        table = entry & ADDR_MASK;
+        shift -= 9;
+    }
+}
+
 /// Whether `gpa` is mapped by a 2 MiB or 1 GiB page (a [`remap`] of any page in it splits
 /// that page, allocating tables).
 pub fn in_large_page(t: &mut impl Tables, fmt: Format, root: u64, gpa: u64) -> bool {
@@ -1035,6 +1062,59 @@ mod tests {
             assert_eq!(translate(&mut t, fmt, root, 0), None);
             assert_eq!(translate(&mut t, fmt, root, GPA_LIMIT + gpa), None);
             assert_eq!(translate(&mut t, fmt, root, u64::MAX), None);
+        }
+    }
+
+    #[test]
+    fn host_address_agrees_with_translate() {
+        for fmt in [Format::Ept, Format::Npt] {
+            let (mut t, root) = TestTables::with_root(64);
+            // 1 GiB, 2 MiB and 4 KiB leaves, a split large page with a hole, and an
+            // execute-only page (present for EPT, a leaf NPT cannot express: not mapped).
+            let (gpa, hpa, size) = (0x3fe0_0000u64, 0x3_0000_0000u64, 0x4060_3000u64);
+            map(
+                &mut t,
+                fmt,
+                root,
+                gpa,
+                hpa,
+                size,
+                Perms::RX,
+                LargePages::Upto1G,
+            )
+            .unwrap();
+            remap(&mut t, fmt, root, 0x4020_0000, None).unwrap();
+            remap(&mut t, fmt, root, 0x4020_1000, Some((0x9000, Perms::RWX))).unwrap();
+            let xo = Perms::new(false, false, true);
+            let _ = map(
+                &mut t,
+                fmt,
+                root,
+                0x1000,
+                0x7000,
+                0x1000,
+                xo,
+                LargePages::None,
+            );
+            let mut probes = vec![0, 0x1000, 0x1fff, gpa - 1, gpa + size, GPA_LIMIT, u64::MAX];
+            for base in [gpa, 0x4000_0000, 0x4020_0000, 0x8000_0000] {
+                for off in [
+                    0,
+                    1,
+                    0xfff,
+                    0x1000,
+                    0x1234,
+                    0x1f_ffff,
+                    0x20_0000,
+                    0x3fff_ffff,
+                ] {
+                    probes.push(base + off);
+                }
+            }
+            for a in probes {
+                let want = translate(&mut t, fmt, root, a).map(|m| m.hpa);
+                assert_eq!(host_address(&mut t, fmt, root, a), want, "{fmt:?} {a:#x}");
+            }
         }
     }
 

@@ -97,10 +97,9 @@ impl DomainShared {
         let mut done = 0;
         while done < buf.len() {
             let a = gpa.wrapping_add(done as u64);
-            let Some(m) = slat::translate(&mut t, self.format, self.slat_root, a) else {
+            let Some(hpa) = slat::host_address(&mut t, self.format, self.slat_root, a) else {
                 break;
             };
-            let hpa = m.hpa;
             let in_page = (4096 - (a & 0xfff)) as usize;
             let n = in_page.min(buf.len() - done);
             let src = (self.page_offset_base + hpa) as *const u8;
@@ -124,12 +123,12 @@ impl DomainShared {
             if self.range_of(a).map(|r| r.kind) != Some(RangeKind::Ram) {
                 break;
             }
-            let Some(m) = slat::translate(&mut t, self.format, self.slat_root, a) else {
+            let Some(hpa) = slat::host_address(&mut t, self.format, self.slat_root, a) else {
                 break;
             };
             let in_page = (4096 - (a & 0xfff)) as usize;
             let n = in_page.min(buf.len() - done);
-            let dst = (self.page_offset_base + m.hpa) as *mut u8;
+            let dst = (self.page_offset_base + hpa) as *mut u8;
             for (i, b) in buf[done..done + n].iter().enumerate() {
                 // SAFETY: `hpa` is a RAM page of the domain (checked above), which the domain
                 // owns and Linux's direct map covers; the guest may access it concurrently,
@@ -148,8 +147,8 @@ impl DomainShared {
             return None;
         }
         let mut t = DirectTables(self.page_offset_base);
-        let m = slat::translate(&mut t, self.format, self.slat_root, gpa)?;
-        Some((self.page_offset_base + m.hpa) as *mut u8)
+        let hpa = slat::host_address(&mut t, self.format, self.slat_root, gpa)?;
+        Some((self.page_offset_base + hpa) as *mut u8)
     }
 
     /// The four PAE PDPTEs at `pdpt` (32-byte aligned, so in one page).
@@ -163,6 +162,15 @@ impl DomainShared {
 
     /// Reads an 8-byte guest-physical value.
     pub(crate) fn read_u64(&self, gpa: u64) -> Option<u64> {
+        // Page-table entries, the most read: aligned, one load.
+        if gpa & 7 == 0 {
+            let mut t = DirectTables(self.page_offset_base);
+            let hpa = slat::host_address(&mut t, self.format, self.slat_root, gpa)?;
+            let p = (self.page_offset_base + hpa) as *const u64;
+            // SAFETY: As in `read`: `hpa` is domain memory in Linux's direct map, and 8-byte
+            // aligned, so the 8 bytes are in its page.
+            return Some(u64::from_le(unsafe { p.read_volatile() }));
+        }
         let mut b = [0u8; 8];
         (self.read(gpa, &mut b) == 8).then(|| u64::from_le_bytes(b))
     }

@@ -4,7 +4,7 @@
 //! (`keel_core::xen::grant`). Uses are counted per reference under the domain's Xen lock; the
 //! flags they set in the DomU's entries are cleared by the last release.
 
-use core::sync::atomic::AtomicU32;
+use core::{cell::Cell, sync::atomic::AtomicU32};
 
 use kernel::prelude::*;
 
@@ -20,17 +20,38 @@ pub(super) const MAX_REFS: usize = GNTTAB_FRAMES * gtf::V1_ENTRIES_PER_FRAME;
 /// Dom0's domain id, the grantee of every backend's use.
 const DOM0: u16 = 0;
 
-/// The DomU's table as the frames it placed in its RAM.
+/// The DomU's table as the frames it placed in its RAM, for one use of it under the Xen lock
+/// (under which no RAM page leaves the domain's tables: the balloon unmaps holding it).
 struct Frames<'a> {
     dom: &'a DomainShared,
     frames: &'a [Option<u64>; GNTTAB_FRAMES],
+    /// The last entry found: its reference and where it is (a use reads an entry's header
+    /// and frame, each a walk of the domain's tables otherwise).
+    last: Cell<Option<(u32, *mut u8)>>,
 }
 
-impl Frames<'_> {
+impl<'a> Frames<'a> {
+    fn new(dom: &'a DomainShared, frames: &'a [Option<u64>; GNTTAB_FRAMES]) -> Self {
+        Frames {
+            dom,
+            frames,
+            last: Cell::new(None),
+        }
+    }
+
     fn entry(&self, gref: u32, offset: u64) -> Option<*mut u8> {
-        let per = gtf::V1_ENTRIES_PER_FRAME as u32;
-        let base = (*self.frames.get((gref / per) as usize)?)?;
-        self.dom.ram_ptr(base + u64::from(gref % per) * 8 + offset)
+        let p = match self.last.get() {
+            Some((r, p)) if r == gref => p,
+            _ => {
+                let per = gtf::V1_ENTRIES_PER_FRAME as u32;
+                let base = (*self.frames.get((gref / per) as usize)?)?;
+                let p = self.dom.ram_ptr(base + u64::from(gref % per) * 8)?;
+                self.last.set(Some((gref, p)));
+                p
+            }
+        };
+        // SAFETY: An entry is 8 bytes, 8-byte aligned in its page; `offset` is 0 or 4.
+        Some(unsafe { p.add(offset as usize) })
     }
 }
 
@@ -66,10 +87,7 @@ impl Xen {
     ) -> core::result::Result<InUse, i16> {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        let frames = Frames {
-            dom,
-            frames: &inner.gnttab,
-        };
+        let frames = Frames::new(dom, &inner.gnttab);
         let mut active = ActiveGrants::new(&mut inner.grants);
         let frame = active.acquire(&frames, gref, DOM0, write)?;
         match dom.ram_ptr(u64::from(frame) << 12) {
@@ -86,10 +104,7 @@ impl Xen {
     pub(crate) fn grant_release(&self, dom: &DomainShared, gref: u32, write: bool) {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        let frames = Frames {
-            dom,
-            frames: &inner.gnttab,
-        };
+        let frames = Frames::new(dom, &inner.gnttab);
         ActiveGrants::new(&mut inner.grants).release(&frames, gref, write);
     }
 }

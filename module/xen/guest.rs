@@ -61,8 +61,41 @@ impl<'a> Guest<'a> {
         Ok(())
     }
 
+    /// The guest-physical addresses of the (one or two) pages that `len` bytes at `gva`
+    /// touch, each writable RAM where a CPU would not fault; `None` when the bytes span more
+    /// pages or one is not writable RAM.
+    fn writable_pages(&self, gva: u64, len: usize) -> Result<Option<[(u64, usize); 2]>, Errno> {
+        let mut pages = [(0, 0); 2];
+        let mut done = 0;
+        for p in pages.iter_mut() {
+            if done == len {
+                break;
+            }
+            let a = self.at(gva, done);
+            let n = ((4096 - (a & 0xfff)) as usize).min(len - done);
+            let gpa = self.gpa(a, true).ok_or(Errno::EFAULT)?;
+            if self.dom.range_of(gpa).map(|r| r.kind) != Some(RangeKind::Ram) {
+                return Err(Errno::EFAULT);
+            }
+            *p = (gpa, n);
+            done += n;
+        }
+        Ok((done == len).then_some(pages))
+    }
+
     /// Copies `buf` out to `gva`; EFAULT (nothing written) where a page is not writable RAM.
     pub(super) fn write(&self, gva: u64, buf: &[u8]) -> Result<(), Errno> {
+        // The usual case, a structure in one or two pages: one walk a page.
+        if let Some(pages) = self.writable_pages(gva, buf.len())? {
+            let mut done = 0;
+            for (gpa, n) in pages {
+                if n != 0 && self.dom.write(gpa, &buf[done..done + n]) != n {
+                    return Err(Errno::EFAULT);
+                }
+                done += n;
+            }
+            return Ok(());
+        }
         for pass in [false, true] {
             let mut done = 0;
             while done < buf.len() {
@@ -80,6 +113,17 @@ impl<'a> Guest<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Where `len` bytes at `gva`, all in one page of writable RAM, are in Linux's direct map
+    /// (valid while the domain lives); `None` when they are not so (a caller then goes through
+    /// [`Guest::write`]).
+    pub(super) fn writable_ptr(&self, gva: u64, len: usize) -> Option<*mut u8> {
+        if len == 0 || (self.at(gva, 0) & 0xfff) as usize + len > 4096 {
+            return None;
+        }
+        let gpa = self.gpa(self.at(gva, 0), true)?;
+        self.dom.ram_ptr(gpa)
     }
 
     /// Reads an argument structure of `N` bytes.

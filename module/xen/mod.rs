@@ -822,6 +822,30 @@ impl Xen {
         let entry_at = r
             .gva
             .wrapping_add(VcpuRunstateInfo::state_entry_time_offset(w) as u64);
+        let (b, n) = r.bytes(w, if flag { UPDATE } else { 0 });
+        // The usual case: the area is in one page, found by one walk of the guest's tables.
+        if let Some(p) = g.writable_ptr(r.gva, n) {
+            let at = entry_at.wrapping_sub(r.gva) as usize;
+            // SAFETY: `p` is the area's `n` bytes in one page of the domain's RAM (direct
+            // map); the entry time lies within them; the guest may read them meanwhile, as
+            // it may on Xen.
+            let put = |off: usize, bytes: &[u8]| unsafe {
+                for (i, &x) in bytes.iter().enumerate() {
+                    p.add(off + i).write_volatile(x);
+                }
+            };
+            if flag {
+                // As below: the flagged entry time, the rest, the entry time.
+                put(at, &(r.entry | UPDATE).to_le_bytes());
+                core::sync::atomic::fence(Ordering::SeqCst);
+                put(0, &b[..n]);
+                core::sync::atomic::fence(Ordering::SeqCst);
+                put(at, &r.entry.to_le_bytes());
+            } else {
+                put(0, &b[..n]);
+            }
+            return;
+        }
         if flag {
             // The protocol a guest reading it expects: the flag first, then the rest, then
             // the entry time without the flag.
