@@ -5,7 +5,7 @@
 # snap FILE: keel-domd's threads' run time (ns, by name: schedstat; a vCPU thread's includes
 #   the time its DomU ran), Dom0's exits to Keel and the DomUs' exits (debugfs), into FILE.
 # cost TAG BEFORE AFTER: one line, TAG: what changed between two snaps.
-# mark clear|dump: with $profile=1, the marker of scripts/profile/insn_profile.c (run-vm -f
+# mark clear|dump: with $profile=1, the marker of scripts/qemu-plugins/insn_profile.c (run-vm -f
 #   puts keel_mark in /keel/): clears the instruction counts, or writes and clears them.
 mark() { [ "${profile:-0}" = 0 ] || /keel/keel_mark "$1"; }
 snap() {

@@ -427,8 +427,11 @@ static void emit_attack(struct code *c, struct rng *r)
 
 /*
  * Under QEMU, a MOV to a segment register with the reserved register number (8e /6, 8e /7)
- * crashes QEMU itself (see /work/shared/repro/README.md): the register number is changed. Not
- * Keel's to fix (unless Keel chooses to shield guests from them); Bochs is unaffected.
+ * crashes QEMU itself (selftests/qemu_seg_reserved.c): the register number is changed. Not
+ * Keel's to fix (a CPU's translation of code is beyond any hypervisor's reach); Bochs is
+ * unaffected. A guest can still write the instruction to memory and run it (seen: real-mode
+ * code that wrote 8e 32 into the zeroed memory it was running through): scripts/test then
+ * recognizes the crash by the last block QEMU translated and runs the VM again.
  */
 static void filter_emulator_bugs(struct code *c, bool qemu)
 {

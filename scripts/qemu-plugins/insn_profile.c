@@ -6,63 +6,24 @@
  * root mode and a nested DomU alike (the DomU's code runs in the same emulated CPUs).
  *
  * The guest asks with a marker instruction, `movabs $0x4b45454c0000000N, %rax` ("KEEL" and
- * a command N; scripts/profile/mark.c): N=1 clears the counts, N=2 writes them to
+ * a command N; scripts/qemu-plugins/keel_mark.c): N=1 clears the counts, N=2 writes them to
  * OUT.K (K = 0, 1, ... in order) and clears them. Each line of OUT.K is
- *   count vaddr paddr
+ *   count vaddr paddr insns
  * for a block that ran since the last clear: instructions executed, the block's virtual
- * address and where its code is in the machine (qemu_plugin_insn_haddr), which tells the
- * copy of the kernel that the DomU runs from Dom0's, both at the same virtual addresses.
+ * address, where its code is in the machine (qemu_plugin_insn_haddr, which tells the copy of
+ * the kernel that the DomU runs from Dom0's, both at the same virtual addresses) and its
+ * length in instructions (count / insns: the times it ran).
  *
- * usage: -plugin scripts/profile/insn_profile.so,out=PREFIX
+ * usage: -plugin scripts/qemu-plugins/insn_profile.so,out=PREFIX
  *
- * Built by scripts/profile/report (gcc -shared -fPIC). The declarations below are the
- * plugin API's (QEMU's include/qemu/qemu-plugin.h, API versions 2 to 4): QEMU does not
- * ship that header in Debian's packages.
+ * Built by profile.sh (gcc -shared -fPIC).
  */
 #include <inttypes.h>
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define EXPORT __attribute__((visibility("default")))
-
-typedef uint64_t qemu_plugin_id_t;
-struct qemu_plugin_tb;
-struct qemu_plugin_insn;
-typedef struct {
-	const char *target_name;
-	struct {
-		int min;
-		int cur;
-	} version;
-	bool system_emulation;
-	union {
-		struct {
-			int smp_vcpus;
-			int max_vcpus;
-		} system;
-	};
-} qemu_info_t;
-enum qemu_plugin_cb_flags { CB_NO_REGS, CB_R_REGS, CB_RW_REGS };
-typedef void (*tb_trans_cb)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
-typedef void (*udata_cb)(unsigned int vcpu, void *data);
-typedef void (*atexit_cb)(qemu_plugin_id_t id, void *data);
-
-void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb cb);
-void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, udata_cb cb,
-					  enum qemu_plugin_cb_flags flags, void *data);
-void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn, udata_cb cb,
-					    enum qemu_plugin_cb_flags flags, void *data);
-void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, atexit_cb cb, void *data);
-size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
-uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
-struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t i);
-size_t qemu_plugin_insn_data(const struct qemu_plugin_insn *insn, void *dest, size_t len);
-void *qemu_plugin_insn_haddr(const struct qemu_plugin_insn *insn);
-void qemu_plugin_outs(const char *s);
+#include "plugin_api.h"
 
 EXPORT int qemu_plugin_version = 2;
 
@@ -101,8 +62,8 @@ static void dump(void)
 	for (size_t i = 0; i < nblocks; i++) {
 		struct block *b = blocks[i];
 		if (b->hits)
-			fprintf(f, "%" PRIu64 " %" PRIx64 " %" PRIx64 "\n", b->hits * b->insns,
-				b->vaddr, b->paddr);
+			fprintf(f, "%" PRIu64 " %" PRIx64 " %" PRIx64 " %" PRIu32 "\n",
+				b->hits * b->insns, b->vaddr, b->paddr, b->insns);
 	}
 	fclose(f);
 	clear();

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * keel_mark clear|dump: the marker instruction of scripts/profile/insn_profile.c, for
+ * keel_mark clear|dump: the marker instruction of scripts/qemu-plugins/insn_profile.c, for
  * scripts in a VM run with that plugin (elsewhere it only loads a number into a register).
  */
 #include <stdio.h>
