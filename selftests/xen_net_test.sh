@@ -44,7 +44,7 @@ br=keelbr0 size=4 vcpus=1 bulk=64
 mkdir -p $dir $dir/www
 rm -f $dir/guest_n
 
-tap_plan 16
+tap_plan 17
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -364,6 +364,24 @@ nat_closed() {
     fi
 }
 check xen_net.nat_domu_is_not_reachable_from_outside nat_closed
+
+# The NAT DomU speaks only from its own address: pings it sends from another one (an address
+# it adds to eth0) are dropped by its vif's rule before Dom0 routes them, which counts them,
+# and get no answer; from its own address they still do.
+nat_spoof() {
+    need_domu || return $?
+    on_bochs && { echo "no NAT DomU under Bochs (see above)"; return 4; }
+    keelctl list | grep -q '^natguest ' || { echo "no NAT DomU"; return 1; }
+    d=$(domid_of natguest)
+    drops() { nft list table ip keel-d$d-vif$d.0 | sed -n "s/.*iifname \"vif$d.0\" ip saddr != 10.99.2.2 counter packets \([0-9]*\) .*drop.*/\1/p"; }
+    before=$(drops)
+    [ -n "$before" ] || { echo "no anti-spoof rule:"; nft list table ip keel-d$d-vif$d.0; return 1; }
+    r=$(guest natguest "ip addr add 10.99.2.77/32 dev eth0; ping -c 3 -W 2 -I 10.99.2.77 192.168.77.2 >/dev/null 2>&1 && echo answered; ip addr del 10.99.2.77/32 dev eth0; ping -c 1 -W 5 192.168.77.2 >/dev/null 2>&1 && echo own-ok") || return 1
+    after=$(drops)
+    [ "$r" = own-ok ] || { echo "the guest's pings: '$r' (want only own-ok)"; return 1; }
+    [ $((after - before)) -ge 3 ] || { echo "the rule counted $((after - before)) spoofed packets, not 3"; nft list table ip keel-d$d-vif$d.0; return 1; }
+}
+check xen_net.nat_vif_drops_what_the_guest_sends_from_another_address nat_spoof
 
 # A vif that takes the address of one gone does not inherit its connections: the DomU opens a
 # TCP connection to the outside through vif 0 and gets the first line; vif 0 is detached and a
