@@ -1071,7 +1071,8 @@ mod tests {
             let (mut t, root) = TestTables::with_root(64);
             // 1 GiB, 2 MiB and 4 KiB leaves, a split large page with a hole, and an
             // execute-only page (present for EPT, a leaf NPT cannot express: not mapped).
-            let (gpa, hpa, size) = (0x3fe0_0000u64, 0x3_0000_0000u64, 0x4060_3000u64);
+            // gpa 0x4000_0000 meets hpa 0x3_0000_0000: the 1 GiB leaf.
+            let (gpa, hpa, size) = (0x3fe0_0000u64, 0x2_ffe0_0000u64, 0x4060_3000u64);
             map(
                 &mut t,
                 fmt,
@@ -1083,8 +1084,12 @@ mod tests {
                 LargePages::Upto1G,
             )
             .unwrap();
-            remap(&mut t, fmt, root, 0x4020_0000, None).unwrap();
-            remap(&mut t, fmt, root, 0x4020_1000, Some((0x9000, Perms::RWX))).unwrap();
+            assert_eq!(
+                translate(&mut t, fmt, root, 0x4000_0000).unwrap().page_size,
+                1 << 30
+            );
+            remap(&mut t, fmt, root, 0x8020_0000, None).unwrap();
+            remap(&mut t, fmt, root, 0x8020_1000, Some((0x9000, Perms::RWX))).unwrap();
             let xo = Perms::new(false, false, true);
             let _ = map(
                 &mut t,
@@ -1097,7 +1102,7 @@ mod tests {
                 LargePages::None,
             );
             let mut probes = vec![0, 0x1000, 0x1fff, gpa - 1, gpa + size, GPA_LIMIT, u64::MAX];
-            for base in [gpa, 0x4000_0000, 0x4020_0000, 0x8000_0000] {
+            for base in [gpa, 0x4000_0000, 0x4020_0000, 0x8000_0000, 0x8020_0000] {
                 for off in [
                     0,
                     1,

@@ -186,7 +186,7 @@ impl slat::Tables for DirectTables {
 
     fn entries(&mut self, phys: u64) -> &mut [u64; 512] {
         // SAFETY: Table pages are module allocations in the direct map; root mode only reads
-        // them (`translate` does not write).
+        // them (`translate` and `host_address` do not write).
         unsafe { &mut *((self.0 + phys) as *mut [u64; 512]) }
     }
 }

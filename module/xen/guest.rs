@@ -116,10 +116,11 @@ impl<'a> Guest<'a> {
     }
 
     /// Where `len` bytes at `gva`, all in one page of writable RAM, are in Linux's direct map
-    /// (valid while the domain lives); `None` when they are not so (a caller then goes through
-    /// [`Guest::write`]).
+    /// (the page stays the domain's while the calling vCPU thread is between runs: the balloon
+    /// frees a page only after `Xen::quiesce`); `None` when they are not so (a caller then goes
+    /// through [`Guest::write`]).
     pub(super) fn writable_ptr(&self, gva: u64, len: usize) -> Option<*mut u8> {
-        if len == 0 || (self.at(gva, 0) & 0xfff) as usize + len > 4096 {
+        if len == 0 || len > 4096 - (self.at(gva, 0) & 0xfff) as usize {
             return None;
         }
         let gpa = self.gpa(self.at(gva, 0), true)?;

@@ -823,40 +823,43 @@ impl Xen {
             .gva
             .wrapping_add(VcpuRunstateInfo::state_entry_time_offset(w) as u64);
         let (b, n) = r.bytes(w, if flag { UPDATE } else { 0 });
+        // With the flag, the protocol a guest reading the area expects (Xen's): the flag set
+        // in the entry time's top byte alone, then the rest, then the flag cleared in that byte
+        // alone; a one-byte store is never torn, so a guest sees the flag or a whole update.
+        let top = entry_at.wrapping_add(7);
+        let flagged = ((r.entry | UPDATE) >> 56) as u8;
+        let unflagged = (r.entry >> 56) as u8;
         // The usual case: the area is in one page, found by one walk of the guest's tables.
         if let Some(p) = g.writable_ptr(r.gva, n) {
-            let at = entry_at.wrapping_sub(r.gva) as usize;
-            // SAFETY: `p` is the area's `n` bytes in one page of the domain's RAM (direct
-            // map); the entry time lies within them; the guest may read them meanwhile, as
-            // it may on Xen.
-            let put = |off: usize, bytes: &[u8]| unsafe {
+            let top = top.wrapping_sub(r.gva) as usize;
+            let put = |off: usize, bytes: &[u8]| {
                 for (i, &x) in bytes.iter().enumerate() {
-                    p.add(off + i).write_volatile(x);
+                    // SAFETY: `p` is the area's `n` bytes in one page of the domain's RAM
+                    // (direct map) and `off + i` is below `n` (the entry time's top byte
+                    // lies within the area); the page stays the domain's while this vCPU
+                    // thread is between runs (the balloon frees a page only after
+                    // `Xen::quiesce`); the guest may read the bytes meanwhile, as on Xen.
+                    unsafe { p.add(off + i).write_volatile(x) };
                 }
             };
             if flag {
-                // As below: the flagged entry time, the rest, the entry time.
-                put(at, &(r.entry | UPDATE).to_le_bytes());
+                put(top, &[flagged]);
                 core::sync::atomic::fence(Ordering::SeqCst);
                 put(0, &b[..n]);
                 core::sync::atomic::fence(Ordering::SeqCst);
-                put(at, &r.entry.to_le_bytes());
+                put(top, &[unflagged]);
             } else {
                 put(0, &b[..n]);
             }
             return;
         }
         if flag {
-            // The protocol a guest reading it expects: the flag first, then the rest, then
-            // the entry time without the flag.
-            let _ = g.write(entry_at, &(r.entry | UPDATE).to_le_bytes());
+            let _ = g.write(top, &[flagged]);
             core::sync::atomic::fence(Ordering::SeqCst);
-            let (b, n) = r.bytes(w, UPDATE);
             let _ = g.write(r.gva, &b[..n]);
             core::sync::atomic::fence(Ordering::SeqCst);
-            let _ = g.write(entry_at, &r.entry.to_le_bytes());
+            let _ = g.write(top, &[unflagged]);
         } else {
-            let (b, n) = r.bytes(w, 0);
             let _ = g.write(r.gva, &b[..n]);
         }
     }

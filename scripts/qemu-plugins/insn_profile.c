@@ -14,6 +14,8 @@
  * the kernel that the DomU runs from Dom0's, both at the same virtual addresses) and its
  * length in instructions (count / insns: the times it ran).
  *
+ * For -icount (one thread runs every CPU): the counters and the list of blocks take no lock.
+ *
  * usage: -plugin scripts/qemu-plugins/insn_profile.so,out=PREFIX
  *
  * Built by profile.sh (gcc -shared -fPIC).
@@ -25,7 +27,7 @@
 
 #include "plugin_api.h"
 
-EXPORT int qemu_plugin_version = 2;
+EXPORT int qemu_plugin_version = 3;
 
 /* One translation of a block; a block translated again gets another (the report adds). */
 struct block {

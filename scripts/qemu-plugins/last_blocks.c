@@ -6,6 +6,9 @@
  * writes the file before QEMU optimizes and compiles the block, where its own bugs in an
  * instruction's translation crash it.
  *
+ * For single-threaded TCG (run-vm --tcg-single): with a thread per CPU, two translations at
+ * once could share a slot.
+ *
  * usage: -plugin last_blocks.so,out=FILE
  * FILE then holds SLOTS text slots, each NUL-padded: "seq N vaddr X insns K: HEX HEX ...\n"
  * (one HEX per instruction, its bytes); the slot with the highest N is the last block.
@@ -19,7 +22,7 @@
 
 #include "plugin_api.h"
 
-EXPORT int qemu_plugin_version = 2;
+EXPORT int qemu_plugin_version = 3;
 
 #define SLOT 4096
 #define SLOTS 8
@@ -60,8 +63,12 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
 	if (argc != 1 || strncmp(argv[0], "out=", 4))
 		return -1;
 	int fd = open(argv[0] + 4, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0 || ftruncate(fd, SLOT * SLOTS))
+	if (fd < 0)
 		return -1;
+	if (ftruncate(fd, SLOT * SLOTS)) {
+		close(fd);
+		return -1;
+	}
 	slots = mmap(NULL, SLOT * SLOTS, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (slots == MAP_FAILED)

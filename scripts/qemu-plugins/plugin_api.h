@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The part of QEMU's TCG plugin API (include/qemu/qemu-plugin.h, API versions 2 to 4) that
- * Keel's plugins use, declared here: Debian's QEMU packages do not ship the header.
+ * The part of QEMU's TCG plugin API (include/qemu/qemu-plugin.h, API version 3 and later: its
+ * copying qemu_plugin_insn_data) that Keel's plugins use, declared here: Debian's QEMU packages
+ * do not ship the header.
  */
 #ifndef KEEL_PLUGIN_API_H
 #define KEEL_PLUGIN_API_H

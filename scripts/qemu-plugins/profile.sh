@@ -22,6 +22,6 @@ profile_report() {
     echo; echo "== where $4 went (every CPU's instructions from its start to its end)"
     "$KEEL_ROOT/scripts/qemu-plugins/profile-report" "$1/profile.$3" --dom0 "$1/profile.0" \
         --system-map "$KEEL_CACHE/kernel/keel/build/System.map" \
-        --module "$KEEL_ROOT/module/keel.ko" --module-text "$text" \
+        ${text:+--module "$KEEL_ROOT/module/keel.ko" --module-text "$text"} \
         ${domd:+--program "keel-domd=$KEEL_ROOT/target/x86_64-unknown-linux-gnu/release/keel-domd@$domd"}
 }
