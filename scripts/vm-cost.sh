@@ -8,6 +8,13 @@
 # mark clear|dump: with $profile=1, the marker of scripts/qemu-plugins/insn_profile.c (run-vm -f
 #   puts keel_mark in /keel/): clears the instruction counts, or writes and clears them.
 mark() { [ "${profile:-0}" = 0 ] || /keel/keel_mark "$1"; }
+# profile_addresses: with $profile=1, where keel.ko's text and keel-domd are (the report names
+#   their functions from them); call it while keel-domd runs.
+profile_addresses() {
+    [ "${profile:-0}" != 0 ] || return 0
+    echo "profile keel.ko text $(cat /sys/module/keel/sections/.text)"
+    echo "profile keel-domd base $(grep -m1 ' 00000000 .*keel-domd' /proc/$(pidof keel-domd | cut -d' ' -f1)/maps | cut -d- -f1)"
+}
 snap() {
     {
         for p in $(pidof keel-domd); do
