@@ -30,7 +30,10 @@
 # marks it would reach the guest), while a connection opened through the new vif works. A NAT vif attached at run time gets a
 # table of its own, removed at detach; `keelctl destroy` of a keel-domd that does not answer
 # kills it and removes the tables it left.
-# A vif on a bridge that does not exist, a routed or NAT vif without ip=, a NAT network that
+# A NAT vif without ip= (attached to the routed DomU, so under Bochs too) gets vif-nat's
+# default address, which its DHCP server gives the guest's udhcpc.
+# A vif on a bridge that does not exist, a routed vif without ip=, a NAT vif without ip=
+# whose devid leaves no room for vif-nat's default address, a NAT network that
 # overlaps one of Dom0's (the bridge's), and a hotplug script Keel does not know are refused
 # naming the vif, leaving nothing behind.
 # The second bridged DomU and the NAT DomU run under QEMU only (two more DomU boots under
@@ -44,7 +47,7 @@ br=keelbr0 size=4 vcpus=1 bulk=64
 mkdir -p $dir $dir/www
 rm -f $dir/guest_n
 
-tap_plan 17
+tap_plan 18
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -295,6 +298,40 @@ routed() {
 }
 check xen_net.routed_vif_dom0_reaches_the_domu_by_its_address routed
 
+# NAT without ip= (vif-nat's default), on the routed DomU (so Bochs runs it too: no DomU boot
+# of its own): a vif attached at run time gets Xen's address for devid 1,
+# 10.(domid/256).(domid%256).2/16, with its gateway 127 above (.129) on Dom0's end and a NAT
+# table of its own; the vif's DHCP server gives both and the domain's name to the guest's
+# udhcpc (the DomU initramfs's hook puts the address on eth1); the guest pings its gateway
+# through the vif and Dom0 pings the guest; the table and the route go with the vif.
+nat_dhcp() {
+    need_domu || return $?
+    keelctl list | grep -q '^routed ' || { echo "no routed DomU"; return 1; }
+    d=$(domid_of routed)
+    want=10.$((d / 256)).$((d % 256)).2 gw=10.$((d / 256)).$((d % 256)).129
+    keelctl network-attach routed 'script=vif-nat' >$out 2>$err || { cat $out $err; return 1; }
+    nft list table ip keel-d$d-vif$d.1 >$out 2>&1 || { cat $out; return 1; }
+    has $out masquerade || return 1
+    ip addr show vif$d.1 | grep -q "inet $gw/32" || { ip addr show vif$d.1; return 1; }
+    i=0
+    while ! keelctl network-list routed | awk '$1 == 1 && $5 == 4 { f = 1 } END { exit !f }'; do
+        i=$((i + 1)); [ $i -lt 300 ] || { echo "vif 1 not Connected:"; keelctl network-list routed; return 1; }
+        sleep 0.2
+    done
+    r=$(guest routed "ip link set eth1 up; udhcpc -i eth1 -f -q -n -t 5 -T 2 2>&1 | grep -e '^lease' -e 'udhcpc:' | tail -n 1") || return 1
+    case "$r" in
+        "lease eth1 ip=$want/16 router=$gw "*" hostname=routed") ;;
+        *) echo "the guest's lease: '$r' (want ip=$want/16 router=$gw hostname=routed)"; return 1 ;;
+    esac
+    r=$(guest routed "ping -c 2 -W 5 -I eth1 $gw >/dev/null 2>&1 && echo gateway-ok") || return 1
+    [ "$r" = gateway-ok ] || { echo "the guest cannot ping its NAT gateway $gw: '$r'"; return 1; }
+    ping -c 2 -W 5 $want >$out 2>&1 || { echo "Dom0 cannot ping $want:"; cat $out; return 1; }
+    keelctl network-detach routed 1 >$out 2>$err || { cat $out $err; return 1; }
+    if nft list table ip keel-d$d-vif$d.1 >$out 2>&1; then echo "vif 1's NAT table is still there:"; cat $out; return 1; fi
+    ! ip route | grep -q "^$want " || { ip route; return 1; }
+}
+check xen_net.nat_vif_without_ip_gets_xens_default_address_by_dhcp nat_dhcp
+
 routed_cleanup() {
     need_domu || return $?
     keelctl destroy routed || return 1
@@ -466,7 +503,8 @@ nat_cleanup() {
 }
 check xen_net.nat_rules_gone_after_destroy nat_cleanup
 
-# 7. Refusals: no such bridge, routed or NAT without an address, unknown scripts; nothing
+# 7. Refusals: no such bridge, routed without an address, NAT with no default address for
+# its devid, unknown scripts; nothing
 # left behind.
 refusals() {
     need_domu || return $?
@@ -474,9 +512,10 @@ refusals() {
     if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
     has $err "vif 0" || return 1
     has $err "nosuchbr" || return 1
-    cfg badnet info "vif = [ 'script=vif-nat' ]"
+    # vif-nat's default address has room for devids up to 126 only.
+    cfg badnet info "vif = [ 'script=vif-nat, devid=127' ]"
     if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
-    has $err "script=vif-nat needs the guest's private address" || return 1
+    has $err "vif 127: script=vif-nat without ip=" || return 1
     cfg badnet info "vif = [ 'script=vif-nat, ip=10.99.0.50' ]"
     if keelctl create $dir/badnet.cfg >$out 2>$err; then keelctl destroy badnet; echo "created"; return 1; fi
     has $err "overlaps $br's 10.99.0.1/24" || return 1

@@ -9,6 +9,7 @@
 //! so `--seed S --target T --iteration I` replays one input exactly, whatever ran before it.
 
 mod blkif;
+mod dhcp;
 mod exit;
 mod insn;
 mod misc;
@@ -94,6 +95,13 @@ const TARGETS: &[Target] = &[
         run: netif::run,
     },
     Target {
+        name: "dhcp",
+        what: "keel_backends::dhcp::answer to what a guest sends a NAT vif's DHCP server: \
+               no panic, replies well-formed and echoing the request, only the lease's \
+               address offered, OFFER/ACK/NAK/silence as RFC 2131 says",
+        run: dhcp::run,
+    },
+    Target {
         name: "logring",
         what: "logring::LogRing: arbitrary messages come back in order, truncated at a \
                character boundary, drops counted",
@@ -128,6 +136,7 @@ const TARGETS: &[Target] = &[
         logring       the root-mode log ring (logring.rs)\n  \
         blkif         the block backend's queue (keel-backends, blkif.rs)\n  \
         netif         the network backend's queue (keel-backends, netif.rs)\n  \
+        dhcp          a NAT vif's DHCP server (keel-backends, dhcp.rs)\n  \
         xenstore      the XenStore daemon's connection logic (xenstore.rs)"
 )]
 struct Args {

@@ -11,6 +11,7 @@
 //! DomU its request or its ring, never Dom0 its process.
 
 pub mod blk;
+pub mod dhcp;
 pub mod grant;
 pub mod nat;
 pub mod net;

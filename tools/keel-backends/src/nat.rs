@@ -4,7 +4,8 @@
 //!
 //! Each NAT vif gets an nftables table of its own, `ip keel-d<domid>-<vif>`, written through
 //! the `nft` program's JSON interface (the `nftables` crate): a `prerouting` filter chain that
-//! drops what the guest sends from another address (before Dom0 routes or takes it), a
+//! drops what the guest sends from another address (before Dom0 routes or takes it; but a
+//! DHCP client's broadcast from no address, for the vif's [`crate::dhcp`] server), a
 //! `postrouting` NAT chain masquerading the guest's address on its way out (out of
 //! `gatewaydev=` only, when the vif names one) and a `forward` filter chain that drops every
 //! new connection towards the guest. Dom0's own traffic to the guest (output, not forward) is
@@ -217,13 +218,17 @@ fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn ip_saddr() -> Expression<'static> {
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
-            protocol: Cow::Borrowed("ip"),
-            field: Cow::Borrowed("saddr"),
+            protocol: Cow::Borrowed(protocol),
+            field: Cow::Borrowed(field),
         },
     )))
+}
+
+fn ip_saddr() -> Expression<'static> {
+    payload("ip", "saddr")
 }
 
 fn string(s: &str) -> Expression<'static> {
@@ -266,6 +271,27 @@ fn ruleset(
         NfChainType::Filter,
         NfHook::Prerouting,
         -300,
+    )));
+    // Except a DHCP client's broadcast from no address yet (RFC 2131 4.1), for the vif's
+    // DHCP server (crate::dhcp): it reaches Dom0 alone, which routes no broadcast on.
+    b.add(NfListObject::Rule(rule(
+        name,
+        "prerouting",
+        vec![
+            matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
+            matches(ip_saddr(), Operator::EQ, string("0.0.0.0")),
+            matches(
+                payload("ip", "daddr"),
+                Operator::EQ,
+                string("255.255.255.255"),
+            ),
+            matches(
+                payload("udp", "dport"),
+                Operator::EQ,
+                Expression::Number(67),
+            ),
+            Statement::Accept(None),
+        ],
     )));
     b.add(NfListObject::Rule(rule(
         name,
@@ -391,6 +417,7 @@ mod tests {
             r#""type":"filter","hook":"prerouting","prio":-300"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"!="}},{"masquerade":null}"#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"counter":null},{"drop":null}"#,
+            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"0.0.0.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":"255.255.255.255","op":"=="}},{"match":{"left":{"payload":{"protocol":"udp","field":"dport"}},"right":67,"op":"=="}},{"accept":null}"#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"!="}},{"mangle":{"key":{"ct":{"key":"mark"}},"value":305419896}}"#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"=="}},{"accept":null}"#,
             r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"=="}},{"counter":null},{"drop":null}"#,

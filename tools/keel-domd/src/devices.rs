@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keel_backends::nat::NatRules;
 use keel_sys::{Domain, XenParam};
 use keel_xenstored::{
     client::{connect_domain, Client, Error as XsError, TxId},
@@ -27,7 +26,7 @@ use crate::{
     proto::{BlockInfo, NicInfo},
     ring::Confused,
     vbd::{open_disk, VbdSetup},
-    vif::{open_tap, VifSetup},
+    vif::{open_tap, NatVif, VifSetup},
     xenbus::Backend,
     xsnodes::{
         default_mac, domain_nodes, home, vbd_nodes, vif_nodes, DevicePaths, DomainFacts, Node,
@@ -194,8 +193,8 @@ struct ServedVif {
     mode: String,
     paths: DevicePaths,
     backend: Backend,
-    /// A NAT vif's nftables rules, removed when it goes.
-    _nat: Option<NatRules>,
+    /// A NAT vif's DHCP server and nftables rules, gone with it.
+    _nat: Option<NatVif>,
 }
 
 /// The domain's XenStore presence and backends.
@@ -212,6 +211,8 @@ pub struct Devices {
     vifs: Vec<ServedVif>,
     /// What a default MAC address is derived from: the domain's UUID or name.
     mac_key: String,
+    /// The domain's name (a NAT guest's host name, given by DHCP).
+    name: String,
     /// Paths removed when the domain goes.
     owned: Vec<String>,
 }
@@ -369,6 +370,7 @@ impl Devices {
             // The configured UUID, else the name: the default UUID has the domain id in it,
             // which changes at each start.
             mac_key: cfg.uuid.map_or_else(|| cfg.name.clone(), |u| u.to_string()),
+            name: cfg.name.clone(),
             owned,
         };
         match devices.populate(&mut c, guest, cfg, &facts) {
@@ -441,7 +443,7 @@ impl Devices {
     /// Makes a vif's TAP device, writes its two directories and starts its backend.
     fn add_vif(&mut self, c: &mut Client, vif: &Vif) -> Result<(), String> {
         let domid = u32::from(self.domid);
-        let (tap, nat, how) = open_tap(domid, vif)?;
+        let (tap, nat, how) = open_tap(domid, vif, &self.name, self.log.clone())?;
         let tap = Arc::new(tap);
         let mac = vif
             .mac

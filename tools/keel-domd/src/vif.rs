@@ -22,6 +22,7 @@ use std::{
 };
 
 use keel_backends::{
+    dhcp::{name_servers, DhcpServer, Lease},
     nat::NatRules,
     net::{
         shaper::Shaper,
@@ -72,14 +73,28 @@ fn routed_addresses(label: &str, vif: &Vif) -> Result<Vec<Ipv4Addr>, String> {
 
 /// A NAT vif's addresses (`ip=ADDR` or `ADDR/LEN`, one IPv4 address, LEN 8 to 30, /24 when
 /// not given): the guest's, Dom0's end (the first address of the guest's network, the
-/// guest's gateway) and the prefix length.
-fn nat_addresses(label: &str, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr, u32), String> {
+/// guest's gateway) and the prefix length. Without `ip=`, Xen's vif-nat default: the guest
+/// is 10.(domid / 256).(domid % 256).(devid + 1)/16 and its gateway that address plus 127
+/// (the same last octet rule as vif-nat's `routing_ip`), so a guest set up for Xen's NAT
+/// addresses finds them here too.
+fn nat_addresses(label: &str, domid: u32, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr, u32), String> {
     let text = vif.ip.as_deref().unwrap_or("").trim();
     if text.is_empty() {
-        return Err(format!(
-            "{label}: script=vif-nat needs the guest's private address (ip=ADDR[/LEN]): Keel \
-             serves no DHCP, the guest is configured with the same address"
-        ));
+        let last = vif.devid + 1;
+        if last + 127 > 254 || domid > 0xffff {
+            return Err(format!(
+                "{label}: script=vif-nat without ip=: Xen's default address \
+                 (10.(domid/256).(domid%256).(devid+1)/16) is for devids below 127; give ip="
+            ));
+        }
+        let guest = Ipv4Addr::new(10, (domid / 256) as u8, (domid % 256) as u8, last as u8);
+        let gateway = Ipv4Addr::new(
+            10,
+            (domid / 256) as u8,
+            (domid % 256) as u8,
+            (last + 127) as u8,
+        );
+        return Ok((guest, gateway, 16));
     }
     let (addr, len) = text.split_once('/').unwrap_or((text, "24"));
     let guest: Ipv4Addr = addr
@@ -133,22 +148,44 @@ fn nat_network_is_free(
 enum Mode {
     Bridge,
     Route(Vec<Ipv4Addr>),
-    Nat { guest: Ipv4Addr, gateway: Ipv4Addr },
+    Nat {
+        guest: Ipv4Addr,
+        gateway: Ipv4Addr,
+        prefix: u32,
+    },
+}
+
+/// What a NAT vif holds in Dom0 besides its TAP: its DHCP server and its nftables rules,
+/// stopped and removed (in that order) when it is dropped.
+pub struct NatVif {
+    _dhcp: Option<DhcpServer>,
+    _rules: NatRules,
 }
 
 /// Makes and configures the vif's TAP device as its mode asks, as Xen's vif-bridge,
 /// vif-route and vif-nat scripts do; refuses what is not served, naming the vif and the key.
-/// Returns the TAP, a NAT vif's rules (removed when dropped) and what was done, for the log.
-pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String), String> {
+/// A NAT vif also gets a DHCP server that gives the guest its address, its gateway, Dom0's
+/// name servers and `host_name` (vif-nat's `dhcp=yes`); it logs through `log`. Returns the
+/// TAP, what a NAT vif holds (removed when dropped) and what was done, for the log.
+pub fn open_tap(
+    domid: u32,
+    vif: &Vif,
+    host_name: &str,
+    log: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<(Tap, Option<NatVif>, String), String> {
     let label = format!("vif {}", vif.devid);
     let mode = match &vif.script {
         VifScript::Bridge => Mode::Bridge,
         VifScript::Route => Mode::Route(routed_addresses(&label, vif)?),
         VifScript::Nat => {
-            let (guest, gateway, prefix) = nat_addresses(&label, vif)?;
+            let (guest, gateway, prefix) = nat_addresses(&label, domid, vif)?;
             let dom0 = ipv4_addresses().map_err(|e| format!("{label}: Dom0's addresses: {e}"))?;
             nat_network_is_free(&label, guest, prefix, &dom0)?;
-            Mode::Nat { guest, gateway }
+            Mode::Nat {
+                guest,
+                gateway,
+                prefix,
+            }
         }
         VifScript::Other(p) => {
             return Err(format!(
@@ -169,7 +206,7 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String)
     }
     let name = tap_name(domid, vif);
     let tap = Tap::create(&name).map_err(|e| format!("{label}: {e}"))?;
-    let setup = || -> std::io::Result<(Option<NatRules>, String)> {
+    let setup = || -> std::io::Result<(Option<NatVif>, String)> {
         tap.set_mac(BACKEND_MAC)?;
         if let Some(mtu) = vif.mtu.filter(|&m| m != 0) {
             tap.set_mtu(mtu)?;
@@ -201,7 +238,11 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String)
                     format!("routed: {} through it, from {main} ({dev})", list.join(" ")),
                 ))
             }
-            Mode::Nat { guest, gateway } => {
+            Mode::Nat {
+                guest,
+                gateway,
+                prefix,
+            } => {
                 let out = vif.gatewaydev.as_deref();
                 if let Some(dev) = out {
                     Tap::index_of(dev).map_err(|e| {
@@ -218,12 +259,34 @@ pub fn open_tap(domid: u32, vif: &Vif) -> Result<(Tap, Option<NatRules>, String)
                 // The rules first: no moment with the guest routed but not yet filtered.
                 let rules = NatRules::install(domid, &name, *guest, out)?;
                 routed(*gateway, &[*guest])?;
+                let lease = Lease {
+                    addr: *guest,
+                    prefix: *prefix,
+                    gateway: *gateway,
+                    dns: std::fs::read_to_string("/etc/resolv.conf")
+                        .map(|t| name_servers(&t))
+                        .unwrap_or_default(),
+                    host_name: Some(host_name.to_owned()),
+                    seconds: 86400,
+                };
+                // Without DHCP the guest can still be given the address by hand: a warning.
+                let (dhcp, served) = match DhcpServer::start(&name, lease, log.clone()) {
+                    Ok(d) => (Some(d), "DHCP served".to_owned()),
+                    Err(e) => (None, format!("no DHCP ({e})")),
+                };
                 let how = format!(
-                    "NAT: {guest} masqueraded out of {}, its gateway {gateway} (nftables table {})",
+                    "NAT: {guest}/{prefix} masqueraded out of {}, its gateway {gateway}, {served} \
+                     (nftables table {})",
                     out.unwrap_or("any other interface"),
                     rules.table()
                 );
-                Ok((Some(rules), how))
+                Ok((
+                    Some(NatVif {
+                        _dhcp: dhcp,
+                        _rules: rules,
+                    }),
+                    how,
+                ))
             }
         }
     };
@@ -466,7 +529,7 @@ mod tests {
 
     #[test]
     fn nat_addresses_give_the_gateway_first_in_the_network() {
-        let a = |spec| nat_addresses("vif 0", &vif(spec));
+        let a = |spec| nat_addresses("vif 0", 3, &vif(spec));
         let ip = Ipv4Addr::new;
         assert_eq!(
             a("script=vif-nat, ip=10.99.2.7"),
@@ -480,6 +543,22 @@ mod tests {
             a("script=vif-nat, ip=192.168.5.6/30"),
             Ok((ip(192, 168, 5, 6), ip(192, 168, 5, 5), 30))
         );
+        // Without ip=: Xen's vif-nat default, the gateway 127 above the guest.
+        assert_eq!(
+            a("script=vif-nat"),
+            Ok((ip(10, 0, 3, 1), ip(10, 0, 3, 128), 16))
+        );
+        let b = |domid, spec| nat_addresses("vif 1", domid, &vif(spec));
+        assert_eq!(
+            b(300, "script=vif-nat, devid=1"),
+            Ok((ip(10, 1, 44, 2), ip(10, 1, 44, 129), 16))
+        );
+        assert_eq!(
+            b(256, "script=vif-nat, devid=126"),
+            Ok((ip(10, 1, 0, 127), ip(10, 1, 0, 254), 16))
+        );
+        let e = b(3, "script=vif-nat, devid=127").unwrap_err();
+        assert!(e.contains("for devids below 127; give ip="), "{e}");
         for (spec, says) in [
             ("script=vif-nat, ip=10.99.2.255", "broadcast"),
             (
@@ -526,10 +605,6 @@ mod tests {
     fn modes_not_served_are_refused_before_anything_is_made() {
         for (spec, says) in [
             (
-                "script=vif-nat",
-                "script=vif-nat needs the guest's private address",
-            ),
-            (
                 "script=vif-nat, ip=10.0.0.1",
                 "is the network's first or broadcast",
             ),
@@ -537,7 +612,9 @@ mod tests {
             ("backend=netdom", "backend=netdom"),
             ("script=vif-route", "ip="),
         ] {
-            let e = open_tap(3, &vif(spec)).map(|_| ()).unwrap_err();
+            let e = open_tap(3, &vif(spec), "guest", Arc::new(|_: &str| {}))
+                .map(|_| ())
+                .unwrap_err();
             assert!(e.starts_with("vif 0: ") && e.contains(says), "{spec}: {e}");
         }
     }

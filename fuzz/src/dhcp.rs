@@ -1,0 +1,172 @@
+//! The NAT vif's DHCP server (`keel_backends::dhcp::answer`) against what a guest sends:
+//! plain random bytes, and client messages built field by field (type, ciaddr, options
+//! 50 and 54, pads, unknown and over-long options) then cut or corrupted at random.
+
+use std::net::Ipv4Addr;
+
+use keel_backends::dhcp::{answer, parse, Lease, MessageType};
+use rand::Rng as _;
+
+use crate::{Finding, Rng};
+
+const COOKIE: [u8; 4] = [99, 130, 83, 99];
+
+fn lease(rng: &mut Rng) -> Lease {
+    Lease {
+        addr: Ipv4Addr::new(10, 0, 3, 1),
+        prefix: rng.random_range(8..=30),
+        gateway: Ipv4Addr::new(10, 0, 3, 128),
+        dns: (0..rng.random_range(0..80))
+            .map(|i| Ipv4Addr::new(192, 0, 2, i))
+            .collect(),
+        host_name: rng
+            .random_bool(0.7)
+            .then(|| "h".repeat(rng.random_range(0..300))),
+        seconds: rng.random(),
+    }
+}
+
+/// An address that is the lease's, its gateway's, zero or anything.
+fn address(rng: &mut Rng) -> [u8; 4] {
+    match rng.random_range(0..4) {
+        0 => [10, 0, 3, 1],
+        1 => [10, 0, 3, 128],
+        2 => [0; 4],
+        _ => rng.random(),
+    }
+}
+
+fn message(rng: &mut Rng) -> Vec<u8> {
+    if rng.random_bool(0.1) {
+        let mut m = vec![0u8; rng.random_range(0..600)];
+        rng.fill(&mut m[..]);
+        return m;
+    }
+    let mut m = vec![0u8; 236];
+    rng.fill(&mut m[..]);
+    m[..3].copy_from_slice(&[1, 1, 6]);
+    m[12..16].copy_from_slice(&address(rng));
+    m.extend_from_slice(&COOKIE);
+    for _ in 0..rng.random_range(0..8) {
+        match rng.random_range(0..6) {
+            0 => m.extend_from_slice(&[53, 1, rng.random_range(0..10)]),
+            1 => {
+                m.extend_from_slice(&[50, 4]);
+                m.extend_from_slice(&address(rng));
+            }
+            2 => {
+                m.extend_from_slice(&[54, 4]);
+                m.extend_from_slice(&address(rng));
+            }
+            3 => m.push(0),
+            4 => {
+                let len = rng.random_range(0..=255u8);
+                m.extend_from_slice(&[rng.random(), len]);
+                m.extend((0..len).map(|_| rng.random::<u8>()));
+            }
+            _ => m.extend_from_slice(&[53, rng.random_range(0..4), rng.random()]),
+        }
+    }
+    if rng.random_bool(0.8) {
+        m.push(255);
+    }
+    match rng.random_range(0..5) {
+        0 => m.truncate(rng.random_range(0..=m.len())),
+        1 => {
+            let at = rng.random_range(0..m.len());
+            m[at] = rng.random();
+        }
+        _ => {}
+    }
+    m
+}
+
+/// The options of a reply, read strictly: every option whole, an END at the end.
+fn reply_options(r: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    let mut out = Vec::new();
+    let mut rest = r.get(240..).ok_or("no options")?;
+    loop {
+        let (&code, tail) = rest.split_first().ok_or("no END option")?;
+        if code == 255 {
+            return Ok(out);
+        }
+        let (&len, tail) = tail.split_first().ok_or("an option without a length")?;
+        let value = tail
+            .get(..usize::from(len))
+            .ok_or("an option past the end")?;
+        out.push((code, value));
+        rest = &tail[usize::from(len)..];
+    }
+}
+
+/// One input: the answer, if any, is a well-formed BOOTREPLY that echoes the request, offers
+/// only the lease's address, and answers only what the protocol says it should.
+pub fn run(rng: &mut Rng) -> Result<(), Finding> {
+    let l = lease(rng);
+    let m = message(rng);
+    let req = parse(&m);
+    let Some(a) = answer(&m, &l) else {
+        // Silence is right for a malformed message or a client's non-request; a DISCOVER or
+        // INFORM always gets an answer.
+        return match req {
+            Some(r) if matches!(r.kind, MessageType::Discover | MessageType::Inform) => {
+                Err(format!("no answer to a {:?}", r.kind))
+            }
+            _ => Ok(()),
+        };
+    };
+    let Some(req) = req else {
+        return Err("an answer to a message parse() refuses".into());
+    };
+    let r = &a.bytes;
+    if r.len() < 300 || r[..3] != [2, 1, 6] || r[236..240] != COOKIE {
+        return Err(format!(
+            "a malformed reply header: {:?}",
+            &r[..r.len().min(12)]
+        ));
+    }
+    if r[4..8] != req.xid || r[10..12] != req.flags || r[28..44] != req.chaddr[..] {
+        return Err("xid, flags or chaddr not echoed".into());
+    }
+    let yiaddr = Ipv4Addr::from(<[u8; 4]>::try_from(&r[16..20]).expect("4 bytes"));
+    let options = reply_options(r)?;
+    let kind = options
+        .iter()
+        .find(|(c, _)| *c == 53)
+        .map(|(_, v)| *v)
+        .ok_or("no message type")?;
+    if kind != [a.kind as u8] {
+        return Err(format!("type option {kind:?} for a {:?}", a.kind));
+    }
+    let expected = match req.kind {
+        MessageType::Discover => MessageType::Offer,
+        MessageType::Inform => MessageType::Ack,
+        MessageType::Request if req.server_id.is_some_and(|s| s != l.gateway) => {
+            return Err("an answer to a REQUEST for another server".into())
+        }
+        MessageType::Request if req.requested.unwrap_or(req.ciaddr) == l.addr => MessageType::Ack,
+        MessageType::Request => MessageType::Nak,
+        k => return Err(format!("an answer to a {k:?}")),
+    };
+    if a.kind != expected {
+        return Err(format!(
+            "{:?} for a {:?}, not {expected:?}",
+            a.kind, req.kind
+        ));
+    }
+    let offers = matches!(a.kind, MessageType::Offer)
+        || (a.kind == MessageType::Ack && req.kind == MessageType::Request);
+    if yiaddr
+        != if offers {
+            l.addr
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        }
+    {
+        return Err(format!("yiaddr {yiaddr} in a {:?}", a.kind));
+    }
+    if a.to != Ipv4Addr::BROADCAST && a.to != req.ciaddr {
+        return Err(format!("sent to {} (ciaddr {})", a.to, req.ciaddr));
+    }
+    Ok(())
+}
