@@ -1,10 +1,11 @@
-//! The NAT vif's DHCP server (`keel_backends::dhcp::answer`) against what a guest sends:
-//! plain random bytes, and client messages built field by field (type, ciaddr, options
-//! 50 and 54, pads, unknown and over-long options) then cut or corrupted at random.
+//! The NAT vif's DHCP server (`keel_backends::dhcp::answer`, and `server_datagram` for the IP
+//! and UDP headers around it) against what a guest sends: plain random bytes, and client
+//! messages built field by field (type, ciaddr, options 50 and 54, pads, unknown and
+//! over-long options) then cut or corrupted at random.
 
 use std::net::Ipv4Addr;
 
-use keel_backends::dhcp::{answer, parse, Lease, MessageType};
+use keel_backends::dhcp::{answer, parse, server_datagram, Lease, MessageType};
 use rand::Rng as _;
 
 use crate::{Finding, Rng};
@@ -99,17 +100,72 @@ fn reply_options(r: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     }
 }
 
+/// `payload` in an IPv4 UDP datagram to port 67 as the packet socket reads it, perhaps with
+/// IP options, Ethernet padding, and one field made wrong.
+fn datagram(rng: &mut Rng, payload: &[u8]) -> Vec<u8> {
+    let options = rng.random_range(0..=10) * 4 * usize::from(rng.random_bool(0.2));
+    let total = 20 + options + 8 + payload.len();
+    let mut d = vec![0x45 + (options / 4) as u8, 0];
+    d.extend_from_slice(&(total as u16).to_be_bytes());
+    d.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]);
+    d.extend((0..options).map(|_| rng.random::<u8>()));
+    d.extend_from_slice(&[0, 68, 0, 67]);
+    d.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(payload);
+    if rng.random_bool(0.2) {
+        d.extend((0..rng.random_range(0..40)).map(|_| 0u8));
+    }
+    if rng.random_bool(0.3) {
+        let at = rng.random_range(0..(28 + options).min(d.len()));
+        d[at] = rng.random();
+    }
+    d
+}
+
+/// server_datagram's answer holds only if the datagram is what it must be: IPv4, UDP, to
+/// port 67, not a fragment, and the payload is the UDP length's within the total length's.
+fn check_datagram(d: &[u8], got: Option<&[u8]>) -> Result<(), Finding> {
+    let Some(p) = got else { return Ok(()) };
+    let ihl = usize::from(d[0] & 0xf) * 4;
+    let total = usize::from(u16::from_be_bytes([d[2], d[3]]));
+    let ok = d[0] >> 4 == 4
+        && ihl >= 20
+        && d[9] == 17
+        && u16::from_be_bytes([d[6], d[7]]) & 0x3fff == 0
+        && total <= d.len()
+        && ihl + 8 <= total
+        && d[ihl + 2..ihl + 4] == [0, 67];
+    let ulen = usize::from(u16::from_be_bytes([d[ihl + 4], d[ihl + 5]]));
+    let start = d.as_ptr() as usize;
+    let at = p.as_ptr() as usize - start;
+    if !ok || at != ihl + 8 || at + p.len() > total || p.len() != ulen.max(8) - 8 {
+        return Err(format!(
+            "server_datagram took {} bytes at {at} from {d:?}",
+            p.len()
+        ));
+    }
+    Ok(())
+}
+
 /// One input: the answer, if any, is a well-formed BOOTREPLY that echoes the request, offers
 /// only the lease's address, and answers only what the protocol says it should.
 pub fn run(rng: &mut Rng) -> Result<(), Finding> {
     let l = lease(rng);
     let m = message(rng);
+    if rng.random_bool(0.3) {
+        let d = datagram(rng, &m);
+        check_datagram(&d, server_datagram(&d))?;
+    }
     let req = parse(&m);
     let Some(a) = answer(&m, &l) else {
         // Silence is right for a malformed message or a client's non-request; a DISCOVER or
         // INFORM always gets an answer.
         return match req {
-            Some(r) if matches!(r.kind, MessageType::Discover | MessageType::Inform) => {
+            Some(r)
+                if r.kind == MessageType::Discover
+                    || (r.kind == MessageType::Inform && r.ciaddr == l.addr) =>
+            {
                 Err(format!("no answer to a {:?}", r.kind))
             }
             _ => Ok(()),
@@ -140,7 +196,7 @@ pub fn run(rng: &mut Rng) -> Result<(), Finding> {
     }
     let expected = match req.kind {
         MessageType::Discover => MessageType::Offer,
-        MessageType::Inform => MessageType::Ack,
+        MessageType::Inform if req.ciaddr == l.addr => MessageType::Ack,
         MessageType::Request if req.server_id.is_some_and(|s| s != l.gateway) => {
             return Err("an answer to a REQUEST for another server".into())
         }
@@ -165,7 +221,8 @@ pub fn run(rng: &mut Rng) -> Result<(), Finding> {
     {
         return Err(format!("yiaddr {yiaddr} in a {:?}", a.kind));
     }
-    if a.to != Ipv4Addr::BROADCAST && a.to != req.ciaddr {
+    // Only the lease's address, never one the guest names (Dom0's own, say).
+    if a.to != Ipv4Addr::BROADCAST && (a.to != l.addr || a.to != req.ciaddr) {
         return Err(format!("sent to {} (ciaddr {})", a.to, req.ciaddr));
     }
     Ok(())

@@ -3,18 +3,17 @@
 //! router, host name). [`answer`] is the whole protocol (RFC 2131 messages, RFC 2132
 //! options) over bytes the guest sent, which are hostile: a message that is not a well-formed
 //! BOOTREQUEST from an Ethernet client gets no answer. [`DhcpServer`] serves it on the vif's
-//! TAP device: a UDP socket on port 67 bound to that device alone, whose broadcasts leave
-//! through the TAP, that is, towards the guest.
+//! TAP device: it reads the guest's datagrams to port 67 from a packet socket on the TAP
+//! (before Dom0's IP stack, whose NAT rules drop the unconfigured client's broadcast from
+//! 0.0.0.0, so that no other DHCP service of Dom0 hears the guest) and answers through a UDP
+//! socket on port 67 bound to that device alone, whose broadcasts leave through the TAP,
+//! that is, towards the guest.
 use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     thread::JoinHandle,
-    time::Duration,
 };
 
 /// The BOOTP header's length, up to the options' magic cookie (RFC 2131, figure 1).
@@ -23,6 +22,11 @@ const HEADER_LEN: usize = 236;
 const COOKIE: [u8; 4] = [99, 130, 83, 99];
 /// RFC 2131 2: a BOOTP relay or client expects a message of at least 300 bytes.
 const MIN_REPLY: usize = 300;
+/// Name servers given (resolv.conf's MAXNS) and the host name's bytes sent: with them every
+/// reply's options fit the 308 bytes a minimal client (busybox's udhcpc) reads, and the
+/// message the 576 bytes every client must take (RFC 2131 2).
+const MAX_DNS: usize = 3;
+const MAX_HOST_NAME: usize = 63;
 /// The server's and the client's UDP ports.
 pub const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
@@ -190,7 +194,8 @@ pub fn answer(msg: &[u8], lease: &Lease) -> Option<Answer> {
                 MessageType::Nak
             }
         }
-        MessageType::Inform => MessageType::Ack,
+        // Only from the guest's own address: the answer goes there.
+        MessageType::Inform if req.ciaddr == lease.addr => MessageType::Ack,
         _ => return None,
     };
     let inform = req.kind == MessageType::Inform;
@@ -225,7 +230,7 @@ pub fn answer(msg: &[u8], lease: &Lease) -> Option<Answer> {
         let dns: Vec<u8> = lease
             .dns
             .iter()
-            .take(63) // an option holds at most 255 bytes
+            .take(MAX_DNS)
             .flat_map(|a| a.octets())
             .collect();
         if !dns.is_empty() {
@@ -233,7 +238,7 @@ pub fn answer(msg: &[u8], lease: &Lease) -> Option<Answer> {
         }
         if let Some(name) = lease.host_name.as_deref().filter(|n| !n.is_empty()) {
             let name = name.as_bytes();
-            option(opt::HOST_NAME, &name[..name.len().min(255)]);
+            option(opt::HOST_NAME, &name[..name.len().min(MAX_HOST_NAME)]);
         }
     }
     out.push(opt::END);
@@ -241,8 +246,10 @@ pub fn answer(msg: &[u8], lease: &Lease) -> Option<Answer> {
         out.resize(MIN_REPLY, 0);
     }
     // A client that is renewing (ciaddr set, as RFC 2131 4.4.5) or INFORMs has its address
-    // and answers ARP: unicast to it; a NAK and everything else go by broadcast.
-    let to = if !req.ciaddr.is_unspecified() && kind != MessageType::Nak {
+    // and answers ARP: unicast to it; a NAK and everything else go by broadcast. Only the
+    // lease's address is ever a destination: ciaddr is the guest's to write, and another
+    // (the gateway's, Dom0's own) would send the reply into Dom0.
+    let to = if req.ciaddr == lease.addr && kind != MessageType::Nak {
         req.ciaddr
     } else {
         Ipv4Addr::BROADCAST
@@ -265,44 +272,157 @@ pub fn name_servers(resolv_conf: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// The UDP payload of an IPv4 datagram to the server's port, as a packet socket gives it
+/// (from the IP header on): IPv4 with a header of 20 to 60 bytes, its total length within the
+/// bytes (an Ethernet frame may pad them), not a fragment, UDP to port 67 whose length fits.
+/// The checksum is not checked: a guest's netfront may leave it to the backend (offload).
+pub fn server_datagram(ip: &[u8]) -> Option<&[u8]> {
+    let (&vihl, _) = ip.split_first()?;
+    let ihl = usize::from(vihl & 0xf) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?));
+    let frag = u16::from_be_bytes(ip.get(6..8)?.try_into().ok()?);
+    if *ip.get(9)? != 17 || frag & 0x3fff != 0 || total < ihl {
+        return None;
+    }
+    let udp = ip.get(ihl..total)?;
+    if udp.get(2..4)? != SERVER_PORT.to_be_bytes() {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes(udp.get(4..6)?.try_into().ok()?));
+    udp.get(8..len.max(8))
+}
+
 /// The DHCP server of one vif: a thread answering on its device until dropped.
 pub struct DhcpServer {
-    socket: Arc<UdpSocket>,
-    stop: Arc<AtomicBool>,
+    wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// A UDP socket on port 67 that sees and sends only through `dev`, and may broadcast.
-fn device_socket(dev: &str) -> io::Result<UdpSocket> {
+/// A classic BPF program (`struct sock_filter`s).
+fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr().cast_mut(),
+    };
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        as_bytes(&prog),
+    )
+}
+
+fn as_bytes<T>(v: &T) -> &[u8] {
+    // SAFETY: any initialized value may be read as its bytes, for as long as it lives.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: setsockopt reads `value.len()` bytes from a live slice.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn new_socket(
+    domain: libc::c_int,
+    kind: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let set = |level: libc::c_int, name: libc::c_int, value: &[u8]| -> io::Result<()> {
-        // SAFETY: setsockopt reads `value.len()` bytes from a live slice.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                name,
-                value.as_ptr().cast(),
-                value.len() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `linux/if_packet.h`: a packet socket skips the frames the device sends.
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// What the server reads: the guest's IPv4 datagrams to UDP port 67, from the vif's packet tap
+/// (ahead of Dom0's IP stack and its netfilter: the NAT vif's anti-spoof rule drops the
+/// unconfigured client's broadcast from 0.0.0.0 there, so that no other DHCP service of Dom0
+/// sees it). A BPF filter keeps the rest of the guest's traffic out of the socket.
+fn packet_socket(ifindex: i32) -> io::Result<OwnedFd> {
+    // Protocol 0: nothing is received before the filter is in place and the bind below.
+    let fd = new_socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // From the IP header: UDP (protocol 17), not a fragment, to port 67.
+    attach_filter(
+        &fd,
+        &[
+            insn(0x30, 0, 0, 9),      // ldb [9]
+            insn(0x15, 0, 6, 17),     // jeq #17, next, drop
+            insn(0x28, 0, 0, 6),      // ldh [6]
+            insn(0x45, 4, 0, 0x3fff), // jset #0x3fff, drop, next
+            insn(0xb1, 0, 0, 0),      // ldxb 4*([0]&0xf)
+            insn(0x48, 0, 0, 2),      // ldh [x+2]
+            insn(0x15, 0, 1, 67),     // jeq #67, accept, drop
+            insn(0x06, 0, 0, 0xffff), // accept: ret #65535
+            insn(0x06, 0, 0, 0),      // drop: ret #0
+        ],
+    )?;
+    // Best effort (Linux 4.20): what Dom0 sends the guest is not looked at at all.
+    let _ = setsockopt(
+        &fd,
+        libc::SOL_PACKET,
+        PACKET_IGNORE_OUTGOING,
+        &1i32.to_ne_bytes(),
+    );
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as libc::c_ushort;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex = ifindex;
+    // SAFETY: bind reads a sockaddr_ll of the size given from a live local.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
     };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// What the server sends through: a UDP socket on port 67 that sends only through `dev` and
+/// may broadcast (towards the guest: out of the TAP). It receives nothing (a filter drops
+/// all): the packet socket reads.
+fn send_socket(dev: &str) -> io::Result<UdpSocket> {
+    let fd = new_socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     let one = 1i32.to_ne_bytes();
+    attach_filter(
+        &fd,
+        &[libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }],
+    )?;
     // Dom0 may serve DHCP itself on other interfaces: port 67 is shared, per device.
-    set(libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
-    set(libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
-    set(libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes())
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes())
         .map_err(|e| io::Error::new(e.kind(), format!("binding a socket to {dev}: {e}")))?;
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -329,55 +449,98 @@ fn device_socket(dev: &str) -> io::Result<UdpSocket> {
 }
 
 impl DhcpServer {
-    /// Starts answering DHCP on device `dev` (a NAT vif's TAP, which must be up) with `lease`;
-    /// `log` gets one line per address handed out.
+    /// Starts answering DHCP on device `dev` (a NAT vif's TAP, up, with the lease's gateway as
+    /// its address) with `lease`; `log` gets a line when the guest first takes the lease.
     pub fn start(
         dev: &str,
+        ifindex: i32,
         lease: Lease,
         log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> io::Result<DhcpServer> {
-        let socket = Arc::new(device_socket(dev)?);
-        // A bound on how long a drop waits should the wake-up below be missed.
-        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st, name) = (socket.clone(), stop.clone(), dev.to_owned());
+        let packets = packet_socket(ifindex)?;
+        let sender = send_socket(dev)?;
+        // SAFETY: eventfd(2) has no memory preconditions; the result is checked.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
+        let (w, name) = (wake.clone(), dev.to_owned());
         let thread = std::thread::Builder::new()
             .name(format!("dhcp-{dev}"))
-            .spawn(move || serve(&s, &st, &lease, &name, &*log))?;
+            .spawn(move || serve(&packets, &sender, &w, &lease, &name, &*log))?;
         Ok(DhcpServer {
-            socket,
-            stop,
+            wake,
             thread: Some(thread),
         })
     }
 }
 
-fn serve(socket: &UdpSocket, stop: &AtomicBool, lease: &Lease, dev: &str, log: &dyn Fn(&str)) {
+fn serve(
+    packets: &OwnedFd,
+    sender: &UdpSocket,
+    wake: &OwnedFd,
+    lease: &Lease,
+    dev: &str,
+    log: &dyn Fn(&str),
+) {
     let mut buf = [0u8; 1500];
     let mut acked = false;
-    while !stop.load(Ordering::Acquire) {
-        let n = match socket.recv_from(&mut buf) {
-            Ok((n, _)) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: packets.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll reads and writes the two live pollfds given.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The wake-up of a drop (below).
-            Err(_) if stop.load(Ordering::Acquire) => return,
-            Err(e) => {
-                log(&format!("{dev}: DHCP server stopped: {e}"));
-                return;
-            }
+            log(&format!("{dev}: DHCP server stopped: {e}"));
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        // SAFETY: recv writes at most `buf.len()` bytes into the live buffer.
+        let n = unsafe {
+            libc::recv(
+                packets.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
         };
-        let Some(a) = answer(&buf[..n], lease) else {
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                continue;
+            }
+            log(&format!("{dev}: DHCP server stopped: {e}"));
+            return;
+        }
+        let Some(a) = buf
+            .get(..n as usize)
+            .and_then(server_datagram)
+            .and_then(|m| answer(m, lease))
+        else {
             continue;
         };
-        if let Err(e) = socket.send_to(&a.bytes, SocketAddrV4::new(a.to, CLIENT_PORT)) {
+        if let Err(e) = sender.send_to(&a.bytes, SocketAddrV4::new(a.to, CLIENT_PORT)) {
             log(&format!("{dev}: DHCP {:?} not sent: {e}", a.kind));
         } else if a.kind == MessageType::Ack && !acked {
             // Once: a guest renews every half lease.
@@ -392,12 +555,10 @@ fn serve(socket: &UdpSocket, stop: &AtomicBool, lease: &Lease, dev: &str, log: &
 
 impl Drop for DhcpServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // shutdown(2) wakes the thread's recv even on an unconnected UDP socket (it returns
-        // ENOTCONN, and sets the socket's shutdown state all the same); the read timeout is
-        // the fallback.
-        // SAFETY: the socket's descriptor is open for as long as `self.socket` lives.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write reads 8 bytes from a live array; the eventfd is open while `self.wake`
+        // lives.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -510,6 +671,18 @@ mod tests {
             (a.kind, a.to),
             (MessageType::Ack, Ipv4Addr::new(10, 0, 3, 1))
         );
+        // ciaddr is the guest's to write: only the lease's address gets a unicast.
+        let odd = request(1, [10, 0, 3, 128], &[]);
+        assert_eq!(
+            answer(&odd, &lease()).map(|a| a.to),
+            Some(Ipv4Addr::BROADCAST)
+        );
+        let renew_other = request(3, [10, 0, 3, 128], &[(50, &[10, 0, 3, 1])]);
+        assert_eq!(
+            answer(&renew_other, &lease()).map(|a| a.to),
+            Some(Ipv4Addr::BROADCAST)
+        );
+        assert_eq!(answer(&request(8, [10, 0, 3, 128], &[]), &lease()), None);
         let inform = request(8, [10, 0, 3, 1], &[]);
         let a = answer(&inform, &lease()).expect("an answer");
         assert_eq!(a.kind, MessageType::Ack);
@@ -557,8 +730,81 @@ mod tests {
         l.host_name = Some("n".repeat(400));
         l.dns = (0..100).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
         let a = answer(&request(1, [0; 4], &[]), &l).expect("an answer");
-        assert_eq!(option(&a.bytes, opt::HOST_NAME).map(|v| v.len()), Some(255));
-        assert_eq!(option(&a.bytes, opt::DNS).map(|v| v.len()), Some(252));
+        assert_eq!(
+            option(&a.bytes, opt::HOST_NAME).map(|v| v.len()),
+            Some(MAX_HOST_NAME)
+        );
+        assert_eq!(
+            option(&a.bytes, opt::DNS).map(|v| v.len()),
+            Some(4 * MAX_DNS)
+        );
+        assert!(a.bytes.len() - HEADER_LEN - 4 <= 308 && a.bytes.len() + 28 <= 576);
+    }
+
+    /// An IPv4 datagram: UDP from port 68 to `port` with `payload`.
+    fn datagram(port: u16, payload: &[u8]) -> Vec<u8> {
+        let total = 28 + payload.len();
+        let mut d = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
+        d.extend_from_slice(&[0, 0, 0, 0, 255, 255, 255, 255]);
+        d.extend_from_slice(&68u16.to_be_bytes());
+        d.extend_from_slice(&port.to_be_bytes());
+        d.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        d.extend_from_slice(&[0, 0]);
+        d.extend_from_slice(payload);
+        d
+    }
+
+    #[test]
+    fn server_datagrams_are_whole_unfragmented_udp_to_port_67() {
+        let d = datagram(67, b"hello");
+        assert_eq!(server_datagram(&d), Some(&b"hello"[..]));
+        // Ethernet padding after the datagram is not part of it.
+        let mut padded = d.clone();
+        padded.extend_from_slice(&[0; 20]);
+        assert_eq!(server_datagram(&padded), Some(&b"hello"[..]));
+        // IP options: the UDP header moves.
+        let mut opts = d.clone();
+        opts[0] = 0x46;
+        opts.splice(20..20, [1, 1, 1, 1]);
+        opts[3] += 4;
+        assert_eq!(server_datagram(&opts), Some(&b"hello"[..]));
+        assert_eq!(server_datagram(&datagram(68, b"x")), None, "another port");
+        for (at, value) in [
+            (0, 0x65),
+            (0, 0x44),
+            (9, 6),
+            (6, 0x20),
+            (7, 1),
+            (3, 27),
+            (3, 200),
+        ] {
+            let mut m = d.clone();
+            m[at] = value;
+            assert_eq!(server_datagram(&m), None, "byte {at} = {value:#x}");
+        }
+        // A UDP length past the datagram, or below its header.
+        let mut long = d.clone();
+        long[25] = 200;
+        assert_eq!(server_datagram(&long), None);
+        let mut short = d.clone();
+        short[25] = 3;
+        assert_eq!(server_datagram(&short), Some(&b""[..]));
+        for n in 0..d.len() {
+            assert_eq!(server_datagram(&d[..n]), None, "cut at {n}");
+        }
     }
 
     #[test]

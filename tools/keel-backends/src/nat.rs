@@ -4,8 +4,8 @@
 //!
 //! Each NAT vif gets an nftables table of its own, `ip keel-d<domid>-<vif>`, written through
 //! the `nft` program's JSON interface (the `nftables` crate): a `prerouting` filter chain that
-//! drops what the guest sends from another address (before Dom0 routes or takes it; but a
-//! DHCP client's broadcast from no address, for the vif's [`crate::dhcp`] server), a
+//! drops what the guest sends from another address (before Dom0 routes or takes it: the
+//! vif's [`crate::dhcp`] server reads the unconfigured client's broadcasts ahead of it), a
 //! `postrouting` NAT chain masquerading the guest's address on its way out (out of
 //! `gatewaydev=` only, when the vif names one) and a `forward` filter chain that drops every
 //! new connection towards the guest. Dom0's own traffic to the guest (output, not forward) is
@@ -272,8 +272,6 @@ fn ruleset(
         NfHook::Prerouting,
         -300,
     )));
-    // Except a DHCP client's broadcast from no address yet (RFC 2131 4.1), for the vif's
-    // DHCP server (crate::dhcp): it reaches Dom0 alone, which routes no broadcast on.
     b.add(NfListObject::Rule(rule(
         name,
         "prerouting",
@@ -417,7 +415,6 @@ mod tests {
             r#""type":"filter","hook":"prerouting","prio":-300"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"!="}},{"masquerade":null}"#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.99.2.2","op":"!="}},{"counter":null},{"drop":null}"#,
-            r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"0.0.0.0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":"255.255.255.255","op":"=="}},{"match":{"left":{"payload":{"protocol":"udp","field":"dport"}},"right":67,"op":"=="}},{"accept":null}"#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"vif3.0","op":"=="}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"!="}},{"mangle":{"key":{"ct":{"key":"mark"}},"value":305419896}}"#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"match":{"left":{"ct":{"key":"mark"}},"right":305419896,"op":"=="}},{"accept":null}"#,
             r#"{"match":{"left":{"meta":{"key":"oifname"}},"right":"vif3.0","op":"=="}},{"counter":null},{"drop":null}"#,

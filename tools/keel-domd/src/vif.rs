@@ -80,13 +80,13 @@ fn routed_addresses(label: &str, vif: &Vif) -> Result<Vec<Ipv4Addr>, String> {
 fn nat_addresses(label: &str, domid: u32, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Addr, u32), String> {
     let text = vif.ip.as_deref().unwrap_or("").trim();
     if text.is_empty() {
-        let last = vif.devid + 1;
-        if last + 127 > 254 || domid > 0xffff {
+        if vif.devid >= 127 || domid > 0xffff {
             return Err(format!(
                 "{label}: script=vif-nat without ip=: Xen's default address \
                  (10.(domid/256).(domid%256).(devid+1)/16) is for devids below 127; give ip="
             ));
         }
+        let last = vif.devid + 1;
         let guest = Ipv4Addr::new(10, (domid / 256) as u8, (domid % 256) as u8, last as u8);
         let gateway = Ipv4Addr::new(
             10,
@@ -116,6 +116,20 @@ fn nat_addresses(label: &str, domid: u32, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Ad
     Ok((guest, gateway, len))
 }
 
+/// The name servers a NAT guest is given: Dom0's (resolv.conf's) that are not on its
+/// loopback, else, behind systemd-resolved's local stub, the ones it forwards to.
+fn dom0_name_servers() -> Vec<Ipv4Addr> {
+    ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| name_servers(&t))
+                .unwrap_or_default()
+        })
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+}
+
 /// Whether the network `a`/`alen` and the network `b`/`blen` share an address.
 fn overlaps(a: Ipv4Addr, alen: u32, b: Ipv4Addr, blen: u32) -> bool {
     let len = alen.min(blen).min(32);
@@ -132,6 +146,12 @@ fn nat_network_is_free(
     prefix: u32,
     dom0: &[HostAddr],
 ) -> Result<(), String> {
+    if let Some(h) = dom0.iter().find(|h| h.addr == guest) {
+        return Err(format!(
+            "{label}: ip={guest}: that is an address of Dom0's ({}): pick another",
+            h.dev
+        ));
+    }
     match dom0.iter().find(|h| {
         h.prefix < 32 && !h.addr.is_loopback() && overlaps(guest, prefix, h.addr, h.prefix)
     }) {
@@ -139,6 +159,36 @@ fn nat_network_is_free(
             "{label}: ip={guest}/{prefix}: the NAT network overlaps {}'s {}/{}: pick a private \
              network of its own",
             h.dev, h.addr, h.prefix
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The host routes (/32) in `/proc/net/route`'s text: their address and device.
+fn host_routes(text: &str) -> Vec<(Ipv4Addr, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex = |i: usize| u32::from_str_radix(f.get(i)?, 16).ok();
+            // The file's words are in the machine's byte order.
+            let (dest, mask) = (hex(1)?.to_ne_bytes(), hex(7)?);
+            (mask == u32::MAX).then(|| (Ipv4Addr::from(dest), f[0].to_owned()))
+        })
+        .collect()
+}
+
+/// Refuses a NAT gateway that is a guest's address Dom0 routes to a vif (a routed or NAT
+/// guest's, say vif-nat's default one of another domain): Dom0 would take it as its own.
+fn gateway_is_no_guests(
+    label: &str,
+    gateway: Ipv4Addr,
+    routes: &[(Ipv4Addr, String)],
+) -> Result<(), String> {
+    match routes.iter().find(|(a, _)| *a == gateway) {
+        Some((_, dev)) => Err(format!(
+            "{label}: the NAT gateway {gateway} is the address of the guest behind {dev}: pick \
+             another network (ip=)"
         )),
         None => Ok(()),
     }
@@ -181,6 +231,8 @@ pub fn open_tap(
             let (guest, gateway, prefix) = nat_addresses(&label, domid, vif)?;
             let dom0 = ipv4_addresses().map_err(|e| format!("{label}: Dom0's addresses: {e}"))?;
             nat_network_is_free(&label, guest, prefix, &dom0)?;
+            let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+            gateway_is_no_guests(&label, gateway, &host_routes(&routes))?;
             Mode::Nat {
                 guest,
                 gateway,
@@ -263,14 +315,14 @@ pub fn open_tap(
                     addr: *guest,
                     prefix: *prefix,
                     gateway: *gateway,
-                    dns: std::fs::read_to_string("/etc/resolv.conf")
-                        .map(|t| name_servers(&t))
-                        .unwrap_or_default(),
+                    dns: dom0_name_servers(),
                     host_name: Some(host_name.to_owned()),
                     seconds: 86400,
                 };
                 // Without DHCP the guest can still be given the address by hand: a warning.
-                let (dhcp, served) = match DhcpServer::start(&name, lease, log.clone()) {
+                let served = Tap::index_of(&name)
+                    .and_then(|index| DhcpServer::start(&name, index, lease, log.clone()));
+                let (dhcp, served) = match served {
                     Ok(d) => (Some(d), "DHCP served".to_owned()),
                     Err(e) => (None, format!("no DHCP ({e})")),
                 };
@@ -548,7 +600,7 @@ mod tests {
             a("script=vif-nat"),
             Ok((ip(10, 0, 3, 1), ip(10, 0, 3, 128), 16))
         );
-        let b = |domid, spec| nat_addresses("vif 1", domid, &vif(spec));
+        let b = |domid, spec: &str| nat_addresses("vif 1", domid, &vif(spec));
         assert_eq!(
             b(300, "script=vif-nat, devid=1"),
             Ok((ip(10, 1, 44, 2), ip(10, 1, 44, 129), 16))
@@ -557,8 +609,10 @@ mod tests {
             b(256, "script=vif-nat, devid=126"),
             Ok((ip(10, 1, 0, 127), ip(10, 1, 0, 254), 16))
         );
-        let e = b(3, "script=vif-nat, devid=127").unwrap_err();
-        assert!(e.contains("for devids below 127; give ip="), "{e}");
+        for devid in ["127", "4294967295"] {
+            let e = b(3, &format!("script=vif-nat, devid={devid}")).unwrap_err();
+            assert!(e.contains("for devids below 127; give ip="), "{e}");
+        }
         for (spec, says) in [
             ("script=vif-nat, ip=10.99.2.255", "broadcast"),
             (
@@ -590,6 +644,9 @@ mod tests {
         let free = |guest, prefix| nat_network_is_free("vif 0", guest, prefix, &dom0);
         // Another NAT vif's gateway (a /32) is no LAN: NAT guests may share a network.
         assert_eq!(free(ip(10, 99, 2, 5), 24), Ok(()));
+        // But not that gateway's address.
+        let e = free(ip(10, 99, 2, 1), 24).unwrap_err();
+        assert!(e.contains("an address of Dom0's (vif3.0)"), "{e}");
         assert_eq!(free(ip(10, 0, 0, 2), 24), Ok(()));
         assert_eq!(free(ip(192, 168, 2, 2), 24), Ok(()));
         let e = free(ip(192, 168, 1, 50), 24).unwrap_err();
@@ -599,6 +656,32 @@ mod tests {
         assert!(free(ip(172, 16, 200, 2), 24).unwrap_err().contains("br0"));
         assert!(overlaps(ip(10, 0, 0, 0), 8, ip(10, 200, 3, 4), 30));
         assert!(!overlaps(ip(10, 0, 0, 0), 30, ip(10, 0, 0, 4), 30));
+    }
+
+    #[test]
+    fn a_nat_gateway_must_not_be_a_routed_guests_address() {
+        // Destinations and masks as the file has them: little-endian words on x86.
+        let word = |a: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(a));
+        let text = format!(
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+             eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+             vif5.0\t{}\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+             br0\t{}\t00000000\t0001\t0\t0\t0\t{}\t0\t0\t0\n",
+            word([10, 0, 5, 1]),
+            word([10, 99, 0, 0]),
+            word([255, 255, 255, 0])
+        );
+        let routes = host_routes(&text);
+        assert_eq!(
+            routes,
+            vec![(Ipv4Addr::new(10, 0, 5, 1), "vif5.0".to_owned())]
+        );
+        let e = gateway_is_no_guests("vif 0", Ipv4Addr::new(10, 0, 5, 1), &routes).unwrap_err();
+        assert!(e.contains("the guest behind vif5.0"), "{e}");
+        assert_eq!(
+            gateway_is_no_guests("vif 0", Ipv4Addr::new(10, 0, 5, 2), &routes),
+            Ok(())
+        );
     }
 
     #[test]
