@@ -298,12 +298,35 @@ routed() {
 }
 check xen_net.routed_vif_dom0_reaches_the_domu_by_its_address routed
 
+# The outside world of the NAT tests: a network namespace over a veth pair (made once).
+outside_up() {
+    [ -f $dir/ns.pid ] && kill -0 $(cat $dir/ns.pid) 2>/dev/null && return 0
+    unshare -n sleep 1800 & echo $! >$dir/ns.pid
+    sleep 0.2
+    ns=$(cat $dir/ns.pid)
+    ip link add kn0 type veth || { echo "cannot create a veth pair"; return 1; }
+    peer=$(ip link show kn0 | sed -n 's/.*kn0@\([^:]*\):.*/\1/p')
+    ip link set "$peer" name kn1 && ip link set kn1 netns $ns ||
+        { echo "cannot move the peer '$peer' into a namespace"; return 1; }
+    ip addr add 192.168.77.1/24 dev kn0 && ip link set kn0 up || return 1
+    nsenter -t $ns -n sh -c 'ip addr add 192.168.77.2/24 dev kn1 && ip link set kn1 up && ip link set lo up' || return 1
+    nsenter -t $ns -n httpd -p 192.168.77.2:8080 -h $dir/www || { echo "httpd in the namespace did not start"; return 1; }
+}
+
+outside_down() {
+    [ -f $dir/ns.pid ] && kill $(cat $dir/ns.pid) 2>/dev/null
+    ip link del kn0 2>/dev/null
+    rm -f $dir/ns.pid
+}
+
 # NAT without ip= (vif-nat's default), on the routed DomU (so Bochs runs it too: no DomU boot
 # of its own): a vif attached at run time gets Xen's address for devid 1,
 # 10.(domid/256).(domid%256).2/16, with its gateway 127 above (.129) on Dom0's end and a NAT
 # table of its own; the vif's DHCP server gives both and the domain's name to the guest's
-# udhcpc (the DomU initramfs's hook puts the address on eth1); the guest pings its gateway
-# through the vif and Dom0 pings the guest; the table and the route go with the vif.
+# udhcpc (the DomU initramfs's hook puts the address on eth1), reading its broadcasts from
+# 0.0.0.0 ahead of the anti-spoof rule, which still drops them; the guest pings its gateway
+# through the vif and Dom0 pings the guest; it fetches a file from the outside world, which
+# cannot ping it back; the table and the route go with the vif.
 nat_dhcp() {
     need_domu || return $?
     keelctl list | grep -q '^routed ' || { echo "no routed DomU"; return 1; }
@@ -318,14 +341,30 @@ nat_dhcp() {
         i=$((i + 1)); [ $i -lt 300 ] || { echo "vif 1 not Connected:"; keelctl network-list routed; return 1; }
         sleep 0.2
     done
+    drops() { nft list table ip keel-d$d-vif$d.1 | sed -n "s/.*iifname \"vif$d.1\" ip saddr != $want counter packets \([0-9]*\) .*drop.*/\1/p"; }
+    before=$(drops)
+    [ -n "$before" ] || { echo "no anti-spoof rule:"; nft list table ip keel-d$d-vif$d.1; return 1; }
     r=$(guest routed "ip link set eth1 up; udhcpc -i eth1 -f -q -n -t 5 -T 2 2>&1 | grep -e '^lease' -e 'udhcpc:' | tail -n 1") || return 1
     case "$r" in
         "lease eth1 ip=$want/16 router=$gw "*" hostname=routed") ;;
         *) echo "the guest's lease: '$r' (want ip=$want/16 router=$gw hostname=routed)"; return 1 ;;
     esac
+    # The server read the DISCOVER and REQUEST (from 0.0.0.0) ahead of Dom0's IP stack, where
+    # the anti-spoof rule still dropped them.
+    [ $(($(drops) - before)) -ge 2 ] || { echo "the rule dropped $(($(drops) - before)) of the client's broadcasts, not 2"; return 1; }
     r=$(guest routed "ping -c 2 -W 5 -I eth1 $gw >/dev/null 2>&1 && echo gateway-ok") || return 1
     [ "$r" = gateway-ok ] || { echo "the guest cannot ping its NAT gateway $gw: '$r'"; return 1; }
     ping -c 2 -W 5 $want >$out 2>&1 || { echo "Dom0 cannot ping $want:"; cat $out; return 1; }
+    # Through the NAT vif the guest reaches the outside (masqueraded: the outside has no route
+    # back to 10.0.0.0/16) and fetches its file; the outside, even routed towards the guest,
+    # does not reach it.
+    outside_up || return 1
+    ns=$(cat $dir/ns.pid)
+    r=$(guest routed "ip route add 192.168.77.2 via $gw dev eth1; wget -q -T 20 -O - http://192.168.77.2:8080/blob | sha256sum | cut -d' ' -f1") || return 1
+    [ "$r" = "$(cat $dir/dom0.sum)" ] || { echo "the guest fetched '$r' from the outside through NAT"; return 1; }
+    nsenter -t $ns -n ip route add $want via 192.168.77.1 || return 1
+    if nsenter -t $ns -n ping -c 2 -W 3 $want >$out 2>&1; then echo "the outside pinged the NAT guest"; return 1; fi
+    nsenter -t $ns -n ip route del $want via 192.168.77.1
     keelctl network-detach routed 1 >$out 2>$err || { cat $out $err; return 1; }
     if nft list table ip keel-d$d-vif$d.1 >$out 2>&1; then echo "vif 1's NAT table is still there:"; cat $out; return 1; fi
     ! ip route | grep -q "^$want " || { ip route; return 1; }
@@ -345,25 +384,6 @@ routed_cleanup() {
 check xen_net.routed_vif_route_gone_after_destroy routed_cleanup
 
 # 6. NAT: the DomU reaches the outside world, which cannot reach it.
-outside_up() {
-    unshare -n sleep 900 & echo $! >$dir/ns.pid
-    sleep 0.2
-    ns=$(cat $dir/ns.pid)
-    ip link add kn0 type veth || { echo "cannot create a veth pair"; return 1; }
-    peer=$(ip link show kn0 | sed -n 's/.*kn0@\([^:]*\):.*/\1/p')
-    ip link set "$peer" name kn1 && ip link set kn1 netns $ns ||
-        { echo "cannot move the peer '$peer' into a namespace"; return 1; }
-    ip addr add 192.168.77.1/24 dev kn0 && ip link set kn0 up || return 1
-    nsenter -t $ns -n sh -c 'ip addr add 192.168.77.2/24 dev kn1 && ip link set kn1 up && ip link set lo up' || return 1
-    nsenter -t $ns -n httpd -p 192.168.77.2:8080 -h $dir/www || { echo "httpd in the namespace did not start"; return 1; }
-}
-
-outside_down() {
-    [ -f $dir/ns.pid ] && kill $(cat $dir/ns.pid) 2>/dev/null
-    ip link del kn0 2>/dev/null
-    rm -f $dir/ns.pid
-}
-
 nat() {
     need_domu || return $?
     on_bochs && { echo "a NAT DomU boot under Bochs: run under QEMU only (time budget)"; return 4; }
