@@ -352,6 +352,23 @@ fn new_socket(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Binds a socket to `addr`, a `sockaddr_*` of its family.
+fn bind<T>(fd: &OwnedFd, addr: &T) -> io::Result<()> {
+    // SAFETY: bind reads `size_of::<T>()` bytes from a live reference.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (addr as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// `linux/if_packet.h`: a packet socket skips the frames the device sends.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -390,17 +407,7 @@ fn packet_socket(ifindex: i32) -> io::Result<OwnedFd> {
     addr.sll_family = libc::AF_PACKET as libc::c_ushort;
     addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
     addr.sll_ifindex = ifindex;
-    // SAFETY: bind reads a sockaddr_ll of the size given from a live local.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    bind(&fd, &addr)?;
     Ok(fd)
 }
 
@@ -430,21 +437,8 @@ fn send_socket(dev: &str) -> io::Result<UdpSocket> {
         sin_addr: libc::in_addr { s_addr: 0 },
         sin_zero: [0; 8],
     };
-    // SAFETY: bind reads a sockaddr_in of the size given from a live local.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("port {SERVER_PORT} on {dev}: {e}"),
-        ));
-    }
+    bind(&fd, &addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("port {SERVER_PORT} on {dev}: {e}")))?;
     Ok(UdpSocket::from(fd))
 }
 
