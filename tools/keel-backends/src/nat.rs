@@ -218,17 +218,13 @@ fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+fn ip_saddr() -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
-            protocol: Cow::Borrowed(protocol),
-            field: Cow::Borrowed(field),
+            protocol: Cow::Borrowed("ip"),
+            field: Cow::Borrowed("saddr"),
         },
     )))
-}
-
-fn ip_saddr() -> Expression<'static> {
-    payload("ip", "saddr")
 }
 
 fn string(s: &str) -> Expression<'static> {
@@ -271,25 +267,6 @@ fn ruleset(
         NfChainType::Filter,
         NfHook::Prerouting,
         -300,
-    )));
-    b.add(NfListObject::Rule(rule(
-        name,
-        "prerouting",
-        vec![
-            matches(meta(MetaKey::Iifname), Operator::EQ, string(vif)),
-            matches(ip_saddr(), Operator::EQ, string("0.0.0.0")),
-            matches(
-                payload("ip", "daddr"),
-                Operator::EQ,
-                string("255.255.255.255"),
-            ),
-            matches(
-                payload("udp", "dport"),
-                Operator::EQ,
-                Expression::Number(67),
-            ),
-            Statement::Accept(None),
-        ],
     )));
     b.add(NfListObject::Rule(rule(
         name,
@@ -421,6 +398,9 @@ mod tests {
         ] {
             assert!(j.contains(part), "missing {part} in {j}");
         }
+        // No exception to the anti-spoof rule, not even a DHCP client's broadcast from no
+        // address (the vif's DHCP server reads those ahead of it).
+        assert!(!j.contains("0.0.0.0"), "{j}");
     }
 
     #[test]
