@@ -307,17 +307,22 @@ fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> 
         len: program.len() as libc::c_ushort,
         filter: program.as_ptr().cast_mut(),
     };
-    setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_ATTACH_FILTER,
-        as_bytes(&prog),
-    )
-}
-
-fn as_bytes<T>(v: &T) -> &[u8] {
-    // SAFETY: any initialized value may be read as its bytes, for as long as it lives.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    // SAFETY: the kernel reads a sock_fprog (and the program it points to, alive for the
+    // call) from a live local; the struct's padding is never read as bytes by Rust.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
