@@ -377,6 +377,8 @@ nat_dhcp() {
         nsenter -t $ns -n sh -c 'ip addr; ip route; netstat -ltn'; return 1
     }
     nsenter -t $ns -n ip route add $want via 192.168.77.1 || return 1
+    # (The outside's ping works: it reaches Dom0.)
+    nsenter -t $ns -n ping -c 1 -W 3 192.168.77.1 >$out 2>&1 || { echo "the outside cannot ping Dom0:"; cat $out; return 1; }
     if nsenter -t $ns -n ping -c 2 -W 3 $want >$out 2>&1; then echo "the outside pinged the NAT guest"; return 1; fi
     nsenter -t $ns -n ip route del $want via 192.168.77.1
     keelctl network-detach routed 1 >$out 2>$err || { cat $out $err; return 1; }
@@ -429,6 +431,8 @@ nat_closed() {
     ping -c 2 -W 5 10.99.2.2 >$out 2>&1 || { echo "Dom0 cannot ping the NAT DomU:"; cat $out; return 1; }
     # ... the outside does not, even with a route to it.
     nsenter -t $ns -n ip route add 10.99.2.0/24 via 192.168.77.1 || return 1
+    # (The outside's ping works: it reaches Dom0.)
+    nsenter -t $ns -n ping -c 1 -W 3 192.168.77.1 >$out 2>&1 || { echo "the outside cannot ping Dom0:"; cat $out; return 1; }
     if nsenter -t $ns -n ping -c 2 -W 3 10.99.2.2 >$out 2>&1; then echo "the outside pinged the NAT DomU"; return 1; fi
     # (busybox 1.35's wget -T crashes: timeout(1) bounds it.) Dom0 fetches, the outside not.
     timeout 30 wget -q -O $dir/from-nat http://10.99.2.2:8080/blob ||
