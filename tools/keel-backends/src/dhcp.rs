@@ -8,6 +8,7 @@
 //! 0.0.0.0, so that no other DHCP service of Dom0 hears the guest) and answers through a UDP
 //! socket on port 67 bound to that device alone, whose broadcasts leave through the TAP,
 //! that is, towards the guest.
+use crate::tap::socket;
 use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -307,33 +308,26 @@ fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> 
         len: program.len() as libc::c_ushort,
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: the kernel reads a sock_fprog (and the program it points to, alive for the
-    // call) from a live local; the struct's padding is never read as bytes by Rust.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // The program `prog` points to lives through the call.
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
 }
 
-fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
-    // SAFETY: setsockopt reads `value.len()` bytes from a live slice.
+/// Sets a socket option to `value` (an int, a struct or bytes), passed by pointer and size.
+fn setsockopt<T: ?Sized>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of_val(value)` bytes from a live reference (the kernel
+    // copies them; Rust never reads a struct's padding as bytes).
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of_val(value) as libc::socklen_t,
         )
     };
     if r < 0 {
@@ -341,20 +335,6 @@ fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8])
     } else {
         Ok(())
     }
-}
-
-fn new_socket(
-    domain: libc::c_int,
-    kind: libc::c_int,
-    protocol: libc::c_int,
-) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Binds a socket to `addr`, a `sockaddr_*` of its family.
@@ -383,7 +363,7 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// sees it). A BPF filter keeps the rest of the guest's traffic out of the socket.
 fn packet_socket(ifindex: i32) -> io::Result<OwnedFd> {
     // Protocol 0: nothing is received before the filter is in place and the bind below.
-    let fd = new_socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
+    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
     let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     // From the IP header: UDP (protocol 17), not a fragment, to port 67.
     attach_filter(
@@ -401,12 +381,7 @@ fn packet_socket(ifindex: i32) -> io::Result<OwnedFd> {
         ],
     )?;
     // Best effort (Linux 4.20): what Dom0 sends the guest is not looked at at all.
-    let _ = setsockopt(
-        &fd,
-        libc::SOL_PACKET,
-        PACKET_IGNORE_OUTGOING,
-        &1i32.to_ne_bytes(),
-    );
+    let _ = setsockopt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32);
     // SAFETY: all-zero is a valid sockaddr_ll.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as libc::c_ushort;
@@ -420,8 +395,7 @@ fn packet_socket(ifindex: i32) -> io::Result<OwnedFd> {
 /// may broadcast (towards the guest: out of the TAP). It receives nothing (a filter drops
 /// all): the packet socket reads.
 fn send_socket(dev: &str) -> io::Result<UdpSocket> {
-    let fd = new_socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
-    let one = 1i32.to_ne_bytes();
+    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     attach_filter(
         &fd,
         &[libc::sock_filter {
@@ -432,8 +406,8 @@ fn send_socket(dev: &str) -> io::Result<UdpSocket> {
         }],
     )?;
     // Dom0 may serve DHCP itself on other interfaces: port 67 is shared, per device.
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &1i32)?;
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes())
         .map_err(|e| io::Error::new(e.kind(), format!("binding a socket to {dev}: {e}")))?;
     let addr = libc::sockaddr_in {

@@ -209,15 +209,24 @@ pub fn host_address(dev: Option<&str>) -> io::Result<(String, Ipv4Addr)> {
     })
 }
 
-/// A socket for the interface ioctls.
-fn control_socket() -> io::Result<OwnedFd> {
+/// A new socket (close-on-exec) of `domain`, `kind` and `protocol`.
+pub(crate) fn socket(
+    domain: libc::c_int,
+    kind: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A socket for the interface ioctls.
+fn control_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
 }
 
 /// A TAP device this process holds.

@@ -86,14 +86,10 @@ fn nat_addresses(label: &str, domid: u32, vif: &Vif) -> Result<(Ipv4Addr, Ipv4Ad
                  (10.(domid/256).(domid%256).(devid+1)/16) is for devids below 127; give ip="
             ));
         }
-        let last = vif.devid + 1;
-        let guest = Ipv4Addr::new(10, (domid / 256) as u8, (domid % 256) as u8, last as u8);
-        let gateway = Ipv4Addr::new(
-            10,
-            (domid / 256) as u8,
-            (domid % 256) as u8,
-            (last + 127) as u8,
-        );
+        // 10.(domid/256).(domid%256).0, then the last byte.
+        let base = u32::from_be_bytes([10, (domid >> 8) as u8, domid as u8, 0]);
+        let guest = Ipv4Addr::from(base + vif.devid + 1);
+        let gateway = Ipv4Addr::from(base + vif.devid + 1 + 127);
         return Ok((guest, gateway, 16));
     }
     let (addr, len) = text.split_once('/').unwrap_or((text, "24"));
