@@ -1,11 +1,11 @@
 //! The NAT vif's DHCP server (`keel_backends::dhcp::answer`, and `server_datagram` for the IP
 //! and UDP headers around it) against what a guest sends: plain random bytes, and client
-//! messages built field by field (type, ciaddr, options 50 and 54, pads, unknown and
+//! messages built field by field (type, ciaddr, options 50, 54, 57 and 61, pads, unknown and
 //! over-long options) then cut or corrupted at random.
 
 use std::net::Ipv4Addr;
 
-use keel_backends::dhcp::{answer, parse, server_datagram, Lease, MessageType};
+use keel_backends::dhcp::{answer, options_room, parse, server_datagram, Lease, MessageType};
 use rand::Rng as _;
 
 use crate::{Finding, Rng};
@@ -49,8 +49,21 @@ fn message(rng: &mut Rng) -> Vec<u8> {
     m[12..16].copy_from_slice(&address(rng));
     m.extend_from_slice(&COOKIE);
     for _ in 0..rng.random_range(0..8) {
-        match rng.random_range(0..6) {
+        match rng.random_range(0..8) {
             0 => m.extend_from_slice(&[53, 1, rng.random_range(0..10)]),
+            6 => {
+                let size: u16 = match rng.random_range(0..3) {
+                    0 => rng.random_range(500..1600),
+                    _ => rng.random(),
+                };
+                m.extend_from_slice(&[57, 2]);
+                m.extend_from_slice(&size.to_be_bytes());
+            }
+            7 => {
+                let len = rng.random_range(0..=255u8);
+                m.extend_from_slice(&[61, len]);
+                m.extend((0..len).map(|_| rng.random::<u8>()));
+            }
             1 => {
                 m.extend_from_slice(&[50, 4]);
                 m.extend_from_slice(&address(rng));
@@ -220,6 +233,19 @@ pub fn run(rng: &mut Rng) -> Result<(), Finding> {
         }
     {
         return Err(format!("yiaddr {yiaddr} in a {:?}", a.kind));
+    }
+    // The client's identifier echoed whole (RFC 6842), and the reply no larger than it takes.
+    let id = options.iter().find(|(c, _)| *c == 61).map(|(_, v)| *v);
+    if id != req.client_id {
+        return Err(format!("client identifier {id:?} for {:?}", req.client_id));
+    }
+    let used = options.iter().map(|(_, v)| 2 + v.len()).sum::<usize>() + 1;
+    if used > options_room(&req) || r.len() + 28 > 1500 {
+        return Err(format!(
+            "{used} bytes of options in {} bytes, {} of room",
+            r.len(),
+            options_room(&req)
+        ));
     }
     // Only the lease's address, never one the guest names (Dom0's own, say).
     if a.to != Ipv4Addr::BROADCAST && (a.to != l.addr || a.to != req.ciaddr) {

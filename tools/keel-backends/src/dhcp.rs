@@ -23,11 +23,14 @@ const HEADER_LEN: usize = 236;
 const COOKIE: [u8; 4] = [99, 130, 83, 99];
 /// RFC 2131 2: a BOOTP relay or client expects a message of at least 300 bytes.
 const MIN_REPLY: usize = 300;
-/// Name servers given (resolv.conf's MAXNS) and the host name's bytes sent: with them every
-/// reply's options fit the 308 bytes a minimal client (busybox's udhcpc) reads, and the
-/// message the 576 bytes every client must take (RFC 2131 2).
+/// Name servers given (resolv.conf's MAXNS) and the host name's bytes sent at most.
 const MAX_DNS: usize = 3;
 const MAX_HOST_NAME: usize = 63;
+/// The options' bytes after the cookie that every client takes: a message of 576 bytes with
+/// its IP and UDP headers (RFC 2131 2), which is also what busybox's udhcpc reads.
+const OPTIONS_MIN: usize = 576 - 28 - HEADER_LEN - 4;
+/// The largest message a client's option 57 may ask for: one Ethernet frame's IP datagram.
+const MAX_MESSAGE: usize = 1500;
 /// The server's and the client's UDP ports.
 pub const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
@@ -43,6 +46,8 @@ mod opt {
     pub const LEASE_TIME: u8 = 51;
     pub const MESSAGE_TYPE: u8 = 53;
     pub const SERVER_ID: u8 = 54;
+    pub const MAX_SIZE: u8 = 57;
+    pub const CLIENT_ID: u8 = 61;
     pub const END: u8 = 255;
 }
 
@@ -112,6 +117,10 @@ pub struct Request<'a> {
     pub requested: Option<Ipv4Addr>,
     /// Option 54: the server the client chose.
     pub server_id: Option<Ipv4Addr>,
+    /// Option 57: the largest message, IP and UDP headers included, the client takes.
+    pub max_size: Option<u16>,
+    /// Option 61: the client's identifier (at least 2 bytes), echoed (RFC 6842).
+    pub client_id: Option<&'a [u8]>,
 }
 
 fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
@@ -131,6 +140,7 @@ pub fn parse(msg: &[u8]) -> Option<Request<'_>> {
         return None;
     }
     let (mut kind, mut requested, mut server_id) = (None, None, None);
+    let (mut max_size, mut client_id) = (None, None);
     let mut rest = &msg[HEADER_LEN + 4..];
     while let Some((&code, tail)) = rest.split_first() {
         match code {
@@ -148,6 +158,8 @@ pub fn parse(msg: &[u8]) -> Option<Request<'_>> {
             opt::MESSAGE_TYPE if len == 1 => kind = MessageType::from_u8(value[0]),
             opt::REQUESTED_IP => requested = ipv4(value),
             opt::SERVER_ID => server_id = ipv4(value),
+            opt::MAX_SIZE if len == 2 => max_size = Some(u16::from_be_bytes([value[0], value[1]])),
+            opt::CLIENT_ID if len >= 2 => client_id = Some(value),
             _ => {}
         }
     }
@@ -160,7 +172,16 @@ pub fn parse(msg: &[u8]) -> Option<Request<'_>> {
         chaddr: header[28..44].try_into().ok()?,
         requested,
         server_id,
+        max_size,
+        client_id,
     })
+}
+
+/// The bytes of options after the cookie, END included, that a reply to `req` may carry:
+/// what every client takes, or more up to an Ethernet frame when its option 57 says so.
+pub fn options_room(req: &Request<'_>) -> usize {
+    let asked = req.max_size.map_or(0, usize::from).min(MAX_MESSAGE);
+    OPTIONS_MIN.max(asked.saturating_sub(28 + HEADER_LEN + 4))
 }
 
 /// The server's answer to one message: its bytes and where they go.
@@ -179,7 +200,8 @@ pub struct Answer {
 /// REQUEST an ACK when it asks for the lease's address (option 50, or ciaddr when renewing)
 /// and a NAK when it asks for another, nothing when it chose another server; INFORM an ACK
 /// without an address; anything else (DECLINE, RELEASE, server messages, malformed bytes)
-/// nothing.
+/// nothing. A client identifier is echoed in every reply (RFC 6842); the options fit
+/// [`options_room`], name servers and host name left out when they would not.
 pub fn answer(msg: &[u8], lease: &Lease) -> Option<Answer> {
     let req = parse(msg)?;
     let kind = match req.kind {
@@ -214,13 +236,21 @@ pub fn answer(msg: &[u8], lease: &Lease) -> Option<Answer> {
     out[24..28].copy_from_slice(&req.giaddr.octets());
     out[28..44].copy_from_slice(req.chaddr);
     out.extend_from_slice(&COOKIE);
+    // Every option that must go fits the least room: 27 bytes and a client identifier of
+    // at most 257 in 308. Those that may go, go while they leave room for END.
+    let end = HEADER_LEN + 4 + options_room(&req) - 1;
     let mut option = |code: u8, value: &[u8]| {
-        out.push(code);
-        out.push(value.len() as u8);
-        out.extend_from_slice(value);
+        if out.len() + 2 + value.len() <= end {
+            out.push(code);
+            out.push(value.len() as u8);
+            out.extend_from_slice(value);
+        }
     };
     option(opt::MESSAGE_TYPE, &[kind as u8]);
     option(opt::SERVER_ID, &lease.gateway.octets());
+    if let Some(id) = req.client_id {
+        option(opt::CLIENT_ID, id);
+    }
     if kind != MessageType::Nak {
         if !inform {
             option(opt::LEASE_TIME, &lease.seconds.to_be_bytes());
@@ -712,6 +742,55 @@ mod tests {
             Some(4 * MAX_DNS)
         );
         assert!(a.bytes.len() - HEADER_LEN - 4 <= 308 && a.bytes.len() + 28 <= 576);
+    }
+
+    #[test]
+    fn client_identifier_is_echoed_and_the_rest_fits_the_room_asked() {
+        let l = lease();
+        let id: &[u8] = &[1, 0x00, 0x16, 0x3e, 1, 2, 3];
+        for (kind, want, ciaddr) in [(1, 2, [0; 4]), (3, 5, [10, 0, 3, 1]), (8, 5, [10, 0, 3, 1])] {
+            let a = answer(&request(kind, ciaddr, &[(opt::CLIENT_ID, id)]), &l).unwrap();
+            assert_eq!(a.kind as u8, want);
+            assert_eq!(option(&a.bytes, opt::CLIENT_ID).as_deref(), Some(id));
+        }
+        let nak = request(
+            3,
+            [0; 4],
+            &[(opt::REQUESTED_IP, &[10, 0, 3, 9]), (opt::CLIENT_ID, id)],
+        );
+        let a = answer(&nak, &l).unwrap();
+        assert_eq!(a.kind, MessageType::Nak);
+        assert_eq!(option(&a.bytes, opt::CLIENT_ID).as_deref(), Some(id));
+        // A one-byte identifier is no identifier (RFC 2132 9.14): not echoed.
+        let a = answer(&request(1, [0; 4], &[(opt::CLIENT_ID, &[7])]), &l).unwrap();
+        assert_eq!(option(&a.bytes, opt::CLIENT_ID), None);
+        // The longest identifier and host name: the name stays out of 576 bytes, and goes
+        // when the client takes more (option 57), never past what it asked for.
+        let mut l = lease();
+        l.host_name = Some("n".repeat(63));
+        let id = [9u8; 255];
+        let a = answer(&request(1, [0; 4], &[(opt::CLIENT_ID, &id)]), &l).unwrap();
+        assert_eq!(option(&a.bytes, opt::CLIENT_ID).map(|v| v.len()), Some(255));
+        assert_eq!(option(&a.bytes, opt::HOST_NAME), None);
+        assert_eq!(option(&a.bytes, opt::ROUTER), Some(vec![10, 0, 3, 128]));
+        assert!(a.bytes.len() + 28 <= 576);
+        for (max, name) in [(576u16, false), (600, false), (700, true), (9000, true)] {
+            let m = request(
+                1,
+                [0; 4],
+                &[(opt::MAX_SIZE, &max.to_be_bytes()), (opt::CLIENT_ID, &id)],
+            );
+            let a = answer(&m, &l).unwrap();
+            assert_eq!(
+                option(&a.bytes, opt::HOST_NAME).is_some(),
+                name,
+                "max {max}"
+            );
+            assert!(
+                a.bytes.len() + 28 <= usize::from(max).clamp(576, 1500),
+                "max {max}"
+            );
+        }
     }
 
     /// An IPv4 datagram: UDP from port 68 to `port` with `payload`.
