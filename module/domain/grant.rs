@@ -19,6 +19,10 @@ use super::Domain;
 use crate::keel_core::xen::abi::gnttabop;
 use crate::root::domain::DomainShared;
 use crate::uapi;
+use crate::xen::Use;
+
+/// Segments of a `KEEL_DOMAIN_GRANT_COPY` taken under one hold of the Xen lock.
+const COPY_BATCH: usize = 32;
 
 impl Domain {
     /// Root mode's view of the domain, once it has run (made once, never replaced: it lives
@@ -29,7 +33,8 @@ impl Domain {
         Some(unsafe { &*p })
     }
 
-    /// `KEEL_DOMAIN_GRANT_COPY`.
+    /// `KEEL_DOMAIN_GRANT_COPY`: the segments in batches of [`COPY_BATCH`], each batch's
+    /// grants taken and given back under one hold of the Xen lock each, the copies between.
     pub(super) fn grant_copy(&self, a: &uapi::keel_grant_copy) -> Result<isize> {
         let x = self.xen.as_ref().ok_or(ENOTTY)?;
         if a.pad != 0 || a.count == 0 || a.count > uapi::KEEL_MAX_GRANT_COPY {
@@ -40,42 +45,74 @@ impl Domain {
         let (mut r, mut w) =
             UserSlice::new(UserPtr::from_addr(a.segs as usize), size).reader_writer();
         let dom = self.shared_view();
-        for _ in 0..n {
-            let mut seg: uapi::keel_grant_copy_seg = r.read()?;
-            if seg.flags & !uapi::KEEL_GRANT_TO_GUEST != 0 || seg.pad != 0 {
-                return Err(EINVAL);
+        let mut left = n;
+        while left > 0 {
+            let m = left.min(COPY_BATCH);
+            left -= m;
+            let mut segs = [uapi::keel_grant_copy_seg::default(); COPY_BATCH];
+            let segs = &mut segs[..m];
+            for seg in segs.iter_mut() {
+                *seg = r.read()?;
+                if seg.flags & !uapi::KEEL_GRANT_TO_GUEST != 0 || seg.pad != 0 {
+                    return Err(EINVAL);
+                }
             }
-            let to_guest = seg.flags & uapi::KEEL_GRANT_TO_GUEST != 0;
-            let (offset, len) = (usize::from(seg.offset), usize::from(seg.len));
-            seg.status = if offset + len > PAGE as usize {
-                gnttabop::ST_BAD_COPY_ARG
-            } else if let Some(dom) = dom {
-                match x.grant_acquire(dom, seg.ref_, to_guest) {
-                    Err(status) => status,
+            let Some(dom) = dom else {
+                // No table yet: the DomU has not run.
+                for seg in segs.iter_mut() {
+                    seg.status = gnttabop::ST_BAD_GNTREF;
+                    w.write(seg)?;
+                }
+                continue;
+            };
+            // A segment past its page's end takes no grant.
+            let mut uses = [None; COPY_BATCH];
+            for (u, s) in uses.iter_mut().zip(segs.iter()) {
+                if usize::from(s.offset) + usize::from(s.len) <= PAGE as usize {
+                    *u = Some(Use {
+                        gref: s.ref_,
+                        write: s.flags & uapi::KEEL_GRANT_TO_GUEST != 0,
+                    });
+                }
+            }
+            let mut pages = [const { Err(gnttabop::ST_BAD_COPY_ARG) }; COPY_BATCH];
+            x.grant_acquire_many(dom, &uses[..m], &mut pages[..m]);
+            let mut fault = false;
+            for (seg, page) in segs.iter_mut().zip(pages.iter()) {
+                seg.status = match page {
+                    Err(status) => *status,
+                    Ok(_) if fault => gnttabop::ST_GENERAL_ERROR,
                     Ok(page) => {
                         // SAFETY: `page.va` is the granted page (4 KiB, direct map), in use by
-                        // Dom0 until the release below; offset + len is within it.
-                        let p = unsafe { page.va.add(offset) }.cast::<c_void>();
+                        // Dom0 until the release below; offset + len is within it (checked above).
+                        let p = unsafe { page.va.add(usize::from(seg.offset)) }.cast::<c_void>();
                         let buf = seg.buf as usize as *mut c_void;
-                        let left = if to_guest {
+                        let len = usize::from(seg.len);
+                        let missed = if seg.flags & uapi::KEEL_GRANT_TO_GUEST != 0 {
                             // SAFETY: Copies from a user address, checked by the call.
                             unsafe { bindings::_copy_from_user(p, buf, len) }
                         } else {
                             // SAFETY: Copies to a user address, checked by the call.
                             unsafe { bindings::_copy_to_user(buf, p, len) }
                         };
-                        x.grant_release(dom, seg.ref_, to_guest);
-                        if left != 0 {
-                            return Err(EFAULT);
-                        }
+                        fault |= missed != 0;
                         gnttabop::ST_OKAY
                     }
-                }
-            } else {
-                // No table yet: the DomU has not run.
-                gnttabop::ST_BAD_GNTREF
-            };
-            w.write(&seg)?;
+                };
+            }
+            x.grant_release_many(
+                dom,
+                uses[..m]
+                    .iter()
+                    .zip(pages.iter())
+                    .filter_map(|(u, p)| if p.is_ok() { *u } else { None }),
+            );
+            if fault {
+                return Err(EFAULT);
+            }
+            for seg in segs.iter() {
+                w.write(seg)?;
+            }
         }
         Ok(0)
     }

@@ -20,14 +20,15 @@ pub(super) const MAX_REFS: usize = GNTTAB_FRAMES * gtf::V1_ENTRIES_PER_FRAME;
 /// Dom0's domain id, the grantee of every backend's use.
 const DOM0: u16 = 0;
 
-/// The DomU's table as the frames it placed in its RAM, for one use of it under the Xen lock
-/// (under which no RAM page leaves the domain's tables: the balloon unmaps holding it).
+/// The DomU's table as the frames it placed in its RAM, for one hold of the Xen lock (under
+/// which no RAM page leaves the domain's tables: the balloon unmaps holding it).
 struct Frames<'a> {
     dom: &'a DomainShared,
     frames: &'a [Option<u64>; GNTTAB_FRAMES],
-    /// The last entry found: its reference and where it is (a use reads an entry's header
-    /// and frame, each a walk of the domain's tables otherwise).
-    last: Cell<Option<(u32, *mut u8)>>,
+    /// The table frame last found: its index and its page in Dom0's direct map (the uses
+    /// of one hold read entries of the same frame, each a walk of the domain's tables
+    /// otherwise).
+    last: Cell<Option<(usize, *mut u8)>>,
 }
 
 impl<'a> Frames<'a> {
@@ -40,18 +41,20 @@ impl<'a> Frames<'a> {
     }
 
     fn entry(&self, gref: u32, offset: u64) -> Option<*mut u8> {
-        let p = match self.last.get() {
-            Some((r, p)) if r == gref => p,
+        let per = gtf::V1_ENTRIES_PER_FRAME as u32;
+        let index = (gref / per) as usize;
+        let page = match self.last.get() {
+            Some((i, p)) if i == index => p,
             _ => {
-                let per = gtf::V1_ENTRIES_PER_FRAME as u32;
-                let base = (*self.frames.get((gref / per) as usize)?)?;
-                let p = self.dom.ram_ptr(base + u64::from(gref % per) * 8)?;
-                self.last.set(Some((gref, p)));
+                // A frame's address is page-aligned (XENMAPSPACE_grant_table takes a gfn).
+                let p = self.dom.ram_ptr((*self.frames.get(index)?)?)?;
+                self.last.set(Some((index, p)));
                 p
             }
         };
-        // SAFETY: An entry is 8 bytes, 8-byte aligned in its page; `offset` is 0 or 4.
-        Some(unsafe { p.add(offset as usize) })
+        // SAFETY: `page` is the start of a 4 KiB page in the direct map; an entry is 8 bytes,
+        // 8-byte aligned, and the page holds `per` of them; `offset` is 0 or 4.
+        Some(unsafe { page.add((gref % per) as usize * 8 + offset as usize) })
     }
 }
 
@@ -76,6 +79,13 @@ pub(crate) struct InUse {
     pub(crate) va: *mut u8,
 }
 
+/// One use of a reference by Dom0: the reference and whether Dom0 writes the page.
+#[derive(Clone, Copy)]
+pub(crate) struct Use {
+    pub(crate) gref: u32,
+    pub(crate) write: bool,
+}
+
 impl Xen {
     /// Starts a use by Dom0 of reference `gref` (for writing or not): the granted page, or
     /// Xen's `GNTST_*` error with nothing kept.
@@ -85,27 +95,58 @@ impl Xen {
         gref: u32,
         write: bool,
     ) -> core::result::Result<InUse, i16> {
+        let mut out = [Err(gnttabop::ST_GENERAL_ERROR)];
+        self.grant_acquire_many(dom, &[Some(Use { gref, write })], &mut out);
+        let [r] = out;
+        r
+    }
+
+    /// Starts the uses `uses` under one hold of the lock: `out[i]` becomes the page of
+    /// `uses[i]` or its `GNTST_*` error (nothing kept for it), and stays as it is where
+    /// `uses[i]` is `None`. Each started use ends with a release.
+    pub(crate) fn grant_acquire_many(
+        &self,
+        dom: &DomainShared,
+        uses: &[Option<Use>],
+        out: &mut [core::result::Result<InUse, i16>],
+    ) {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let frames = Frames::new(dom, &inner.gnttab);
         let mut active = ActiveGrants::new(&mut inner.grants);
-        let frame = active.acquire(&frames, gref, DOM0, write)?;
-        match dom.ram_ptr(u64::from(frame) << 12) {
-            Some(va) => Ok(InUse { va }),
-            None => {
-                // Not a page of the DomU's RAM.
-                active.release(&frames, gref, write);
-                Err(gnttabop::ST_GENERAL_ERROR)
-            }
+        for (u, o) in uses.iter().zip(out.iter_mut()) {
+            let Some(u) = u else { continue };
+            *o = active
+                .acquire(&frames, u.gref, DOM0, u.write)
+                .and_then(|frame| match dom.ram_ptr(u64::from(frame) << 12) {
+                    Some(va) => Ok(InUse { va }),
+                    None => {
+                        // Not a page of the DomU's RAM.
+                        active.release(&frames, u.gref, u.write);
+                        Err(gnttabop::ST_GENERAL_ERROR)
+                    }
+                });
         }
     }
 
     /// Ends a use [`Self::grant_acquire`] started.
     pub(crate) fn grant_release(&self, dom: &DomainShared, gref: u32, write: bool) {
+        self.grant_release_many(dom, [Use { gref, write }]);
+    }
+
+    /// Ends uses started by [`Self::grant_acquire_many`], under one hold of the lock.
+    pub(crate) fn grant_release_many(
+        &self,
+        dom: &DomainShared,
+        uses: impl IntoIterator<Item = Use>,
+    ) {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let frames = Frames::new(dom, &inner.gnttab);
-        ActiveGrants::new(&mut inner.grants).release(&frames, gref, write);
+        let mut active = ActiveGrants::new(&mut inner.grants);
+        for u in uses {
+            active.release(&frames, u.gref, u.write);
+        }
     }
 }
 

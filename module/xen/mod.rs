@@ -19,6 +19,7 @@
 //! channel table, shared_info's place, the HVM params, the local APICs.
 
 mod grant;
+pub(crate) use grant::Use;
 mod guest;
 mod hypercall;
 mod sync;
