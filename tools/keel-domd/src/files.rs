@@ -115,7 +115,12 @@ impl StateFile {
     }
 }
 
-/// Whether `pid` is a live keel-domd process (a pid reused by another program is not).
+/// Whether `pid` is a keel-domd process that has not finished exiting (a pid reused by
+/// another program is not). An exiting process loses its command line (its memory) before
+/// its files are closed, which is when its domain and its hold on the module go, and its
+/// first thread can be a zombie while others still exit with the files: so this reads the
+/// name in `/proc/PID/stat` and the state of every thread, and the process is gone when all
+/// of them are zombies (or dead).
 pub fn process_alive(pid: u32) -> bool {
     let Ok(pid_t) = libc::pid_t::try_from(pid) else {
         return false;
@@ -123,16 +128,32 @@ pub fn process_alive(pid: u32) -> bool {
     if pid_t <= 0 {
         return false;
     }
-    match fs::read(format!("/proc/{pid}/cmdline")) {
-        // A zombie has an empty command line: it is gone for our purposes.
-        Ok(cmdline) => {
-            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-            Path::new(std::str::from_utf8(argv0).unwrap_or_default())
-                .file_name()
-                .is_some_and(|n| n == "keel-domd")
-        }
-        Err(_) => false,
-    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(("keel-domd", leader)) = stat_name_state(&stat) else {
+        return false;
+    };
+    let running = |state: char| !matches!(state, 'Z' | 'X' | 'x');
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return running(leader);
+    };
+    tasks.flatten().any(|t| {
+        fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| stat_name_state(&s).map(|(_, state)| running(state)))
+            .unwrap_or(false)
+    })
+}
+
+/// The command name and state of a `/proc/PID/stat` line: `PID (NAME) S ...`, where the
+/// name may itself hold spaces and parentheses (the last `)` ends it).
+fn stat_name_state(stat: &str) -> Option<(&str, char)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
+    Some((name, state))
 }
 
 #[cfg(test)]
@@ -184,5 +205,62 @@ mod tests {
         assert!(!process_alive(std::process::id()));
         assert!(!process_alive(0));
         assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn a_keel_domd_is_alive_until_it_is_a_zombie() {
+        // A program named keel-domd: sleep(1), copied.
+        let dir = temp_dirs("alive").run;
+        let bin = dir.join("keel-domd");
+        let Some(sleep) = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            eprintln!("SKIP: no sleep(1) to run as keel-domd");
+            return;
+        };
+        fs::copy(sleep, &bin).unwrap();
+        let mut child = std::process::Command::new(&bin).arg("30").spawn().unwrap();
+        assert!(process_alive(child.id()));
+        // SAFETY: kill with our own child's pid, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let stat = format!("/proc/{}/stat", child.id());
+        for _ in 0..500 {
+            let line = fs::read_to_string(&stat).unwrap();
+            if stat_name_state(&line).is_some_and(|(_, s)| s == 'Z') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!process_alive(child.id()), "a zombie is gone");
+        child.wait().unwrap();
+        assert!(!process_alive(child.id()));
+    }
+
+    #[test]
+    fn stat_lines_give_name_and_state() {
+        assert_eq!(
+            stat_name_state("42 (keel-domd) R 1 42 42 0 -1"),
+            Some(("keel-domd", 'R'))
+        );
+        assert_eq!(stat_name_state("7 (a) b) (c) Z 1"), Some(("a) b) (c", 'Z')));
+        assert_eq!(stat_name_state("7 keel-domd R"), None);
+        assert_eq!(stat_name_state("7 (keel-domd)"), None);
+        let own = fs::read_to_string("/proc/thread-self/stat").unwrap();
+        assert_eq!(stat_name_state(&own).map(|(_, s)| s), Some('R'));
+        // A child that exited and is not reaped yet: a zombie, under its name.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        let mut state = None;
+        for _ in 0..500 {
+            let line = fs::read_to_string(&stat).unwrap();
+            state = stat_name_state(&line).map(|(n, s)| (n.to_string(), s));
+            if state.as_ref().is_some_and(|(_, s)| *s == 'Z') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(state, Some(("true".to_string(), 'Z')));
+        child.wait().unwrap();
     }
 }

@@ -212,21 +212,25 @@ fn acked(xs: &mut Client, home: &str) -> Result<bool, String> {
     }
 }
 
-/// What the domain list says of `name` (first known as `domid`).
+/// What the domain list says of `name` (first known as `domid`, run by the keel-domd
+/// `daemon`).
 fn seen(
     domains: &Domains,
     xs: &mut Client,
     dirs: &Dirs,
     name: &str,
     domid: u32,
+    daemon: Option<u32>,
 ) -> Result<Seen, String> {
     let list = domains.list(xs)?;
     let Some(d) = list.iter().find(|d| d.name == name) else {
-        // A keel-domd restarting its domain has none in the module for a moment.
+        // A keel-domd restarting its domain has none in the module for a moment; one that
+        // is exiting still holds the module until its files are closed, so the domain is
+        // gone only with its process (then `rmmod keel` works at once).
         let restarting = matches!(
             (domains, StateFile::read(&dirs.state(name))),
             (Domains::Module(_), Ok(s)) if process_alive(s.pid)
-        );
+        ) || daemon.is_some_and(process_alive);
         return Ok(if restarting {
             Seen::Listed(domid)
         } else {
@@ -293,6 +297,13 @@ pub fn run(
             request.verb()
         ));
     }
+    let daemon = match domains {
+        Domains::Module(_) => StateFile::read(&dirs.state(&name))
+            .ok()
+            .filter(|s| s.domid == domid)
+            .map(|s| s.pid),
+        Domains::XenStore => None,
+    };
     let path = format!("{home}/control/shutdown");
     xs.write(TxId::NONE, &path, request.word())
         .map_err(|e| op_error("write", &path, &e))?;
@@ -317,7 +328,7 @@ pub fn run(
     let _ = std::io::stdout().flush();
     let start = Instant::now();
     loop {
-        let seen = seen(domains, xs, dirs, &name, domid)?;
+        let seen = seen(domains, xs, dirs, &name, domid, daemon)?;
         let acked = acked(xs, &home)?;
         match waiting.step(seen, acked, start.elapsed()) {
             Step::Wait => sleep(POLL),

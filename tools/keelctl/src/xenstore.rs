@@ -291,7 +291,8 @@ pub struct LsStyle {
 
 /// Prints the tree below `path` as `xenstore-ls` does. Children that vanish or become
 /// unreadable while it walks are skipped, as xenstore-ls skips them (it warns); `path`
-/// itself must be listable.
+/// itself must be listable. A reader that goes away (`keelctl xenstore ls | head`) ends the
+/// listing quietly, as it ends xenstore-ls.
 pub fn ls(
     tree: &mut dyn Tree,
     path: &str,
@@ -299,7 +300,24 @@ pub fn ls(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let names = tree.children(path).map_err(|e| op_error("ls", path, &e))?;
-    ls_below(tree, path, &names, 0, style, out)
+    match ls_below(tree, path, &names, 0, style, out) {
+        Err(Stop::ReaderGone) => Ok(()),
+        Err(Stop::Failed(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Why a listing (or any output of `keelctl xenstore`) stopped early.
+enum Stop {
+    /// Its output is a pipe whose reader closed it.
+    ReaderGone,
+    Failed(String),
+}
+
+impl From<String> for Stop {
+    fn from(e: String) -> Self {
+        Stop::Failed(e)
+    }
 }
 
 fn ls_below(
@@ -309,8 +327,11 @@ fn ls_below(
     depth: usize,
     style: LsStyle,
     out: &mut dyn Write,
-) -> Result<(), String> {
-    let write_err = |e: io::Error| format!("writing the listing: {e}");
+) -> Result<(), Stop> {
+    let write_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::BrokenPipe => Stop::ReaderGone,
+        _ => Stop::Failed(format!("writing the listing: {e}")),
+    };
     for name in names {
         let child = join(path, name);
         let mut line = if style.full_paths {
@@ -331,7 +352,7 @@ fn ls_below(
         match tree.children(&child) {
             Ok(grandchildren) => ls_below(tree, &child, &grandchildren, depth + 1, style, out)?,
             Err(Error::Xs(Errno::ENOENT | Errno::EACCES)) => {}
-            Err(e) => return Err(op_error("ls", &child, &e)),
+            Err(e) => return Err(Stop::Failed(op_error("ls", &child, &e))),
         }
     }
     Ok(())
@@ -353,6 +374,14 @@ pub fn pairs(args: &[String]) -> Result<Vec<(&str, &str)>, String> {
 
 /// Runs one `keelctl xenstore` verb against the daemon at `socket`.
 pub fn run(command: &XsCommand, socket: &Path) -> Result<(), String> {
+    match run_to_stdout(command, socket) {
+        // `keelctl xenstore ls | head`, `... watch | head -n 1`: done, as for xenstore-ls.
+        Ok(()) | Err(Stop::ReaderGone) => Ok(()),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+fn run_to_stdout(command: &XsCommand, socket: &Path) -> Result<(), Stop> {
     // Bad arguments are reported before a missing daemon.
     if let XsCommand::Write { pairs: args, .. } = command {
         pairs(args)?;
@@ -360,7 +389,10 @@ pub fn run(command: &XsCommand, socket: &Path) -> Result<(), String> {
     let mut xs = connect(socket)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let write_err = |e: io::Error| format!("writing to stdout: {e}");
+    let write_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::BrokenPipe => Stop::ReaderGone,
+        _ => Stop::Failed(format!("writing to stdout: {e}")),
+    };
     match command {
         XsCommand::Ls {
             full_paths,
@@ -550,6 +582,42 @@ mod tests {
             ("/local/domain/7/data/blob", "a\nb\\"),
             ("/vm/1234/name", "web"),
         ])
+    }
+
+    /// A writer that takes `room` lines, then fails with `kind`.
+    struct Closing {
+        room: usize,
+        kind: io::ErrorKind,
+    }
+
+    impl Write for Closing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(self.kind.into());
+            }
+            self.room -= buf.iter().filter(|&&b| b == b'\n').count().min(self.room);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn ls_stops_quietly_when_its_reader_goes() {
+        let style = LsStyle::default();
+        let mut gone = Closing {
+            room: 3,
+            kind: io::ErrorKind::BrokenPipe,
+        };
+        assert_eq!(ls(&mut fake(), "/", style, &mut gone), Ok(()));
+        let mut full = Closing {
+            room: 3,
+            kind: io::ErrorKind::StorageFull,
+        };
+        let e = ls(&mut fake(), "/", style, &mut full).unwrap_err();
+        assert!(e.starts_with("writing the listing: "), "{e}");
     }
 
     #[test]

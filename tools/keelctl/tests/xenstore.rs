@@ -223,6 +223,40 @@ fn xenstore_verbs() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let d = daemon_or_skip!("pipe");
+    for i in 0..400 {
+        d.client()
+            .write(
+                NONE,
+                &format!("/many/node{i:03}"),
+                "a value long enough to fill pipes",
+            )
+            .expect("write");
+    }
+    // `keelctl xenstore ls | head -n 1`: the reader takes a line and goes.
+    for args in [
+        &["xenstore", "ls", "/many"][..],
+        &["xenstore", "list", "/many"],
+    ] {
+        let mut child = d
+            .keelctl(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keelctl runs");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("a line");
+        assert!(first.starts_with("node000"), "{first:?}");
+        let out = finish(child);
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
 fn watch_prints_events_as_they_come() {
     let d = daemon_or_skip!("watch");
     // The first event comes at once, for the watched path itself.
