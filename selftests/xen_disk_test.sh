@@ -139,6 +139,9 @@ boot_disks() {
     fresh_disks || return 1
     rm -f /var/log/keel/disks.log
     cfg disks 'on_poweroff = "destroy"' 'on_reboot = "restart"'
+    # The module's users before the domain (no other domain runs now): shutdown -w checks
+    # that they are back to this when it returns.
+    cat /sys/module/keel/refcnt >$dir/refcnt
     keelctl create $dir/disks.cfg >$out 2>$err || { cat $out $err; return 1; }
     wait_for disks "keel-domu: ready" 300 || return 1
     f=/var/log/keel/disks.log
@@ -265,12 +268,15 @@ hot_errors() {
 }
 check xen_disk.block_attach_errors_name_the_disk hot_errors
 
-# keelctl shutdown -w: control/shutdown, the guest powers off, the data is in the image.
+# keelctl shutdown -w: control/shutdown, the guest powers off, the data is in the image;
+# when it returns, the domain's keel-domd has let go of the module (rmmod would work).
 shutdown_w() {
     need_domu || return $?
     d=$(domid disks)
     set -- $(sums disks); written=$1
     keelctl shutdown -w --timeout 120 disks >$out 2>$err || { cat $out $err; tail -n 20 /var/log/keel/disks.log; return 1; }
+    r=$(cat /sys/module/keel/refcnt)
+    [ "$r" = "$(cat $dir/refcnt)" ] || { echo "keel.ko has $r users after shutdown -w, $(cat $dir/refcnt) before the domain"; ps; return 1; }
     gone disks 30 || return 1
     nothing_left disks "$d" || return 1
     s=$(image_sum) || return 1
