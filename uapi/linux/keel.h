@@ -253,7 +253,8 @@ struct keel_evtchn_port {
  * general_error: no such grant, another grantee, read-only; -3 bad_gntref: a reference beyond
  * the DomU's table; -10 bad_copy_arg: offset + len beyond the page). The ioctl fails with
  * EINVAL for a bad count, flags or pad, and with EFAULT when a `buf` cannot be read or
- * written (that segment and the ones after it have no status).
+ * written (the segments from the batch of 32 that holds it on have no status; the module
+ * takes and gives back each batch's grants at once).
  *
  * KEEL_DOMAIN_GRANT_MAP takes `count` references at once (all granted, or the ioctl fails
  * with EACCES, or ENOENT for a reference beyond the table, and nothing is kept) and returns a
