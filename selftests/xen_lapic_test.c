@@ -16,7 +16,9 @@
  * 32-bit ID, the version and the cluster LDR; a self IPI through SELF IPI and fixed IPIs and
  * INIT/SIPI through the 64-bit ICR (destination in the high half), EOI by MSR; every refused
  * access #GPs (x2APIC MSRs in xAPIC mode, EOI read, reserved bits, a read-only register,
- * x2APIC straight back to xAPIC), and disabling the APIC leaves them all refused. Runs inside
+ * x2APIC straight back to xAPIC), and disabling the APIC leaves them all refused. An interrupt
+ * whose injecting entry the hardware refused is taken once at the next run, not left in
+ * service. Runs inside
  * the test VM, as root, after keel.ko is loaded.
  */
 #include <cpuid.h>
@@ -210,6 +212,28 @@ static GUEST_CODE void guest_self_ipi_hlt_rounds(void)
 			GUEST_SYNC(i);
 		GUEST_ASSERT(!apic_bit(APIC_ISR, VEC_SELF));
 	}
+}
+
+/* An interrupt pending when an entry is refused: a self IPI sent with interrupts off, then a
+ * report made right after STI (so the run ends with the interrupt still pending and the guest
+ * open to it); the test makes the hardware refuse the next entry, the one that injects it.
+ * Run again, the guest takes it once, and it is not left in service (which would block its
+ * priority class: a second one must still come). */
+static GUEST_CODE void guest_refused_entry_keeps_irq(void)
+{
+	apic_write(APIC_SVR, 0x1ff);
+	apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+	GUEST_ASSERT(apic_bit(APIC_IRR, VEC_SELF));
+	/* GUEST_SYNC(1) in STI's shadow: no interrupt window before it. */
+	__GUEST_HYPERCALL("sti; .byte 0x0f, 0x01, 0xc1", KEEL_HC_SYNC, 1, 0, 0, 0, 0);
+	__asm__ volatile("cli" ::: "memory");
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 1);
+	GUEST_ASSERT(!apic_bit(APIC_ISR, VEC_SELF));
+	GUEST_ASSERT(!apic_bit(APIC_IRR, VEC_SELF));
+	apic_write(APIC_ICR_LOW, APIC_SH_SELF | APIC_DM_FIXED | VEC_SELF);
+	irq_window();
+	GUEST_ASSERT_EQ(XEN_IRQ(0)->lapic_count, 2);
+	GUEST_DONE();
 }
 
 /* NMIs by the ICR (self): taken with interrupts off, at once; one the handler sends itself
@@ -454,6 +478,27 @@ TEST_F(domain, self_ipi_hlt_rounds_once_each)
 	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vm->vcpus[0], &uc))
 		TH_LOG("round %llu of %d: the interrupt count is off (%llu)", (ull)uc.args[0],
 		       ROUNDS, (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->lapic_count);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, refused_entry_keeps_the_interrupt_pending)
+{
+	struct keel_vm *vm = vm_create_xen("xen-refused-irq", 1, SZ_1M);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_ucall uc;
+
+	xen_setup_vcpu0(vm, guest_refused_entry_keeps_irq);
+	ASSERT_EQ(UCALL_SYNC, vcpu_run_report(vcpu, &uc));
+	ASSERT_EQ(1, uc.args[0]);
+	if (!force_entry_failures(1))
+		SKIP(goto out, "cannot write %s", FAIL_ENTRIES);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_ENTRY_FAILURE);
+	EXPECT_EQ(UCALL_DONE, vcpu_run_report(vcpu, &uc))
+		TH_LOG("after the refused entry: %llu interrupts taken",
+		       (ull)((struct xen_irq_state *)gpa_hva(vm, XEN_IRQ_GPA(0), 64))->lapic_count);
+out:
+	force_entry_failures(0);
 	vm_destroy(vm);
 }
 

@@ -451,9 +451,11 @@ fn set_window(vmcs: &Vmcs, bit: u32, on: bool) {
 
 /// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
 /// now (RFLAGS.IF, no STI or MOV SS shadow, no other event being injected); otherwise asks for
-/// an interrupt-window exit, after which the next entry tries again.
-fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
+/// an interrupt-window exit, after which the next entry tries again. Returns whether it
+/// injected.
+fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) -> bool {
     let mut want_window = false;
+    let mut injected = false;
     if v.irq & IRQ_VALID != 0 {
         let busy = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD) & intr_info::VALID != 0;
         let shadow = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO)
@@ -467,11 +469,22 @@ fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
             );
             v.injected = v.irq;
             v.irq = 0;
+            injected = true;
         } else {
             want_window = true;
         }
     }
     set_window(vmcs, cpu_based::INTR_WINDOW_EXITING, want_window);
+    injected
+}
+
+/// After an entry the processor refused: the interrupt [`deliver_irq`] injected for it was
+/// not delivered, so it is pending again (not acknowledged in the local APIC by the run loop)
+/// and the entry's event field is cleared.
+fn give_back_irq(vmcs: &Vmcs, v: &mut VcpuState) {
+    v.irq = v.injected;
+    v.injected = 0;
+    vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
 }
 
 /// Decodes the exit of the current VMCS.
@@ -622,7 +635,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         }
         v.drop_stale_irq(domain);
         let nmi_injected = deliver_nmi(&vmx.vmcs, v);
-        deliver_irq(&vmx.vmcs, v);
+        let irq_injected = deliver_irq(&vmx.vmcs, v);
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
         let failed = unsafe { vmx_guest_enter(&mut v.regs, u64::from(launched)) };
@@ -630,8 +643,11 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             vmx.vmcs.write(field::GUEST_ACTIVITY_STATE, 0);
         }
         if failed != 0 {
-            // Not delivered: the NMI stays pending.
+            // Not delivered: the NMI and the interrupt stay pending.
             v.nmi |= nmi_injected;
+            if irq_injected {
+                give_back_irq(&vmx.vmcs, v);
+            }
             let error: u64 = vmx.vmcs.read(field::VM_INSTRUCTION_ERROR).into();
             v.exit = UserExit::EntryFailure {
                 reason: 0xffff_ffff | (error << 32),
@@ -644,6 +660,9 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         let (exit, reason) = decode(&vmx.vmcs);
         if matches!(exit, Exit::EntryFailure { .. }) {
             v.nmi |= nmi_injected;
+            if irq_injected {
+                give_back_irq(&vmx.vmcs, v);
+            }
         }
         if reason & 0xffff == EXIT_NMI_WINDOW {
             // The guest takes NMIs again: the next entry injects the pending one.
