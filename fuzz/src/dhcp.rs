@@ -240,12 +240,29 @@ pub fn run(rng: &mut Rng) -> Result<(), Finding> {
         return Err(format!("client identifier {id:?} for {:?}", req.client_id));
     }
     let used = options.iter().map(|(_, v)| 2 + v.len()).sum::<usize>() + 1;
-    if used > options_room(&req) || r.len() + 28 > 1500 {
+    // What the client takes: 576 bytes, or its option 57 up to an Ethernet frame (checked
+    // here without the server's own arithmetic).
+    let takes = req
+        .max_size
+        .map_or(576, |m| usize::from(m).clamp(576, 1500));
+    if used > options_room(&req) || 240 + used > takes - 28 {
         return Err(format!(
-            "{used} bytes of options in {} bytes, {} of room",
+            "{used} bytes of options in {} bytes, {} of room, the client takes {takes}",
             r.len(),
             options_room(&req)
         ));
+    }
+    // Type and server id always; lease time (not for INFORM), mask and router unless a NAK.
+    let has = |code: u8| options.iter().any(|(c, _)| *c == code);
+    let mut required = vec![53, 54];
+    if a.kind != MessageType::Nak {
+        required.extend([1, 3]);
+        if req.kind != MessageType::Inform {
+            required.push(51);
+        }
+    }
+    if let Some(missing) = required.into_iter().find(|c| !has(*c)) {
+        return Err(format!("no option {missing} in a {:?}", a.kind));
     }
     // Only the lease's address, never one the guest names (Dom0's own, say).
     if a.to != Ipv4Addr::BROADCAST && (a.to != l.addr || a.to != req.ciaddr) {

@@ -57,18 +57,25 @@ impl Domain {
                     return Err(EINVAL);
                 }
             }
+            // A segment past its page's end takes no grant.
+            let fits = |s: &uapi::keel_grant_copy_seg| {
+                usize::from(s.offset) + usize::from(s.len) <= PAGE as usize
+            };
             let Some(dom) = dom else {
                 // No table yet: the DomU has not run.
                 for seg in segs.iter_mut() {
-                    seg.status = gnttabop::ST_BAD_GNTREF;
+                    seg.status = if fits(seg) {
+                        gnttabop::ST_BAD_GNTREF
+                    } else {
+                        gnttabop::ST_BAD_COPY_ARG
+                    };
                     w.write(seg)?;
                 }
                 continue;
             };
-            // A segment past its page's end takes no grant.
             let mut uses = [None; COPY_BATCH];
             for (u, s) in uses.iter_mut().zip(segs.iter()) {
-                if usize::from(s.offset) + usize::from(s.len) <= PAGE as usize {
+                if fits(s) {
                     *u = Some(Use {
                         gref: s.ref_,
                         write: s.flags & uapi::KEEL_GRANT_TO_GUEST != 0,

@@ -451,11 +451,9 @@ fn set_window(vmcs: &Vmcs, bit: u32, on: bool) {
 
 /// Injects the run loop's pending interrupt (`VcpuState::irq`) if the guest takes interrupts
 /// now (RFLAGS.IF, no STI or MOV SS shadow, no other event being injected); otherwise asks for
-/// an interrupt-window exit, after which the next entry tries again. Returns whether it
-/// injected.
-fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) -> bool {
+/// an interrupt-window exit, after which the next entry tries again.
+fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
     let mut want_window = false;
-    let mut injected = false;
     if v.irq & IRQ_VALID != 0 {
         let busy = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD) & intr_info::VALID != 0;
         let shadow = vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO)
@@ -469,18 +467,26 @@ fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) -> bool {
             );
             v.injected = v.irq;
             v.irq = 0;
-            injected = true;
         } else {
             want_window = true;
         }
     }
     set_window(vmcs, cpu_based::INTR_WINDOW_EXITING, want_window);
-    injected
 }
 
-/// After an entry the processor refused: the interrupt [`deliver_irq`] injected for it was
-/// not delivered, so it is pending again (not acknowledged in the local APIC by the run loop)
-/// and the entry's event field is cleared.
+/// Whether the entry's event field `entry` holds the run's injected interrupt (put there by
+/// [`deliver_irq`], or again by [`reinject_vectoring`] after an exit cut its delivery short).
+fn carries_injected(entry: u32, v: &VcpuState) -> bool {
+    v.injected & IRQ_VALID != 0
+        && entry & intr_info::VALID != 0
+        && entry & intr_info::TYPE_MASK == intr_info::TYPE_EXT_INTR
+        && entry & 0xff == u32::from(v.injected & 0xff)
+}
+
+/// The run's injected interrupt was not delivered (the entry that carried it was refused, or
+/// the run ends with it still waiting in the entry's event field): it is pending again, not
+/// acknowledged in the local APIC by the run loop, and the next run picks it afresh; the
+/// field is cleared.
 fn give_back_irq(vmcs: &Vmcs, v: &mut VcpuState) {
     v.irq = v.injected;
     v.injected = 0;
@@ -563,8 +569,9 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     let data = v.completion_data;
     v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, 0)
         .complete_pending(data);
-    // An event the last run left to inject (one whose delivery an exit interrupted, when the
-    // run then ended) is delivered at this entry, unless Dom0 gave the vCPU a new state.
+    // An event the last run left to inject (an exception or NMI whose delivery an exit
+    // interrupted, when the run then ended; an interrupt is given back instead) is delivered
+    // at this entry, unless Dom0 gave the vCPU a new state.
     if reloaded {
         vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
         // A new state (INIT/SIPI, or Dom0's) is in no NMI handler.
@@ -635,7 +642,9 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         }
         v.drop_stale_irq(domain);
         let nmi_injected = deliver_nmi(&vmx.vmcs, v);
-        let irq_injected = deliver_irq(&vmx.vmcs, v);
+        deliver_irq(&vmx.vmcs, v);
+        // A refused entry delivers nothing, and an entry-failure exit clears the field.
+        let carried = carries_injected(vmx.vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD), v);
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
         let failed = unsafe { vmx_guest_enter(&mut v.regs, u64::from(launched)) };
@@ -645,7 +654,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         if failed != 0 {
             // Not delivered: the NMI and the interrupt stay pending.
             v.nmi |= nmi_injected;
-            if irq_injected {
+            if carried {
                 give_back_irq(&vmx.vmcs, v);
             }
             let error: u64 = vmx.vmcs.read(field::VM_INSTRUCTION_ERROR).into();
@@ -660,7 +669,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         let (exit, reason) = decode(&vmx.vmcs);
         if matches!(exit, Exit::EntryFailure { .. }) {
             v.nmi |= nmi_injected;
-            if irq_injected {
+            if carried {
                 give_back_irq(&vmx.vmcs, v);
             }
         }
@@ -705,6 +714,12 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
             v.arch.cstar,
             v.arch.sfmask,
         ] = saved;
+    }
+    // An interrupt whose delivery an exit cut short waits in the entry's event field; it is
+    // not kept there across runs (the next entry may be refused, or reload a new state that
+    // clears the field), but given back, so that the run loop does not acknowledge it.
+    if carries_injected(vmx.vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD), v) {
+        give_back_irq(&vmx.vmcs, v);
     }
     if matches!(v.exit, UserExit::EntryFailure { .. }) {
         // The guest state was refused: keep Dom0's copy and load it again next time.

@@ -209,7 +209,9 @@ mod tests {
 
     #[test]
     fn a_keel_domd_is_alive_until_it_is_a_zombie() {
-        // A program named keel-domd: sleep(1), copied.
+        use std::os::unix::process::CommandExt as _;
+        // A program named keel-domd: sleep(1) through a link of that name (the kernel names
+        // a process after the path it ran; argv[0] stays "sleep" for a multi-call binary).
         let dir = temp_dirs("alive").run;
         let bin = dir.join("keel-domd");
         let Some(sleep) = ["/bin/sleep", "/usr/bin/sleep"]
@@ -219,8 +221,12 @@ mod tests {
             eprintln!("SKIP: no sleep(1) to run as keel-domd");
             return;
         };
-        fs::copy(sleep, &bin).unwrap();
-        let mut child = std::process::Command::new(&bin).arg("30").spawn().unwrap();
+        std::os::unix::fs::symlink(sleep, &bin).unwrap();
+        let mut child = std::process::Command::new(&bin)
+            .arg0("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         assert!(process_alive(child.id()));
         // SAFETY: kill with our own child's pid, not yet reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
