@@ -474,11 +474,15 @@ fn deliver_irq(vmcs: &Vmcs, v: &mut VcpuState) {
     set_window(vmcs, cpu_based::INTR_WINDOW_EXITING, want_window);
 }
 
-/// Whether the entry's event field `entry` holds the run's injected interrupt (put there by
+/// Whether the entry's event field holds the run's injected interrupt (put there by
 /// [`deliver_irq`], or again by [`reinject_vectoring`] after an exit cut its delivery short).
-fn carries_injected(entry: u32, v: &VcpuState) -> bool {
-    v.injected & IRQ_VALID != 0
-        && entry & intr_info::VALID != 0
+/// Reads the field only when the run injected one.
+fn carries_injected(vmcs: &Vmcs, v: &VcpuState) -> bool {
+    if v.injected & IRQ_VALID == 0 {
+        return false;
+    }
+    let entry = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD);
+    entry & intr_info::VALID != 0
         && entry & intr_info::TYPE_MASK == intr_info::TYPE_EXT_INTR
         && entry & 0xff == u32::from(v.injected & 0xff)
 }
@@ -644,7 +648,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         let nmi_injected = deliver_nmi(&vmx.vmcs, v);
         deliver_irq(&vmx.vmcs, v);
         // A refused entry delivers nothing, and an entry-failure exit clears the field.
-        let carried = carries_injected(vmx.vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD), v);
+        let carried = carries_injected(&vmx.vmcs, v);
         // SAFETY: The vCPU's VMCS is current and complete; the trampoline returns here after
         // the next VM exit or a failed entry.
         let failed = unsafe { vmx_guest_enter(&mut v.regs, u64::from(launched)) };
@@ -718,7 +722,7 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     // An interrupt whose delivery an exit cut short waits in the entry's event field; it is
     // not kept there across runs (the next entry may be refused, or reload a new state that
     // clears the field), but given back, so that the run loop does not acknowledge it.
-    if carries_injected(vmx.vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD), v) {
+    if carries_injected(&vmx.vmcs, v) {
         give_back_irq(&vmx.vmcs, v);
     }
     if matches!(v.exit, UserExit::EntryFailure { .. }) {

@@ -28,7 +28,9 @@ const MAX_DNS: usize = 3;
 const MAX_HOST_NAME: usize = 63;
 /// The options' bytes after the cookie that every client takes: a message of 576 bytes with
 /// its IP and UDP headers (RFC 2131 2), which is also what busybox's udhcpc reads.
-const OPTIONS_MIN: usize = 576 - 28 - HEADER_LEN - 4;
+const OPTIONS_MIN: usize = 576 - BEFORE_OPTIONS;
+/// A message's bytes before its options: the IP and UDP headers, BOOTP's and the cookie.
+const BEFORE_OPTIONS: usize = 28 + HEADER_LEN + 4;
 /// The largest message a client's option 57 may ask for: one Ethernet frame's IP datagram.
 const MAX_MESSAGE: usize = 1500;
 /// The server's and the client's UDP ports.
@@ -181,7 +183,7 @@ pub fn parse(msg: &[u8]) -> Option<Request<'_>> {
 /// what every client takes, or more up to an Ethernet frame when its option 57 says so.
 pub fn options_room(req: &Request<'_>) -> usize {
     let asked = req.max_size.map_or(0, usize::from).min(MAX_MESSAGE);
-    OPTIONS_MIN.max(asked.saturating_sub(28 + HEADER_LEN + 4))
+    OPTIONS_MIN.max(asked.saturating_sub(BEFORE_OPTIONS))
 }
 
 /// The server's answer to one message: its bytes and where they go.

@@ -300,11 +300,7 @@ pub fn ls(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let names = tree.children(path).map_err(|e| op_error("ls", path, &e))?;
-    match ls_below(tree, path, &names, 0, style, out) {
-        Err(Stop::ReaderGone) => Ok(()),
-        Err(Stop::Failed(e)) => Err(e),
-        Ok(()) => Ok(()),
-    }
+    Stop::ended(ls_below(tree, path, &names, 0, style, out))
 }
 
 /// Why a listing (or any output of `keelctl xenstore`) stopped early.
@@ -320,6 +316,24 @@ impl From<String> for Stop {
     }
 }
 
+impl Stop {
+    /// A failed write of `what`: a reader gone, or an error naming it.
+    fn writing(what: &'static str) -> impl Fn(io::Error) -> Stop + Copy {
+        move |e| match e.kind() {
+            io::ErrorKind::BrokenPipe => Stop::ReaderGone,
+            _ => Stop::Failed(format!("writing {what}: {e}")),
+        }
+    }
+
+    /// The outcome for the user: output cut short by its reader is no failure.
+    fn ended(r: Result<(), Stop>) -> Result<(), String> {
+        match r {
+            Ok(()) | Err(Stop::ReaderGone) => Ok(()),
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+}
+
 fn ls_below(
     tree: &mut dyn Tree,
     path: &str,
@@ -328,10 +342,7 @@ fn ls_below(
     style: LsStyle,
     out: &mut dyn Write,
 ) -> Result<(), Stop> {
-    let write_err = |e: io::Error| match e.kind() {
-        io::ErrorKind::BrokenPipe => Stop::ReaderGone,
-        _ => Stop::Failed(format!("writing the listing: {e}")),
-    };
+    let write_err = Stop::writing("the listing");
     for name in names {
         let child = join(path, name);
         let mut line = if style.full_paths {
@@ -374,11 +385,8 @@ pub fn pairs(args: &[String]) -> Result<Vec<(&str, &str)>, String> {
 
 /// Runs one `keelctl xenstore` verb against the daemon at `socket`.
 pub fn run(command: &XsCommand, socket: &Path) -> Result<(), String> {
-    match run_to_stdout(command, socket) {
-        // `keelctl xenstore ls | head`, `... watch | head -n 1`: done, as for xenstore-ls.
-        Ok(()) | Err(Stop::ReaderGone) => Ok(()),
-        Err(Stop::Failed(e)) => Err(e),
-    }
+    // `keelctl xenstore ls | head`, `... watch | head -n 1`: done, as for xenstore-ls.
+    Stop::ended(run_to_stdout(command, socket))
 }
 
 fn run_to_stdout(command: &XsCommand, socket: &Path) -> Result<(), Stop> {
@@ -389,10 +397,7 @@ fn run_to_stdout(command: &XsCommand, socket: &Path) -> Result<(), Stop> {
     let mut xs = connect(socket)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let write_err = |e: io::Error| match e.kind() {
-        io::ErrorKind::BrokenPipe => Stop::ReaderGone,
-        _ => Stop::Failed(format!("writing to stdout: {e}")),
-    };
+    let write_err = Stop::writing("to stdout");
     match command {
         XsCommand::Ls {
             full_paths,
