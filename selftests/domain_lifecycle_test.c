@@ -29,6 +29,22 @@ asm(".pushsection .rodata\n"
     "blob_real_spin_hlt:\n"
     "	hlt\n"
     "blob_real_spin_end:\n"
+    /* With interrupts off, exits that root mode serves by itself, forever: CPUID, and an
+     * invalid opcode whose handler (IVT vector 6) drops the frame and runs it again. */
+    "blob_real_cpuid_storm_start:\n"
+    "	cli\n"
+    "1:	xor %eax, %eax\n"
+    "	cpuid\n"
+    "	jmp 1b\n"
+    "blob_real_cpuid_storm_end:\n"
+    "blob_real_ud_storm_start:\n"
+    "	cli\n"
+    "blob_real_ud_storm_ud:\n"
+    "	ud2\n"
+    "blob_real_ud_storm_handler:\n"
+    "	add $6, %sp\n"
+    "	jmp blob_real_ud_storm_ud\n"
+    "blob_real_ud_storm_end:\n"
     /* Increments a dword counter in memory forever. */
     "blob_real_count_start:\n"
     "	addl $1, " KEEL_STR(COUNTER_GPA) "\n"
@@ -39,7 +55,9 @@ asm(".pushsection .rodata\n"
 
 BLOB(real_spin);
 BLOB(real_count);
-extern const uint8_t blob_real_spin_hlt[];
+BLOB(real_cpuid_storm);
+BLOB(real_ud_storm);
+extern const uint8_t blob_real_spin_hlt[], blob_real_ud_storm_handler[];
 
 /* ---------------------------------------------------------------------------------------
  * Host helpers. */
@@ -223,14 +241,17 @@ TEST_F(domain, paused_run_is_interruptible)
  *
  * A spinning guest, preemption and signals. */
 
-TEST_F(domain, spinning_guest_is_preempted_and_interrupted)
+/*
+ * Runs the vCPU on a thread pinned to CPU 0 beside this one, for 100 ms of sleeps: the guest
+ * must be preempted (the sleeps end in time), must have had the CPU meanwhile, and a signal
+ * must end its run.
+ */
+static void preempted_and_interrupted(struct __test_metadata *_metadata, struct keel_vm *vm)
 {
-	struct keel_vm *vm = REAL_VM("spin", 1, SZ_64K, real_spin);
 	struct keel_vcpu *vcpu = vm->vcpus[0];
 	struct vcpu_thread t;
 	struct timespec cpu0, cpu1;
 	clockid_t clock;
-	struct keel_regs regs;
 	uint64_t start, elapsed;
 	bool pinned;
 
@@ -260,6 +281,15 @@ TEST_F(domain, spinning_guest_is_preempted_and_interrupted)
 	EXPECT_EQ(-1, t.ret);
 	EXPECT_EQ(EINTR, t.err) TH_LOG("errno %s", strerrorname_np(t.err));
 	EXPECT_EXIT(vcpu, KEEL_EXIT_INTR);
+}
+
+TEST_F(domain, spinning_guest_is_preempted_and_interrupted)
+{
+	struct keel_vm *vm = REAL_VM("spin", 1, SZ_64K, real_spin);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_regs regs;
+
+	preempted_and_interrupted(_metadata, vm);
 
 	/* It can run again: move it to the HLT. */
 	vcpu_get_regs(vcpu, &regs);
@@ -269,6 +299,38 @@ TEST_F(domain, spinning_guest_is_preempted_and_interrupted)
 	vcpu_run(vcpu);
 	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
 	EXPECT_EQ(BLOB_OFF(real_spin, hlt), vcpu->run.exit.rip);
+	vm_destroy(vm);
+}
+
+/*
+ * A guest whose every exit root mode serves by itself, with interrupts off, is preempted and
+ * interrupted as a spinning one is. (Bochs holds a host interrupt while a guest runs with IF
+ * clear, and each entry started the VMX-preemption timer afresh: the exits came faster than
+ * it expired, and the run kept the host CPU until an NMI, the RCU stall detector's.)
+ */
+TEST_F(domain, cpuid_storm_with_if_clear_is_preempted_and_interrupted)
+{
+	struct keel_vm *vm = REAL_VM("cpuid-storm", 1, SZ_64K, real_cpuid_storm);
+
+	preempted_and_interrupted(_metadata, vm);
+	vm_destroy(vm);
+}
+
+TEST_F(domain, ud_storm_with_if_clear_is_preempted_and_interrupted)
+{
+	struct keel_vm *vm = REAL_VM("ud-storm", 1, SZ_64K, real_ud_storm);
+	const uint16_t ivt[2] = { BLOB_OFF(real_ud_storm, handler), CODE_GPA >> 4 };
+	struct keel_regs regs;
+
+	vm_write(vm, 6 * 4, ivt, sizeof(ivt));
+	vcpu_get_regs(vm->vcpus[0], &regs);
+	regs.rsp = 0x8000;
+	vcpu_set_regs(vm->vcpus[0], &regs);
+	preempted_and_interrupted(_metadata, vm);
+	vcpu_get_regs(vm->vcpus[0], &regs);
+	/* Stopped before or after a #UD's frame: the handler dropped every other one. */
+	EXPECT_TRUE((regs.rsp & 0xffff) == 0x8000 || (regs.rsp & 0xffff) == 0x8000 - 6)
+		TH_LOG("SP %#llx", (ull)regs.rsp);
 	vm_destroy(vm);
 }
 

@@ -278,6 +278,9 @@ pub(crate) struct VcpuState {
     pub(crate) asid: u32,
     /// The physical address of this state (computed by the Linux side).
     pub(crate) pa: u64,
+    /// Set by the run loop before a run: the TSC value after which root mode gives the CPU
+    /// back at the next exit it would otherwise serve and resume from (see `finish`).
+    pub(crate) turn_end: u64,
 }
 
 impl VcpuState {
@@ -334,10 +337,17 @@ impl VcpuState {
 
     /// Records how a run ended: `action` from the exit pipeline, `rip` where the guest was
     /// when it exited. Returns true when the guest should be entered again.
+    ///
+    /// A run whose turn is over (`turn_end`) ends at the next exit as if a host interrupt had
+    /// ended it: the run loop lets Dom0 take what is pending, then enters again. A guest whose
+    /// every exit root mode serves (a CPUID loop, an invalid opcode whose handler is another)
+    /// would otherwise keep the CPU for as long as host interrupts do not end its turn, which
+    /// an emulator that holds them while the guest's IF is clear (Bochs) never does: each
+    /// entry also starts the VMX-preemption timer afresh.
     pub(crate) fn finish(&mut self, action: Action, rip: u64) -> bool {
         match action {
-            Action::Resume => return true,
-            Action::RunLoop => self.exit = UserExit::None,
+            Action::Resume if (x86::rdtsc().wrapping_sub(self.turn_end) as i64) < 0 => return true,
+            Action::Resume | Action::RunLoop => self.exit = UserExit::None,
             // The handler wrote the record.
             Action::ToUser | Action::Crash => {}
             // Only Dom0 leaves.
