@@ -2,11 +2,15 @@
 /*
  * domain_exits_test: the exits a guest makes to Dom0, and their completion: I/O
  * (from real-mode guests; an IN completes on the next run) and HLT, MMIO, hypercalls (64- and
- * 32-bit callers, VMCALL and VMMCALL, refused at CPL 3), and a triple fault (shutdown).
+ * 32-bit callers, VMCALL and VMMCALL, refused at CPL 3), and a triple fault (shutdown); the
+ * exceptions root mode intercepts and gives back to the guest (#DB from a single step and
+ * from ICEBP, #AC), and an #AC delivery loop that must not keep the host's CPU.
  * Runs inside the test VM, as root, after keel.ko is loaded.
  */
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/time.h>
 
 #include "kselftest_harness.h"
 #include "domain_test.h"
@@ -21,6 +25,11 @@
 #define PORT_IN32     0x82
 #define PORT_ECHO32   0x84
 #define HC32_RESULTS  0x3000
+/* The #AC guest's tables, data and what it reports when no #AC came. */
+#define AC_GDT        0x2000
+#define AC_IDT        0x2800
+#define AC_DATA       0x3000
+#define AC_MISSING    0xac0ff
 #define XEN_VERSION_4_19 ((4ULL << 16) | 19)
 
 asm(".pushsection .rodata\n"
@@ -76,6 +85,46 @@ asm(".pushsection .rodata\n"
     "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
     "1:	jmp 1b\n"
     "blob_cpl3_end:\n"
+    /* #DB: POPF sets TF, and the instruction after it traps; or an ICEBP (INT1). The
+     * handler (IVT vector 1) reports DR6 and the frame's IP. */
+    ".code16\n"
+    "blob_real_db_start:\n"
+    "	pushf\n"
+    "	pop %ax\n"
+    "	or $0x100, %ax\n"
+    "	push %ax\n"
+    "	popf\n"
+    "	nop\n"
+    "blob_real_db_stepped:\n"
+    "	hlt\n"
+    "blob_real_db_icebp:\n"
+    "	.byte 0xf1\n"
+    "blob_real_db_after_icebp:\n"
+    "	hlt\n"
+    "blob_real_db_handler:\n"
+    "	mov %dr6, %eax\n"
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "	pop %ax\n"
+    "	movzwl %ax, %eax\n"
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "	hlt\n"
+    "blob_real_db_end:\n"
+    ".code32\n"
+    /* At CPL 3 with CR0.AM and EFLAGS.AC: a misaligned load raises #AC, whose handler (at
+     * CPL 3 too, through the IDT) reports the error code and the frame's EIP; without an
+     * #AC the load completes and the blob reports AC_MISSING. */
+    "blob_ac_start:\n"
+    "	mov " KEEL_STR(AC_DATA) " + 1, %eax\n"
+    "	mov $" KEEL_STR(AC_MISSING) ", %eax\n"
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "1:	jmp 1b\n"
+    "blob_ac_handler:\n"
+    "	pop %eax\n"
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "	pop %eax\n"
+    "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
+    "1:	jmp 1b\n"
+    "blob_ac_end:\n"
     /* An invalid opcode with no IDT. */
     "blob_ud2_start:\n"
     "	ud2\n"
@@ -89,6 +138,11 @@ extern const uint8_t blob_real_gp_rdmsr[], blob_real_gp_handler[];
 BLOB(hc32);
 BLOB(cpl3);
 BLOB(ud2);
+BLOB(real_db);
+extern const uint8_t blob_real_db_stepped[], blob_real_db_icebp[], blob_real_db_after_icebp[],
+	blob_real_db_handler[];
+BLOB(ac);
+extern const uint8_t blob_ac_handler[];
 
 #define MMIO_W8  0x11
 #define MMIO_W16 0x2233
@@ -377,6 +431,162 @@ TEST_F(domain, hypercall_from_cpl3_is_refused)
 			       call ? "xen_version with VMMCALL" : "an unknown VMCALL",
 			       (ull)vcpu->run.exit.io.data);
 	}
+	vm_destroy(vm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Exceptions root mode intercepts (#DB, #AC: so that no guest can loop the processor in their
+ * delivery) and gives back to the guest as the processor would have. Each is an exit that
+ * root mode counts (debugfs domain_exits), which shows it was intercepted. */
+
+/* A real-mode guest of the #DB blob at `start`, its handler in the IVT. */
+static struct keel_vm *db_vm(const char *name, uint64_t start)
+{
+	struct keel_vm *vm = REAL_VM(name, 1, SZ_64K, real_db);
+	const uint16_t ivt[2] = { BLOB_OFF(real_db, handler), CODE_GPA >> 4 };
+	struct keel_regs regs;
+
+	vm_write(vm, 1 * 4, ivt, sizeof(ivt));
+	vcpu_get_regs(vm->vcpus[0], &regs);
+	regs.rip = start;
+	regs.rsp = 0x8000;
+	vcpu_set_regs(vm->vcpus[0], &regs);
+	return vm;
+}
+
+/* Runs the #DB guest to its handler's two reports: DR6 and the IP the frame returns to. */
+static void run_to_db_reports(struct __test_metadata *_metadata, struct keel_vcpu *vcpu,
+			      uint32_t *dr6, uint32_t *ip)
+{
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	ASSERT_EQ(PORT_ECHO32, vcpu->run.exit.io.port);
+	*dr6 = vcpu->run.exit.io.data;
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	*ip = vcpu->run.exit.io.data;
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_HLT);
+}
+
+TEST_F(domain, single_step_db_is_intercepted_and_delivered)
+{
+	struct keel_vm *vm = db_vm("db-step", 0);
+	uint32_t dr6, ip;
+
+	run_to_db_reports(_metadata, vm->vcpus[0], &dr6, &ip);
+	EXPECT_EQ(BLOB_OFF(real_db, stepped), ip) TH_LOG("the trap's frame is not past the NOP");
+	EXPECT_EQ(1u << 14, dr6 & ((1u << 14) | 0xf)) TH_LOG("DR6 %#x: BS alone expected", dr6);
+	EXPECT_LE(1, domain_exits(vm->domid, "exception")) TH_LOG("the #DB was not intercepted");
+	vm_destroy(vm);
+}
+
+/* ICEBP's #DB returns past the instruction (VMX reports it as a privileged software
+ * exception, which Keel completes before delivering; QEMU's SVM delivers it without the
+ * exception intercept, so the exit is not asserted). */
+TEST_F(domain, icebp_db_is_intercepted_and_returns_past_it)
+{
+	struct keel_vm *vm = db_vm("db-icebp", BLOB_OFF(real_db, icebp));
+	uint32_t dr6, ip;
+
+	run_to_db_reports(_metadata, vm->vcpus[0], &dr6, &ip);
+	EXPECT_EQ(BLOB_OFF(real_db, after_icebp), ip) TH_LOG("the frame is not past the ICEBP");
+	EXPECT_EQ(0, dr6 & ((1u << 14) | 0xf)) TH_LOG("DR6 %#x: no condition expected", dr6);
+	vm_destroy(vm);
+}
+
+/* The #AC guest at CPL 3: a GDT of ring-3 flat segments, an IDT whose vector 17 is a ring-3
+ * interrupt gate to the handler (no stack switch), CR0.AM and EFLAGS.AC, and `sp`. */
+static struct keel_vm *ac_vm(const char *name, uint32_t sp)
+{
+	struct keel_vm *vm = vm_create(name, 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	const uint64_t gdt[3] = { 0, 0x00cffb000000ffffULL, 0x00cff3000000ffffULL };
+	const uint32_t handler = CODE_GPA + BLOB_OFF(ac, handler);
+	const uint32_t gate[2] = { (KEEL_SEL_CODE | 3) << 16 | (handler & 0xffff),
+				   (handler & 0xffff0000) | 0xee00 };
+	struct keel_sregs s;
+	struct keel_regs regs;
+
+	LOAD_BLOB(vm, CODE_GPA, ac);
+	vm_write(vm, AC_GDT, gdt, sizeof(gdt));
+	vm_write(vm, AC_IDT + 17 * 8, gate, sizeof(gate));
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_get_sregs(vcpu, &s);
+	s.cs.selector = KEEL_SEL_CODE | 3;
+	s.cs.attrib |= KEEL_SEG_DPL(3);
+	s.ds.selector = s.es.selector = s.fs.selector = s.gs.selector = s.ss.selector =
+		KEEL_SEL_DATA | 3;
+	s.ds.attrib |= KEEL_SEG_DPL(3);
+	s.es.attrib |= KEEL_SEG_DPL(3);
+	s.fs.attrib |= KEEL_SEG_DPL(3);
+	s.gs.attrib |= KEEL_SEG_DPL(3);
+	s.ss.attrib |= KEEL_SEG_DPL(3);
+	s.gdt.base = AC_GDT;
+	s.gdt.limit = sizeof(gdt) - 1;
+	s.idt.base = AC_IDT;
+	s.idt.limit = 18 * 8 - 1;
+	s.cr0 |= 1ULL << 18; /* AM */
+	vcpu_set_sregs(vcpu, &s);
+	vcpu_get_regs(vcpu, &regs);
+	regs.rflags = X86_RFLAGS_FIXED | X86_RFLAGS_IOPL3 | (1ULL << 18); /* AC */
+	regs.rsp = sp;
+	vcpu_set_regs(vcpu, &regs);
+	return vm;
+}
+
+TEST_F(domain, ac_is_intercepted_and_delivered)
+{
+	struct keel_vm *vm = ac_vm("ac", 0x8000);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	if (vcpu->run.exit.io.data == AC_MISSING)
+		SKIP(goto out, "the emulator raises no #AC (QEMU's TCG checks no alignment)");
+	EXPECT_EQ(0, vcpu->run.exit.io.data) TH_LOG("#AC's error code is 0");
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(CODE_GPA, vcpu->run.exit.io.data) TH_LOG("the frame is not the faulting load");
+	EXPECT_LE(1, domain_exits(vm->domid, "exception")) TH_LOG("the #AC was not intercepted");
+out:
+	vm_destroy(vm);
+}
+
+static void noop_handler(int sig)
+{
+	(void)sig;
+}
+
+/*
+ * A misaligned stack at CPL 3 with alignment checks on: delivering the #AC pushes its frame
+ * there and raises another #AC, and so on forever. On hardware the processor loops in the
+ * delivery (CVE-2015-5307) and a host interrupt never gets in; intercepted, each delivery is
+ * an exit, and the run still ends on its timer signal.
+ */
+TEST_F(domain, ac_delivery_loop_is_interrupted)
+{
+	struct keel_vm *vm = ac_vm("ac-loop", 0x8001);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct sigaction sa = { .sa_handler = noop_handler };
+	const struct itimerval t = { .it_value = { .tv_usec = 200000 } };
+	long long exits;
+	int ret, err;
+
+	sigemptyset(&sa.sa_mask);
+	ASSERT_EQ(0, sigaction(SIGALRM, &sa, NULL));
+	ASSERT_EQ(0, setitimer(ITIMER_REAL, &t, NULL));
+	ret = __vcpu_run(vcpu);
+	err = errno;
+	if (ret == 0 && vcpu->run.exit.reason == KEEL_EXIT_IO &&
+	    vcpu->run.exit.io.data == AC_MISSING)
+		SKIP(goto out, "the emulator raises no #AC (QEMU's TCG checks no alignment)");
+	EXPECT_EQ(-1, ret) TH_LOG("the run ended: %s", keel_exit_str(&vcpu->run.exit));
+	EXPECT_EQ(EINTR, err) TH_LOG("errno %s", strerrorname_np(err));
+	exits = domain_exits(vm->domid, "exception");
+	EXPECT_LE(100, exits) TH_LOG("%lld exception exits: not a delivery loop", exits);
+out:
+	setitimer(ITIMER_REAL, &(struct itimerval){ 0 }, NULL);
 	vm_destroy(vm);
 }
 

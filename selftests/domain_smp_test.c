@@ -43,27 +43,6 @@ static GUEST_CODE void guest_cpuids(uint64_t n)
 /* ---------------------------------------------------------------------------------------
  * Host helpers. */
 
-#define DOMAIN_EXITS "/sys/kernel/debug/keel/domain_exits"
-
-/* The `kind` exits root mode counted for domain `domid` (debugfs domain_exits: lines of
- * "domid kind count"); 0 when the domain has none of that kind, -1 when the file is not
- * readable. */
-static long long domain_exits(uint32_t domid, const char *kind)
-{
-	char line[128], k[32];
-	unsigned int id;
-	long long n, found = 0;
-	FILE *f = fopen(DOMAIN_EXITS, "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "%u %31s %lld", &id, k, &n) == 3 && id == domid && !strcmp(k, kind))
-			found = n;
-	fclose(f);
-	return found;
-}
-
 #define XADD_N 100000ULL
 
 struct smp_thread {

@@ -58,6 +58,8 @@ pub mod rflags {
     pub const FIXED: u64 = 1 << 1;
     /// Zero (VMfailValid after a VMX instruction).
     pub const ZF: u64 = 1 << 6;
+    /// Trap: single-step.
+    pub const TF: u64 = 1 << 8;
     /// Interrupt enable.
     pub const IF: u64 = 1 << 9;
 }
@@ -137,10 +139,61 @@ pub mod msr {
 
 /// Exception and interrupt vectors (SDM Vol. 3A, 6.3.1).
 pub mod vector {
+    /// Debug.
+    pub const DB: u8 = 1;
     /// NMI.
     pub const NMI: u8 = 2;
     /// Invalid opcode.
     pub const UD: u8 = 6;
     /// General protection.
     pub const GP: u8 = 13;
+    /// Alignment check.
+    pub const AC: u8 = 17;
+}
+
+/// DR6 bits (SDM Vol. 3B, 19.2.3).
+pub mod dr6 {
+    /// B0-B3: which breakpoint conditions were met.
+    pub const TRAP_BITS: u64 = 0xf;
+    /// BD: a debug-register access was detected (DR7.GD).
+    pub const BD: u64 = 1 << 13;
+    /// BS: single step.
+    pub const BS: u64 = 1 << 14;
+    /// RTM: clear when the #DB came inside an RTM region (active low).
+    pub const RTM: u64 = 1 << 16;
+    /// The bits that read as 1 when no debug condition sets them otherwise.
+    pub const ACTIVE_LOW: u64 = 0xffff_0ff0;
+
+    /// DR6 after a #DB whose conditions are `payload` (in the format of VMX's exit
+    /// qualification and pending debug exceptions: B0-B3, BD, BS, and RTM set for a #DB in
+    /// an RTM region), from DR6 before it: B0-B3 replaced, the other status bits kept (the
+    /// processor never clears them), bit 12 clear.
+    pub const fn after_debug(dr6: u64, payload: u64) -> u64 {
+        let payload = payload & (TRAP_BITS | BD | BS | RTM);
+        (((dr6 & !TRAP_BITS) | ACTIVE_LOW | payload) ^ (payload & ACTIVE_LOW))
+            & !(1 << 12)
+            & 0xffff_ffff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dr6;
+
+    #[test]
+    fn dr6_after_debug() {
+        // A single step from the reset value: BS set, the rest as it was.
+        assert_eq!(dr6::after_debug(0xffff_0ff0, dr6::BS), 0xffff_4ff0);
+        // A breakpoint replaces the last one's B0-B3 and keeps the sticky BS.
+        assert_eq!(dr6::after_debug(0xffff_4ff1, 1 << 2), 0xffff_4ff4);
+        // Inside an RTM region the active-low RTM bit reads 0; bit 12 and the upper half stay
+        // clear whatever the payload or the old value says.
+        assert_eq!(dr6::after_debug(0xffff_0ff0, dr6::RTM | 1), 0xfffe_0ff1);
+        assert_eq!(
+            dr6::after_debug(0xffff_ffff_ffff_ffff, 1 << 12 | 1 << 40),
+            0xffff_eff0
+        );
+        // ICEBP: no condition, B0-B3 cleared.
+        assert_eq!(dr6::after_debug(0xffff_0ff3, 0), 0xffff_0ff0);
+    }
 }

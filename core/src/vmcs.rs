@@ -342,6 +342,8 @@ pub mod intr_info {
     pub const TYPE_NMI: u32 = 2 << 8;
     /// Type: external interrupt.
     pub const TYPE_EXT_INTR: u32 = 0;
+    /// Type: privileged software exception (INT1, ICEBP).
+    pub const TYPE_PRIV_SW_EXCEPTION: u32 = 5 << 8;
     /// The type bits.
     pub const TYPE_MASK: u32 = 7 << 8;
 }

@@ -31,6 +31,9 @@ pub(crate) trait Hal {
     fn cs(&self) -> (u64, u16);
     /// Injects a hardware exception at the next entry.
     fn inject(&mut self, vector: u8, error_code: Option<u32>);
+    /// Gives the guest the #DB whose interception caused this exit, as the processor would
+    /// have delivered it: DR6 says why, and an ICEBP (INT1) has completed.
+    fn reflect_debug(&mut self);
     /// The length of the instruction that exited, when the hardware reports it.
     fn insn_len(&self) -> Option<u64>;
     /// Sets CR0, CR3, CR4 and EFER as the guest sees them, after a guest's MOV to CR or
@@ -76,6 +79,9 @@ impl<T: Hal> Hal for &mut T {
     }
     fn inject(&mut self, vector: u8, error_code: Option<u32>) {
         (**self).inject(vector, error_code)
+    }
+    fn reflect_debug(&mut self) {
+        (**self).reflect_debug()
     }
     fn insn_len(&self) -> Option<u64> {
         (**self).insn_len()

@@ -363,6 +363,23 @@ impl VcpuState {
     }
 }
 
+/// The exceptions a DomU's exits intercept (the same bits in VMX's exception bitmap and SVM's
+/// exception intercepts): #UD for the other vendor's hypercall instruction, #AC and #DB so
+/// that no guest can loop the processor in their delivery (see `Domu::exception`).
+pub(crate) const INTERCEPTED_EXCEPTIONS: u32 =
+    (1 << vector::UD) | (1 << vector::DB) | (1 << vector::AC);
+
+/// Whether `exit` is an intercepted #AC or #DB (see [`INTERCEPTED_EXCEPTIONS`]).
+pub(crate) fn benign_exception(exit: &Exit) -> bool {
+    matches!(
+        exit,
+        Exit::Exception {
+            vector: vector::AC | vector::DB,
+            ..
+        }
+    )
+}
+
 /// A DomU vCPU during one exit: its hardware and the parts of its state the handlers use.
 pub(crate) struct Domu<'a, H: Hal> {
     /// The vCPU's id.
@@ -910,15 +927,32 @@ impl<H: Hal> Ctx for Domu<'_, H> {
 
     /// #UD: the other vendor's hypercall instruction (VMMCALL on Intel, VMCALL on AMD) is a
     /// hypercall too; any other #UD is the guest's own and is delivered.
+    ///
+    /// #AC and #DB are the guest's own, delivered as the processor would have. They are
+    /// intercepted so that no guest keeps a CPU in a loop of deliveries: an #AC raised while
+    /// delivering an #AC (a misaligned stack at CPL 3), or a #DB while delivering a #DB (a
+    /// breakpoint on the handler's stack), is delivered again and again with no instruction
+    /// boundary where a host interrupt could end the guest's turn (CVE-2015-5307,
+    /// CVE-2015-8104; KVM and Xen intercept both). Each delivery is an exit instead.
     fn exception(&mut self, exit: &Exit) -> Action {
-        if !matches!(
-            exit,
+        match *exit {
             Exit::Exception {
-                vector: vector::UD,
-                ..
+                vector: vector::UD, ..
+            } => {}
+            Exit::Exception {
+                vector: vector::AC, ..
+            } => {
+                // #AC's error code is always 0.
+                self.hw.inject(vector::AC, Some(0));
+                return Action::Resume;
             }
-        ) {
-            return self.unexpected(exit);
+            Exit::Exception {
+                vector: vector::DB, ..
+            } => {
+                self.hw.reflect_debug();
+                return Action::Resume;
+            }
+            _ => return self.unexpected(exit),
         }
         let mut bytes = [0u8; insn::MAX_LEN];
         let n = self.fetch(&mut bytes);

@@ -115,6 +115,34 @@ static inline bool pin_thread(pthread_t tid, int cpu)
 
 /* debugfs fail_entries (testing only): the hardware refuses the next N DomU entries. */
 #define FAIL_ENTRIES "/sys/kernel/debug/keel/fail_entries"
+/* debugfs domain_exits: the exits root mode counted, per domain and kind. */
+#define DOMAIN_EXITS "/sys/kernel/debug/keel/domain_exits"
+
+/* Mounts debugfs unless `path` in it is already there; false when it cannot be. */
+static inline bool debugfs_has(const char *path)
+{
+	return !access(path, F_OK) || !mount("none", "/sys/kernel/debug", "debugfs", 0, NULL) ||
+	       errno == EBUSY;
+}
+
+/* The `kind` exits root mode counted for domain `domid` (debugfs domain_exits: lines of
+ * "domid kind count"); 0 when the domain has none of that kind, -1 when the file is not
+ * readable. */
+static inline long long domain_exits(uint32_t domid, const char *kind)
+{
+	char line[128], k[32];
+	unsigned int id;
+	long long n, found = 0;
+	FILE *f;
+
+	if (!debugfs_has(DOMAIN_EXITS) || !(f = fopen(DOMAIN_EXITS, "r")))
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%u %31s %lld", &id, k, &n) == 3 && id == domid && !strcmp(k, kind))
+			found = n;
+	fclose(f);
+	return found;
+}
 
 /* Makes the hardware refuse the next n DomU entries (Keel itself enters no invalid state, so
  * this is how the entry-failure path is reached); false when debugfs cannot be written. */
@@ -124,8 +152,7 @@ static inline bool force_entry_failures(unsigned int n)
 	int fd, len;
 	bool ok;
 
-	if (access(FAIL_ENTRIES, W_OK) && mount("none", "/sys/kernel/debug", "debugfs", 0, NULL) &&
-	    errno != EBUSY)
+	if (!debugfs_has(FAIL_ENTRIES))
 		return false;
 	fd = open(FAIL_ENTRIES, O_WRONLY);
 	if (fd < 0)

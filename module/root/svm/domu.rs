@@ -21,8 +21,8 @@ use crate::keel_core::{
 use crate::root::exit::{self, UserExit};
 use crate::root::fpu;
 use crate::root::vcpu::{
-    switch_back_tsc_aux, switch_tsc_aux, take_forced_failure, ArchState, VcpuState, IRQ_VALID,
-    PASSTHROUGH_MSRS,
+    benign_exception, switch_back_tsc_aux, switch_tsc_aux, take_forced_failure, ArchState,
+    VcpuState, INTERCEPTED_EXCEPTIONS, IRQ_VALID, PASSTHROUGH_MSRS,
 };
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
@@ -158,7 +158,7 @@ fn setup_controls(v: &mut VcpuState, slat_root: u64) {
     // (`keel_core::state`), whatever the CPU or an emulator checks, and keeps EFER.LME out of
     // the VMCB while the guest's paging and PAE are off (`layout::hardware_efer`).
     c.intercept_cr = INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE;
-    c.intercept_exceptions = 1 << vector::UD;
+    c.intercept_exceptions = INTERCEPTED_EXCEPTIONS;
     c.intercept_misc1 = INTERCEPT_INTR
         | INTERCEPT_NMI
         | misc1::CPUID
@@ -408,6 +408,17 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
             };
             c.event_inj = (c.exit_int_info & 0xff) | kind | error | event::VALID;
             c.event_inj_err = c.exit_int_info_err;
+        }
+        // An intercepted #AC or #DB that came while another event was being delivered
+        // replaces it, as on the processor (see VMX's `yield_vectoring`): an exception comes
+        // again when its instruction runs again, an NMI stays pending (the offered interrupt
+        // is pending still, not re-injected).
+        if benign_exception(&exit) && c.event_inj & event::VALID != 0 {
+            if c.event_inj & (7 << 8) == EVENT_TYPE_NMI {
+                v.nmi = true;
+                v.nmi_masked = false;
+            }
+            c.event_inj = 0;
         }
         let raw_reason = c.exit_code;
         if !refused {

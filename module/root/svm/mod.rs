@@ -10,7 +10,7 @@ pub(crate) mod domu;
 use super::hal::Hal;
 use super::{rlog, CpuInfo, Page};
 use crate::keel_core::{
-    arch::efer,
+    arch::{efer, vector},
     state::Ctl,
     vmcb::{self, event, Vmcb},
 };
@@ -99,6 +99,12 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
             c.event_inj |= event::ERROR_VALID;
             c.event_inj_err = code;
         }
+    }
+
+    /// The processor has written the #DB's conditions to DR6 in the save area before the
+    /// intercept, and an ICEBP's saved RIP is past it (a trap): the exception goes in as is.
+    fn reflect_debug(&mut self) {
+        self.inject(vector::DB, None);
     }
 
     #[inline]

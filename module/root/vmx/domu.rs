@@ -29,8 +29,8 @@ use crate::keel_core::{
 use crate::root::exit::{self, Action, UserExit};
 use crate::root::fpu;
 use crate::root::vcpu::{
-    switch_back_tsc_aux, switch_tsc_aux, take_forced_failure, ArchState, VcpuState, IRQ_VALID,
-    PASSTHROUGH_MSRS,
+    benign_exception, switch_back_tsc_aux, switch_tsc_aux, take_forced_failure, ArchState,
+    VcpuState, INTERCEPTED_EXCEPTIONS, IRQ_VALID, PASSTHROUGH_MSRS,
 };
 use crate::root::{
     guest_run_epilogue, load_gprs_from_rax, objtool_frame_non_standard, pop_callee_saved_ret,
@@ -268,7 +268,7 @@ fn setup_controls(
         (field::VM_EXIT_CONTROLS, exit),
         (field::VM_ENTRY_CONTROLS, entry),
         // #UD: VMMCALL is a hypercall too.
-        (field::EXCEPTION_BITMAP, 1 << vector::UD),
+        (field::EXCEPTION_BITMAP, INTERCEPTED_EXCEPTIONS),
         (field::PAGE_FAULT_ERROR_CODE_MASK, 0),
         (field::PAGE_FAULT_ERROR_CODE_MATCH, 0),
         (field::CR3_TARGET_COUNT, 0),
@@ -377,6 +377,25 @@ fn reinject_vectoring(vmcs: &Vmcs) {
     }
     // Bits 30:12 of the vectoring information are reserved in the entry field.
     vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info & 0x8000_0fff);
+}
+
+/// An intercepted #AC or #DB that came while another event was being delivered replaces it,
+/// as on the processor, which handles two such exceptions one after the other (SDM Vol. 3A,
+/// 6.15, Table 6-5): an exception comes again when its instruction runs again, and the
+/// interrupt or NMI stays pending. Called after [`reinject_vectoring`] put the event back.
+fn yield_vectoring(vmcs: &Vmcs, v: &mut VcpuState) {
+    let entry = vmcs.read(field::VM_ENTRY_INTR_INFO_FIELD);
+    if entry & intr_info::VALID == 0 {
+        return;
+    }
+    if carries_injected(vmcs, v) {
+        give_back_irq(vmcs, v);
+        return;
+    }
+    if entry & intr_info::TYPE_MASK == intr_info::TYPE_NMI {
+        v.nmi = true;
+    }
+    vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
 }
 
 /// An IRET that unblocked virtual NMIs and then hit an EPT violation (its stack in a hole or
@@ -688,6 +707,9 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         let rip = vmx.vmcs.read(field::GUEST_RIP);
         reblock_nmis_after_faulting_iret(&vmx.vmcs, reason);
         reinject_vectoring(&vmx.vmcs);
+        if benign_exception(&exit) {
+            yield_vectoring(&vmx.vmcs, v);
+        }
         let action = exit::handle(
             &mut v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, reason.into()),
             &exit,

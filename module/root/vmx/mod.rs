@@ -12,7 +12,7 @@ pub(crate) mod ops;
 use super::hal::Hal;
 use super::{rlog, x86, CpuInfo};
 use crate::keel_core::{
-    arch::{cr0, efer, msr},
+    arch::{cr0, dr6, efer, msr, rflags, vector},
     state,
     vmcs::{self, ar, entry_ctl, field, interruptibility, intr_info},
 };
@@ -211,6 +211,32 @@ impl<X> Hal for Vmx<X> {
             self.vmcs.write(field::VM_ENTRY_EXCEPTION_ERROR_CODE, code);
         }
         self.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info);
+    }
+
+    /// A #DB exit leaves DR6 as it was (the guest's, loaded while it runs) and reports the
+    /// conditions in the exit qualification (SDM Vol. 3C, 28.2.1); ICEBP's #DB is a
+    /// privileged software exception that delivery would have pushed past the instruction.
+    fn reflect_debug(&mut self) {
+        let info = self.vmcs.read(field::VM_EXIT_INTR_INFO);
+        if info & intr_info::TYPE_MASK == intr_info::TYPE_PRIV_SW_EXCEPTION {
+            let len = u64::from(self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN));
+            self.set_rip(self.rip().wrapping_add(len));
+        } else if self.vmcs.read(field::GUEST_RFLAGS) & rflags::TF != 0
+            && self.vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO)
+                & (interruptibility::STI | interruptibility::MOV_SS)
+                != 0
+        {
+            // A single step still pending after the next instruction, as an entry with TF set
+            // in an interrupt shadow requires (SDM Vol. 3C, 27.3.1.5).
+            let pending = self.vmcs.read(field::GUEST_PENDING_DBG_EXCEPTIONS);
+            self.vmcs
+                .write(field::GUEST_PENDING_DBG_EXCEPTIONS, pending | dr6::BS);
+        }
+        let qualification = self.vmcs.read(field::EXIT_QUALIFICATION);
+        // SAFETY: DR6 is the guest's while it runs (root mode has no breakpoint enabled and
+        // puts Dom0's back after the run); the value has its reserved bits as they must be.
+        unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), qualification)) };
+        self.inject(vector::DB, None);
     }
 
     #[inline]
