@@ -85,8 +85,10 @@ asm(".pushsection .rodata\n"
     "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
     "1:	jmp 1b\n"
     "blob_cpl3_end:\n"
-    /* #DB: POPF sets TF, and the instruction after it traps; or an ICEBP (INT1). The
-     * handler (IVT vector 1) reports DR6 and the frame's IP. */
+    /* #DB: POPF sets TF, and the instruction after it traps; or an ICEBP (INT1); or DR7.GD
+     * set and a debug register read (a fault). The handler (IVT vector 1) reports DR6 (a
+     * debug register read that faults again unless the delivery cleared GD) and the frame's
+     * IP. */
     ".code16\n"
     "blob_real_db_start:\n"
     "	pushf\n"
@@ -100,6 +102,12 @@ asm(".pushsection .rodata\n"
     "blob_real_db_icebp:\n"
     "	.byte 0xf1\n"
     "blob_real_db_after_icebp:\n"
+    "	hlt\n"
+    "blob_real_db_gd:\n"
+    "	mov $0x2400, %eax\n"
+    "	mov %eax, %dr7\n"
+    "blob_real_db_gd_read:\n"
+    "	mov %dr0, %eax\n"
     "	hlt\n"
     "blob_real_db_handler:\n"
     "	mov %dr6, %eax\n"
@@ -140,7 +148,7 @@ BLOB(cpl3);
 BLOB(ud2);
 BLOB(real_db);
 extern const uint8_t blob_real_db_stepped[], blob_real_db_icebp[], blob_real_db_after_icebp[],
-	blob_real_db_handler[];
+	blob_real_db_gd[], blob_real_db_gd_read[], blob_real_db_handler[];
 BLOB(ac);
 extern const uint8_t blob_ac_handler[];
 
@@ -495,6 +503,50 @@ TEST_F(domain, icebp_db_is_intercepted_and_returns_past_it)
 	vm_destroy(vm);
 }
 
+static void noop_handler(int sig)
+{
+	(void)sig;
+}
+
+/* Arms (ms > 0) or disarms a one-shot SIGALRM that interrupts a run. */
+static void run_alarm(struct __test_metadata *_metadata, unsigned int ms)
+{
+	struct sigaction sa = { .sa_handler = noop_handler };
+	const struct itimerval t = { .it_value = { .tv_sec = ms / 1000,
+						   .tv_usec = (ms % 1000) * 1000 } };
+
+	sigemptyset(&sa.sa_mask);
+	ASSERT_EQ(0, sigaction(SIGALRM, &sa, NULL));
+	ASSERT_EQ(0, setitimer(ITIMER_REAL, &t, NULL));
+}
+
+/* DR7.GD: a debug register access raises a #DB (BD) before it runs, and the delivery clears
+ * GD, so the handler can read DR6 (a GD left set makes that read fault again, forever). */
+TEST_F(domain, general_detect_db_clears_gd)
+{
+	struct keel_vm *vm = db_vm("db-gd", BLOB_OFF(real_db, gd));
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	uint32_t dr6;
+	int ret;
+
+	run_alarm(_metadata, 2000);
+	ret = __vcpu_run(vcpu);
+	run_alarm(_metadata, 0);
+	ASSERT_EQ(0, ret) TH_LOG("the run did not end in 2 s: the handler's DR6 read looped");
+	if (vcpu->run.exit.reason == KEEL_EXIT_HLT)
+		SKIP(goto out, "the emulator does not implement DR7.GD");
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	dr6 = vcpu->run.exit.io.data;
+	EXPECT_NE(0, dr6 & (1u << 13)) TH_LOG("DR6 %#x: BD expected", dr6);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(BLOB_OFF(real_db, gd_read), vcpu->run.exit.io.data)
+		TH_LOG("the fault's frame is not the debug register read");
+	EXPECT_LE(1, domain_exits(vm->domid, "exception")) TH_LOG("the #DB was not intercepted");
+out:
+	vm_destroy(vm);
+}
+
 /* The #AC guest at CPL 3: a GDT of ring-3 flat segments, an IDT whose vector 17 is a ring-3
  * interrupt gate to the handler (no stack switch), CR0.AM and EFLAGS.AC, and `sp`. */
 static struct keel_vm *ac_vm(const char *name, uint32_t sp)
@@ -553,11 +605,6 @@ out:
 	vm_destroy(vm);
 }
 
-static void noop_handler(int sig)
-{
-	(void)sig;
-}
-
 /*
  * A misaligned stack at CPL 3 with alignment checks on: delivering the #AC pushes its frame
  * there and raises another #AC, and so on forever. On hardware the processor loops in the
@@ -568,14 +615,10 @@ TEST_F(domain, ac_delivery_loop_is_interrupted)
 {
 	struct keel_vm *vm = ac_vm("ac-loop", 0x8001);
 	struct keel_vcpu *vcpu = vm->vcpus[0];
-	struct sigaction sa = { .sa_handler = noop_handler };
-	const struct itimerval t = { .it_value = { .tv_usec = 200000 } };
 	long long exits;
 	int ret, err;
 
-	sigemptyset(&sa.sa_mask);
-	ASSERT_EQ(0, sigaction(SIGALRM, &sa, NULL));
-	ASSERT_EQ(0, setitimer(ITIMER_REAL, &t, NULL));
+	run_alarm(_metadata, 200);
 	ret = __vcpu_run(vcpu);
 	err = errno;
 	if (ret == 0 && vcpu->run.exit.reason == KEEL_EXIT_IO &&
@@ -586,7 +629,7 @@ TEST_F(domain, ac_delivery_loop_is_interrupted)
 	exits = domain_exits(vm->domid, "exception");
 	EXPECT_LE(100, exits) TH_LOG("%lld exception exits: not a delivery loop", exits);
 out:
-	setitimer(ITIMER_REAL, &(struct itimerval){ 0 }, NULL);
+	run_alarm(_metadata, 0);
 	vm_destroy(vm);
 }
 

@@ -942,8 +942,10 @@ impl<H: Hal> Ctx for Domu<'_, H> {
             Exit::Exception {
                 vector: vector::AC, ..
             } => {
-                // #AC's error code is always 0.
-                self.hw.inject(vector::AC, Some(0));
+                // #AC's error code is always 0; real mode has none (a split-lock #AC, which
+                // Linux's detection raises at any CPL, comes in real mode too).
+                let pe = self.hw.control_regs().cr0 & cr0::PE != 0;
+                self.hw.inject(vector::AC, pe.then_some(0));
                 return Action::Resume;
             }
             Exit::Exception {

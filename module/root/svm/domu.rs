@@ -331,7 +331,9 @@ pub(crate) unsafe fn run(dom0_vmcb_pa: u64, nrip_save: bool, v: &mut VcpuState) 
         // The vCPU may have run on another CPU, or its ASID been used by another domain.
         c.tlb_ctl = layout::TLB_CONTROL_FLUSH_ALL;
         if reloaded {
+            // A new state is in no interrupt shadow either.
             c.event_inj = 0;
+            c.int_state &= !layout::INT_STATE_SHADOW;
         }
     }
     let data = v.completion_data;

@@ -102,8 +102,11 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
     }
 
     /// The processor has written the #DB's conditions to DR6 in the save area before the
-    /// intercept, and an ICEBP's saved RIP is past it (a trap): the exception goes in as is.
+    /// intercept, and an ICEBP's saved RIP is past it (a trap): the exception goes in as is,
+    /// DR7.GD cleared as the processor's delivery clears it.
     fn reflect_debug(&mut self) {
+        const DR7_GD: u64 = 1 << 13;
+        self.vmcb.save.dr7 &= !DR7_GD;
         self.inject(vector::DB, None);
     }
 

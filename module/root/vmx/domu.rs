@@ -597,12 +597,11 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
     // at this entry, unless Dom0 gave the vCPU a new state.
     if reloaded {
         vmx.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
-        // A new state (INIT/SIPI, or Dom0's) is in no NMI handler.
-        let blocking = vmx.vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO);
-        vmx.vmcs.write(
-            field::GUEST_INTERRUPTIBILITY_INFO,
-            blocking & !interruptibility::NMI,
-        );
+        // A new state (INIT/SIPI, or Dom0's) is in no NMI handler and no interrupt shadow,
+        // and has no debug exception pending (the old state's would fail the entry's checks
+        // against the new RFLAGS: STI blocking with IF clear, BS without TF).
+        vmx.vmcs.write(field::GUEST_INTERRUPTIBILITY_INFO, 0);
+        vmx.vmcs.write(field::GUEST_PENDING_DBG_EXCEPTIONS, 0);
     }
     // SAFETY: In VMX root operation with EPT (domains need it). A new domain may reuse a freed
     // domain's table pages: drop cached translations.

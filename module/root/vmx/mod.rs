@@ -213,15 +213,32 @@ impl<X> Hal for Vmx<X> {
         self.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info);
     }
 
-    /// A #DB exit leaves DR6 as it was (the guest's, loaded while it runs) and reports the
-    /// conditions in the exit qualification (SDM Vol. 3C, 28.2.1); ICEBP's #DB is a
-    /// privileged software exception that delivery would have pushed past the instruction.
+    /// A #DB exit leaves DR6 and DR7 as they were (DR6 the guest's, loaded while it runs) and
+    /// reports the conditions in the exit qualification (SDM Vol. 3C, 28.2.1); the delivery
+    /// clears DR7.GD, as the processor's does. ICEBP's #DB is a privileged software exception:
+    /// it goes in as one, with the instruction's length, so that the delivery pushes the RIP
+    /// past it, and a delivery an exit cuts short runs the ICEBP again rather than losing it.
     fn reflect_debug(&mut self) {
+        const DR7_GD: u64 = 1 << 13;
+        let dr7 = self.vmcs.read(field::GUEST_DR7);
+        if dr7 & DR7_GD != 0 {
+            self.vmcs.write(field::GUEST_DR7, dr7 & !DR7_GD);
+        }
+        let qualification = self.vmcs.read(field::EXIT_QUALIFICATION);
+        // SAFETY: DR6 is the guest's while it runs (root mode has no breakpoint enabled and
+        // puts Dom0's back after the run); the value has its reserved bits as they must be.
+        unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), qualification)) };
         let info = self.vmcs.read(field::VM_EXIT_INTR_INFO);
         if info & intr_info::TYPE_MASK == intr_info::TYPE_PRIV_SW_EXCEPTION {
-            let len = u64::from(self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN));
-            self.set_rip(self.rip().wrapping_add(len));
-        } else if self.vmcs.read(field::GUEST_RFLAGS) & rflags::TF != 0
+            let len = self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN);
+            self.vmcs.write(field::VM_ENTRY_INSTRUCTION_LEN, len);
+            self.vmcs.write(
+                field::VM_ENTRY_INTR_INFO_FIELD,
+                u32::from(vector::DB) | intr_info::TYPE_PRIV_SW_EXCEPTION | intr_info::VALID,
+            );
+            return;
+        }
+        if self.vmcs.read(field::GUEST_RFLAGS) & rflags::TF != 0
             && self.vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO)
                 & (interruptibility::STI | interruptibility::MOV_SS)
                 != 0
@@ -232,10 +249,6 @@ impl<X> Hal for Vmx<X> {
             self.vmcs
                 .write(field::GUEST_PENDING_DBG_EXCEPTIONS, pending | dr6::BS);
         }
-        let qualification = self.vmcs.read(field::EXIT_QUALIFICATION);
-        // SAFETY: DR6 is the guest's while it runs (root mode has no breakpoint enabled and
-        // puts Dom0's back after the run); the value has its reserved bits as they must be.
-        unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), qualification)) };
         self.inject(vector::DB, None);
     }
 
