@@ -103,6 +103,26 @@ asm(".pushsection .rodata\n"
     "	.byte 0xf1\n"
     "blob_real_db_after_icebp:\n"
     "	hlt\n"
+    /* Single steps over instructions root mode completes: CPUID (served in root mode), then
+     * an OUT (served by the test, completed at the next run). */
+    "blob_real_db_over:\n"
+    "	pushf\n"
+    "	pop %ax\n"
+    "	or $0x100, %ax\n"
+    "	push %ax\n"
+    "	popf\n"
+    "	cpuid\n"
+    "blob_real_db_after_cpuid:\n"
+    "	hlt\n"
+    "blob_real_db_over_out:\n"
+    "	pushf\n"
+    "	pop %ax\n"
+    "	or $0x100, %ax\n"
+    "	push %ax\n"
+    "	popf\n"
+    "	out %al, $" KEEL_STR(PORT_ECHO8) "\n"
+    "blob_real_db_after_out:\n"
+    "	hlt\n"
     "blob_real_db_gd:\n"
     "	mov $0x2400, %eax\n"
     "	mov %eax, %dr7\n"
@@ -148,7 +168,9 @@ BLOB(cpl3);
 BLOB(ud2);
 BLOB(real_db);
 extern const uint8_t blob_real_db_stepped[], blob_real_db_icebp[], blob_real_db_after_icebp[],
-	blob_real_db_gd[], blob_real_db_gd_read[], blob_real_db_handler[];
+	blob_real_db_gd[], blob_real_db_gd_read[], blob_real_db_handler[],
+	blob_real_db_over[], blob_real_db_after_cpuid[], blob_real_db_over_out[],
+	blob_real_db_after_out[];
 BLOB(ac);
 extern const uint8_t blob_ac_handler[];
 
@@ -486,6 +508,33 @@ TEST_F(domain, single_step_db_is_intercepted_and_delivered)
 	EXPECT_EQ(BLOB_OFF(real_db, stepped), ip) TH_LOG("the trap's frame is not past the NOP");
 	EXPECT_EQ(1u << 14, dr6 & ((1u << 14) | 0xf)) TH_LOG("DR6 %#x: BS alone expected", dr6);
 	EXPECT_LE(1, domain_exits(vm->domid, "exception")) TH_LOG("the #DB was not intercepted");
+	vm_destroy(vm);
+}
+
+/* A single step over an instruction root mode completes traps right after it, as on the
+ * CPU: after CPUID (served in root mode), and after an OUT that Dom0 served (the trap comes
+ * at the next run). Without it the step went on past the next instruction. */
+TEST_F(domain, single_step_over_completed_instructions)
+{
+	struct keel_vm *vm = db_vm("db-over", BLOB_OFF(real_db, over));
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	struct keel_regs regs;
+	uint32_t dr6, ip;
+
+	run_to_db_reports(_metadata, vcpu, &dr6, &ip);
+	EXPECT_EQ(BLOB_OFF(real_db, after_cpuid), ip) TH_LOG("the trap is not right after CPUID");
+	EXPECT_NE(0, dr6 & (1u << 14)) TH_LOG("DR6 %#x: BS expected", dr6);
+
+	vcpu_get_regs(vcpu, &regs);
+	regs.rip = BLOB_OFF(real_db, over_out);
+	regs.rsp = 0x8000;
+	vcpu_set_regs(vcpu, &regs);
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(PORT_ECHO8, vcpu->run.exit.io.port);
+	run_to_db_reports(_metadata, vcpu, &dr6, &ip);
+	EXPECT_EQ(BLOB_OFF(real_db, after_out), ip) TH_LOG("the trap is not right after the OUT");
+	EXPECT_NE(0, dr6 & (1u << 14)) TH_LOG("DR6 %#x: BS expected", dr6);
 	vm_destroy(vm);
 }
 

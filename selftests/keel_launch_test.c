@@ -3,8 +3,9 @@
  * keel_launch_test: Linux running as Dom0 on Keel. Runs with keel.ko loaded.
  *
  * Dom0 must see Keel's CPUID leaves on every CPU and not the extension Keel owns, its exits
- * must be counted, VMX/SVM instructions must fault in it as on a CPU without them, and an
- * ordinary workload must run unharmed.
+ * must be counted, VMX/SVM instructions must fault in it as on a CPU without them, a single
+ * step over an instruction Keel serves must stop right after it, and an ordinary workload
+ * must run unharmed.
  */
 #include <cpuid.h>
 #include <errno.h>
@@ -16,6 +17,8 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/klog.h>
+#include <sys/ptrace.h>
+#include <sys/user.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -466,6 +469,51 @@ TEST(virt_insns_fault_in_dom0_user_mode)
 		EXPECT_TRUE(sig == SIGILL || sig == SIGSEGV)
 			TH_LOG("%s: child ended with signal %d, expected SIGILL or SIGSEGV", t[i].name, sig);
 	}
+}
+
+/* A CPUID and where it ends, for the single-step test. */
+asm(".pushsection .text\n"
+    "step_cpuid:\n"
+    "	cpuid\n"
+    "step_cpuid_end:\n"
+    "	nop\n"
+    "	int3\n"
+    ".popsection\n");
+extern const char step_cpuid[], step_cpuid_end[];
+
+/*
+ * A debugger's single step over a CPUID in Dom0 (which Keel serves in root mode) stops right
+ * after it, with the trap reported as a single step, as on a CPU without Keel (the step went
+ * on past the next instruction when root mode completed the CPUID without raising it).
+ */
+TEST(dom0_single_step_over_cpuid)
+{
+	struct user_regs_struct regs;
+	int status;
+	pid_t pid = fork();
+
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		ptrace(PTRACE_TRACEME, 0, NULL, NULL);
+		raise(SIGSTOP);
+		_exit(1);
+	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFSTOPPED(status));
+	ASSERT_EQ(0, ptrace(PTRACE_GETREGS, pid, NULL, &regs));
+	regs.rip = (uintptr_t)step_cpuid;
+	regs.rax = 0;
+	ASSERT_EQ(0, ptrace(PTRACE_SETREGS, pid, NULL, &regs));
+	ASSERT_EQ(0, ptrace(PTRACE_SINGLESTEP, pid, NULL, NULL));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFSTOPPED(status) && WSTOPSIG(status) == SIGTRAP)
+		TH_LOG("status %#x after the step", status);
+	ASSERT_EQ(0, ptrace(PTRACE_GETREGS, pid, NULL, &regs));
+	EXPECT_EQ((uintptr_t)step_cpuid_end, regs.rip)
+		TH_LOG("the step stopped at %#llx, not right after the CPUID (%p)",
+		       (unsigned long long)regs.rip, step_cpuid_end);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
 }
 
 TEST(dom0_fork_exec)

@@ -62,6 +62,8 @@ pub mod rflags {
     pub const TF: u64 = 1 << 8;
     /// Interrupt enable.
     pub const IF: u64 = 1 << 9;
+    /// Resume: no instruction breakpoint for the next instruction.
+    pub const RF: u64 = 1 << 16;
 }
 
 /// Code-segment attribute bits in the VMCB's packed format (APM Vol. 2, 15.5.1), which Keel

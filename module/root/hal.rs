@@ -12,7 +12,9 @@ use crate::keel_core::state::Ctl;
 pub(crate) trait Hal {
     /// RIP.
     fn rip(&self) -> u64;
-    /// Sets RIP, ending an STI or MOV SS interrupt shadow (the instruction completed).
+    /// Sets RIP past an instruction root mode completed for the guest, with what the
+    /// processor does when an instruction completes: the STI or MOV SS interrupt shadow ends,
+    /// RFLAGS.RF is cleared, and with RFLAGS.TF set the single-step #DB is raised (DR6.BS).
     fn set_rip(&mut self, rip: u64);
     /// RSP (kept by the hardware, not with the other GPRs).
     fn rsp(&self) -> u64;

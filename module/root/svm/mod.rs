@@ -10,7 +10,7 @@ pub(crate) mod domu;
 use super::hal::Hal;
 use super::{rlog, CpuInfo, Page};
 use crate::keel_core::{
-    arch::{efer, vector},
+    arch::{dr6, efer, rflags, vector},
     state::Ctl,
     vmcb::{self, event, Vmcb},
 };
@@ -59,8 +59,16 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
 
     #[inline]
     fn set_rip(&mut self, rip: u64) {
-        self.vmcb.save.rip = rip;
+        let s = &mut self.vmcb.save;
+        s.rip = rip;
         self.vmcb.control.int_state &= !vmcb::INT_STATE_SHADOW;
+        if s.rflags & (rflags::TF | rflags::RF) != 0 {
+            s.rflags &= !rflags::RF;
+            if s.rflags & rflags::TF != 0 {
+                s.dr6 = dr6::after_debug(s.dr6, dr6::BS);
+                self.inject(vector::DB, None);
+            }
+        }
     }
 
     fn rsp(&self) -> u64 {

@@ -166,6 +166,16 @@ impl<X> Hal for Vmx<X> {
             self.vmcs
                 .write(field::GUEST_INTERRUPTIBILITY_INFO, blocking & !shadow);
         }
+        let flags = self.vmcs.read(field::GUEST_RFLAGS);
+        if flags & (rflags::TF | rflags::RF) != 0 {
+            self.vmcs.write(field::GUEST_RFLAGS, flags & !rflags::RF);
+            if flags & rflags::TF != 0 {
+                // SAFETY: DR6 is the running guest's (Dom0's while root mode serves its exits,
+                // a DomU's during its run); the value has its reserved bits as they must be.
+                unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), dr6::BS)) };
+                self.inject(vector::DB, None);
+            }
+        }
     }
 
     fn rsp(&self) -> u64 {
