@@ -123,6 +123,15 @@ asm(".pushsection .rodata\n"
     "	out %al, $" KEEL_STR(PORT_ECHO8) "\n"
     "blob_real_db_after_out:\n"
     "	hlt\n"
+    "blob_real_db_over_in:\n"
+    "	pushf\n"
+    "	pop %ax\n"
+    "	or $0x100, %ax\n"
+    "	push %ax\n"
+    "	popf\n"
+    "	in $" KEEL_STR(PORT_ECHO8) ", %al\n"
+    "blob_real_db_after_in:\n"
+    "	hlt\n"
     "blob_real_db_gd:\n"
     "	mov $0x2400, %eax\n"
     "	mov %eax, %dr7\n"
@@ -153,6 +162,15 @@ asm(".pushsection .rodata\n"
     "	out %eax, $" KEEL_STR(PORT_ECHO32) "\n"
     "1:	jmp 1b\n"
     "blob_ac_end:\n"
+    /* A store to a page the guest did not map raises #PF, whose delivery pushes its frame
+     * on a stack in an MMIO range. */
+    "blob_pf_mmio_stack_start:\n"
+    "	mov $0x400000, %ebx\n"
+    "	mov %eax, (%ebx)\n"
+    "	hlt\n"
+    "blob_pf_mmio_stack_handler:\n"
+    "	hlt\n"
+    "blob_pf_mmio_stack_end:\n"
     /* An invalid opcode with no IDT. */
     "blob_ud2_start:\n"
     "	ud2\n"
@@ -170,9 +188,11 @@ BLOB(real_db);
 extern const uint8_t blob_real_db_stepped[], blob_real_db_icebp[], blob_real_db_after_icebp[],
 	blob_real_db_gd[], blob_real_db_gd_read[], blob_real_db_handler[],
 	blob_real_db_over[], blob_real_db_after_cpuid[], blob_real_db_over_out[],
-	blob_real_db_after_out[];
+	blob_real_db_after_out[], blob_real_db_over_in[], blob_real_db_after_in[];
 BLOB(ac);
 extern const uint8_t blob_ac_handler[];
+BLOB(pf_mmio_stack);
+extern const uint8_t blob_pf_mmio_stack_handler[];
 
 #define MMIO_W8  0x11
 #define MMIO_W16 0x2233
@@ -512,8 +532,9 @@ TEST_F(domain, single_step_db_is_intercepted_and_delivered)
 }
 
 /* A single step over an instruction root mode completes traps right after it, as on the
- * CPU: after CPUID (served in root mode), and after an OUT that Dom0 served (the trap comes
- * at the next run). Without it the step went on past the next instruction. */
+ * CPU: after CPUID (served in root mode), and after an OUT and an IN that Dom0 served (the
+ * trap comes at the next run; the IN completes then, with the guest's DR6 in place, not
+ * Dom0's). Without it the step went on past the next instruction. */
 TEST_F(domain, single_step_over_completed_instructions)
 {
 	struct keel_vm *vm = db_vm("db-over", BLOB_OFF(real_db, over));
@@ -534,6 +555,19 @@ TEST_F(domain, single_step_over_completed_instructions)
 	EXPECT_EQ(PORT_ECHO8, vcpu->run.exit.io.port);
 	run_to_db_reports(_metadata, vcpu, &dr6, &ip);
 	EXPECT_EQ(BLOB_OFF(real_db, after_out), ip) TH_LOG("the trap is not right after the OUT");
+	EXPECT_NE(0, dr6 & (1u << 14)) TH_LOG("DR6 %#x: BS expected", dr6);
+
+	vm_destroy(vm);
+
+	/* A new guest, whose DR6 has no BS yet (the processor never clears it). */
+	vm = db_vm("db-in", BLOB_OFF(real_db, over_in));
+	vcpu = vm->vcpus[0];
+	vcpu_run(vcpu);
+	ASSERT_EXIT(vcpu, KEEL_EXIT_IO);
+	EXPECT_EQ(KEEL_IO_IN, vcpu->run.exit.io.direction);
+	vcpu->run.exit.io.data = 0x5a;
+	run_to_db_reports(_metadata, vcpu, &dr6, &ip);
+	EXPECT_EQ(BLOB_OFF(real_db, after_in), ip) TH_LOG("the trap is not right after the IN");
 	EXPECT_NE(0, dr6 & (1u << 14)) TH_LOG("DR6 %#x: BS expected", dr6);
 	vm_destroy(vm);
 }
@@ -679,6 +713,51 @@ TEST_F(domain, ac_delivery_loop_is_interrupted)
 	EXPECT_LE(100, exits) TH_LOG("%lld exception exits: not a delivery loop", exits);
 out:
 	run_alarm(_metadata, 0);
+	vm_destroy(vm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * An access made by an event's delivery (here a #PF frame's push on a stack in MMIO) is not
+ * the instruction's at RIP: the run ends as unhandled (KVM: an internal error). Emulating the
+ * store at RIP against the stack's address instead gave Dom0 a bogus MMIO write and moved
+ * the guest past the store while the #GP was delivered again. */
+
+TEST_F(domain, fault_during_event_delivery_is_unhandled)
+{
+	const uint64_t mmio = 0x100000;
+	struct keel_vm *vm = vm_create("deliver-mmio", 1, SZ_64K);
+	struct keel_vcpu *vcpu = vm->vcpus[0];
+	const uint64_t gdt[2] = { 0, 0x00cf9b000000ffffULL };
+	const uint32_t handler = CODE_GPA + BLOB_OFF(pf_mmio_stack, handler);
+	const uint32_t gate[2] = { KEEL_SEL_CODE << 16 | (handler & 0xffff),
+				   (handler & 0xffff0000) | 0x8e00 };
+	const uint32_t pde = 0x83; /* [0, 4 MiB) identity-mapped by a 4 MiB page; no more */
+	struct keel_sregs s;
+	struct keel_regs regs;
+
+	vm_add_range(vm, mmio, SZ_4K, KEEL_RANGE_MMIO);
+	LOAD_BLOB(vm, CODE_GPA, pf_mmio_stack);
+	vm_write(vm, AC_GDT, gdt, sizeof(gdt));
+	vm_write(vm, AC_IDT + 14 * 8, gate, sizeof(gate));
+	vm_write(vm, AC_DATA, &pde, sizeof(pde));
+	vcpu_setup_prot32(vcpu, CODE_GPA);
+	vcpu_get_sregs(vcpu, &s);
+	s.gdt.base = AC_GDT;
+	s.gdt.limit = sizeof(gdt) - 1;
+	s.idt.base = AC_IDT;
+	s.idt.limit = 15 * 8 - 1;
+	s.cr0 |= X86_CR0_PG;
+	s.cr3 = AC_DATA;
+	s.cr4 |= 1ULL << 4; /* PSE */
+	vcpu_set_sregs(vcpu, &s);
+	vcpu_get_regs(vcpu, &regs);
+	regs.rsp = mmio + 0x100;
+	vcpu_set_regs(vcpu, &regs);
+
+	vcpu_run(vcpu);
+	EXPECT_EXIT(vcpu, KEEL_EXIT_UNHANDLED);
+	vcpu_get_regs(vcpu, &regs);
+	EXPECT_EQ(CODE_GPA + 5, regs.rip) TH_LOG("RIP moved past the store");
 	vm_destroy(vm);
 }
 

@@ -36,6 +36,10 @@ pub(crate) trait Hal {
     /// Gives the guest the #DB whose interception caused this exit, as the processor would
     /// have delivered it: DR6 says why, and an ICEBP (INT1) has completed.
     fn reflect_debug(&mut self);
+    /// The exit came while the processor was delivering an event (an exception, interrupt or
+    /// NMI whose delivery the exit cut short: VMX's IDT-vectoring information, SVM's
+    /// EXITINTINFO).
+    fn event_in_delivery(&self) -> bool;
     /// The length of the instruction that exited, when the hardware reports it.
     fn insn_len(&self) -> Option<u64>;
     /// Sets CR0, CR3, CR4 and EFER as the guest sees them, after a guest's MOV to CR or
@@ -84,6 +88,9 @@ impl<T: Hal> Hal for &mut T {
     }
     fn reflect_debug(&mut self) {
         (**self).reflect_debug()
+    }
+    fn event_in_delivery(&self) -> bool {
+        (**self).event_in_delivery()
     }
     fn insn_len(&self) -> Option<u64> {
         (**self).insn_len()

@@ -1063,6 +1063,12 @@ impl<H: Hal> Ctx for Domu<'_, H> {
         if (kind != RangeKind::Mmio && !hole) || access & access::EXEC != 0 {
             return self.exit_to_user(UserExit::MemoryFault { gpa, access });
         }
+        if self.hw.event_in_delivery() {
+            // The access is the delivery's (the guest's IDT, GDT or stack in MMIO or a hole),
+            // not the instruction's at RIP: nothing can emulate it, and the guest cannot go
+            // on (KVM reports an internal error too).
+            return self.crash_at_rip();
+        }
         let mut bytes = [0u8; insn::MAX_LEN];
         let n = self.fetch(&mut bytes);
         let Ok(insn) = mmio::decode(&bytes[..n], self.mode()) else {

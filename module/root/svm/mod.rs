@@ -66,7 +66,7 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
             s.rflags &= !rflags::RF;
             if s.rflags & rflags::TF != 0 {
                 s.dr6 = dr6::after_debug(s.dr6, dr6::BS);
-                self.inject(vector::DB, None);
+                self.reflect_debug();
             }
         }
     }
@@ -111,11 +111,16 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
 
     /// The processor has written the #DB's conditions to DR6 in the save area before the
     /// intercept, and an ICEBP's saved RIP is past it (a trap): the exception goes in as is,
-    /// DR7.GD cleared as the processor's delivery clears it.
+    /// DR7.GD cleared as the processor's delivery clears it. (`set_rip` updates DR6 for its
+    /// single step first.)
     fn reflect_debug(&mut self) {
         const DR7_GD: u64 = 1 << 13;
         self.vmcb.save.dr7 &= !DR7_GD;
         self.inject(vector::DB, None);
+    }
+
+    fn event_in_delivery(&self) -> bool {
+        self.vmcb.control.exit_int_info & event::VALID != 0
     }
 
     #[inline]

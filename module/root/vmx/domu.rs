@@ -589,9 +589,6 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         v.arch_dirty = false;
     }
     let mut vmx = Vmx { vmcs, extra: () };
-    let data = v.completion_data;
-    v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, 0)
-        .complete_pending(data);
     // An event the last run left to inject (an exception or NMI whose delivery an exit
     // interrupted, when the run then ended; an interrupt is given back instead) is delivered
     // at this entry, unless Dom0 gave the vCPU a new state.
@@ -635,6 +632,11 @@ pub(crate) unsafe fn run(dom0: &Vmcs, dom0_pa: u64, nmi_pending: &AtomicBool, v:
         x86::write_dr0_3(&v.guest_dr);
         x86::write_dr6(v.arch.dr6);
     }
+    // What the last exit left to Dom0 completes now, after a reload (which would drop the
+    // single step it may raise) and with DR6 the guest's (which that single step sets).
+    let data = v.completion_data;
+    v.domu(|_, _| &mut vmx, domain, Vendor::Vmx, 0)
+        .complete_pending(data);
 
     // SAFETY: Switched back below, before Dom0 runs.
     let dom0_tsc_aux = unsafe { switch_tsc_aux(v, domain.tsc_aux) };

@@ -151,6 +151,27 @@ impl<X> Vmx<X> {
     }
 }
 
+impl<X> Vmx<X> {
+    /// Injects a #DB of type `kind` (hardware or privileged software exception) for the
+    /// conditions `payload` (DR6's B0-B3, BD, BS): DR6 updated as the processor updates it and
+    /// DR7.GD cleared, as its delivery does.
+    fn deliver_debug(&mut self, payload: u64, kind: u32) {
+        const DR7_GD: u64 = 1 << 13;
+        let dr7 = self.vmcs.read(field::GUEST_DR7);
+        if dr7 & DR7_GD != 0 {
+            self.vmcs.write(field::GUEST_DR7, dr7 & !DR7_GD);
+        }
+        // SAFETY: DR6 is the running guest's: Dom0's while root mode serves its exits, a
+        // DomU's from before its run's first completion to its end (`domu::run`); the value
+        // has its reserved bits as they must be.
+        unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), payload)) };
+        self.vmcs.write(
+            field::VM_ENTRY_INTR_INFO_FIELD,
+            u32::from(vector::DB) | kind | intr_info::VALID,
+        );
+    }
+}
+
 impl<X> Hal for Vmx<X> {
     #[inline]
     fn rip(&self) -> u64 {
@@ -170,10 +191,7 @@ impl<X> Hal for Vmx<X> {
         if flags & (rflags::TF | rflags::RF) != 0 {
             self.vmcs.write(field::GUEST_RFLAGS, flags & !rflags::RF);
             if flags & rflags::TF != 0 {
-                // SAFETY: DR6 is the running guest's (Dom0's while root mode serves its exits,
-                // a DomU's during its run); the value has its reserved bits as they must be.
-                unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), dr6::BS)) };
-                self.inject(vector::DB, None);
+                self.deliver_debug(dr6::BS, intr_info::TYPE_HW_EXCEPTION);
             }
         }
     }
@@ -223,43 +241,37 @@ impl<X> Hal for Vmx<X> {
         self.vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, info);
     }
 
-    /// A #DB exit leaves DR6 and DR7 as they were (DR6 the guest's, loaded while it runs) and
-    /// reports the conditions in the exit qualification (SDM Vol. 3C, 28.2.1); the delivery
-    /// clears DR7.GD, as the processor's does. ICEBP's #DB is a privileged software exception:
+    /// A #DB exit leaves DR6 and DR7 as they were and reports the conditions in the exit
+    /// qualification (SDM Vol. 3C, 28.2.1). ICEBP's #DB is a privileged software exception:
     /// it goes in as one, with the instruction's length, so that the delivery pushes the RIP
     /// past it, and a delivery an exit cuts short runs the ICEBP again rather than losing it.
     fn reflect_debug(&mut self) {
-        const DR7_GD: u64 = 1 << 13;
-        let dr7 = self.vmcs.read(field::GUEST_DR7);
-        if dr7 & DR7_GD != 0 {
-            self.vmcs.write(field::GUEST_DR7, dr7 & !DR7_GD);
-        }
-        let qualification = self.vmcs.read(field::EXIT_QUALIFICATION);
-        // SAFETY: DR6 is the guest's while it runs (root mode has no breakpoint enabled and
-        // puts Dom0's back after the run); the value has its reserved bits as they must be.
-        unsafe { x86::write_dr6(dr6::after_debug(x86::read_dr6(), qualification)) };
-        let info = self.vmcs.read(field::VM_EXIT_INTR_INFO);
-        if info & intr_info::TYPE_MASK == intr_info::TYPE_PRIV_SW_EXCEPTION {
-            let len = self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN);
-            self.vmcs.write(field::VM_ENTRY_INSTRUCTION_LEN, len);
-            self.vmcs.write(
-                field::VM_ENTRY_INTR_INFO_FIELD,
-                u32::from(vector::DB) | intr_info::TYPE_PRIV_SW_EXCEPTION | intr_info::VALID,
-            );
-            return;
-        }
         if self.vmcs.read(field::GUEST_RFLAGS) & rflags::TF != 0
             && self.vmcs.read(field::GUEST_INTERRUPTIBILITY_INFO)
                 & (interruptibility::STI | interruptibility::MOV_SS)
                 != 0
         {
             // A single step still pending after the next instruction, as an entry with TF set
-            // in an interrupt shadow requires (SDM Vol. 3C, 27.3.1.5).
+            // in an interrupt shadow requires (SDM Vol. 3C, 27.3.1.5; an ICEBP after a MOV SS
+            // exits in its shadow).
             let pending = self.vmcs.read(field::GUEST_PENDING_DBG_EXCEPTIONS);
             self.vmcs
                 .write(field::GUEST_PENDING_DBG_EXCEPTIONS, pending | dr6::BS);
         }
-        self.inject(vector::DB, None);
+        let info = self.vmcs.read(field::VM_EXIT_INTR_INFO);
+        let kind = if info & intr_info::TYPE_MASK == intr_info::TYPE_PRIV_SW_EXCEPTION {
+            let len = self.vmcs.read(field::VM_EXIT_INSTRUCTION_LEN);
+            self.vmcs.write(field::VM_ENTRY_INSTRUCTION_LEN, len);
+            intr_info::TYPE_PRIV_SW_EXCEPTION
+        } else {
+            intr_info::TYPE_HW_EXCEPTION
+        };
+        let qualification = self.vmcs.read(field::EXIT_QUALIFICATION);
+        self.deliver_debug(qualification, kind);
+    }
+
+    fn event_in_delivery(&self) -> bool {
+        self.vmcs.read(field::IDT_VECTORING_INFO_FIELD) & intr_info::VALID != 0
     }
 
     #[inline]
