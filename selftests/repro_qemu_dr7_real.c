@@ -6,7 +6,9 @@
  * The real-mode guest writes DR5 (DR7 while CR4.DE is clear) = 0xec7b36d9, which enables a
  * read/write data breakpoint over [0, 8), then executes XSETBV with ECX = -1 (#GP). The IVT
  * at 0 is zero, so the handler runs at 0:0, whose `add %al, (%bx,%si)` touches the breakpoint
- * again, and so on. Bochs (VMX) runs it fine (the run ends with EINTR each second).
+ * again, and so on. Bochs (VMX) runs it fine (the run ends with EINTR each second). Since Keel
+ * intercepts #DB (each delivery is an exit, and the run loop sees the timer's signal), so does
+ * QEMU: the run ends with EINTR each second there too; before, QEMU looped in the delivery.
  *
  * Not built by the Makefile: gcc -static -O2 -D_GNU_SOURCE -Iuapi -o repro_qemu_dr7_real
  * selftests/repro_qemu_dr7_real.c, then run it in the test VM (scripts/run-vm -f).

@@ -98,6 +98,8 @@ pub mod msr {
     pub const IA32_SYSENTER_ESP: u32 = 0x175;
     pub const IA32_SYSENTER_EIP: u32 = 0x176;
     pub const IA32_DEBUGCTL: u32 = 0x1d9;
+    /// IA32_DEBUGCTL.BTF: with RFLAGS.TF, single-step on branches only.
+    pub const DEBUGCTL_BTF: u64 = 1 << 1;
     pub const IA32_PAT: u32 = 0x277;
     pub const IA32_MISC_ENABLE: u32 = 0x1a0;
     /// RDTSCP's and RDPID's value (the CPU number, for Linux).

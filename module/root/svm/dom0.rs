@@ -263,6 +263,12 @@ impl super::SvmGuest for Dom0Svm {
     }
 
     fn set_lme_held(&mut self, _held: bool) {}
+
+    /// Dom0's IA32_DEBUGCTL is the processor's (VMRUN does not switch it).
+    fn btf(&self) -> bool {
+        // SAFETY: IA32_DEBUGCTL exists on every x86-64 CPU; reading it changes nothing.
+        unsafe { x86::rdmsr(msr::IA32_DEBUGCTL) & msr::DEBUGCTL_BTF != 0 }
+    }
 }
 
 impl Dom0Hal for Svm<'_, Dom0Svm> {

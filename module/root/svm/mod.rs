@@ -28,6 +28,8 @@ pub(crate) trait SvmGuest {
     fn lme_held(&self) -> bool;
     /// Records whether it is.
     fn set_lme_held(&mut self, held: bool);
+    /// IA32_DEBUGCTL.BTF is set: TF single-steps branches only.
+    fn btf(&self) -> bool;
 }
 
 /// A DomU vCPU keeps the flag in its state.
@@ -38,6 +40,11 @@ impl SvmGuest for &mut bool {
 
     fn set_lme_held(&mut self, held: bool) {
         **self = held;
+    }
+
+    /// A DomU's IA32_DEBUGCTL is not its own (its accesses are intercepted): 0.
+    fn btf(&self) -> bool {
+        false
     }
 }
 
@@ -64,7 +71,8 @@ impl<X: SvmGuest> Hal for Svm<'_, X> {
         self.vmcb.control.int_state &= !vmcb::INT_STATE_SHADOW;
         if s.rflags & (rflags::TF | rflags::RF) != 0 {
             s.rflags &= !rflags::RF;
-            if s.rflags & rflags::TF != 0 {
+            // With DEBUGCTL.BTF only branches trap, and no instruction Keel completes is one.
+            if s.rflags & rflags::TF != 0 && !self.extra.btf() {
                 s.dr6 = dr6::after_debug(s.dr6, dr6::BS);
                 self.reflect_debug();
             }

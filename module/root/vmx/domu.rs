@@ -398,15 +398,28 @@ fn yield_vectoring(vmcs: &Vmcs, v: &mut VcpuState) {
     vmcs.write(field::VM_ENTRY_INTR_INFO_FIELD, 0);
 }
 
-/// An IRET that unblocked virtual NMIs and then hit an EPT violation (its stack in a hole or
-/// an MMIO page) runs again when the guest resumes: its NMI handler has not returned, so NMIs
-/// are blocked again, as the CPU reports ("NMI unblocking due to IRET", bit 12 of the exit
-/// qualification, undefined while an event was being delivered: SDM Vol. 3C, 28.2.1 and
-/// 28.2.3). No intercepted exception (only #UD) can come from an IRET.
+/// An IRET that unblocked virtual NMIs and then faulted (an EPT violation: its stack in a
+/// hole or an MMIO page; an intercepted #AC: its stack misaligned at CPL 3) runs again when
+/// the guest resumes, or its fault is delivered first: its NMI handler has not returned, so
+/// NMIs are blocked again, as the CPU reports ("NMI unblocking due to IRET", bit 12 of the
+/// exit qualification or of the exit's interruption information, undefined while an event was
+/// being delivered, and not for a #DF: SDM Vol. 3C, 28.2.1 to 28.2.3).
 fn reblock_nmis_after_faulting_iret(vmcs: &Vmcs, reason: u32) {
-    const NMI_UNBLOCKING_DUE_TO_IRET: u64 = 1 << 12;
-    if reason & 0xffff != EXIT_EPT_VIOLATION
-        || vmcs.read(field::EXIT_QUALIFICATION) & NMI_UNBLOCKING_DUE_TO_IRET == 0
+    const NMI_UNBLOCKING_DUE_TO_IRET: u32 = 1 << 12;
+    const DF: u32 = 8;
+    let unblocked = match reason & 0xffff {
+        EXIT_EPT_VIOLATION => {
+            vmcs.read(field::EXIT_QUALIFICATION) & u64::from(NMI_UNBLOCKING_DUE_TO_IRET) != 0
+        }
+        EXIT_EXCEPTION_OR_NMI => {
+            let info = vmcs.read(field::VM_EXIT_INTR_INFO);
+            info & NMI_UNBLOCKING_DUE_TO_IRET != 0
+                && info & intr_info::TYPE_MASK == intr_info::TYPE_HW_EXCEPTION
+                && info & 0xff != DF
+        }
+        _ => false,
+    };
+    if !unblocked
         || vmcs.read(field::IDT_VECTORING_INFO_FIELD) & intr_info::VALID != 0
         || vmcs.read(field::PIN_BASED_VM_EXEC_CONTROL) & pin_based::VIRTUAL_NMIS == 0
     {
@@ -421,6 +434,9 @@ fn reblock_nmis_after_faulting_iret(vmcs: &Vmcs, reason: u32) {
 
 /// Exit reason: EPT violation.
 const EXIT_EPT_VIOLATION: u32 = 48;
+
+/// Exit reason: an exception or NMI.
+const EXIT_EXCEPTION_OR_NMI: u32 = 0;
 
 /// Exit reason: NMI window.
 const EXIT_NMI_WINDOW: u32 = 8;

@@ -190,7 +190,10 @@ impl<X> Hal for Vmx<X> {
         let flags = self.vmcs.read(field::GUEST_RFLAGS);
         if flags & (rflags::TF | rflags::RF) != 0 {
             self.vmcs.write(field::GUEST_RFLAGS, flags & !rflags::RF);
-            if flags & rflags::TF != 0 {
+            // With DEBUGCTL.BTF only branches trap, and no instruction Keel completes is one.
+            if flags & rflags::TF != 0
+                && self.vmcs.read(field::GUEST_IA32_DEBUGCTL) & msr::DEBUGCTL_BTF == 0
+            {
                 self.deliver_debug(dr6::BS, intr_info::TYPE_HW_EXCEPTION);
             }
         }
