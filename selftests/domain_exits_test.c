@@ -447,6 +447,19 @@ TEST_F(domain, hypercalls_32bit)
 	vm_destroy(vm);
 }
 
+/* The flat 32-bit segments of vcpu_setup_prot32() at CPL 3: DPL 3, RPL 3. */
+static void segments_at_cpl3(struct keel_sregs *s)
+{
+	struct keel_segment *data[] = { &s->ds, &s->es, &s->fs, &s->gs, &s->ss };
+
+	s->cs.selector = KEEL_SEL_CODE | 3;
+	s->cs.attrib |= KEEL_SEG_DPL(3);
+	for (size_t i = 0; i < ARRAY_SIZE(data); i++) {
+		data[i]->selector = KEEL_SEL_DATA | 3;
+		data[i]->attrib |= KEEL_SEG_DPL(3);
+	}
+}
+
 /* A hypercall from CPL 3 gets -EPERM (-1) without an exit. */
 TEST_F(domain, hypercall_from_cpl3_is_refused)
 {
@@ -458,15 +471,7 @@ TEST_F(domain, hypercall_from_cpl3_is_refused)
 	LOAD_BLOB(vm, CODE_GPA, cpl3);
 	vcpu_setup_prot32(vcpu, CODE_GPA);
 	vcpu_get_sregs(vcpu, &s);
-	s.cs.selector = KEEL_SEL_CODE | 3;
-	s.cs.attrib |= KEEL_SEG_DPL(3);
-	s.ds.selector = s.es.selector = s.fs.selector = s.gs.selector = s.ss.selector =
-		KEEL_SEL_DATA | 3;
-	s.ds.attrib |= KEEL_SEG_DPL(3);
-	s.es.attrib |= KEEL_SEG_DPL(3);
-	s.fs.attrib |= KEEL_SEG_DPL(3);
-	s.gs.attrib |= KEEL_SEG_DPL(3);
-	s.ss.attrib |= KEEL_SEG_DPL(3);
+	segments_at_cpl3(&s);
 	vcpu_set_sregs(vcpu, &s);
 	vcpu_get_regs(vcpu, &regs);
 	regs.rflags = X86_RFLAGS_FIXED | X86_RFLAGS_IOPL3; /* OUT allowed at CPL 3 */
@@ -648,15 +653,7 @@ static struct keel_vm *ac_vm(const char *name, uint32_t sp)
 	vm_write(vm, AC_IDT + 17 * 8, gate, sizeof(gate));
 	vcpu_setup_prot32(vcpu, CODE_GPA);
 	vcpu_get_sregs(vcpu, &s);
-	s.cs.selector = KEEL_SEL_CODE | 3;
-	s.cs.attrib |= KEEL_SEG_DPL(3);
-	s.ds.selector = s.es.selector = s.fs.selector = s.gs.selector = s.ss.selector =
-		KEEL_SEL_DATA | 3;
-	s.ds.attrib |= KEEL_SEG_DPL(3);
-	s.es.attrib |= KEEL_SEG_DPL(3);
-	s.fs.attrib |= KEEL_SEG_DPL(3);
-	s.gs.attrib |= KEEL_SEG_DPL(3);
-	s.ss.attrib |= KEEL_SEG_DPL(3);
+	segments_at_cpl3(&s);
 	s.gdt.base = AC_GDT;
 	s.gdt.limit = sizeof(gdt) - 1;
 	s.idt.base = AC_IDT;
