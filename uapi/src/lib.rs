@@ -68,6 +68,8 @@ mod tests {
             (KEEL_DOMAIN_EVTCHN_NOTIFY, 0x4008_c718),
             (KEEL_DOMAIN_EVTCHN_UNBIND, 0x4008_c719),
             (KEEL_DOMAIN_SET_MEMORY_MAP, 0x4010_c71a),
+            (KEEL_DOMAIN_GRANT_COPY, 0x4010_c71b),
+            (KEEL_DOMAIN_GRANT_MAP, 0x4010_c71c),
             (KEEL_VCPU_GET_REGS, 0x8090_c720),
             (KEEL_VCPU_SET_REGS, 0x4090_c721),
             (KEEL_VCPU_GET_SREGS, 0x80e8_c722),
