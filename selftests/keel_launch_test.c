@@ -4,8 +4,8 @@
  *
  * Dom0 must see Keel's CPUID leaves on every CPU and not the extension Keel owns, its exits
  * must be counted, VMX/SVM instructions must fault in it as on a CPU without them, a single
- * step over an instruction Keel serves must stop right after it, and an ordinary workload
- * must run unharmed.
+ * step over an instruction Keel serves must stop right after it, an ordinary workload must
+ * run unharmed, and rmmod must hand back what Dom0 had loaded (its LDT, its breakpoints).
  */
 #include <cpuid.h>
 #include <errno.h>
@@ -15,7 +15,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <asm/ldt.h>
+#include <linux/hw_breakpoint.h>
+#include <linux/perf_event.h>
+#include <setjmp.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/klog.h>
 #include <sys/ptrace.h>
 #include <sys/user.h>
@@ -557,6 +562,137 @@ TEST(dom0_tmpfs_io)
 	EXPECT_EQ(0, umount(dir));
 	free(buf);
 	free(back);
+}
+
+/*
+ * rmmod hands each CPU back with what Dom0 had loaded: a VM exit leaves LDTR unusable and DR7
+ * at 0x400 (SDM 28.5), so leaving VMX must load them again. A process with an LDT spins on
+ * one CPU, with a per-CPU write watchpoint there (installed once, not at each context switch),
+ * while rmmod runs on another; the CPU is handed back under it (the hotplug thread preempts it
+ * and gives it back the same mm, so Linux reloads neither). After: loading a segment register
+ * from its LDT must work, and the watchpoint must still count.
+ */
+static volatile uint32_t watched_by_cpu;
+static sigjmp_buf ldt_fault;
+
+static void on_segv(int sig)
+{
+	(void)sig;
+	siglongjmp(ldt_fault, 1);
+}
+
+/* Loads GS from LDT entry 0 (selector 7), then the null selector again; false if it faulted. */
+static bool ldt_loads(void)
+{
+	struct sigaction sa = { .sa_handler = on_segv }, old;
+	bool ok = false;
+
+	sigaction(SIGSEGV, &sa, &old);
+	if (!sigsetjmp(ldt_fault, 1)) {
+		__asm__ volatile("mov %0, %%gs\n\tmov %1, %%gs" : : "r"(7), "r"(0));
+		ok = true;
+	}
+	sigaction(SIGSEGV, &old, NULL);
+	return ok;
+}
+
+/* The two last CPUs this thread may run on; false if it has fewer. */
+static bool two_cpus(int cpus[2])
+{
+	cpu_set_t set;
+	int n = 0;
+
+	if (sched_getaffinity(0, sizeof(set), &set))
+		return false;
+	for (int cpu = CPU_SETSIZE - 1; cpu >= 0 && n < 2; cpu--)
+		if (CPU_ISSET(cpu, &set))
+			cpus[n++] = cpu;
+	return n == 2;
+}
+
+/* Unloads keel.ko from `other` while this thread spins on its CPU without a system call that
+ * could switch the CPU to another mm; true if rmmod succeeded. keel.ko is loaded again after
+ * the caller's checks (reload). */
+static bool unload_beside(int other)
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return false;
+	if (pid == 0) {
+		pin(other);
+		execlp("rmmod", "rmmod", "keel", NULL);
+		_exit(127);
+	}
+	while (waitpid(pid, &status, WNOHANG) == 0)
+		;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+static int reload(void)
+{
+	return system("insmod /lib/modules/keel.ko $(cat /etc/keel.options 2>/dev/null)");
+}
+
+TEST(dom0_ldt_survives_unload)
+{
+	struct user_desc d = { .entry_number = 0, .limit = 0xfffff, .seg_32bit = 1,
+			       .limit_in_pages = 1, .useable = 1 };
+	bool unloaded, loads;
+	int cpus[2];
+
+	if (!two_cpus(cpus))
+		SKIP(return, "needs two CPUs");
+	ASSERT_TRUE(pin(cpus[0]));
+	if (syscall(SYS_modify_ldt, 1, &d, sizeof(d))) {
+		ASSERT_EQ(ENOSYS, errno) TH_LOG("modify_ldt: %s", strerror(errno));
+		SKIP(return, "no LDT: the kernel lacks CONFIG_MODIFY_LDT_SYSCALL");
+	}
+	ASSERT_TRUE(ldt_loads()) TH_LOG("the LDT does not load with Keel beneath");
+	unloaded = unload_beside(cpus[1]);
+	loads = ldt_loads();
+	ASSERT_EQ(0, reload()) TH_LOG("insmod after the test failed");
+	ASSERT_TRUE(unloaded) TH_LOG("rmmod failed");
+	EXPECT_TRUE(loads) TH_LOG("loading a segment from the LDT faulted after rmmod");
+}
+
+TEST(dom0_breakpoints_survive_unload)
+{
+	struct perf_event_attr attr = {
+		.type = PERF_TYPE_BREAKPOINT,
+		.size = sizeof(attr),
+		.bp_type = HW_BREAKPOINT_W,
+		.bp_addr = (uintptr_t)&watched_by_cpu,
+		.bp_len = HW_BREAKPOINT_LEN_4,
+		.exclude_kernel = 1,
+		.exclude_hv = 1,
+	};
+	uint64_t count = 0;
+	bool unloaded;
+	int cpus[2], fd;
+
+	if (!two_cpus(cpus))
+		SKIP(return, "needs two CPUs");
+	ASSERT_TRUE(pin(cpus[0]));
+	/* A per-CPU watchpoint: Linux writes DR7 when it installs it, not at context switches. */
+	fd = syscall(__NR_perf_event_open, &attr, -1, cpus[0], -1, 0);
+	if (fd < 0)
+		SKIP(return, "no hardware breakpoint: %s", strerror(errno));
+	watched_by_cpu++;
+	ASSERT_EQ(sizeof(count), read(fd, &count, sizeof(count)));
+	if (count != 1) {
+		close(fd);
+		SKIP(return, "the CPU delivered %llu of 1 data breakpoints", (unsigned long long)count);
+	}
+	unloaded = unload_beside(cpus[1]);
+	watched_by_cpu++;
+	ASSERT_EQ(sizeof(count), read(fd, &count, sizeof(count)));
+	close(fd);
+	ASSERT_EQ(0, reload()) TH_LOG("insmod after the test failed");
+	ASSERT_TRUE(unloaded) TH_LOG("rmmod failed");
+	EXPECT_EQ(2, count) TH_LOG("the watchpoint counted %llu of 2 writes across rmmod",
+				   (unsigned long long)count);
 }
 
 TEST_HARNESS_MAIN

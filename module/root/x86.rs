@@ -106,6 +106,26 @@ pub(crate) unsafe fn write_dr6(v: u64) {
     unsafe { asm!("mov dr6, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
 }
 
+/// Writes DR7.
+///
+/// # Safety
+///
+/// Only restores the value DR7 held in Dom0 (its breakpoints' addresses in DR0-DR3).
+pub(crate) unsafe fn write_dr7(v: u64) {
+    // SAFETY: The caller vouches for the value.
+    unsafe { asm!("mov dr7, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Loads LDTR with `selector` (0: no LDT).
+///
+/// # Safety
+///
+/// `selector` is null or an LDT descriptor's in the current GDT, the one Dom0 had loaded.
+pub(crate) unsafe fn lldt(selector: u16) {
+    // SAFETY: The caller vouches for the selector.
+    unsafe { asm!("lldt {0:x}", in(reg) selector, options(nostack, preserves_flags)) };
+}
+
 /// Writes CR4.
 ///
 /// # Safety

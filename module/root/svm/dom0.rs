@@ -304,7 +304,7 @@ impl Dom0Hal for Svm<'_, Dom0Svm> {
         unsafe {
             x86::write_cr4(cr4);
             x86::write_cr2(cr2);
-            asm!("mov dr7, {}", in(reg) dr7, options(nomem, nostack));
+            x86::write_dr7(dr7);
         }
         point
     }

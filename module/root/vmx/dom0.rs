@@ -516,10 +516,13 @@ impl Dom0Hal for Vmx<Dom0Vmx<'_>> {
         let fs_base = v.read(field::GUEST_FS_BASE);
         let gs_base = v.read(field::GUEST_GS_BASE);
         let debugctl = v.read(field::GUEST_IA32_DEBUGCTL);
+        let dr7 = v.read(field::GUEST_DR7);
+        let ldtr = v.read(field::GUEST_LDTR_SELECTOR);
         // SAFETY: Leaving VMX operation for good on this CPU (the caller's contract), then
         // giving Dom0 back the state the exit replaced with host values (SDM 28.5: GDTR/IDTR
-        // limits, FS/GS bases, DEBUGCTL); CR4 becomes Dom0's without VMXE. TR's limit is fixed
-        // by the module after the hypercall returns (it needs Linux's writable GDT).
+        // limits, FS/GS bases, DEBUGCTL, DR7 set to 0x400, LDTR made unusable); CR4 becomes
+        // Dom0's without VMXE. TR's limit is fixed by the module after the hypercall returns
+        // (it needs Linux's writable GDT). LDTR is loaded from Dom0's GDT, loaded just before.
         unsafe {
             // A failed VMCLEAR changes nothing here: VMXOFF follows.
             let _ = vmclear(self.extra.vmcs_pa);
@@ -530,6 +533,8 @@ impl Dom0Hal for Vmx<Dom0Vmx<'_>> {
             x86::wrmsr(msr::FS_BASE, fs_base);
             x86::wrmsr(msr::GS_BASE, gs_base);
             x86::wrmsr(msr::IA32_DEBUGCTL, debugctl);
+            x86::lldt(ldtr);
+            x86::write_dr7(dr7);
         }
         point
     }
