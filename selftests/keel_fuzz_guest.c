@@ -449,8 +449,8 @@ static void filter_emulator_bugs(struct code *c, bool qemu)
 		 * It stopped QEMU for good (a real-mode data breakpoint at 0: repro_qemu_dr7_real)
 		 * until Keel intercepted #DB; since then, without it, three of four runs (seeds 3,
 		 * 11 and 424242; seed 1 passed) crashed QEMU on the reserved MOV to a segment
-		 * register above, which guests with breakpoints armed write and run more often
-		 * (seed 424242 with it passes). */
+		 * register above (why breakpoints make that likelier is not known; seed 424242
+		 * with the filter passes). */
 		if (c->b[i] == 0x0f && i + 2 < c->n && c->b[i + 1] == 0x23 &&
 		    ((c->b[i + 2] >> 3) & 7) >= 4)
 			c->b[i + 1] = 0x21;
