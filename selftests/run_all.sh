@@ -10,10 +10,13 @@
 last="domain_lifecycle_test"
 last_sh="fuzz_test.sh"
 status=0
+# run TEST: one suite, then the seconds it took (for sizing the suite to CI's time).
 run() {
     [ -x "$1" ] || return 0
     echo "# selftest: ${1##*/}"
+    t0=$(cut -d' ' -f1 /proc/uptime)
     "$1" || status=1
+    echo "# took: ${1##*/} $(awk -v t0="$t0" '{ printf "%.0f", $1 - t0 }' /proc/uptime) s"
 }
 for t in /selftests/*_test; do
     case " $last " in *" ${t##*/} "*) continue ;; esac
