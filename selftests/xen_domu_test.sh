@@ -10,7 +10,7 @@ domu=keeltest-domu
 log=/var/log/keel/$domu.log
 mkdir -p $dir
 
-tap_plan 20
+tap_plan 21
 
 has() { grep -q -- "$2" "$1" || { echo "no '$2' in $1:"; cat "$1"; return 1; }; }
 
@@ -118,7 +118,11 @@ listed() {
     [ "$3 $4" = "128 1" ] || { echo "unexpected: $line"; return 1; }
     case $5 in r-----|-b----) ;; *) echo "unexpected state: $line"; return 1 ;; esac
     keelctl list --json >$out || return 1
-    has $out "\"name\": \"$domu\"" && has $out '"xen": true' && has $out '"domd_pid": '
+    has $out "\"name\": \"$domu\"" && has $out '"xen": true' && has $out '"domd_pid": ' || return 1
+    # keelctl domid / domname, as xl's: the list's id and back.
+    [ "$(keelctl domid $domu)" = "$2" ] && [ "$(keelctl domname $2)" = $domu ] ||
+        { echo "domid '$(keelctl domid $domu)', domname '$(keelctl domname $2)', list id $2"; return 1; }
+    ! keelctl domid no-such-domain 2>$err && has $err "no domain named 'no-such-domain'"
 }
 check xen_domu.list_shows_it listed
 
@@ -169,6 +173,20 @@ mem_set() {
     ! keelctl mem-set $domu 4g 2>$err && has $err "more than its maximum memory"
 }
 check xen_domu.mem_set_balloons_down_and_up mem_set
+
+# keelctl sysrq: the guest takes the key (its Xen drivers empty control/sysrq) and runs it:
+# h prints the help line on its console. A bad key is refused before anything is written.
+sysrq() {
+    need_domu || return $?
+    wait_log "keel-domu: shell" 240 || return 1
+    ! keelctl sysrq $domu hh 2>$err && has $err "must be one printable character" || return 1
+    [ -z "$(keelctl xenstore read /local/domain/$(keelctl domid $domu)/control/sysrq)" ] ||
+        { echo "a bad key was written"; return 1; }
+    keelctl sysrq --timeout 120 $domu h >$out 2>$err || { cat $out $err; return 1; }
+    has $out "sent sysrq 'h' to domain $domu" || return 1
+    wait_log "sysrq: HELP" 60
+}
+check xen_domu.sysrq_reaches_the_guest sysrq
 
 duplicate_name() {
     need_domu || return $?

@@ -44,9 +44,9 @@ pub fn resolve<'a>(domains: &'a [DomainInfo], arg: &str) -> Result<&'a DomainInf
 }
 
 /// The testing hook: with `KEELCTL_NO_MODULE=1` in the environment, the verbs that reach a
-/// domain through XenStore (`shutdown`, `reboot`, `mem-set`) learn the domains from XenStore
-/// instead of the module (see [`Domains::XenStore`]), so that they can be tested on a host
-/// without /dev/keel. Not meant for anything else: nothing then checks that a domain is real,
+/// domain through XenStore (`shutdown`, `reboot`, `mem-set`, `sysrq`) learn the domains from
+/// XenStore instead of the module (see [`Domains::XenStore`]), so that they can be tested on a
+/// host without /dev/keel. Not meant for anything else: nothing then checks that a domain is real,
 /// and `-F` cannot destroy one.
 pub const NO_MODULE_ENV: &str = "KEELCTL_NO_MODULE";
 

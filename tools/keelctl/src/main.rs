@@ -5,8 +5,8 @@
 //! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
 //! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
 //! `unpause`, `block-attach`, `block-detach`, `block-list`, `network-attach`,
-//! `network-detach`, `network-list`, and through XenStore (keel-xenstored) `shutdown`,
-//! `reboot`, `mem-set` and the `xenstore` tools.
+//! `network-detach`, `network-list`, `domid`, `domname`, and through XenStore
+//! (keel-xenstored) `shutdown`, `reboot`, `mem-set`, `sysrq` and the `xenstore` tools.
 #![deny(missing_docs)]
 
 use std::{
@@ -30,6 +30,7 @@ mod network;
 mod run;
 mod shutdown;
 mod stats;
+mod sysrq;
 mod units;
 mod xenstore;
 
@@ -41,15 +42,16 @@ mod xenstore;
     about,
     long_about = None,
     after_long_help = "Testing hook: with KEELCTL_NO_MODULE=1 in the environment, shutdown, \
-        reboot and mem-set take the domains from XenStore (/local/domain/<id>/name) instead of \
-        the keel module, so that they can be tried without it; -F cannot destroy then."
+        reboot, mem-set and sysrq take the domains from XenStore (/local/domain/<id>/name) \
+        instead of the keel module, so that they can be tried without it; -F cannot destroy \
+        then."
 )]
 struct Cli {
     /// The Keel device node.
     #[arg(long, global = true, default_value = keel_sys::DEVICE_PATH)]
     device: PathBuf,
-    /// The XenStore daemon's socket (keel-xenstored), for xenstore, shutdown, reboot and
-    /// mem-set.
+    /// The XenStore daemon's socket (keel-xenstored), for xenstore, shutdown, reboot,
+    /// mem-set and sysrq.
     #[arg(long, global = true, value_name = "PATH", default_value = keel_xenstored::DEFAULT_SOCKET)]
     xenstore_socket: PathBuf,
     #[command(subcommand)]
@@ -223,6 +225,27 @@ enum Command {
         /// The new target: MiB, or with a suffix b, k, m, g, t.
         #[arg(value_name = "SIZE")]
         size: String,
+    },
+    /// Send a Magic SysRq key to a domain, as `xl sysrq`.
+    ///
+    /// Writes KEY to /local/domain/<id>/control/sysrq; the guest's Xen drivers clear the node
+    /// when they take the key and run its action, whose output goes to the guest's console
+    /// (`keelctl console`; h lists the keys). Waits at most --timeout seconds for the guest to
+    /// take it and fails, saying so, when it does not (its Xen drivers not started yet, no
+    /// CONFIG_MAGIC_SYSRQ, or paused: the key stays for it then). Needs XenStore (see
+    /// --xenstore-socket), and the keel module and root.
+    Sysrq(sysrq::SysrqArgs),
+    /// Print a domain's id, as `xl domid`.
+    Domid {
+        /// The domain's name (an id is printed back, once checked).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Print a domain's name, as `xl domname`.
+    Domname {
+        /// The domain's id.
+        #[arg(value_name = "ID")]
+        id: u32,
     },
     /// Add a disk to a running domain, as `xl block-attach`.
     ///
@@ -494,6 +517,23 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let domains = control::Domains::open(&cli.device)?;
             let mut xs = xenstore::connect(&cli.xenstore_socket)?;
             memset::run(&domains, &mut xs, &domain, &size)?;
+        }
+        Command::Sysrq(args) => {
+            sysrq::parse_key(&args.key)?;
+            shutdown::timeout(args.timeout)?;
+            let domains = control::Domains::open(&cli.device)?;
+            let mut xs = xenstore::connect(&cli.xenstore_socket)?;
+            sysrq::run(&domains, &mut xs, &args)?;
+        }
+        Command::Domid { name } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let d = control::find(&dev, &name)?;
+            println!("{}", d.domid);
+        }
+        Command::Domname { id } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let d = control::find(&dev, &id.to_string())?;
+            println!("{}", d.name);
         }
         Command::Xenstore { command } => xenstore::run(&command, &cli.xenstore_socket)?,
     }

@@ -1,5 +1,5 @@
-//! `keelctl xenstore`, `mem-set`, `shutdown` and `reboot` against the keel-xenstored daemon
-//! on a temporary socket, run as the current user (the daemon accepts its own uid). The
+//! `keelctl xenstore`, `mem-set`, `shutdown`, `reboot` and `sysrq` against the keel-xenstored
+//! daemon on a temporary socket, run as the current user (the daemon accepts its own uid). The
 //! domain verbs run with the testing hook `KEELCTL_NO_MODULE=1`: the test writes a domain's
 //! XenStore home, and plays its guest, through the client library.
 //!
@@ -129,6 +129,15 @@ impl Daemon {
         String::from_utf8(out.stdout).expect("UTF-8")
     }
 
+    /// Starts keelctl in the background, its output piped (for [`finish_ok`]).
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.keelctl(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keelctl runs")
+    }
+
     /// Runs keelctl, expecting failure (status 1); its stderr.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -161,6 +170,18 @@ fn finish(child: Child) -> Output {
             panic!("keelctl did not finish within 20 s");
         }
     }
+}
+
+/// Waits for `child` (started by [`Daemon::spawn`]) as [`finish`] does, expecting success;
+/// its stdout.
+fn finish_ok(child: Child) -> String {
+    let out = finish(child);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
 }
 
 /// Polls `cond` for up to 10 s.
@@ -385,24 +406,14 @@ fn shutdown_and_reboot_through_control_shutdown() {
     // -w: the guest takes the request and the domain goes away.
     c.write(NONE, "/local/domain/5/control/shutdown", "")
         .unwrap();
-    let child = d
-        .keelctl(&["shutdown", "-w", "--timeout", "10", "web"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = d.spawn(&["shutdown", "-w", "--timeout", "10", "web"]);
     eventually("the poweroff request", || request(&mut c, 5) == "poweroff");
     c.write(NONE, "/local/domain/5/control/shutdown", "")
         .unwrap();
     c.rm(NONE, "/local/domain/5").unwrap();
-    let out = finish(child);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = finish_ok(child);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        out,
         "shutting down domain web (id 5)\nwaiting for domain web (id 5) to shut down...\n\
          domain web (id 5) has shut down\n"
     );
@@ -410,24 +421,12 @@ fn shutdown_and_reboot_through_control_shutdown() {
     // reboot -w: the domain comes back under a new id.
     c.write(NONE, "/local/domain/6/control/shutdown", "")
         .unwrap();
-    let child = d
-        .keelctl(&["reboot", "-w", "--timeout", "10", "db"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = d.spawn(&["reboot", "-w", "--timeout", "10", "db"]);
     eventually("the reboot request", || request(&mut c, 6) == "reboot");
     c.rm(NONE, "/local/domain/6").unwrap();
     domain_home(&mut c, 7, "db", true);
-    let out = finish(child);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).ends_with("domain db (id 6) has rebooted, now id 7\n")
-    );
+    let out = finish_ok(child);
+    assert!(out.ends_with("domain db (id 6) has rebooted, now id 7\n"));
 
     // -w on a guest that never takes the request: the timeout.
     let stderr = d.fails(&["shutdown", "-w", "--timeout", "0.3", "db"]);
@@ -455,4 +454,51 @@ fn shutdown_and_reboot_through_control_shutdown() {
         d.fails(&["reboot", "nope"]),
         "keelctl: no domain named 'nope'\n"
     );
+}
+
+#[test]
+fn sysrq_through_control_sysrq() {
+    let d = daemon_or_skip!("sysrq");
+    let mut c = d.client();
+    domain_home(&mut c, 5, "web", true);
+    c.write(NONE, "/local/domain/5/control/sysrq", "").unwrap();
+    let key = |c: &mut Client| {
+        c.read_string(NONE, "/local/domain/5/control/sysrq")
+            .unwrap()
+    };
+
+    // The guest takes the key (Linux empties the node): keelctl says it was sent.
+    let child = d.spawn(&["sysrq", "--timeout", "10", "web", "s"]);
+    eventually("the key", || key(&mut c) == "s");
+    c.write(NONE, "/local/domain/5/control/sysrq", "").unwrap();
+    let out = finish_ok(child);
+    assert_eq!(out, "sent sysrq 's' to domain web (id 5)\n");
+
+    // A guest that never takes it: the timeout, and the key stays for it.
+    let stderr = d.fails(&["sysrq", "--timeout", "0.3", "5", "h"]);
+    assert!(
+        stderr.starts_with("keelctl: domain web (id 5) did not take sysrq 'h' within 0.3 s"),
+        "{stderr}"
+    );
+    assert_eq!(key(&mut c), "h");
+
+    // A domain without the node (no XenStore home of the toolstack's), bad keys, no domain.
+    c.write(NONE, "/local/domain/8/name", "bare").unwrap();
+    assert!(d
+        .fails(&["sysrq", "bare", "s"])
+        .contains("has no /local/domain/8/control/sysrq"));
+    for bad in ["", "hs", " "] {
+        assert!(
+            d.fails(&["sysrq", "web", bad])
+                .contains("must be one printable character"),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        d.fails(&["sysrq", "nope", "s"]),
+        "keelctl: no domain named 'nope'\n"
+    );
+    assert!(d
+        .fails(&["sysrq", "--timeout", "0", "web", "s"])
+        .contains("positive number of seconds"));
 }
