@@ -122,7 +122,16 @@ listed() {
     # keelctl domid / domname, as xl's: the list's id and back.
     [ "$(keelctl domid $domu)" = "$2" ] && [ "$(keelctl domname $2)" = $domu ] ||
         { echo "domid '$(keelctl domid $domu)', domname '$(keelctl domname $2)', list id $2"; return 1; }
-    ! keelctl domid no-such-domain 2>$err && has $err "no domain named 'no-such-domain'"
+    ! keelctl domid no-such-domain 2>$err && has $err "no domain named 'no-such-domain'" || return 1
+    # keelctl uptime, as xl's: Domain-0 and the DomU, whose uptime (H:MM:SS, from its
+    # start_time in XenStore) is no more than the few minutes since it was created.
+    keelctl uptime >$out 2>$err || { cat $err; return 1; }
+    has $out "^Domain-0 .* 0 " || return 1
+    up=$(awk -v n=$domu -v id=$2 '$1 == n && $2 == id { print $3 }' $out)
+    secs=$(echo "$up" | awk -F: 'NF == 3 { print $1 * 3600 + $2 * 60 + $3 }')
+    [ -n "$secs" ] && [ "$secs" -le 900 ] || { echo "uptime '$up' of $domu:"; cat $out; return 1; }
+    keelctl uptime -s $2 >$out || return 1
+    has $out " up .*, $domu ($2)\$"
 }
 check xen_domu.list_shows_it listed
 

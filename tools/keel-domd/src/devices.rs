@@ -339,6 +339,9 @@ impl Devices {
             max_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
             store: (guest.store_pfn, guest.store_port),
             console: (guest.console_pfn, guest.console_port),
+            start_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
         };
         let owned = vec![
             home(domid.into()),

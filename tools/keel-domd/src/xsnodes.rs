@@ -39,6 +39,14 @@ pub struct DomainFacts<'a> {
     pub store: (u64, u32),
     /// The console ring's pfn and port.
     pub console: (u64, u32),
+    /// When the domain was built (this build: a restart's is new), as seconds since the
+    /// epoch.
+    pub start_time: std::time::Duration,
+}
+
+/// A start time as libxl writes `/vm/<uuid>/start_time`: seconds, a dot, hundredths.
+pub fn start_time_text(t: std::time::Duration) -> String {
+    format!("{}.{:02}", t.as_secs(), t.subsec_millis() / 10)
 }
 
 /// Owned by Dom0, readable by the domain (libxl's `roperm`).
@@ -68,6 +76,12 @@ pub fn domain_nodes(f: &DomainFacts<'_>) -> Vec<Node> {
     add(vm.clone(), String::new(), ro(d));
     add(format!("{vm}/uuid"), f.uuid.clone(), ro(d));
     add(format!("{vm}/name"), f.name.into(), ro(d));
+    // What `xl uptime` (and `keelctl uptime`) count from.
+    add(
+        format!("{vm}/start_time"),
+        start_time_text(f.start_time),
+        ro(d),
+    );
     add(format!("{home}/vm"), vm.clone(), ro(d));
     add(format!("{home}/name"), f.name.into(), ro(d));
     add(format!("{home}/domid"), d.to_string(), ro(d));
@@ -308,6 +322,7 @@ mod tests {
             max_kib: 524288,
             store: (0xfeffc, 1),
             console: (0xfeffd, 2),
+            start_time: std::time::Duration::from_millis(1_765_000_000_123),
         }
     }
 
@@ -336,6 +351,17 @@ mod tests {
             "the guest writes control/"
         );
         assert_eq!(find(&v, "/local/domain/7/control/shutdown").perms, ["n7"]);
+        let start = find(&v, "/vm/00000000-0000-0000-0000-000000000007/start_time");
+        assert_eq!(start.value, "1765000000.12");
+        assert_eq!(start.perms, ["n0", "r7"]);
+        assert_eq!(
+            start_time_text(std::time::Duration::from_millis(5_009)),
+            "5.00"
+        );
+        assert_eq!(
+            start_time_text(std::time::Duration::from_millis(5_990)),
+            "5.99"
+        );
         assert_eq!(find(&v, "/local/domain/7/memory/target").value, "262144");
         assert_eq!(
             find(&v, "/local/domain/7/memory/target").perms,

@@ -5,7 +5,7 @@
 //! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
 //! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
 //! `unpause`, `block-attach`, `block-detach`, `block-list`, `network-attach`,
-//! `network-detach`, `network-list`, `domid`, `domname`, and through XenStore
+//! `network-detach`, `network-list`, `domid`, `domname`, `uptime`, and through XenStore
 //! (keel-xenstored) `shutdown`, `reboot`, `mem-set`, `sysrq` and the `xenstore` tools.
 #![deny(missing_docs)]
 
@@ -32,6 +32,7 @@ mod shutdown;
 mod stats;
 mod sysrq;
 mod units;
+mod uptime;
 mod xenstore;
 
 /// Control the Keel hypervisor through /dev/keel.
@@ -235,6 +236,21 @@ enum Command {
     /// CONFIG_MAGIC_SYSRQ, or paused: the key stays for it then). Needs XenStore (see
     /// --xenstore-socket), and the keel module and root.
     Sysrq(sysrq::SysrqArgs),
+    /// Show how long domains have run, as `xl uptime`.
+    ///
+    /// Without NAME|ID, Domain-0 (the host's uptime) and every domain; a DomU's uptime counts
+    /// from when its keel-domd built it (a restart starts it again), read from XenStore
+    /// (/vm/<uuid>/start_time, as libxl writes it): "-" for a domain without (a bare
+    /// `keelctl run` guest, or XenStore not running). -s prints one line a domain, as
+    /// uptime(1) does.
+    Uptime {
+        /// One line a domain: "TIME up UPTIME, NAME (ID)".
+        #[arg(short = 's', long = "short")]
+        short: bool,
+        /// The domains' names or ids (Domain-0 or 0 for Dom0).
+        #[arg(value_name = "NAME|ID")]
+        domains: Vec<String>,
+    },
     /// Print a domain's id, as `xl domid`.
     Domid {
         /// The domain's name (an id is printed back, once checked).
@@ -524,6 +540,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let domains = control::Domains::open(&cli.device)?;
             let mut xs = xenstore::connect(&cli.xenstore_socket)?;
             sysrq::run(&domains, &mut xs, &args)?;
+        }
+        Command::Uptime { short, domains } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let all = dev.list_domains()?;
+            // No XenStore: no DomU has a start time, which the table shows as "-".
+            let mut xs = xenstore::connect(&cli.xenstore_socket).ok();
+            let rows = uptime::rows(&all, &domains, xs.as_mut())?;
+            if short {
+                print!("{}", uptime::short(&rows, &uptime::time_of_day()));
+            } else {
+                print!("{}", uptime::human(&rows));
+            }
         }
         Command::Domid { name } => {
             let dev = keel_sys::KeelDev::open(&cli.device)?;
