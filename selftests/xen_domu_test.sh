@@ -131,7 +131,18 @@ listed() {
     secs=$(echo "$up" | awk -F: 'NF == 3 { print $1 * 3600 + $2 * 60 + $3 }')
     [ -n "$secs" ] && [ "$secs" -le 900 ] || { echo "uptime '$up' of $domu:"; cat $out; return 1; }
     keelctl uptime -s $2 >$out || return 1
-    has $out " up .*, $domu ($2)\$"
+    has $out " up .*, $domu ($2)\$" || return 1
+    # keelctl vcpu-list, as xl's: its one vCPU is a thread of its keel-domd, on a host CPU,
+    # running or blocked, with a CPU time and the host's CPUs as its affinity.
+    id=$2
+    keelctl vcpu-list $domu >$out 2>$err || { cat $err; return 1; }
+    [ "$(grep -c "^$domu " $out)" = 1 ] || { cat $out; return 1; }
+    set -- $(grep "^$domu " $out)
+    # Name ID VCPU CPU State Time(s) Hard / Soft
+    [ "$2 $3" = "$id 0" ] && [ "$4" -ge 0 ] && [ "$4" -lt "$(nproc --all)" ] &&
+        case $5 in r--|-b-) true ;; *) false ;; esac &&
+        echo "$6" | grep -qE '^[0-9]+\.[0-9]$' && [ "$8 $9" = "/ all" ] ||
+        { echo "unexpected vcpu-list:"; cat $out; return 1; }
 }
 check xen_domu.list_shows_it listed
 

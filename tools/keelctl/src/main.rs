@@ -5,8 +5,9 @@
 //! in domains of their own (`run`), and manages Xen PVH DomUs as `xl` does: `create` (from an
 //! xl.cfg, through a keel-domd process per domain), `list`, `console`, `destroy`, `pause`,
 //! `unpause`, `block-attach`, `block-detach`, `block-list`, `network-attach`,
-//! `network-detach`, `network-list`, `domid`, `domname`, `uptime`, and through XenStore
-//! (keel-xenstored) `shutdown`, `reboot`, `mem-set`, `sysrq` and the `xenstore` tools.
+//! `network-detach`, `network-list`, `vcpu-list`, `domid`, `domname`, `uptime`, and through
+//! XenStore (keel-xenstored) `shutdown`, `reboot`, `mem-set`, `sysrq` and the `xenstore`
+//! tools.
 #![deny(missing_docs)]
 
 use std::{
@@ -33,6 +34,7 @@ mod stats;
 mod sysrq;
 mod units;
 mod uptime;
+mod vcpu_list;
 mod xenstore;
 
 /// Control the Keel hypervisor through /dev/keel.
@@ -250,6 +252,22 @@ enum Command {
         /// The domains' names or ids (Domain-0 or 0 for Dom0).
         #[arg(value_name = "NAME|ID")]
         domains: Vec<String>,
+    },
+    /// List the vCPUs of domains, as `xl vcpu-list`.
+    ///
+    /// Each vCPU is a thread of its domain's keel-domd (vcpuN): CPU is the host CPU it last
+    /// ran on, State r-- (running) or -b- (blocked: waiting, or the guest halted it) or --p
+    /// (offline, as XenStore's cpu/N/availability says), Time(s) the
+    /// thread's CPU time, Affinity the CPUs it may run on (soft affinity: all). A vCPU with
+    /// no such thread (a `keelctl run` guest) shows - there. Without NAME|ID, every domain.
+    #[command(name = "vcpu-list", verbatim_doc_comment)]
+    VcpuList {
+        /// The domains' names or ids.
+        #[arg(value_name = "NAME|ID")]
+        domains: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a domain's id, as `xl domid`.
     Domid {
@@ -551,6 +569,40 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 print!("{}", uptime::short(&rows, &uptime::time_of_day()));
             } else {
                 print!("{}", uptime::human(&rows));
+            }
+        }
+        Command::VcpuList { domains, json } => {
+            let dev = keel_sys::KeelDev::open(&cli.device)?;
+            let all = dev.list_domains()?;
+            let picked = if domains.is_empty() {
+                all.iter().collect()
+            } else {
+                domains
+                    .iter()
+                    .map(|n| control::resolve(&all, n))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let dirs = keel_domd::files::Dirs::from_env();
+            // Without XenStore every vCPU counts as given to the guest.
+            let mut xs = xenstore::connect(&cli.xenstore_socket).ok();
+            let offline = |domid: u32, vcpu: u32| {
+                let path = format!("/local/domain/{domid}/cpu/{vcpu}/availability");
+                xs.as_mut().is_some_and(|xs| {
+                    xs.read_string(keel_xenstored::client::TxId::NONE, &path)
+                        .is_ok_and(|v| v == "offline")
+                })
+            };
+            let rows = vcpu_list::rows(
+                &picked,
+                |d| control::domd_of(&dirs, d).map(|s| s.pid),
+                offline,
+                Path::new("/proc"),
+                vcpu_list::ticks_per_second(),
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", vcpu_list::human(&rows));
             }
         }
         Command::Domid { name } => {
