@@ -44,7 +44,7 @@ module! {
         },
         log_port: u16 {
             default: 0,
-            description: "Debugging: also write root mode's error records to the 8250 UART at this I/O port (0x3f8 is COM1, 0x2f8 COM2), polled, so they are seen even when Dom0 cannot drain them; best a port Linux does not write to, as bytes of both can be lost",
+            description: "Debugging: also write root mode's error records to the 8250 UART at this I/O port (0x3f8 is COM1), polled, so they are seen even when Dom0 cannot drain them",
         },
     },
 }

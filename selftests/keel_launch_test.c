@@ -419,11 +419,10 @@ TEST(unexpected_dom0_exit_is_dumped_and_faults)
 	ASSERT_EQ(0, access(DOM0_INSN, W_OK)) TH_LOG(DOM0_INSN " missing");
 	ASSERT_LE(0, log_count("keel")) TH_LOG("cannot read the kernel log: %s", strerror(errno));
 	/*
-	 * The test VM loads keel.ko with log_port=0x2f8, so root mode writes each dump to COM2
-	 * too, where scripts/test looks for it. Keep the console (COM1) from printing the kernel
-	 * log's copy of the dumps meanwhile: some thirty lines that say nothing the log does not,
-	 * and which slow the serial log under Bochs. The level is checked when a record is printed
-	 * (later, in the console's thread), so it stays low until the last dump is in the log.
+	 * The test VM loads keel.ko with log_port, so root mode writes each dump to the serial
+	 * console too, where scripts/test looks for it. Keep the console from printing the kernel
+	 * log's copy of one CPU's dump meanwhile (the console prints later, in a thread), which
+	 * would interleave with the next CPU's: the level is checked when a record is printed.
 	 */
 	int console_level = console_loglevel();
 

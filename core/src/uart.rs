@@ -7,9 +7,8 @@
 //! lock, nothing of Linux's. The wait for room in the transmitter is bounded, so a missing or
 //! stuck UART costs time but never hangs root mode. Linux may drive the same UART meanwhile,
 //! without any lock shared with root mode: characters of the two interleave, and when both fill
-//! the transmit FIFO at once a byte of either can be lost. Point it at a UART that Linux does
-//! not write to (the test VMs use COM2, with the console on COM1). Only bytes are written: the
-//! speed and word length are whatever the UART was set to (`stty` on its tty).
+//! the transmit FIFO at once a byte of either can be lost, which is acceptable for a debugging
+//! aid. Only bytes are written: the speed and word length are whatever the UART was set to.
 
 use core::fmt;
 
