@@ -204,11 +204,16 @@ fn pv_control(xs: &mut Client, home: &str, request: Request) -> Result<bool, Str
 /// Whether the guest took the request: `control/shutdown` is empty again, or gone with the
 /// domain.
 fn acked(xs: &mut Client, home: &str) -> Result<bool, String> {
-    let path = format!("{home}/control/shutdown");
-    match xs.read(TxId::NONE, &path) {
+    cleared(xs, &format!("{home}/control/shutdown"))
+}
+
+/// Whether a request node the guest empties when it takes the request (`control/shutdown`,
+/// `control/sysrq`) is empty, or gone with the domain.
+pub fn cleared(xs: &mut Client, path: &str) -> Result<bool, String> {
+    match xs.read(TxId::NONE, path) {
         Ok(v) => Ok(v.is_empty()),
         Err(XsError::Xs(Errno::ENOENT)) => Ok(true),
-        Err(e) => Err(op_error("read", &path, &e)),
+        Err(e) => Err(op_error("read", path, &e)),
     }
 }
 

@@ -51,16 +51,6 @@ pub fn parse_key(text: &str) -> Result<char, String> {
     }
 }
 
-/// What `control/sysrq` says while waiting: the guest took the key when the node is empty
-/// again, or gone with the domain.
-fn taken(xs: &mut Client, path: &str) -> Result<bool, String> {
-    match xs.read(TxId::NONE, path) {
-        Ok(v) => Ok(v.is_empty()),
-        Err(XsError::Xs(Errno::ENOENT)) => Ok(true),
-        Err(e) => Err(op_error("read", path, &e)),
-    }
-}
-
 /// `keelctl sysrq`.
 pub fn run(domains: &Domains, xs: &mut Client, args: &SysrqArgs) -> Result<(), String> {
     let limit = crate::shutdown::timeout(args.timeout)?;
@@ -83,7 +73,8 @@ pub fn run(domains: &Domains, xs: &mut Client, args: &SysrqArgs) -> Result<(), S
     xs.write(TxId::NONE, &path, key.to_string())
         .map_err(|e| op_error("write", &path, &e))?;
     let start = Instant::now();
-    while !taken(xs, &path)? {
+    // Linux empties the node before it runs the key; gone means the domain is.
+    while !crate::shutdown::cleared(xs, &path)? {
         if start.elapsed() >= limit {
             return Err(format!(
                 "{label} did not take sysrq '{key}' within {} s ({path} still says \"{key}\"): \
